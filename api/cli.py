@@ -1,0 +1,373 @@
+"""The operator command line: `cdrhouse …`.
+
+Global options come first and are also read from the environment
+(CDRHOUSE_DATA_DIR, CDRHOUSE_CLICKHOUSE, CDRHOUSE_DATABASE). Every command that
+opens the store applies pending schema migrations first.
+
+Exit codes: 0 success; 1 the work failed (nothing usable ingested, a query
+error); 2 bad usage or input; 3 the store is unavailable (held by another
+process, unreachable).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Annotated, Iterator, Optional
+
+import typer
+from clickhouse_connect.driver.exceptions import DatabaseError
+from rich.console import Console
+from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress,
+                           TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+
+from api.render import FORMATS, render
+from engine import accounts as acc
+from engine import generate
+from engine.db import Database, StoreConfig, StoreError, StoreLocked
+from engine.formats.base import FormatError
+from engine.ingest import IngestError, IngestOptions, Ingestor
+from engine.migrate import migrate
+from sql import catalogue
+from sql.usersql import UserSQLError, expand_logical_tables
+
+err = Console(stderr=True)
+app = typer.Typer(help="cdrhouse: an analytical store for call detail records on ClickHouse.",
+                  no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]})
+accounts_app = typer.Typer(help="Customers and carriers of a tenant.", no_args_is_help=True)
+app.add_typer(accounts_app, name="accounts")
+
+
+class Failed(Exception):
+    """The command ran but its work failed (exit 1)."""
+
+
+def _version() -> str:
+    try:
+        return version("cdrhouse")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"cdrhouse {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    data_dir: Annotated[Path, typer.Option(
+        "--data-dir", envvar="CDRHOUSE_DATA_DIR",
+        help="Where cdrhouse keeps its data (embedded engine, warm archive, rejects).")]
+    = Path("./cdrhouse-data"),
+    clickhouse: Annotated[Optional[str], typer.Option(
+        "--clickhouse", envvar="CDRHOUSE_CLICKHOUSE",
+        help="ClickHouse DSN, e.g. http://user:pass@host:8123; default: the embedded "
+             "engine at chdb://<data-dir>/clickhouse.")] = None,
+    database: Annotated[str, typer.Option(
+        "--database", envvar="CDRHOUSE_DATABASE", help="ClickHouse database to use.")]
+    = "cdrhouse",
+    _version_flag: Annotated[bool, typer.Option(
+        "--version", callback=_version_callback, is_eager=True,
+        help="Print the version and exit.")] = False,
+) -> None:
+    ctx.obj = StoreConfig(data_dir=data_dir, clickhouse=clickhouse, database=database)
+
+
+@contextmanager
+def open_store(ctx: typer.Context) -> Iterator[Database]:
+    """The store for this command, migrated to the current schema."""
+    config: StoreConfig = ctx.obj
+    db = Database(config)
+    try:
+        migrate(db)
+        yield db
+    finally:
+        db.close()
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=err,
+                    transient=False)
+
+
+# -- init ---------------------------------------------------------------------------
+
+@app.command()
+def init(ctx: typer.Context) -> None:
+    """Create the store (or bring its schema up to date). Safe to run again."""
+    config: StoreConfig = ctx.obj
+    db = Database(config)
+    try:
+        report = migrate(db)
+    finally:
+        db.close()
+    where = config.dsn if not config.embedded else str(config.data_dir / "clickhouse")
+    if report.applied:
+        err.print(f"applied schema {', '.join(report.applied)} to {where} "
+                  f"(database {config.database})")
+    else:
+        err.print(f"schema is current (version {report.current:03d}) at {where}")
+
+
+# -- accounts -------------------------------------------------------------------------
+
+@accounts_app.command("add")
+def accounts_add(
+    ctx: typer.Context,
+    tenant: Annotated[str, typer.Option("--tenant", "-t", help="Tenant id, e.g. acme.")],
+    code: Annotated[str, typer.Option("--code", help="Account code, as switches write it (accountcode).")],
+    kind: Annotated[str, typer.Option("--kind", help="customer or carrier.")],
+    name: Annotated[str, typer.Option("--name", help="Display name (default: the code).")] = "",
+    currency: Annotated[str, typer.Option("--currency", help="ISO 4217 currency.")] = "USD",
+) -> None:
+    """Add a customer or carrier account to a tenant."""
+    with open_store(ctx) as db:
+        a = acc.add_account(db, tenant, code, kind, name, currency)
+    err.print(f"added {a.kind} {a.code!r} to tenant {a.tenant_id!r} with id {a.account_id}")
+    typer.echo(a.account_id)
+
+
+@accounts_app.command("list")
+def accounts_list(
+    ctx: typer.Context,
+    tenant: Annotated[Optional[str], typer.Option("--tenant", "-t", help="Only this tenant.")] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")] = "table",
+) -> None:
+    """List accounts."""
+    _check_format(fmt)
+    with open_store(ctx) as db:
+        rows = acc.list_accounts(db, tenant)
+    render(["tenant", "id", "code", "kind", "name", "currency"],
+           [(a.tenant_id, a.account_id, a.code, a.kind, a.name, a.currency) for a in rows], fmt)
+
+
+# -- ingest -------------------------------------------------------------------------
+
+def _default_rejects(config: StoreConfig) -> Path:
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return config.data_dir / "rejects" / f"ingest-{stamp}.csv"
+
+
+@app.command()
+def ingest(
+    ctx: typer.Context,
+    paths: Annotated[list[Path], typer.Argument(help="CDR files to ingest.", exists=True,
+                                                dir_okay=False, readable=True)],
+    tenant: Annotated[str, typer.Option("--tenant", "-t", help="Tenant the calls belong to.")],
+    fmt: Annotated[str, typer.Option(
+        "--format", help="auto, csv, tsv, jsonl, parquet, asterisk, freeswitch-csv, "
+                         "freeswitch-json.")] = "auto",
+    source_tz: Annotated[str, typer.Option(
+        "--source-tz", help="IANA zone of timestamps written without one (switch local "
+                            "time). Stored times are UTC.")] = "UTC",
+    customer: Annotated[Optional[str], typer.Option(
+        "--customer", help="Customer code for rows that name none.")] = None,
+    carrier: Annotated[Optional[str], typer.Option(
+        "--carrier", help="Carrier code for rows that name none.")] = None,
+    create_accounts: Annotated[bool, typer.Option(
+        "--create-accounts", help="Create accounts for unknown codes instead of rejecting "
+                                  "their rows.")] = False,
+    rejects: Annotated[Optional[Path], typer.Option(
+        "--rejects", help="Where to write rejected rows (default: "
+                          "<data-dir>/rejects/ingest-<time>.csv).")] = None,
+) -> None:
+    """Ingest CDR files: canonical CSV/TSV/JSON lines/Parquet, Asterisk or FreeSWITCH."""
+    config: StoreConfig = ctx.obj
+    rejects_path = rejects or _default_rejects(config)
+    options = IngestOptions(tenant=tenant, format=fmt, source_tz=source_tz,
+                            default_customer=customer, default_carrier=carrier,
+                            create_accounts=create_accounts)
+    totals = {"read": 0, "accepted": 0, "duplicates": 0, "rejected": 0}
+    with open_store(ctx) as db:
+        ingestor = Ingestor(db, options, rejects_path)
+        try:
+            for path in paths:
+                size = path.stat().st_size
+                with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                              TimeElapsedColumn(), console=err, transient=True) as bar:
+                    task = bar.add_task(f"ingest {path.name}", total=size)
+
+                    def detected(name: str, _p: Path = path) -> None:
+                        err.print(f"{_p}: detected format [bold]{name}[/bold]"
+                                  if fmt == "auto" else f"{_p}: format {name}")
+
+                    r = ingestor.ingest(path, progress=lambda done: bar.update(task, completed=done),
+                                        on_detect=detected)
+                for created in r.created_accounts:
+                    err.print(f"  created {created}")
+                rate = f", {r.read / r.seconds:,.0f} rows/s" if r.seconds > 0 else ""
+                err.print(f"{path}: read {r.read:,}, accepted {r.accepted:,}, duplicate "
+                          f"{r.duplicates:,}, rejected {r.rejected:,} in {r.seconds:.1f}s{rate}")
+                for k in totals:
+                    totals[k] += getattr(r, k)
+        finally:
+            ingestor.close()
+    if len(paths) > 1:
+        err.print(f"total: read {totals['read']:,}, accepted {totals['accepted']:,}, "
+                  f"duplicate {totals['duplicates']:,}, rejected {totals['rejected']:,}")
+    if totals["rejected"]:
+        err.print(f"rejected rows, with line numbers and reasons: {rejects_path}")
+    if totals["accepted"] + totals["duplicates"] == 0:
+        raise Failed("nothing usable was read")
+
+
+# -- sql ----------------------------------------------------------------------------
+
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"choose one of {', '.join(FORMATS)}", param_hint="--format")
+
+
+@app.command()
+def sql(
+    ctx: typer.Context,
+    query: Annotated[str, typer.Argument(help="A SELECT over the logical table `cdrs`.")],
+    as_: Annotated[str, typer.Option("--as", help="Principal to run as (admin).")] = "admin",
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")] = "table",
+) -> None:
+    """Run a read-only SQL query over the logical tables (cdrs)."""
+    _check_format(fmt)
+    if as_ != "admin":
+        raise typer.BadParameter("only --as admin is available in this version",
+                                 param_hint="--as")
+    compiled = expand_logical_tables(query)
+    with open_store(ctx) as db:
+        result = db.query(compiled, settings={"readonly": 1})
+        render(result.column_names, result.result_rows, fmt)
+
+
+# -- fields ---------------------------------------------------------------------------
+
+@app.command()
+def fields(fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")]
+           = "table") -> None:
+    """List the CDR fields (the catalogue)."""
+    _check_format(fmt)
+    render(["name", "type", "label", "roles", "filter", "sort", "description"],
+           [(f.name, f.ch_type, f.label, ",".join(sorted(f.roles)), f.filterable, f.sortable,
+             f.description) for f in catalogue.FIELDS], fmt)
+
+
+# -- demo ---------------------------------------------------------------------------
+
+DEMO_QUERIES: tuple[tuple[str, str], ...] = (
+    ("Calls and minutes per tenant and month",
+     "SELECT tenant_id, toYYYYMM(start_time) AS month, count() AS calls, "
+     "round(sum(billsec) / 60) AS minutes FROM cdrs GROUP BY tenant_id, month "
+     "ORDER BY tenant_id, month"),
+    ("Top 5 destinations of acme by minutes, last 30 days",
+     "SELECT country, count() AS calls, round(sum(billsec) / 60) AS minutes, "
+     "sum(customer_charge) AS charge, sum(carrier_cost) AS cost FROM cdrs "
+     "WHERE tenant_id = 'acme' AND start_time >= now() - INTERVAL 30 DAY "
+     "GROUP BY country ORDER BY minutes DESC LIMIT 5"),
+    ("ASR and ACD per carrier of acme, last 7 days",
+     "SELECT carrier_id, count() AS calls, round(countIf(billsec > 0) / count() * 100, 1) "
+     "AS asr_pct, round(avgIf(billsec, billsec > 0)) AS acd_s FROM cdrs "
+     "WHERE tenant_id = 'acme' AND start_time >= now() - INTERVAL 7 DAY "
+     "GROUP BY carrier_id ORDER BY calls DESC"),
+    ("Release reasons overall",
+     "SELECT disposition, release_reason, sip_code, count() AS calls FROM cdrs "
+     "GROUP BY disposition, release_reason, sip_code ORDER BY calls DESC LIMIT 8"),
+)
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    rows: Annotated[int, typer.Option("--rows", min=1, help="How many CDRs to generate.")]
+    = 500_000,
+    months: Annotated[int, typer.Option("--months", min=1, max=60,
+                                        help="Months of traffic, up to now.")] = 6,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same calls).")]
+    = 42,
+) -> None:
+    """Generate a realistic dataset, ingest it, and run a few example queries."""
+    config: StoreConfig = ctx.obj
+    now = dt.datetime.now(dt.timezone.utc).replace(second=0, microsecond=0)
+    spec = generate.GenSpec(rows=rows, months=months, seed=seed, end=now)
+    out_dir = config.data_dir / "demo"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open_store(ctx) as db:
+        new = generate.ensure_accounts(db, spec)
+        err.print(f"store: {config.dsn if not config.embedded else config.data_dir / 'clickhouse'}; "
+                  f"{len(spec.tenants)} tenants ({', '.join(spec.tenants)}), "
+                  f"{new} new accounts")
+        files = []
+        shares = generate.tenant_rows(spec)
+        with _progress() as bar:
+            task = bar.add_task("generate CDRs", total=rows)
+            for tenant in spec.tenants:
+                path = out_dir / f"{tenant}-{seed}-{rows}.parquet"
+                generate.write_parquet(db, spec, tenant, path,
+                                       progress=lambda n: bar.advance(task, n))
+                files.append((tenant, path))
+        err.print(f"generated {rows:,} CDRs over {months} months "
+                  f"({spec.start_time:%Y-%m-%d} to {spec.end_time:%Y-%m-%d}) in {out_dir}")
+        with _progress() as bar:
+            task = bar.add_task("ingest", total=rows)
+            for tenant, path in files:
+                ingestor = Ingestor(db, IngestOptions(tenant=tenant),
+                                    _default_rejects(config))
+                try:
+                    r = ingestor.ingest(path)
+                finally:
+                    ingestor.close()
+                bar.advance(task, shares[tenant])
+                err.print(f"  {tenant}: {path.name} accepted {r.accepted:,}, duplicate "
+                          f"{r.duplicates:,}, rejected {r.rejected:,} "
+                          f"({r.read / max(r.seconds, 1e-9):,.0f} rows/s)")
+        total = db.scalar("SELECT count() FROM cdr_records FINAL")
+        err.print(f"the store now holds {total:,} CDRs\n")
+        for title, query in DEMO_QUERIES:
+            err.print(f"[bold]{title}[/bold]\n[dim]$ cdrhouse sql \"{query}\"[/dim]")
+            result = db.query(expand_logical_tables(query), settings={"readonly": 1})
+            render(result.column_names, result.result_rows, "table")
+    err.print("Try it yourself: cdrhouse sql \"SELECT count() FROM cdrs\" --as admin")
+
+
+# -- entry point ----------------------------------------------------------------------
+
+def main() -> None:
+    """Console entry point: run the app and turn known errors into messages and exit codes."""
+    try:
+        app(standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except (StoreLocked, StoreError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        sys.exit(3)
+    except (acc.AccountError, FormatError, IngestError, UserSQLError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        sys.exit(2)
+    except DatabaseError as exc:
+        err.print(f"[red]ClickHouse error:[/red] {_first_line(exc)}")
+        sys.exit(1)
+    except Failed as exc:
+        err.print(f"[red]failed:[/red] {exc}")
+        sys.exit(1)
+    except Exception as exc:  # click's usage errors
+        import click
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.split("\n")[0][:2000]
+
+
+if __name__ == "__main__":
+    main()

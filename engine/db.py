@@ -1,0 +1,210 @@
+"""The one place that talks to ClickHouse.
+
+Everything cdrhouse sends to ClickHouse goes through a `Database`: one
+clickhouse-connect client reached by a DSN, either the embedded engine
+(`chdb:///path`) or a server (`http(s)://user:pass@host:port/db`). The same
+code runs on both; the differences that matter (a data directory only one
+process may open, no multi-engine per process) are handled here and turned
+into plain errors.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import clickhouse_connect
+import pyarrow as pa
+from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError
+
+DEFAULT_DATABASE = "cdrhouse"
+_DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+class StoreError(Exception):
+    """A problem with the store the user can act on; the message says how."""
+
+
+class StoreLocked(StoreError):
+    """The embedded data directory is held by another process."""
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Where the data lives. Built from CLI options or environment variables.
+
+    `clickhouse` overrides the embedded default `chdb://<data_dir>/clickhouse`.
+    """
+
+    data_dir: Path
+    clickhouse: str | None = None
+    database: str = DEFAULT_DATABASE
+
+    @property
+    def dsn(self) -> str:
+        if self.clickhouse:
+            return self.clickhouse
+        return f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+    @property
+    def embedded(self) -> bool:
+        return self.dsn.startswith("chdb:")
+
+
+def _embedded_path(dsn: str) -> Path:
+    return Path(urlsplit(dsn).path or "/")
+
+
+def _holder_message(path: Path) -> str | None:
+    """If another process holds the engine lock on `path`, say which one."""
+    status = path / "status"
+    if not status.exists():
+        return None
+    try:
+        fd = os.open(status, os.O_RDWR)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            text = status.read_text(errors="replace")
+        except OSError:
+            text = ""
+        pid = re.search(r"PID:\s*(\d+)", text)
+        who = f"process {pid.group(1)}" if pid else "another process"
+        return (
+            f"The data directory {path} is in use by {who} "
+            "(probably `cdrhouse serve` or another cdrhouse command). The embedded "
+            "engine lets one process open it at a time: stop that process, run this "
+            "command through it (the HTTP API), or point --clickhouse at a ClickHouse server."
+        )
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _connect(dsn: str, database: str | None) -> Any:
+    """A clickhouse-connect client on `dsn`, with plain errors for the usual failures."""
+    kwargs: dict[str, Any] = {"dsn": dsn}
+    if database:
+        kwargs["database"] = database
+    try:
+        return clickhouse_connect.get_client(**kwargs)
+    except ClickHouseError as exc:
+        if dsn.startswith("chdb:"):
+            path = _embedded_path(dsn)
+            held = _holder_message(path)
+            if held:
+                raise StoreLocked(held) from None
+            if "already initialized" in str(exc):
+                raise StoreError(
+                    f"This process already has the embedded engine open on another "
+                    f"directory; cannot also open {path}. {exc}"
+                ) from None
+        raise StoreError(f"Cannot connect to ClickHouse at {_redact(dsn)}: {exc}") from None
+
+
+def _redact(dsn: str) -> str:
+    """The DSN without its password, for messages and logs."""
+    return re.sub(r"(//[^:/@]+):[^@]*@", r"\1:***@", dsn)
+
+
+class Database:
+    """One ClickHouse client bound to cdrhouse's database.
+
+    One client runs its queries one after another; a service needs several
+    (see `open_pool`). Closing the last client on an embedded path releases
+    the data directory for other processes.
+    """
+
+    def __init__(self, config: StoreConfig, *, create: bool = True) -> None:
+        if not _DB_NAME.match(config.database):
+            raise StoreError(f"invalid database name {config.database!r}")
+        self.config = config
+        if config.embedded:
+            _embedded_path(config.dsn).mkdir(parents=True, exist_ok=True)
+        client = _connect(config.dsn, None)
+        try:
+            if create:
+                client.command(f"CREATE DATABASE IF NOT EXISTS `{config.database}`")
+            client.database = config.database
+        except Exception:
+            client.close()
+            raise
+        self.client = client
+        self.name = config.database
+
+    # -- running SQL -----------------------------------------------------
+
+    def command(self, sql: str, parameters: Mapping[str, Any] | None = None,
+                settings: Mapping[str, Any] | None = None) -> Any:
+        return self.client.command(sql, parameters=dict(parameters or {}),
+                                   settings=dict(settings or {}))
+
+    def rows(self, sql: str, parameters: Mapping[str, Any] | None = None,
+             settings: Mapping[str, Any] | None = None) -> list[tuple]:
+        return self.client.query(sql, parameters=dict(parameters or {}),
+                                 settings=dict(settings or {})).result_rows
+
+    def query(self, sql: str, parameters: Mapping[str, Any] | None = None,
+              settings: Mapping[str, Any] | None = None) -> Any:
+        """The full clickhouse-connect QueryResult (rows, column names and types)."""
+        return self.client.query(sql, parameters=dict(parameters or {}),
+                                 settings=dict(settings or {}))
+
+    def scalar(self, sql: str, parameters: Mapping[str, Any] | None = None) -> Any:
+        rows = self.rows(sql, parameters)
+        return rows[0][0] if rows else None
+
+    def arrow(self, sql: str, parameters: Mapping[str, Any] | None = None,
+              settings: Mapping[str, Any] | None = None) -> pa.Table:
+        return self.client.query_arrow(sql, parameters=dict(parameters or {}),
+                                       settings=dict(settings or {}))
+
+    def insert_arrow(self, table: str, data: pa.Table,
+                     settings: Mapping[str, Any] | None = None) -> None:
+        self.client.insert_arrow(table, data, settings=dict(settings or {}))
+
+    def insert_rows(self, table: str, rows: Sequence[Sequence[Any]],
+                    columns: Sequence[str]) -> None:
+        self.client.insert(table, [list(r) for r in rows], column_names=list(columns))
+
+    @contextmanager
+    def stream(self, sql: str, fmt: str, parameters: Mapping[str, Any] | None = None,
+               settings: Mapping[str, Any] | None = None) -> Iterator[Iterator[bytes]]:
+        """Raw bytes of the result in ClickHouse format `fmt`, chunk by chunk."""
+        source = self.client.raw_stream(sql, parameters=dict(parameters or {}),
+                                        settings=dict(settings or {}), fmt=fmt)
+        try:
+            yield iter(source)
+        finally:
+            close = getattr(source, "close", None)
+            if close:
+                close()
+
+    def table_exists(self, name: str) -> bool:
+        return bool(self.scalar(
+            "SELECT count() FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+            {"db": self.name, "t": name}))
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["Database", "DatabaseError", "StoreConfig", "StoreError", "StoreLocked"]

@@ -1,0 +1,457 @@
+"""Ingest CDR files into the hot table: validate, convert, deduplicate, set-based in ClickHouse.
+
+A format adapter (engine.formats) turns a file into batches of raw values. For
+each batch this module:
+
+1. stages the raw values in a scratch Memory table;
+2. converts every field in one INSERT … SELECT into a second scratch table,
+   computing for each row either its typed values or the reason it cannot be
+   used (`reason`): parsing, time zones, derived fields and account
+   resolution are all ClickHouse expressions, so a million rows cost one
+   query, whatever the format;
+3. writes the usable rows that are not already stored (same tenant and
+   call_id) to `cdr_records`, once each;
+4. appends the rejected rows, with their line number and reason, to the
+   reject file.
+
+Nothing already stored is changed: duplicates are skipped, not replaced, so
+ingesting the same file twice leaves every query result as it was.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import pyarrow as pa
+
+from engine import accounts as acc
+from engine.db import Database
+from engine.formats import detect
+from engine.formats.base import LINE, FormatError, RawBatch, RawReject
+from sql import catalogue
+
+#: Columns written to cdr_records besides the catalogue fields.
+_INTERNAL = ("version", "source")
+_NUMBER_RE = r"'^\\+?[0-9][0-9 ()./-]*$'"
+
+
+class IngestError(ValueError):
+    """The ingest request itself is wrong (unknown zone, unknown default account…)."""
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    tenant: str
+    format: str = "auto"
+    source_tz: str = "UTC"
+    default_customer: str | None = None
+    default_carrier: str | None = None
+    create_accounts: bool = False
+    batch_rows: int = 500_000
+
+
+@dataclass
+class FileReport:
+    path: Path
+    format: str
+    read: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    created_accounts: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def usable(self) -> int:
+        return self.accepted + self.duplicates
+
+
+Progress = Callable[[int], None]
+
+
+# -- the conversion, as ClickHouse expressions ------------------------------------
+
+def _clean(col: str) -> str:
+    return f"nullIf(trimBoth(toValidUTF8(toString({col}))), '')"
+
+
+def _datetime(v: str, staged_type: str | None) -> str:
+    if staged_type == "timestamp":
+        return v
+    return f"parseDateTime64BestEffortOrNull({v}, 3, {{source_tz:String}})"
+
+
+def _uint(v: str, max_value: int) -> str:
+    f = f"toFloat64OrNull({v})"
+    return (f"if({f} IS NULL OR {f} < 0 OR {f} > {max_value} OR NOT isFinite({f}), "
+            f"CAST(NULL, 'Nullable(UInt64)'), toUInt64(round({f})))")
+
+
+def _conversion_sql(staged: dict[str, str], norm_table: str, stage_table: str) -> str:
+    """The INSERT … SELECT that converts one staged batch.
+
+    `staged` maps each column present in the batch to 'string' or 'timestamp';
+    absent fields read as NULL and take their documented default.
+    """
+    def v(name: str) -> str:
+        if name not in staged:
+            return "CAST(NULL, 'Nullable(String)')"
+        if staged[name] == "timestamp":
+            return f"r_{name}"
+        return _clean(f"r_{name}")
+
+    def parsed_dt(name: str) -> str:
+        return _datetime(f"v_{name}", staged.get(name))
+
+    disp_list = ", ".join(f"'{d}'" for d in catalogue.DISPOSITIONS)
+    dir_list = ", ".join(f"'{d}'" for d in catalogue.DIRECTIONS)
+    number = ("if(match({0}, " + _NUMBER_RE + "), replaceRegexpAll({0}, '[^0-9]', ''), {0})")
+
+    aliases = [f"{v(n)} AS v_{n}" for n in catalogue.NAMES]
+    aliases += [f"{v('customer_code')} AS v_customer_code", f"{v('carrier_code')} AS v_carrier_code"]
+    aliases += [
+        f"{parsed_dt('start_time')} AS p_start",
+        f"{parsed_dt('answer_time')} AS p_answer",
+        f"{parsed_dt('end_time')} AS p_end",
+        f"{_uint('v_duration', 4294967295)} AS p_duration",
+        f"{_uint('v_billsec', 4294967295)} AS p_billsec",
+        f"{_uint('v_sip_code', 699)} AS p_sip_code",
+        f"{_uint('v_pdd_ms', 4294967295)} AS p_pdd",
+        "multiIf(v_disposition IS NULL, NULL, "
+        "  upper(replaceRegexpAll(v_disposition, '[_ ]+', ' ')) = 'NOANSWER', 'NO ANSWER', "
+        "  upper(replaceRegexpAll(v_disposition, '[_ ]+', ' '))) AS p_disp",
+        "lower(v_direction) AS p_dir",
+        # accounts: by id, by code, or the --customer/--carrier default
+        f"{_uint('v_customer_id', 4294967295)} AS p_cust_num",
+        "transform(v_customer_code, {cust_codes:Array(String)}, {cust_ids:Array(UInt32)}, toUInt32(0)) AS p_cust_by_code",
+        f"{_uint('v_carrier_id', 4294967295)} AS p_carr_num",
+        "transform(v_carrier_code, {carr_codes:Array(String)}, {carr_ids:Array(UInt32)}, toUInt32(0)) AS p_carr_by_code",
+        "toUInt32(multiIf(v_customer_code IS NOT NULL, p_cust_by_code, "
+        "  p_cust_num IS NOT NULL, p_cust_num, {default_customer:UInt32})) AS d_customer",
+        "toUInt32(multiIf(v_carrier_code IS NOT NULL, p_carr_by_code, "
+        "  p_carr_num IS NOT NULL, p_carr_num, {default_carrier:UInt32})) AS d_carrier",
+        # derived times and durations
+        "toUInt32(ifNull(p_duration, greatest(0, dateDiff('second', p_start, p_end)))) AS d_duration",
+        "ifNull(p_end, p_start + toIntervalSecond(d_duration)) AS d_end",
+        "toUInt32(ifNull(p_billsec, if(p_answer IS NULL, 0, greatest(0, dateDiff('second', p_answer, d_end))))) AS d_billsec",
+        "if(p_answer IS NULL AND d_billsec > 0, d_end - toIntervalSecond(d_billsec), p_answer) AS d_answer",
+        "ifNull(p_disp, if(d_billsec > 0, 'ANSWERED', 'NO ANSWER')) AS d_disp",
+        "ifNull(upper(v_currency), transform(d_customer, {cust_ids:Array(UInt32)}, {cust_currencies:Array(String)}, 'USD')) AS d_currency",
+    ]
+    for money in ("customer_rate", "customer_charge", "carrier_rate", "carrier_cost"):
+        aliases.append(f"toDecimal64OrNull(v_{money}, 6) AS p_{money}")
+
+    checks = [
+        ("v_tenant_id IS NOT NULL AND v_tenant_id != {tenant:String}",
+         "concat('tenant_id ', toJSONString(v_tenant_id), ' is not the tenant being ingested (', {tenant:String}, ')')"),
+        ("v_call_id IS NULL", "'call_id is missing'"),
+        ("length(v_call_id) > 256", "'call_id is longer than 256 characters'"),
+        ("v_start_time IS NULL", "'start_time is missing'"),
+        ("p_start IS NULL", "concat('start_time: cannot read ', toJSONString(toString(v_start_time)))"),
+        ("p_start < toDateTime64('1990-01-01', 3, 'UTC') OR p_start > now64(3) + INTERVAL 1 DAY",
+         "concat('start_time ', toString(p_start), ' is out of range (1990 to tomorrow)')"),
+        ("v_answer_time IS NOT NULL AND p_answer IS NULL",
+         "concat('answer_time: cannot read ', toJSONString(toString(v_answer_time)))"),
+        ("v_end_time IS NOT NULL AND p_end IS NULL",
+         "concat('end_time: cannot read ', toJSONString(toString(v_end_time)))"),
+        ("v_duration IS NOT NULL AND p_duration IS NULL",
+         "concat('duration: not a number of seconds: ', toJSONString(v_duration))"),
+        ("v_duration IS NULL AND v_end_time IS NULL", "'needs duration or end_time'"),
+        ("p_end IS NOT NULL AND p_end < p_start", "'end_time is before start_time'"),
+        ("v_billsec IS NOT NULL AND p_billsec IS NULL",
+         "concat('billsec: not a number of seconds: ', toJSONString(v_billsec))"),
+        ("d_billsec > d_duration",
+         "concat('billsec ', toString(d_billsec), ' exceeds duration ', toString(d_duration))"),
+        ("p_answer IS NOT NULL AND (p_answer < p_start OR p_answer > d_end)",
+         "'answer_time is outside start_time..end_time'"),
+        (f"p_disp IS NOT NULL AND p_disp NOT IN ({disp_list})",
+         f"concat('disposition ', toJSONString(v_disposition), ' is not one of {disp_list.replace(chr(39), '')}')"),
+        (f"p_dir IS NOT NULL AND p_dir NOT IN ({dir_list})",
+         f"concat('direction ', toJSONString(v_direction), ' is not one of {dir_list.replace(chr(39), '')}')"),
+        ("v_customer_code IS NOT NULL AND p_cust_by_code = 0",
+         "concat('unknown customer code ', toJSONString(v_customer_code), "
+         "' (add it with `cdrhouse accounts add` or ingest with --create-accounts)')"),
+        ("v_customer_id IS NOT NULL AND (p_cust_num IS NULL OR NOT has({cust_ids:Array(UInt32)}, toUInt32(p_cust_num)))",
+         "concat('unknown customer_id ', toJSONString(v_customer_id))"),
+        ("v_customer_id IS NOT NULL AND v_customer_code IS NOT NULL AND p_cust_num != p_cust_by_code",
+         "'customer_id and customer_code name different accounts'"),
+        ("v_carrier_code IS NOT NULL AND p_carr_by_code = 0",
+         "concat('unknown carrier code ', toJSONString(v_carrier_code), "
+         "' (add it with `cdrhouse accounts add` or ingest with --create-accounts)')"),
+        ("v_carrier_id IS NOT NULL AND (p_carr_num IS NULL OR NOT has({carr_ids:Array(UInt32)}, toUInt32(p_carr_num)))",
+         "concat('unknown carrier_id ', toJSONString(v_carrier_id))"),
+        ("v_carrier_id IS NOT NULL AND v_carrier_code IS NOT NULL AND p_carr_num != p_carr_by_code",
+         "'carrier_id and carrier_code name different accounts'"),
+        ("v_sip_code IS NOT NULL AND p_sip_code IS NULL",
+         "concat('sip_code: not a SIP response code: ', toJSONString(v_sip_code))"),
+        ("v_pdd_ms IS NOT NULL AND p_pdd IS NULL",
+         "concat('pdd_ms: not a number of milliseconds: ', toJSONString(v_pdd_ms))"),
+        ("v_src_ip IS NOT NULL AND NOT (isIPv4String(v_src_ip) OR isIPv6String(v_src_ip))",
+         "concat('src_ip: not an IP address: ', toJSONString(v_src_ip))"),
+        ("v_dst_ip IS NOT NULL AND NOT (isIPv4String(v_dst_ip) OR isIPv6String(v_dst_ip))",
+         "concat('dst_ip: not an IP address: ', toJSONString(v_dst_ip))"),
+        ("NOT match(d_currency, '^[A-Z]{3}$')",
+         "concat('currency: not an ISO 4217 code: ', toJSONString(d_currency))"),
+    ]
+    for money in ("customer_rate", "customer_charge", "carrier_rate", "carrier_cost"):
+        checks.append((f"v_{money} IS NOT NULL AND p_{money} IS NULL",
+                       f"concat('{money}: not a decimal number: ', toJSONString(v_{money}))"))
+    reason = "multiIf(" + ", ".join(f"{c}, {r}" for c, r in checks) + ", '')"
+
+    epoch = "toDateTime64(0, 3, 'UTC')"
+    final = {
+        "tenant_id": "{tenant:String}",
+        "call_id": "ifNull(v_call_id, '')",
+        "start_time": f"ifNull(p_start, {epoch})",
+        "answer_time": "d_answer",
+        "end_time": f"ifNull(d_end, {epoch})",
+        "duration": "d_duration",
+        "billsec": "if(d_billsec > d_duration, 0, d_billsec)",
+        "customer_id": "d_customer",
+        "carrier_id": "d_carrier",
+        "direction": f"if(p_dir IN ({dir_list}), p_dir, 'outbound')",
+        "disposition": f"if(d_disp IN ({disp_list}), d_disp, 'FAILED')",
+        "src_number": "ifNull(" + number.format("v_src_number") + ", '')",
+        "dst_number": "ifNull(" + number.format("v_dst_number") + ", '')",
+        "dst_prefix": "ifNull(v_dst_prefix, '')",
+        "country": "upper(ifNull(v_country, ''))",
+        "release_reason": "ifNull(v_release_reason, '')",
+        "sip_code": "toUInt16(ifNull(p_sip_code, 0))",
+        "sip_reason": "ifNull(v_sip_reason, '')",
+        "pdd_ms": "toUInt32(ifNull(p_pdd, 0))",
+        "src_ip": "ifNull(v_src_ip, '')",
+        "dst_ip": "ifNull(v_dst_ip, '')",
+        "codec": "ifNull(v_codec, '')",
+        "customer_rate": "p_customer_rate",
+        "customer_charge": "p_customer_charge",
+        "carrier_rate": "p_carrier_rate",
+        "carrier_cost": "p_carrier_cost",
+        "currency": "if(match(d_currency, '^[A-Z]{3}$'), d_currency, 'USD')",
+        "recording_url": "ifNull(v_recording_url, '')",
+    }
+    assert set(final) == set(catalogue.NAMES), "every catalogue field needs a conversion"
+    select = ",\n  ".join(aliases + [f"{final[n]} AS {n}" for n in catalogue.NAMES]
+                          + [f"{LINE} AS {LINE}", f"{reason} AS reason"])
+    return (f"INSERT INTO {norm_table} ({', '.join(catalogue.NAMES)}, {LINE}, reason)\n"
+            f"SELECT {', '.join(catalogue.NAMES)}, {LINE}, reason FROM (\nSELECT\n  {select}\n"
+            f"FROM {stage_table})")
+
+
+# -- running it ---------------------------------------------------------------------
+
+def _check_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise IngestError(f"unknown time zone {name!r}: use an IANA name such as "
+                          "Europe/Berlin or UTC") from None
+    return name
+
+
+def _account_id(db: Database, tenant: str, kind: str, code: str | None) -> int:
+    if not code:
+        return 0
+    found = acc.find(db, tenant, kind, code)
+    if not found:
+        raise IngestError(f"--{kind} {code!r}: no such {kind} in tenant {tenant!r} "
+                          "(add it with `cdrhouse accounts add`)")
+    return found.account_id
+
+
+class _RejectWriter:
+    """Appends rejected rows to a CSV file, created on the first reject."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.count = 0
+        self._fh = None
+        self._writer = None
+
+    def write(self, source: Path, line: int, reason: str, record: str) -> None:
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "w", newline="", encoding="utf-8")
+            self._writer = csv.writer(self._fh)
+            self._writer.writerow(["file", "line", "reason", "record"])
+        self._writer.writerow([str(source), line, reason, record])
+        self.count += 1
+
+    def close(self) -> None:
+        if self._fh:
+            self._fh.close()
+
+
+class Ingestor:
+    """Ingests files for one tenant into one store; one instance per command."""
+
+    def __init__(self, db: Database, options: IngestOptions, rejects_path: Path) -> None:
+        self.db = db
+        self.options = options
+        acc.check_tenant(options.tenant)
+        _check_zone(options.source_tz)
+        self.default_customer = _account_id(db, options.tenant, "customer", options.default_customer)
+        self.default_carrier = _account_id(db, options.tenant, "carrier", options.default_carrier)
+        self.rejects = _RejectWriter(rejects_path)
+        self.version = time.time_ns()
+
+    def close(self) -> None:
+        self.rejects.close()
+
+    def ingest(self, path: Path, progress: Progress | None = None,
+               on_detect: Callable[[str], None] | None = None) -> FileReport:
+        started = time.monotonic()
+        reader = detect.reader_for(path, self.options.format)
+        if on_detect:
+            on_detect(reader.name)
+        report = FileReport(path=path, format=reader.name)
+        for batch in reader.read(path, self.options.batch_rows, self.options.source_tz):
+            self._ingest_batch(path, batch, report, reader.name)
+            if progress:
+                progress(batch.bytes_read)
+        report.seconds = time.monotonic() - started
+        return report
+
+    def _params(self) -> dict:
+        custs = acc.list_accounts(self.db, self.options.tenant, "customer")
+        carrs = acc.list_accounts(self.db, self.options.tenant, "carrier")
+        return {
+            "tenant": self.options.tenant,
+            "source_tz": self.options.source_tz,
+            "cust_codes": [a.code for a in custs], "cust_ids": [a.account_id for a in custs],
+            "cust_currencies": [a.currency for a in custs],
+            "carr_codes": [a.code for a in carrs], "carr_ids": [a.account_id for a in carrs],
+            "default_customer": self.default_customer, "default_carrier": self.default_carrier,
+        }
+
+    def _ingest_batch(self, path: Path, batch: RawBatch, report: FileReport, fmt: str) -> None:
+        for rej in batch.rejects:
+            self.rejects.write(path, rej.line, rej.reason, rej.raw)
+        report.rejected += len(batch.rejects)
+        report.read += len(batch.rejects) + batch.table.num_rows
+        if batch.table.num_rows == 0:
+            return
+        suffix = uuid.uuid4().hex[:12]
+        stage, norm = f"_ingest_stage_{suffix}", f"_ingest_norm_{suffix}"
+        table, staged = _stage_table(batch.table)
+        try:
+            self.db.command(f"CREATE TABLE {stage} ({_stage_columns(table)}) ENGINE = Memory")
+            self.db.insert_arrow(stage, table)
+            if self.options.create_accounts:
+                report.created_accounts += self._create_accounts(stage, staged)
+            norm_cols = ", ".join(f"{f.name} {f.ch_type}" for f in catalogue.FIELDS)
+            self.db.command(f"CREATE TABLE {norm} ({norm_cols}, {LINE} Int64, reason String) "
+                            "ENGINE = Memory")
+            self.db.command(_conversion_sql(staged, norm, stage), self._params())
+            self._write_rejects(path, stage, norm, report)
+            self._store(norm, report, fmt)
+        finally:
+            self.db.command(f"DROP TABLE IF EXISTS {stage}")
+            self.db.command(f"DROP TABLE IF EXISTS {norm}")
+
+    def _create_accounts(self, stage: str, staged: dict[str, str]) -> list[str]:
+        created = []
+        for kind in acc.KINDS:
+            col = f"{kind}_code"
+            if col not in staged:
+                continue
+            codes = [r[0] for r in self.db.rows(
+                f"SELECT DISTINCT {_clean('r_' + col)} AS c FROM {stage} WHERE c IS NOT NULL")]
+            valid = [c for c in codes if acc.ACCOUNT_CODE.match(c)]
+            for new in acc.ensure_accounts(self.db, self.options.tenant, kind, valid):
+                created.append(f"{kind} {new.code} (id {new.account_id})")
+        return created
+
+    def _write_rejects(self, path: Path, stage: str, norm: str, report: FileReport) -> None:
+        bad = self.db.rows(f"SELECT {LINE}, reason FROM {norm} WHERE reason != '' ORDER BY {LINE}")
+        if not bad:
+            return
+        raw = self.db.query(
+            f"SELECT * FROM {stage} WHERE {LINE} IN (SELECT {LINE} FROM {norm} WHERE reason != '')")
+        names = [n for n in raw.column_names]
+        by_line = {}
+        for row in raw.result_rows:
+            rec = dict(zip(names, row))
+            line = rec.pop(LINE)
+            by_line[line] = json.dumps(
+                {k[2:]: _jsonable(v) for k, v in rec.items() if v is not None}, ensure_ascii=False)
+        for line, reason in bad:
+            self.rejects.write(path, line, reason, by_line.get(line, ""))
+        report.rejected += len(bad)
+
+    def _store(self, norm: str, report: FileReport, fmt: str) -> None:
+        bounds = self.db.rows(f"SELECT min(start_time), max(start_time), count() FROM {norm} "
+                              "WHERE reason = ''")
+        lo, hi, valid = bounds[0]
+        if not valid:
+            return
+        fresh = (
+            f"SELECT * FROM {norm} WHERE reason = '' AND call_id NOT IN ("
+            "  SELECT call_id FROM cdr_records WHERE tenant_id = {tenant:String}"
+            "  AND start_time BETWEEN {lo:DateTime64(3, 'UTC')} AND {hi:DateTime64(3, 'UTC')})"
+            f" ORDER BY {LINE} LIMIT 1 BY call_id")
+        params = {"tenant": self.options.tenant, "lo": lo, "hi": hi,
+                  "version": self.version, "source": fmt}
+        accepted = int(self.db.scalar(f"SELECT count() FROM ({fresh})", params))
+        if accepted:
+            cols = ", ".join(catalogue.NAMES)
+            self.db.command(
+                f"INSERT INTO cdr_records ({cols}, version, source) "
+                f"SELECT {cols}, {{version:UInt64}}, {{source:String}} FROM ({fresh})", params)
+        report.accepted += accepted
+        report.duplicates += int(valid) - accepted
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, (str, int, float)) or value is None:
+        return value
+    return str(value)
+
+
+def _stage_table(table: pa.Table) -> tuple[pa.Table, dict[str, str]]:
+    """Prefix the batch's columns with r_ and say which are strings or timestamps."""
+    staged: dict[str, str] = {}
+    cols = {}
+    for name in table.column_names:
+        col = table.column(name)
+        if name == LINE:
+            cols[LINE] = col
+            continue
+        staged[name] = "timestamp" if pa.types.is_timestamp(col.type) else "string"
+        cols[f"r_{name}"] = col
+    return pa.table(cols), staged
+
+
+def _stage_columns(table: pa.Table) -> str:
+    out = []
+    for name in table.column_names:
+        t = table.schema.field(name).type
+        if name == LINE:
+            out.append(f"{LINE} Int64")
+        elif pa.types.is_timestamp(t):
+            out.append(f"{name} Nullable(DateTime64(3, 'UTC'))")
+        else:
+            out.append(f"{name} Nullable(String)")
+    return ", ".join(out)
+
+
+def ingest_paths(db: Database, paths: Iterable[Path], options: IngestOptions,
+                 rejects_path: Path) -> list[FileReport]:
+    """Ingest several files (used by the demo and tests; the CLI drives Ingestor itself)."""
+    ingestor = Ingestor(db, options, rejects_path)
+    try:
+        return [ingestor.ingest(p) for p in paths]
+    finally:
+        ingestor.close()
+
+
+__all__ = ["FileReport", "FormatError", "IngestError", "IngestOptions", "Ingestor",
+           "RawReject", "ingest_paths"]
