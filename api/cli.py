@@ -196,8 +196,8 @@ def ingest(
                     task = bar.add_task(f"ingest {path.name}", total=size)
 
                     def detected(name: str, _p: Path = path) -> None:
-                        err.print(f"{_p}: detected format [bold]{name}[/bold]"
-                                  if fmt == "auto" else f"{_p}: format {name}")
+                        bar.console.print(f"{_p}: detected format [bold]{name}[/bold]"
+                                          if fmt == "auto" else f"{_p}: format {name}")
 
                     r = ingestor.ingest(path, progress=lambda done: bar.update(task, completed=done),
                                         on_detect=detected)

@@ -47,4 +47,4 @@ def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str,
             table.add_column(col, overflow="fold")
         for row in rows:
             table.add_row(*["" if v is None else str(_plain(v)) for v in row])
-        Console(file=out).print(table)
+        Console(file=out, width=None if out.isatty() else 220).print(table)

@@ -82,33 +82,64 @@ def _clean(col: str) -> str:
     return f"nullIf(trimBoth(toValidUTF8(toString({col}))), '')"
 
 
-def _datetime(v: str, staged_type: str | None) -> str:
-    if staged_type == "timestamp":
+_NUMERIC = ("int", "float", "decimal")
+
+
+def _datetime(v: str, staged: str | None) -> str:
+    if staged == "timestamp":
         return v
+    if staged in _NUMERIC:  # a number in a datetime column is a Unix time
+        return f"if({v} IS NULL, NULL, toDateTime64({v}, 3, 'UTC'))"
     return f"parseDateTime64BestEffortOrNull({v}, 3, {{source_tz:String}})"
 
 
-def _uint(v: str, max_value: int) -> str:
+def _uint(v: str, staged: str | None, max_value: int) -> str:
+    if staged in _NUMERIC:
+        return (f"if({v} IS NULL OR {v} < 0 OR {v} > {max_value}, "
+                f"CAST(NULL, 'Nullable(UInt64)'), toUInt64(round({v})))")
+    if staged == "timestamp":
+        return "CAST(NULL, 'Nullable(UInt64)')"
     f = f"toFloat64OrNull({v})"
     return (f"if({f} IS NULL OR {f} < 0 OR {f} > {max_value} OR NOT isFinite({f}), "
             f"CAST(NULL, 'Nullable(UInt64)'), toUInt64(round({f})))")
 
 
+def _decimal(v: str, staged: str | None) -> str:
+    if staged in ("int", "decimal"):
+        return f"toDecimal64({v}, 6)"
+    if staged == "float":  # the shortest decimal spelling of the float, not its binary value
+        return f"toDecimal64OrNull(toString({v}), 6)"
+    if staged == "timestamp":
+        return "CAST(NULL, 'Nullable(Decimal(18, 6))')"
+    return f"toDecimal64OrNull({v}, 6)"
+
+
 def _conversion_sql(staged: dict[str, str], norm_table: str, stage_table: str) -> str:
     """The INSERT … SELECT that converts one staged batch.
 
-    `staged` maps each column present in the batch to 'string' or 'timestamp';
-    absent fields read as NULL and take their documented default.
+    `staged` maps each column present in the batch to how it was staged:
+    'string', 'binary' (bytes that may not be UTF-8), 'int', 'float',
+    'decimal' or 'timestamp'. Typed columns (Parquet) skip text parsing.
+    Absent fields read as NULL and take their documented default.
     """
+    typed_kinds = {f.name for f in catalogue.FIELDS if f.kind in ("int", "decimal", "datetime")}
+
     def v(name: str) -> str:
-        if name not in staged:
+        kind = staged.get(name)
+        col = f"r_{name}"
+        if kind is None:
             return "CAST(NULL, 'Nullable(String)')"
-        if staged[name] == "timestamp":
-            return f"r_{name}"
-        return _clean(f"r_{name}")
+        if kind in _NUMERIC or kind == "timestamp":
+            return col if name in typed_kinds else f"nullIf(toString({col}), '')"
+        if kind == "string":
+            return f"nullIf(trimBoth({col}), '')"
+        return _clean(col)
 
     def parsed_dt(name: str) -> str:
         return _datetime(f"v_{name}", staged.get(name))
+
+    def uint(name: str, max_value: int = 4294967295) -> str:
+        return _uint(f"v_{name}", staged.get(name), max_value)
 
     disp_list = ", ".join(f"'{d}'" for d in catalogue.DISPOSITIONS)
     dir_list = ", ".join(f"'{d}'" for d in catalogue.DIRECTIONS)
@@ -120,18 +151,18 @@ def _conversion_sql(staged: dict[str, str], norm_table: str, stage_table: str) -
         f"{parsed_dt('start_time')} AS p_start",
         f"{parsed_dt('answer_time')} AS p_answer",
         f"{parsed_dt('end_time')} AS p_end",
-        f"{_uint('v_duration', 4294967295)} AS p_duration",
-        f"{_uint('v_billsec', 4294967295)} AS p_billsec",
-        f"{_uint('v_sip_code', 699)} AS p_sip_code",
-        f"{_uint('v_pdd_ms', 4294967295)} AS p_pdd",
+        f"{uint('duration')} AS p_duration",
+        f"{uint('billsec')} AS p_billsec",
+        f"{uint('sip_code', 699)} AS p_sip_code",
+        f"{uint('pdd_ms')} AS p_pdd",
         "multiIf(v_disposition IS NULL, NULL, "
         "  upper(replaceRegexpAll(v_disposition, '[_ ]+', ' ')) = 'NOANSWER', 'NO ANSWER', "
         "  upper(replaceRegexpAll(v_disposition, '[_ ]+', ' '))) AS p_disp",
         "lower(v_direction) AS p_dir",
         # accounts: by id, by code, or the --customer/--carrier default
-        f"{_uint('v_customer_id', 4294967295)} AS p_cust_num",
+        f"{uint('customer_id')} AS p_cust_num",
         "transform(v_customer_code, {cust_codes:Array(String)}, {cust_ids:Array(UInt32)}, toUInt32(0)) AS p_cust_by_code",
-        f"{_uint('v_carrier_id', 4294967295)} AS p_carr_num",
+        f"{uint('carrier_id')} AS p_carr_num",
         "transform(v_carrier_code, {carr_codes:Array(String)}, {carr_ids:Array(UInt32)}, toUInt32(0)) AS p_carr_by_code",
         "toUInt32(multiIf(v_customer_code IS NOT NULL, p_cust_by_code, "
         "  p_cust_num IS NOT NULL, p_cust_num, {default_customer:UInt32})) AS d_customer",
@@ -146,7 +177,7 @@ def _conversion_sql(staged: dict[str, str], norm_table: str, stage_table: str) -
         "ifNull(upper(v_currency), transform(d_customer, {cust_ids:Array(UInt32)}, {cust_currencies:Array(String)}, 'USD')) AS d_currency",
     ]
     for money in ("customer_rate", "customer_charge", "carrier_rate", "carrier_cost"):
-        aliases.append(f"toDecimal64OrNull(v_{money}, 6) AS p_{money}")
+        aliases.append(f"{_decimal('v_' + money, staged.get(money))} AS p_{money}")
 
     checks = [
         ("v_tenant_id IS NOT NULL AND v_tenant_id != {tenant:String}",
@@ -386,6 +417,8 @@ class Ingestor:
         report.rejected += len(bad)
 
     def _store(self, norm: str, report: FileReport, fmt: str) -> None:
+        # A stored call with the same call_id within two days of the batch is the
+        # same call (two days covers a file re-read with another --source-tz).
         bounds = self.db.rows(f"SELECT min(start_time), max(start_time), count() FROM {norm} "
                               "WHERE reason = ''")
         lo, hi, valid = bounds[0]
@@ -394,7 +427,8 @@ class Ingestor:
         fresh = (
             f"SELECT * FROM {norm} WHERE reason = '' AND call_id NOT IN ("
             "  SELECT call_id FROM cdr_records WHERE tenant_id = {tenant:String}"
-            "  AND start_time BETWEEN {lo:DateTime64(3, 'UTC')} AND {hi:DateTime64(3, 'UTC')})"
+            "  AND start_time BETWEEN {lo:DateTime64(3, 'UTC')} - INTERVAL 2 DAY"
+            "  AND {hi:DateTime64(3, 'UTC')} + INTERVAL 2 DAY)"
             f" ORDER BY {LINE} LIMIT 1 BY call_id")
         params = {"tenant": self.options.tenant, "lo": lo, "hi": hi,
                   "version": self.version, "source": fmt}
@@ -425,9 +459,23 @@ def _stage_table(table: pa.Table) -> tuple[pa.Table, dict[str, str]]:
         if name == LINE:
             cols[LINE] = col
             continue
-        staged[name] = "timestamp" if pa.types.is_timestamp(col.type) else "string"
+        staged[name] = _staged_kind(col.type)
         cols[f"r_{name}"] = col
     return pa.table(cols), staged
+
+
+def _staged_kind(t: pa.DataType) -> str:
+    if pa.types.is_timestamp(t):
+        return "timestamp"
+    if pa.types.is_integer(t):
+        return "int"
+    if pa.types.is_floating(t):
+        return "float"
+    if pa.types.is_decimal(t):
+        return "decimal"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "string"
+    return "binary"
 
 
 def _stage_columns(table: pa.Table) -> str:
@@ -438,6 +486,12 @@ def _stage_columns(table: pa.Table) -> str:
             out.append(f"{LINE} Int64")
         elif pa.types.is_timestamp(t):
             out.append(f"{name} Nullable(DateTime64(3, 'UTC'))")
+        elif pa.types.is_integer(t):
+            out.append(f"{name} Nullable(Int64)")
+        elif pa.types.is_floating(t):
+            out.append(f"{name} Nullable(Float64)")
+        elif pa.types.is_decimal(t):
+            out.append(f"{name} Nullable(Decimal({min(t.precision, 76)}, {t.scale}))")
         else:
             out.append(f"{name} Nullable(String)")
     return ", ".join(out)

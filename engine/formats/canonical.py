@@ -50,7 +50,7 @@ def check_columns(path: Path, names: list[str]) -> None:
 
 
 def _stage_types(table: pa.Table, source_tz: str) -> pa.Table:
-    """Make every column a string or a UTC timestamp, the two types staging takes.
+    """Normalise column types to what staging takes: text, int64, float64, decimal, UTC timestamps.
 
     Typed Parquet columns keep their meaning: a timestamp with a zone is an
     instant, a naive one is wall time in the source zone.
@@ -75,6 +75,12 @@ def _stage_types(table: pa.Table, source_tz: str) -> pa.Table:
             cols[name] = pc.cast(col, pa.string())
         elif pa.types.is_binary(t) or pa.types.is_large_binary(t):
             cols[name] = col.cast(pa.binary())
+        elif pa.types.is_integer(t):
+            cols[name] = pc.cast(col, pa.int64())
+        elif pa.types.is_floating(t):
+            cols[name] = pc.cast(col, pa.float64())
+        elif pa.types.is_decimal(t):
+            cols[name] = col
         else:
             cols[name] = pc.cast(col, pa.string())
     return pa.table(cols)
@@ -114,7 +120,7 @@ class DelimitedReader:
         # Every column is read as bytes: a value that is not valid UTF-8 must
         # reject (or be repaired in) one row, not abort the whole file.
         read_opts = pacsv.ReadOptions(column_names=names, skip_rows=1,
-                                      block_size=8 << 20, use_threads=True)
+                                      block_size=8 << 20, use_threads=False)
         parse_opts = pacsv.ParseOptions(delimiter=self.delimiter,
                                         invalid_row_handler=on_invalid,
                                         newlines_in_values=False)

@@ -404,8 +404,8 @@ def _iter_json_stream(path: Path) -> Iterator[_Item]:
                 if not eof and len(buf) - pos < _MAX_RECORD_CHARS:
                     refill()
                     continue
-                yield line, None, f"invalid JSON (rest of file skipped): {exc}", \
-                    buf[pos:pos + _RAW_MAX], consumed
+                reason = f"invalid JSON (rest of file skipped): {exc}"
+                yield line, None, reason, buf[pos:pos + _RAW_MAX], consumed
                 return
             yield line, record, None, buf[pos:end], consumed
             line += buf.count("\n", pos, end)
