@@ -1,0 +1,115 @@
+"""The command line as a user runs it: a subprocess per command, exit codes, stdout vs stderr."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def run(data_dir: Path, *args: str, check: bool = False) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CDRHOUSE_DATA_DIR": str(data_dir), "COLUMNS": "200"}
+    env.pop("CDRHOUSE_CLICKHOUSE", None)
+    proc = subprocess.run([sys.executable, "-m", "api.cli", *args], capture_output=True,
+                          text=True, env=env, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("cli")
+    proc = run(data, "demo", "--rows", "3000", "--months", "2", "--seed", "1", check=True)
+    assert "the store now holds 3,000 CDRs" in proc.stderr
+    return data
+
+
+def test_version_and_help(tmp_path: Path) -> None:
+    assert run(tmp_path, "--version", check=True).stdout.startswith("cdrhouse ")
+    helptext = run(tmp_path, "--help", check=True).stdout
+    for cmd in ("init", "ingest", "accounts", "demo", "sql", "fields"):
+        assert cmd in helptext
+    assert "--data-dir" in helptext
+    assert "--source-tz" in run(tmp_path, "ingest", "--help", check=True).stdout
+
+
+def test_init_is_idempotent(tmp_path: Path) -> None:
+    first = run(tmp_path, "init", check=True)
+    assert "applied schema 001_core" in first.stderr
+    second = run(tmp_path, "init", check=True)
+    assert "schema is current" in second.stderr
+    assert (tmp_path / "clickhouse").is_dir()
+
+
+def test_demo_then_sql_as_admin(demo_dir: Path) -> None:
+    out = run(demo_dir, "sql", "SELECT tenant_id, count() AS n FROM cdrs GROUP BY tenant_id "
+                               "ORDER BY tenant_id", "--as", "admin", "--format", "json", check=True)
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["tenant_id"] for r in rows] == ["acme", "globex", "initech"]
+    assert sum(r["n"] for r in rows) == 3000
+    csv_out = run(demo_dir, "sql", "SELECT count() AS n FROM cdrs", "--format", "csv", check=True)
+    assert csv_out.stdout.splitlines() == ["n", "3000"]
+
+
+def test_sql_refuses_physical_tables_and_writes(demo_dir: Path) -> None:
+    proc = run(demo_dir, "sql", "SELECT * FROM cdr_records")
+    assert proc.returncode == 2 and "unknown table" in proc.stderr
+    proc = run(demo_dir, "sql", "DROP TABLE cdrs")
+    assert proc.returncode == 2 and "only SELECT" in proc.stderr
+
+
+def test_accounts_add_and_list(tmp_path: Path) -> None:
+    added = run(tmp_path, "accounts", "add", "--tenant", "acme", "--code", "C9",
+                "--kind", "customer", "--name", "Nine", check=True)
+    assert added.stdout.strip() == "1"
+    dup = run(tmp_path, "accounts", "add", "--tenant", "acme", "--code", "C9", "--kind", "customer")
+    assert dup.returncode == 2 and "already exists" in dup.stderr
+    listed = run(tmp_path, "accounts", "list", "--format", "csv", check=True)
+    assert listed.stdout.splitlines()[1] == "acme,1,C9,customer,Nine,USD"
+
+
+def test_ingest_reports_counts_rejects_and_exit_codes(tmp_path: Path) -> None:
+    good = tmp_path / "calls.csv"
+    good.write_text("call_id,start_time,duration\nx1,2026-03-01 10:00:00,5\nx2,garbage,5\n")
+    rejects = tmp_path / "rej.csv"
+    proc = run(tmp_path, "ingest", str(good), "--tenant", "acme", "--rejects", str(rejects))
+    assert proc.returncode == 0, proc.stderr
+    assert "detected format csv" in proc.stderr
+    assert "read 2, accepted 1, duplicate 0, rejected 1" in proc.stderr
+    assert str(rejects) in proc.stderr and "garbage" in rejects.read_text()
+    again = run(tmp_path, "ingest", str(good), "--tenant", "acme", "--rejects", str(rejects))
+    assert again.returncode == 0 and "accepted 0, duplicate 1, rejected 1" in again.stderr
+    allbad = tmp_path / "bad.csv"
+    allbad.write_text("call_id,start_time,duration\ny1,garbage,5\n")
+    proc = run(tmp_path, "ingest", str(allbad), "--tenant", "acme")
+    assert proc.returncode == 1 and "nothing usable was read" in proc.stderr
+    notcdr = tmp_path / "notes.txt"
+    notcdr.write_text("hello\n")
+    proc = run(tmp_path, "ingest", str(notcdr), "--tenant", "acme")
+    assert proc.returncode == 2 and "not a CDR file" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_held_store_gives_a_plain_message(tmp_path: Path) -> None:
+    run(tmp_path, "init", check=True)
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import sys, clickhouse_connect;"
+                               f"c = clickhouse_connect.get_client(dsn='chdb://{tmp_path / 'clickhouse'}');"
+                               "print('ready', flush=True); sys.stdin.readline()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        proc = run(tmp_path, "accounts", "list")
+        assert proc.returncode == 3
+        assert f"The data directory {tmp_path / 'clickhouse'} is in use by process {holder.pid}" \
+            in proc.stderr.replace("\n", " ").replace("  ", " ") or "is in use by process" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    finally:
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.wait(timeout=30)
