@@ -333,3 +333,10 @@ def test_freeswitch_csv_and_json_end_to_end(store: Database, tmp_path: Path) -> 
     row = cdrs(store, "call_id = '3da8bf84-c133-4959-9e24-e72875cb33a1'")[0]
     assert row["start_time"].replace(tzinfo=None) == dt.datetime(2018, 1, 11, 10, 25, 44, 534000)
     assert (row["src_ip"], row["sip_code"], row["billsec"], row["codec"]) == ("10.10.10.100", 200, 10, "PCMA")
+
+
+def test_quoted_header_as_clickhouse_writes_it(embedded_db: Database, tmp_path: Path) -> None:
+    path = tmp_path / "quoted.csv"
+    path.write_text('"call_id","start_time","duration"\n"q1","2026-03-01 10:00:00",5\n')
+    report, _ = ingest(embedded_db, path, tmp_path)
+    assert (report.format, report.accepted) == ("csv", 1)

@@ -9,6 +9,7 @@ ignored column is a silently lost field.
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,6 +97,12 @@ def _with_lines(table: pa.Table, first_line: int,
     return table.append_column(LINE, pa.array(candidates[:n], type=pa.int64()))
 
 
+def _header(line: str, delimiter: str) -> list[str]:
+    """Column names of a header line, quoted or not."""
+    row = next(csv.reader([line.rstrip("\r\n")], delimiter=delimiter), [])
+    return [name.strip() for name in row]
+
+
 class DelimitedReader:
     """CSV or TSV with a header line of catalogue names."""
 
@@ -106,8 +113,8 @@ class DelimitedReader:
     def read(self, path: Path, batch_rows: int = BATCH_ROWS,
              source_tz: str = "UTC") -> Iterator[RawBatch]:
         with open(path, "rb") as fh:
-            header = fh.readline().decode("utf-8-sig", errors="replace").rstrip("\r\n")
-        names = [h.strip() for h in header.split(self.delimiter)]
+            header = fh.readline().decode("utf-8-sig", errors="replace")
+        names = _header(header, self.delimiter)
         check_columns(path, names)
         rejects: list[RawReject] = []
 
@@ -247,10 +254,9 @@ PARQUET_READER = ParquetReader()
 
 def sniff_delimited(head: bytes) -> str | None:
     """'csv' or 'tsv' when the first line is a header naming call_id and start_time."""
-    first = head.split(b"\n", 1)[0].decode("utf-8-sig", errors="replace").strip("\r")
+    first = head.split(b"\n", 1)[0].decode("utf-8-sig", errors="replace")
     for name, delim in (("tsv", "\t"), ("csv", ",")):
-        cols = {c.strip() for c in first.split(delim)}
-        if {"call_id", "start_time"} <= cols:
+        if {"call_id", "start_time"} <= set(_header(first, delim)):
             return name
     return None
 
