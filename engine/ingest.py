@@ -79,7 +79,8 @@ Progress = Callable[[int], None]
 # -- the conversion, as ClickHouse expressions ------------------------------------
 
 def _clean(col: str) -> str:
-    return f"nullIf(trimBoth(toValidUTF8(toString({col}))), '')"
+    # '' and ClickHouse's own NULL spelling in CSV/TSV (\N) both mean "no value"
+    return f"nullIf(nullIf(trimBoth(toValidUTF8(toString({col}))), ''), '\\\\N')"
 
 
 _NUMERIC = ("int", "float", "decimal")
@@ -132,7 +133,7 @@ def _conversion_sql(staged: dict[str, str], norm_table: str, stage_table: str) -
         if kind in _NUMERIC or kind == "timestamp":
             return col if name in typed_kinds else f"nullIf(toString({col}), '')"
         if kind == "string":
-            return f"nullIf(trimBoth({col}), '')"
+            return f"nullIf(nullIf(trimBoth({col}), ''), '\\\\N')"
         return _clean(col)
 
     def parsed_dt(name: str) -> str:

@@ -337,6 +337,8 @@ def test_freeswitch_csv_and_json_end_to_end(store: Database, tmp_path: Path) -> 
 
 def test_quoted_header_as_clickhouse_writes_it(embedded_db: Database, tmp_path: Path) -> None:
     path = tmp_path / "quoted.csv"
-    path.write_text('"call_id","start_time","duration"\n"q1","2026-03-01 10:00:00",5\n')
+    path.write_text('"call_id","start_time","duration","answer_time"\n'
+                    '"q1","2026-03-01 10:00:00",5,\\N\n')
     report, _ = ingest(embedded_db, path, tmp_path)
     assert (report.format, report.accepted) == ("csv", 1)
+    assert cdrs(embedded_db)[0]["answer_time"] is None     # ClickHouse's CSV NULL
