@@ -425,11 +425,14 @@ class Ingestor:
         lo, hi, valid = bounds[0]
         if not valid:
             return
+        # Look up only the batch's own call ids among stored calls: the set
+        # built is the batch (bounded), not the stored table (unbounded).
         fresh = (
             f"SELECT * FROM {norm} WHERE reason = '' AND call_id NOT IN ("
             "  SELECT call_id FROM cdr_records WHERE tenant_id = {tenant:String}"
             "  AND start_time BETWEEN {lo:DateTime64(3, 'UTC')} - INTERVAL 2 DAY"
-            "  AND {hi:DateTime64(3, 'UTC')} + INTERVAL 2 DAY)"
+            "  AND {hi:DateTime64(3, 'UTC')} + INTERVAL 2 DAY"
+            f"  AND call_id IN (SELECT call_id FROM {norm} WHERE reason = ''))"
             f" ORDER BY {LINE} LIMIT 1 BY call_id")
         params = {"tenant": self.options.tenant, "lo": lo, "hi": hi,
                   "version": self.version, "source": fmt}
