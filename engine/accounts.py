@@ -97,3 +97,24 @@ def ensure_accounts(db: Database, tenant: str, kind: str, codes: list[str],
     known = {a.code for a in list_accounts(db, tenant, kind)}
     return [add_account(db, tenant, code, kind, currency=currency)
             for code in sorted(set(codes) - known)]
+
+
+def resolve_principal(db: Database, text: str) -> "Principal":
+    """The principal written as `text` (admin, tenant:T, tenant:T/customer:CODE …), resolved.
+
+    Account codes become ids here, at the edge, so that the SQL layer stays pure.
+    An unknown account is an error naming it.
+    """
+    from sql.principal import Principal, PrincipalRef
+
+    ref = PrincipalRef.parse(text)
+    if ref.role == "admin":
+        return Principal.admin()
+    if ref.role == "tenant":
+        return Principal.operator(ref.tenant)
+    found = find(db, ref.tenant, ref.role, ref.account_code)
+    if not found:
+        raise AccountError(f"no {ref.role} {ref.account_code!r} in tenant {ref.tenant!r} "
+                           f"(principal {text!r})")
+    make = Principal.customer if ref.role == "customer" else Principal.carrier
+    return make(ref.tenant, found.account_id)

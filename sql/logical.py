@@ -4,13 +4,35 @@ Users never name a physical table. `cdrs` is the CDR table deduplicated
 (ReplacingMergeTree read with FINAL, so a re-ingested or re-rated call counts
 once) and restricted to catalogue fields; internal columns (version, source,
 ingested_at) do not exist for users.
+
+Each logical table says which physical table it reads, which columns it
+exposes, who may see each column (the field catalogue decides for catalogue
+fields; other columns must declare their roles) and which column holds the
+account id for customer and carrier users. The user-SQL guard (sql/guard.py)
+turns every reference into a guarded subquery from this description, so adding
+a table is one entry here. For example, once a `daily_summary` table exists in
+sql/schema/:
+
+    DAILY_SUMMARY = LogicalTable(
+        "daily_summary", "cdr_daily_summary",
+        ("day", "customer_id", "carrier_id", "country", "calls", "billsec",
+         "customer_charge", "carrier_cost"),
+        extra_roles=(("day", catalogue.ALL_ROLES), ("calls", catalogue.ALL_ROLES)),
+        final=False)
+    TABLES[DAILY_SUMMARY.name] = DAILY_SUMMARY
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from sql import catalogue
+from sql.schema import migrations
+
+#: role → column holding that role's account id (what Principal.guard filters on).
+DEFAULT_ACCOUNT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("customer", "customer_id"), ("carrier", "carrier_id"))
 
 
 @dataclass(frozen=True)
@@ -20,6 +42,35 @@ class LogicalTable:
     #: column names users may see, before role filtering
     columns: tuple[str, ...]
     final: bool = True
+    #: (role, column) pairs: the account column a customer/carrier guard filters on
+    account_columns: tuple[tuple[str, str], ...] = DEFAULT_ACCOUNT_COLUMNS
+    #: (column, roles) for columns that are not catalogue fields (e.g. aggregates)
+    extra_roles: tuple[tuple[str, frozenset[str]], ...] = ()
+
+    def __post_init__(self) -> None:
+        extra = dict(self.extra_roles)
+        for col in self.columns:
+            if col not in catalogue.BY_NAME and col not in extra:
+                # fail closed: a column nobody decided the visibility of is a bug
+                raise ValueError(f"logical table {self.name}: column {col!r} is not a "
+                                 "catalogue field and has no extra_roles entry")
+
+    def roles_of(self, column: str) -> frozenset[str]:
+        """The roles that may see `column` of this table."""
+        extra = dict(self.extra_roles)
+        if column in extra:
+            return extra[column]
+        return catalogue.BY_NAME[column].roles
+
+    def visible_columns(self, role: str) -> tuple[str, ...]:
+        """The columns a principal of `role` may see, in table order."""
+        return tuple(c for c in self.columns if role in self.roles_of(c))
+
+    def hidden_columns(self, role: str) -> tuple[str, ...]:
+        return tuple(c for c in self.columns if role not in self.roles_of(c))
+
+    def account_column_map(self) -> dict[str, str]:
+        return dict(self.account_columns)
 
     def select(self, columns: tuple[str, ...] | None = None, where: str | None = None) -> str:
         """The subquery that stands in for this table (optionally with a guard predicate)."""
@@ -34,3 +85,18 @@ class LogicalTable:
 CDRS = LogicalTable("cdrs", "cdr_records", catalogue.NAMES)
 
 TABLES: dict[str, LogicalTable] = {CDRS.name: CDRS}
+
+_CREATE = re.compile(r"CREATE\s+(?:TABLE|VIEW|MATERIALIZED\s+VIEW|DICTIONARY)\s+"
+                     r"(?:IF\s+NOT\s+EXISTS\s+)?[`\"]?([A-Za-z_][A-Za-z0-9_]*)", re.IGNORECASE)
+
+
+def _physical_tables() -> frozenset[str]:
+    """Every table the schema files create, plus the migrator's own, plus each logical
+    table's physical table: names user SQL may never write, in any position."""
+    names = {"schema_migrations"} | {t.physical for t in TABLES.values()}
+    for mig in migrations():
+        names.update(_CREATE.findall(mig.sql))
+    return frozenset(names)
+
+
+PHYSICAL_TABLES: frozenset[str] = _physical_tables()

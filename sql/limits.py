@@ -1,0 +1,138 @@
+"""Per-role limits for user SQL, as ClickHouse settings, and plain words for their errors.
+
+Every user query runs with `settings=limits_for(principal.role)`. The guard
+(sql/guard.py) decides *what* a query may read; these settings bound *how
+much*: time, rows and bytes read, result size and memory. Operators (admin,
+tenant) get looser limits than customer and carrier users, who reach the
+store through the API and share it with everyone else.
+
+- `readonly=1`: the session cannot write or change settings, whatever slips
+  through (the guard refuses SETTINGS clauses anyway).
+- `result_overflow_mode='throw'`: a result over `max_result_rows` is an error
+  the user sees, never a silently truncated answer.
+- `use_query_condition_cache=0`: that cache is shared by every query on the
+  server and keyed on predicates; user-shaped predicates have poisoned it in
+  released ClickHouse versions (wrong results for *later* queries, e.g.
+  ClickHouse issues #104781, #111363), so user SQL neither reads nor writes it.
+
+`explain_limit_error` turns ClickHouse's limit errors into a message naming
+the limit and how to narrow the query.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+_GIB = 1024 ** 3
+
+#: role → ClickHouse settings. Customer and carrier share the tightest set.
+_OPERATOR_LIMITS: dict[str, Any] = {
+    "max_execution_time": 300,
+    "max_rows_to_read": 20_000_000_000,
+    "max_bytes_to_read": 2_000 * _GIB,
+    "max_result_rows": 1_000_000,
+    "max_memory_usage": 16 * _GIB,
+}
+_TENANT_LIMITS: dict[str, Any] = {
+    "max_execution_time": 120,
+    "max_rows_to_read": 5_000_000_000,
+    "max_bytes_to_read": 500 * _GIB,
+    "max_result_rows": 500_000,
+    "max_memory_usage": 8 * _GIB,
+}
+_ACCOUNT_LIMITS: dict[str, Any] = {
+    "max_execution_time": 30,
+    "max_rows_to_read": 500_000_000,
+    "max_bytes_to_read": 50 * _GIB,
+    "max_result_rows": 100_000,
+    "max_memory_usage": 2 * _GIB,
+}
+ROLE_LIMITS: dict[str, dict[str, Any]] = {
+    "admin": _OPERATOR_LIMITS,
+    "tenant": _TENANT_LIMITS,
+    "customer": _ACCOUNT_LIMITS,
+    "carrier": _ACCOUNT_LIMITS,
+}
+#: Settings every role gets and no override may change.
+FIXED: dict[str, Any] = {
+    "readonly": 1,
+    "result_overflow_mode": "throw",
+    "use_query_condition_cache": 0,
+}
+
+
+def limits_for(role: str, **overrides: int) -> dict[str, Any]:
+    """The ClickHouse settings a query of `role` runs with.
+
+    `overrides` replace numeric limits (tests use tiny ones; a service may
+    tighten them); the fixed settings cannot be overridden, and an unknown role
+    or limit name is an error rather than a query without limits.
+    """
+    if role not in ROLE_LIMITS:
+        raise ValueError(f"no query limits for role {role!r}")
+    settings: dict[str, Any] = dict(ROLE_LIMITS[role])
+    for name, value in overrides.items():
+        if name not in settings:
+            raise ValueError(f"{name!r} is not a per-role limit; choose one of "
+                             f"{', '.join(sorted(settings))}")
+        settings[name] = int(value)
+    settings.update(FIXED)
+    return settings
+
+
+# -- error messages ----------------------------------------------------------------------
+
+_NARROW_READ = ("narrow the query: use a shorter time range (WHERE start_time >= …), "
+                "filter on more columns, select fewer columns, or aggregate")
+
+#: ClickHouse error code → (name, the setting behind it, what it means, what to do)
+LIMIT_ERRORS: dict[int, tuple[str, str, str, str]] = {
+    159: ("TIMEOUT_EXCEEDED", "max_execution_time", "the query ran longer than allowed",
+          _NARROW_READ),
+    158: ("TOO_MANY_ROWS", "max_rows_to_read", "the query would read more rows than allowed",
+          _NARROW_READ),
+    307: ("TOO_MANY_BYTES", "max_bytes_to_read", "the query would read more data than allowed",
+          "narrow the query: select fewer columns, use a shorter time range, or aggregate"),
+    396: ("TOO_MANY_ROWS_OR_BYTES", "max_result_rows",
+          "the result has more rows than allowed",
+          "add LIMIT, aggregate (GROUP BY), or use a shorter time range"),
+    241: ("MEMORY_LIMIT_EXCEEDED", "max_memory_usage", "the query needed more memory than allowed",
+          "aggregate on fewer keys, use a shorter time range, or avoid large "
+          "groupArray/DISTINCT/JOINs"),
+    394: ("QUERY_WAS_CANCELLED", "max_execution_time", "the query was cancelled",
+          "run it again with a shorter time range or fewer columns; it may have hit a time limit"),
+}
+_BY_NAME = {name: code for code, (name, *_rest) in LIMIT_ERRORS.items()}
+_CODE = re.compile(r"\bcode:?\s*(\d+)", re.IGNORECASE)
+_NAME = re.compile(r"\(([A-Z_]+)\)")
+
+
+def error_code(exc: BaseException) -> int | None:
+    """The ClickHouse error code in an exception from clickhouse-connect or chdb."""
+    code = getattr(exc, "code", None)
+    if isinstance(code, int):
+        return code
+    text = str(exc)
+    m = _CODE.search(text)
+    if m:
+        return int(m.group(1))
+    for name in _NAME.findall(text):
+        if name in _BY_NAME:
+            return _BY_NAME[name]
+    return None
+
+
+def explain_limit_error(exc: BaseException, limits: Mapping[str, Any] | None = None) -> str | None:
+    """A message naming the limit `exc` hit and how to narrow the query, or None.
+
+    None means `exc` is not a limit error: report it some other way. Pass the
+    `limits` the query ran with to name the value too.
+    """
+    code = error_code(exc)
+    if code not in LIMIT_ERRORS:
+        return None
+    name, setting, what, hint = LIMIT_ERRORS[code]
+    value = f" = {limits[setting]:,}" if limits and isinstance(limits.get(setting), int) else ""
+    return f"{what} ({setting}{value}, ClickHouse {name}); {hint}."
