@@ -12,6 +12,7 @@ process, unreachable).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import sys
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -32,9 +33,13 @@ from engine.formats.base import FormatError
 from engine.ingest import IngestError, IngestOptions, Ingestor
 from engine.migrate import migrate
 from sql import catalogue
+from engine.query import QueryFailed, run_sql, run_view
+from sql.builder import BuilderError
+from sql.principal import PrincipalError
 from sql.usersql import UserSQLError, expand_logical_tables
+from sql.viewer import ViewerError, ViewRequest
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 app = typer.Typer(help="cdrhouse: an analytical store for call detail records on ClickHouse.",
                   no_args_is_help=True, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]})
@@ -226,22 +231,86 @@ def _check_format(fmt: str) -> None:
         raise typer.BadParameter(f"choose one of {', '.join(FORMATS)}", param_hint="--format")
 
 
+def _params(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"{pair!r}: use NAME=VALUE", param_hint="--param")
+        out[name] = value
+    return out
+
+
 @app.command()
 def sql(
     ctx: typer.Context,
     query: Annotated[str, typer.Argument(help="A SELECT over the logical table `cdrs`.")],
-    as_: Annotated[str, typer.Option("--as", help="Principal to run as (admin).")] = "admin",
+    as_: Annotated[str, typer.Option(
+        "--as", help="Principal: admin, tenant:T, tenant:T/customer:CODE or "
+                     "tenant:T/carrier:CODE.")] = "admin",
+    param: Annotated[list[str], typer.Option(
+        "--param", "-p", help="Query parameter NAME=VALUE for {NAME:Type} placeholders.")] = [],
     fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")] = "table",
 ) -> None:
-    """Run a read-only SQL query over the logical tables (cdrs)."""
+    """Run a read-only SQL query over the logical tables, guarded for the principal."""
     _check_format(fmt)
-    if as_ != "admin":
-        raise typer.BadParameter("only --as admin is available in this version",
-                                 param_hint="--as")
-    compiled = expand_logical_tables(query)
+    params = _params(param)
     with open_store(ctx) as db:
-        result = db.query(compiled, settings={"readonly": 1})
-        render(result.column_names, result.result_rows, fmt)
+        principal = acc.resolve_principal(db, as_)
+        result = run_sql(db, principal, query, params)
+    render(result.columns, result.rows, fmt)
+
+
+@app.command()
+def search(
+    ctx: typer.Context,
+    as_: Annotated[str, typer.Option("--as", help="Principal (see `sql --help`).")],
+    rules: Annotated[Optional[str], typer.Option(
+        "--rules", help="Query-builder tree (jQuery QueryBuilder or react-querybuilder JSON): "
+                        "a file, or - for stdin.")] = None,
+    preset: Annotated[Optional[str], typer.Option(
+        "--preset", help="today, yesterday, last_24h, last_7_days, last_30_days, this_week, "
+                         "this_month, last_month, or all.")] = None,
+    date_from: Annotated[Optional[str], typer.Option(
+        "--from", help="Start (inclusive), ISO 8601; naive times are in --tz.")] = None,
+    date_to: Annotated[Optional[str], typer.Option("--to", help="End (exclusive).")] = None,
+    number: Annotated[Optional[str], typer.Option(
+        "--number", help="Source or destination: 4420*, *1234, *555*, a,b, !excluded.")] = None,
+    connected_only: Annotated[bool, typer.Option(
+        "--connected-only", help="Only answered calls (billsec > 0).")] = False,
+    columns: Annotated[Optional[str], typer.Option(
+        "--columns", help="Comma-separated fields (default per role).")] = None,
+    sort: Annotated[str, typer.Option(
+        "--sort", help="Comma-separated fields, '-' for descending.")] = "-start_time",
+    tz: Annotated[str, typer.Option("--tz", help="Display time zone (IANA).")] = "UTC",
+    limit: Annotated[int, typer.Option("--limit", help="Page size (max 1000).")] = 100,
+    cursor: Annotated[Optional[str], typer.Option(
+        "--cursor", help="Next-page cursor printed by the previous page.")] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")] = "table",
+) -> None:
+    """Search CDRs as the viewer does: range, number, builder rules; one page at a time."""
+    _check_format(fmt)
+    tree = None
+    if rules:
+        text = sys.stdin.read() if rules == "-" else Path(rules).read_text()
+        try:
+            tree = json.loads(text)
+        except ValueError as exc:
+            raise typer.BadParameter(f"not JSON: {exc}", param_hint="--rules") from None
+    request = ViewRequest(
+        columns=[c.strip() for c in columns.split(",")] if columns else None,
+        sort=[c.strip() for c in sort.split(",") if c.strip()], limit=limit, cursor=cursor,
+        range=preset, date_from=date_from, date_to=date_to, tz=tz,
+        connected_only=connected_only, number=number, rules=tree)
+    with open_store(ctx) as db:
+        principal = acc.resolve_principal(db, as_)
+        result = run_view(db, principal, request)
+    frm, to = result.compiled.applied_range
+    err.print(f"range (UTC): {frm or '-'} .. {to or '-'}; times shown in {tz}; "
+              f"{len(result.rows)} rows")
+    render(list(result.compiled.output_columns), result.rows, fmt)
+    if result.next_cursor:
+        err.print(f"next page: --cursor {result.next_cursor}")
 
 
 # -- fields ---------------------------------------------------------------------------
@@ -347,11 +416,15 @@ def main() -> None:
     except (StoreLocked, StoreError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         sys.exit(3)
-    except (acc.AccountError, FormatError, IngestError, UserSQLError) as exc:
+    except (acc.AccountError, FormatError, IngestError, UserSQLError, ViewerError, BuilderError,
+            PrincipalError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         sys.exit(2)
     except DatabaseError as exc:
         err.print(f"[red]ClickHouse error:[/red] {_first_line(exc)}")
+        sys.exit(1)
+    except QueryFailed as exc:
+        err.print(f"[red]query failed:[/red] {exc}")
         sys.exit(1)
     except Failed as exc:
         err.print(f"[red]failed:[/red] {exc}")

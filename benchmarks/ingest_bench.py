@@ -42,9 +42,10 @@ def _ingest(data_dir: Path, path: Path, tenant: str) -> dict:
             "report": " ".join(proc.stderr.split())[-160:]}
 
 
-# The CLI in a child that reports its own peak RSS (ru_maxrss of RUSAGE_SELF).
+# The CLI in a child that reports its own peak RSS: VmHWM belongs to the
+# process image, so unlike ru_maxrss it does not inherit the parent's peak.
 _CHILD = """
-import resource, sys
+import re, sys
 from api.cli import main
 path, tenant = sys.argv[1], sys.argv[2]
 sys.argv = ["cdrhouse", "ingest", path, "--tenant", tenant]
@@ -53,7 +54,7 @@ try:
 except SystemExit as exc:
     if exc.code:
         raise
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
 """
 
 

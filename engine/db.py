@@ -148,21 +148,43 @@ class Database:
 
     # -- running SQL -----------------------------------------------------
 
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return getattr(self.client, method)(*args, **kwargs)
+        except ClickHouseError:
+            self._recover()
+            raise
+
+    def _recover(self) -> None:
+        """After a failed query, give the embedded engine a fresh client.
+
+        A query that fails after sending some rows leaves those rows unread on
+        the embedded client's handle, and the next query would read them first
+        (clickhouse-connect's chdb backend); a new handle starts clean.
+        """
+        if not self.config.embedded:
+            return
+        try:
+            self.client.close()
+        except Exception:  # noqa: BLE001 - the old handle is being discarded anyway
+            pass
+        self.client = _connect(self.config.dsn, None)
+        self.client.database = self.name
+
     def command(self, sql: str, parameters: Mapping[str, Any] | None = None,
                 settings: Mapping[str, Any] | None = None) -> Any:
-        return self.client.command(sql, parameters=dict(parameters or {}),
-                                   settings=dict(settings or {}))
+        return self._call("command", sql, parameters=dict(parameters or {}),
+                          settings=dict(settings or {}))
 
     def rows(self, sql: str, parameters: Mapping[str, Any] | None = None,
              settings: Mapping[str, Any] | None = None) -> list[tuple]:
-        return self.client.query(sql, parameters=dict(parameters or {}),
-                                 settings=dict(settings or {})).result_rows
+        return self.query(sql, parameters, settings).result_rows
 
     def query(self, sql: str, parameters: Mapping[str, Any] | None = None,
               settings: Mapping[str, Any] | None = None) -> Any:
         """The full clickhouse-connect QueryResult (rows, column names and types)."""
-        return self.client.query(sql, parameters=dict(parameters or {}),
-                                 settings=dict(settings or {}))
+        return self._call("query", sql, parameters=dict(parameters or {}),
+                          settings=dict(settings or {}))
 
     def scalar(self, sql: str, parameters: Mapping[str, Any] | None = None) -> Any:
         rows = self.rows(sql, parameters)
@@ -170,8 +192,8 @@ class Database:
 
     def arrow(self, sql: str, parameters: Mapping[str, Any] | None = None,
               settings: Mapping[str, Any] | None = None) -> pa.Table:
-        return self.client.query_arrow(sql, parameters=dict(parameters or {}),
-                                       settings=dict(settings or {}))
+        return self._call("query_arrow", sql, parameters=dict(parameters or {}),
+                          settings=dict(settings or {}))
 
     def insert_arrow(self, table: str, data: pa.Table,
                      settings: Mapping[str, Any] | None = None) -> None:

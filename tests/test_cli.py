@@ -113,3 +113,32 @@ def test_a_held_store_gives_a_plain_message(tmp_path: Path) -> None:
         holder.stdin.write("\n")
         holder.stdin.flush()
         holder.wait(timeout=30)
+
+
+def test_sql_and_search_are_guarded_per_principal(demo_dir: Path) -> None:
+    mine = run(demo_dir, "sql", "SELECT DISTINCT customer_id FROM cdrs", "--as",
+               "tenant:acme/customer:C002", "--format", "csv", check=True)
+    assert mine.stdout.split() == ["customer_id", "2"]
+    hidden = run(demo_dir, "sql", "SELECT sum(carrier_cost) FROM cdrs", "--as",
+                 "tenant:acme/customer:C002")
+    assert hidden.returncode == 2 and "carrier_cost" in hidden.stderr
+    tenant = run(demo_dir, "sql", "SELECT count() AS n FROM cdrs", "--as", "tenant:globex",
+                 "--format", "csv", check=True)
+    admin = run(demo_dir, "sql", "SELECT count() AS n FROM cdrs WHERE tenant_id = {t:String}",
+                "--param", "t=globex", "--format", "csv", check=True)
+    assert tenant.stdout == admin.stdout
+    unknown = run(demo_dir, "sql", "SELECT 1", "--as", "tenant:acme/customer:NOPE")
+    assert unknown.returncode == 2 and "no customer 'NOPE' in tenant 'acme'" in unknown.stderr
+    page1 = run(demo_dir, "search", "--as", "tenant:acme/carrier:K001", "--preset", "all",
+                "--limit", "5", "--columns", "call_id,carrier_cost", "--format", "json", check=True)
+    rows = [json.loads(line) for line in page1.stdout.splitlines()]
+    assert len(rows) == 5 and set(rows[0]) == {"call_id", "carrier_cost", "start_time"}
+    cursor = page1.stderr.split("--cursor ")[1].split()[0]
+    page2 = run(demo_dir, "search", "--as", "tenant:acme/carrier:K001", "--preset", "all",
+                "--limit", "5", "--columns", "call_id,carrier_cost", "--format", "json",
+                "--cursor", cursor, check=True)
+    rows2 = [json.loads(line) for line in page2.stdout.splitlines()]
+    assert not {r["call_id"] for r in rows} & {r["call_id"] for r in rows2}
+    assert rows2[0]["start_time"] <= rows[-1]["start_time"]
+    bad = run(demo_dir, "search", "--as", "tenant:acme/carrier:K001", "--columns", "customer_charge")
+    assert bad.returncode == 2 and "customer_charge" in bad.stderr
