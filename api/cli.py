@@ -27,7 +27,7 @@ from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progre
 
 from api.render import FORMATS, render
 from engine import accounts as acc
-from engine import generate
+from engine import generate, keys
 from engine.db import Database, StoreConfig, StoreError, StoreLocked
 from engine.formats.base import FormatError
 from engine.ingest import IngestError, IngestOptions, Ingestor
@@ -45,6 +45,8 @@ app = typer.Typer(help="cdrhouse: an analytical store for call detail records on
                   context_settings={"help_option_names": ["-h", "--help"]})
 accounts_app = typer.Typer(help="Customers and carriers of a tenant.", no_args_is_help=True)
 app.add_typer(accounts_app, name="accounts")
+keys_app = typer.Typer(help="API keys for the HTTP service.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 
 class Failed(Exception):
@@ -152,6 +154,71 @@ def accounts_list(
         rows = acc.list_accounts(db, tenant)
     render(["tenant", "id", "code", "kind", "name", "currency"],
            [(a.tenant_id, a.account_id, a.code, a.kind, a.name, a.currency) for a in rows], fmt)
+
+
+# -- keys -------------------------------------------------------------------------------
+
+@keys_app.command("create")
+def keys_create(
+    ctx: typer.Context,
+    as_: Annotated[str, typer.Option("--as", help="Principal the key acts as: admin, tenant:T, "
+                                                 "tenant:T/customer:CODE, tenant:T/carrier:CODE.")],
+    name: Annotated[str, typer.Option("--name", help="What the key is for.")] = "",
+) -> None:
+    """Create an API key. The secret is printed once, alone on stdout; keep it."""
+    with open_store(ctx) as db:
+        acc.resolve_principal(db, as_)           # the account must exist
+        key, secret = keys.create_key(db, as_, name)
+    err.print(f"created key {key.key_id} for {key.principal}"
+              + (f" ({key.name})" if key.name else "") + "; the secret is shown only now")
+    typer.echo(secret)
+
+
+@keys_app.command("list")
+def keys_list(ctx: typer.Context,
+              fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")]
+              = "table") -> None:
+    """List API keys (never their secrets)."""
+    _check_format(fmt)
+    with open_store(ctx) as db:
+        rows = keys.list_keys(db)
+    render(["id", "principal", "name", "created", "revoked"],
+           [(k.key_id, k.principal, k.name, k.created_at, k.revoked_at) for k in rows], fmt)
+
+
+@keys_app.command("revoke")
+def keys_revoke(ctx: typer.Context,
+                key_id: Annotated[str, typer.Argument(help="The key's id (see keys list).")]) -> None:
+    """Revoke an API key: it stops working at once."""
+    with open_store(ctx) as db:
+        key = keys.revoke_key(db, key_id)
+    err.print(f"revoked key {key.key_id} ({key.principal})")
+
+
+# -- serve ------------------------------------------------------------------------------
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8000,
+    pool: Annotated[int, typer.Option("--pool", help="ClickHouse clients (parallel queries).")] = 4,
+) -> None:
+    """Run the HTTP API on the configured store (embedded by default)."""
+    import logging
+
+    import uvicorn
+
+    from api.app import create_app
+    from api.service import ServiceConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    config: StoreConfig = ctx.obj
+    Database(config).close()     # fail fast, with the plain message, if the store is held
+    err.print(f"serving {config.dsn if not config.embedded else config.data_dir / 'clickhouse'} "
+              f"on http://{host}:{port} (docs at /docs)")
+    uvicorn.run(create_app(ServiceConfig(store=config, pool_size=pool)), host=host, port=port,
+                log_level="warning", access_log=False)
 
 
 # -- ingest -------------------------------------------------------------------------
@@ -416,7 +483,7 @@ def main() -> None:
     except (StoreLocked, StoreError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         sys.exit(3)
-    except (acc.AccountError, FormatError, IngestError, UserSQLError, ViewerError, BuilderError,
+    except (acc.AccountError, keys.KeyError_, FormatError, IngestError, UserSQLError, ViewerError, BuilderError,
             PrincipalError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         sys.exit(2)

@@ -1,0 +1,89 @@
+"""Authentication: API key → principal, and a limit on failed attempts per client.
+
+The principal comes only from the key, never from a query parameter. A key is
+sent as `Authorization: Bearer <secret>` or `X-API-Key: <secret>`. Failed
+attempts are counted per client address in a sliding window; past the limit
+the client gets 429 with Retry-After until the window moves on.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from api.errors import Problem
+from engine import accounts as acc
+from engine import keys
+from engine.db import Database
+from sql.principal import Principal
+
+
+@dataclass(frozen=True)
+class Caller:
+    key_id: str
+    principal: Principal
+    principal_text: str
+
+
+class FailureLimiter:
+    """At most `limit` failed authentications per client per `window` seconds."""
+
+    def __init__(self, limit: int = 10, window: float = 60.0) -> None:
+        self.limit = limit
+        self.window = window
+        self._fails: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, client: str, now: float) -> deque[float]:
+        q = self._fails.setdefault(client, deque())
+        while q and q[0] <= now - self.window:
+            q.popleft()
+        return q
+
+    def check(self, client: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            q = self._recent(client, now)
+            if len(q) >= self.limit:
+                retry = max(1, int(q[0] + self.window - now) + 1)
+                raise Problem("rate-limited",
+                              f"too many failed authentications from this client; retry in {retry}s",
+                              headers={"Retry-After": str(retry)})
+
+    def fail(self, client: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._recent(client, now).append(now)
+
+
+def secret_from(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    key = request.headers.get("x-api-key")
+    return key.strip() if key else None
+
+
+def authenticate(db: Database, request: Request, limiter: FailureLimiter) -> Caller:
+    client = request.client.host if request.client else "unknown"
+    limiter.check(client)
+    secret = secret_from(request)
+    if not secret:
+        limiter.fail(client)
+        raise Problem("unauthorized", "send an API key as 'Authorization: Bearer <key>' or "
+                                      "'X-API-Key: <key>'", headers={"WWW-Authenticate": "Bearer"})
+    key = keys.authenticate(db, secret)
+    if key is None:
+        limiter.fail(client)
+        raise Problem("unauthorized", "the API key is not valid (unknown or revoked)",
+                      headers={"WWW-Authenticate": "Bearer"})
+    try:
+        principal = acc.resolve_principal(db, key.principal)
+    except acc.AccountError:
+        # the key's account no longer exists: the key grants nothing
+        raise Problem("forbidden", "the API key's account no longer exists") from None
+    return Caller(key.key_id, principal, key.principal)
