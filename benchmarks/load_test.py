@@ -1,0 +1,164 @@
+"""Load test of the HTTP API: 32 concurrent clients on loopback, bounded in requests and time.
+
+    python -m benchmarks.load_test [--rows 5000000] [--clients 32] [--requests 1500]
+
+Builds a store of generated CDRs (or reuses `--data-dir` if it already holds
+one), starts `cdrhouse serve` on 127.0.0.1 in a subprocess, creates keys, and for
+each scenario (viewer listing page, builder search page, user SQL aggregate)
+runs `--requests` requests from `--clients` concurrent clients with varying
+parameters, then reports throughput and p50/p99 latency. Everything it starts
+it stops; it sends traffic only to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from engine import generate, keys
+from engine.db import Database, StoreConfig
+from engine.ingest import IngestOptions, Ingestor
+from engine.migrate import migrate
+
+END = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
+
+
+def build_store(data_dir: Path, rows: int) -> dict[str, str]:
+    db = Database(StoreConfig(data_dir=data_dir))
+    migrate(db)
+    if not db.scalar("SELECT count() FROM cdr_records"):
+        spec = generate.GenSpec(rows=rows, months=6, seed=3, end=END)
+        generate.ensure_accounts(db, spec)
+        with tempfile.TemporaryDirectory() as tmp:
+            for tenant in spec.tenants:
+                path = Path(tmp) / f"{tenant}.parquet"
+                generate.write_parquet(db, spec, tenant, path)
+                ing = Ingestor(db, IngestOptions(tenant=tenant), Path(tmp) / "rejects.csv")
+                ing.ingest(path)
+                ing.close()
+        db.command("OPTIMIZE TABLE cdr_records FINAL")
+    secrets = {who: keys.create_key(db, who, "load test")[1]
+               for who in ("tenant:acme", "tenant:acme/customer:C001")}
+    db.close()
+    return secrets
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scenario_request(name: str, i: int) -> tuple[str, str, dict | None]:
+    rng = random.Random(i)
+    day = END - dt.timedelta(days=rng.randint(8, 150))
+    frm, to = day.strftime("%Y-%m-%d"), (day + dt.timedelta(days=7)).strftime("%Y-%m-%d")
+    if name == "listing":
+        return "GET", f"/v1/cdrs?range=custom&from={frm}&to={to}&limit=100", None
+    if name == "search":
+        return "POST", "/v1/cdrs/search", {
+            "range": "custom", "from": frm, "to": to, "limit": 100,
+            "rules": {"condition": "AND", "rules": [
+                {"field": "billsec", "operator": "greater", "value": rng.randint(0, 60)},
+                {"field": "country", "operator": "in", "value": rng.sample(["US", "GB", "DE", "FR", "IN"], 2)}]}}
+    return "POST", "/v1/sql", {
+        "sql": "SELECT country, count() AS calls, sum(billsec) AS talk FROM cdrs "
+               "WHERE start_time >= {f:DateTime64(3, 'UTC')} AND start_time < {t:DateTime64(3, 'UTC')} "
+               "GROUP BY country ORDER BY talk DESC LIMIT 10",
+        "params": {"f": f"{frm} 00:00:00", "t": f"{to} 00:00:00"}}
+
+
+async def run_scenario(base: str, secret: str, name: str, clients: int, total: int,
+                       max_seconds: float) -> dict:
+    latencies: list[float] = []
+    errors = 0
+    counter = iter(range(total))
+    deadline = time.monotonic() + max_seconds
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal errors
+        for i in counter:
+            if time.monotonic() > deadline:
+                return
+            method, url, body = scenario_request(name, i)
+            t0 = time.perf_counter()
+            r = await client.request(method, url, json=body)
+            latencies.append(time.perf_counter() - t0)
+            if r.status_code != 200:
+                errors += 1
+
+    started = time.perf_counter()
+    async with httpx.AsyncClient(base_url=base, timeout=60,
+                                 headers={"Authorization": f"Bearer {secret}"},
+                                 limits=httpx.Limits(max_connections=clients)) as client:
+        await asyncio.gather(*(worker(client) for _ in range(clients)))
+    elapsed = time.perf_counter() - started
+    lat = sorted(latencies)
+    return {"requests": len(lat), "errors": errors, "seconds": round(elapsed, 1),
+            "req_per_s": round(len(lat) / elapsed, 1),
+            "p50_ms": round(statistics.median(lat) * 1000, 1),
+            "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=5_000_000)
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--requests", type=int, default=1500)
+    ap.add_argument("--max-seconds", type=float, default=120)
+    ap.add_argument("--data-dir", type=Path, default=None)
+    ap.add_argument("--pool", type=int, default=4)
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/load.json"))
+    args = ap.parse_args()
+    tmp = tempfile.TemporaryDirectory(prefix="cdrhouse-load-")
+    data_dir = args.data_dir or Path(tmp.name)
+    secrets = build_store(data_dir, args.rows)
+    port = _free_port()
+    env = {**os.environ, "CDRHOUSE_DATA_DIR": str(data_dir)}
+    env.pop("CDRHOUSE_CLICKHOUSE", None)
+    server = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--host", "127.0.0.1",
+                               "--port", str(port), "--pool", str(args.pool)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    results = {"date": dt.date.today().isoformat(), "rows": args.rows, "clients": args.clients,
+               "pool": args.pool, "cpus": os.cpu_count(), "scenarios": {}}
+    try:
+        for _ in range(120):
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        for who, secret in secrets.items():
+            for name in ("listing", "search", "sql"):
+                r = asyncio.run(run_scenario(base, secret, name, args.clients, args.requests,
+                                             args.max_seconds))
+                results["scenarios"][f"{name} as {who}"] = r
+                print(json.dumps({f"{name} as {who}": r}), flush=True)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        tmp.cleanup()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print("| scenario | requests | req/s | p50 ms | p99 ms | errors |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, r in results["scenarios"].items():
+        print(f"| {name} | {r['requests']} | {r['req_per_s']} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} |")
+
+
+if __name__ == "__main__":
+    main()
