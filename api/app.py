@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from api import errors
+from api import errors, userdata
 from api.service import Service, ServiceConfig
 from api.v1 import health, router
 from engine.migrate import migrate
@@ -66,6 +66,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
     app.add_exception_handler(Exception, errors.handle_unexpected)
     app.include_router(health)
     app.include_router(router)
+    app.include_router(userdata.router)
 
     @app.middleware("http")
     async def observe(request: Request, call_next):

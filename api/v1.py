@@ -220,12 +220,16 @@ async def fields(who: Caller = Depends(caller)) -> dict:
 @router.get("/cdrs", summary="Viewer listing: one page of CDRs")
 async def list_cdrs(request: Request, p: ViewParams = Depends(view_params),
                     who: Caller = Depends(caller)) -> dict:
+    from api.userdata import apply_preferences  # the key's remembered tz and columns
+    p = await apply_preferences(request, who, p)
     return await _view(request, who, p, None)
 
 
 @router.post("/cdrs/search", summary="Viewer listing with a query-builder tree")
 async def search_cdrs(request: Request, body: SearchBody, who: Caller = Depends(caller)) -> dict:
-    return await _view(request, who, body, body.rules)
+    from api.userdata import apply_preferences
+    p = await apply_preferences(request, who, body, given=body.model_fields_set)
+    return await _view(request, who, p, body.rules)
 
 
 @router.post("/sql", summary="User SQL over the logical tables, guarded for this key")

@@ -50,8 +50,10 @@ def build_store(data_dir: Path, rows: int) -> dict[str, str]:
                 ing.ingest(path)
                 ing.close()
         db.command("OPTIMIZE TABLE cdr_records FINAL")
-    secrets = {who: keys.create_key(db, who, "load test")[1]
-               for who in ("tenant:acme", "tenant:acme/customer:C001")}
+    # the users: the tenant's operator, and eight customer users of acme
+    customers = [f"tenant:acme/customer:C{i:03d}" for i in range(1, 9)]
+    secrets = {"operators": [keys.create_key(db, "tenant:acme", "load test")[1]],
+               "customers": [keys.create_key(db, c, "load test")[1] for c in customers]}
     db.close()
     return secrets
 
@@ -81,30 +83,31 @@ def scenario_request(name: str, i: int) -> tuple[str, str, dict | None]:
         "params": {"f": f"{frm} 00:00:00", "t": f"{to} 00:00:00"}}
 
 
-async def run_scenario(base: str, secret: str, name: str, clients: int, total: int,
+async def run_scenario(base: str, secrets: list[str], name: str, clients: int, total: int,
                        max_seconds: float) -> dict:
+    """`clients` concurrent clients, client i using key i mod len(secrets)."""
     latencies: list[float] = []
     errors = 0
     counter = iter(range(total))
     deadline = time.monotonic() + max_seconds
 
-    async def worker(client: httpx.AsyncClient) -> None:
+    async def worker(client: httpx.AsyncClient, secret: str) -> None:
         nonlocal errors
         for i in counter:
             if time.monotonic() > deadline:
                 return
             method, url, body = scenario_request(name, i)
             t0 = time.perf_counter()
-            r = await client.request(method, url, json=body)
+            r = await client.request(method, url, json=body,
+                                     headers={"Authorization": f"Bearer {secret}"})
             latencies.append(time.perf_counter() - t0)
             if r.status_code != 200:
                 errors += 1
 
     started = time.perf_counter()
     async with httpx.AsyncClient(base_url=base, timeout=60,
-                                 headers={"Authorization": f"Bearer {secret}"},
                                  limits=httpx.Limits(max_connections=clients)) as client:
-        await asyncio.gather(*(worker(client) for _ in range(clients)))
+        await asyncio.gather(*(worker(client, secrets[i % len(secrets)]) for i in range(clients)))
     elapsed = time.perf_counter() - started
     lat = sorted(latencies)
     return {"requests": len(lat), "errors": errors, "seconds": round(elapsed, 1),
@@ -142,7 +145,7 @@ def main() -> None:
                     break
             except httpx.HTTPError:
                 time.sleep(0.5)
-        for who, secret in secrets.items():
+        for who, secret in secrets.items():  # who: operators (1 key) or customers (8 keys)
             for name in ("listing", "search", "sql"):
                 r = asyncio.run(run_scenario(base, secret, name, args.clients, args.requests,
                                              args.max_seconds))

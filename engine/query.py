@@ -123,3 +123,21 @@ def visible_columns(result: Result | ViewResult) -> Sequence[str]:
     if isinstance(result, ViewResult):
         return result.compiled.output_columns
     return result.columns
+
+
+def query_tag(principal: Principal, query_id: str) -> str:
+    """The log_comment tag a query of `principal` carries, the one `cancel` looks for.
+
+    For queries run elsewhere than `_run` (engine.export streams its own).
+    """
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", query_id):
+        raise ValueError("query id: use 1-64 letters, digits, '-' or '_'")
+    return _tag(principal, query_id)
+
+
+def query_failed(exc: BaseException, settings: Mapping[str, Any]) -> QueryFailed:
+    """A ClickHouse error as the QueryFailed users see, as `_run` words it (limits explained)."""
+    limit = explain_limit_error(exc, settings)
+    if limit:
+        return QueryFailed(limit, "cancelled" if "cancelled" in limit.lower() else "limit")
+    return QueryFailed(_user_message(exc))
