@@ -100,6 +100,63 @@ class SQLBody(BaseModel):
     model_config = {"extra": "forbid"}
 
 
+# -- responses (for the OpenAPI docs) ---------------------------------------------------
+
+class RangeOut(BaseModel):
+    from_: str | None = Field(None, alias="from", description="UTC start applied (inclusive).")
+    to: str | None = Field(None, description="UTC end applied (exclusive).")
+    timezone: str = "UTC"
+
+    model_config = {"populate_by_name": True}
+
+
+class PageOut(BaseModel):
+    columns: list[str] = Field(..., examples=[["start_time", "dst_number", "billsec", "call_id"]])
+    rows: list[dict[str, Any]] = Field(..., examples=[[{
+        "start_time": "2026-11-21T17:12:38.668+01:00", "dst_number": "442079460000",
+        "billsec": 58, "call_id": "aaf2d4c6-5442-4249-adb8-8f653a2df57b"}]])
+    next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page; "
+                                                       "null on the last page.")
+    range: RangeOut
+    timezone: str = Field(..., description="Zone the times are shown in.")
+
+
+class SQLColumn(BaseModel):
+    name: str
+    type: str
+
+
+class SQLOut(BaseModel):
+    columns: list[SQLColumn] = Field(..., examples=[[{"name": "country", "type": "String"},
+                                                     {"name": "calls", "type": "UInt64"}]])
+    rows: list[list[Any]] = Field(..., examples=[[["GB", 1234], ["DE", 987]]])
+    row_count: int
+
+
+class OperatorOut(BaseModel):
+    key: str
+    rqb: str | None
+    label: str
+
+
+class FieldOut(BaseModel):
+    name: str
+    type: str
+    kind: str
+    label: str
+    description: str
+    filterable: bool
+    sortable: bool
+    values: list[str] | None
+    operators: list[OperatorOut]
+
+
+class FieldsOut(BaseModel):
+    principal: str
+    default_columns: list[str]
+    fields: list[FieldOut]
+
+
 def _split(values: list[str] | None) -> list[str] | None:
     if values is None:
         return None
@@ -201,7 +258,8 @@ async def _view(request: Request, who: Caller, p: ViewParams, rules: dict | None
 
 # -- endpoints ----------------------------------------------------------------------
 
-@router.get("/fields", summary="The CDR fields this key may see, with operators and defaults")
+@router.get("/fields", summary="The CDR fields this key may see, with operators and defaults",
+            response_model=FieldsOut)
 async def fields(who: Caller = Depends(caller)) -> dict:
     role = who.principal.role
     return {
@@ -217,7 +275,7 @@ async def fields(who: Caller = Depends(caller)) -> dict:
     }
 
 
-@router.get("/cdrs", summary="Viewer listing: one page of CDRs")
+@router.get("/cdrs", summary="Viewer listing: one page of CDRs", response_model=PageOut)
 async def list_cdrs(request: Request, p: ViewParams = Depends(view_params),
                     who: Caller = Depends(caller)) -> dict:
     from api.userdata import apply_preferences  # the key's remembered tz and columns
@@ -225,14 +283,16 @@ async def list_cdrs(request: Request, p: ViewParams = Depends(view_params),
     return await _view(request, who, p, None)
 
 
-@router.post("/cdrs/search", summary="Viewer listing with a query-builder tree")
+@router.post("/cdrs/search", summary="Viewer listing with a query-builder tree",
+             response_model=PageOut)
 async def search_cdrs(request: Request, body: SearchBody, who: Caller = Depends(caller)) -> dict:
     from api.userdata import apply_preferences
     p = await apply_preferences(request, who, body, given=body.model_fields_set)
     return await _view(request, who, p, body.rules)
 
 
-@router.post("/sql", summary="User SQL over the logical tables, guarded for this key")
+@router.post("/sql", summary="User SQL over the logical tables, guarded for this key",
+             response_model=SQLOut)
 async def run_sql(request: Request, body: SQLBody, who: Caller = Depends(caller)) -> dict:
     def work(db: Database, qid: str) -> q.Result:
         try:
