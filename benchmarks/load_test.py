@@ -153,7 +153,11 @@ def main() -> None:
                 print(json.dumps({f"{name} as {who}": r}), flush=True)
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:   # never leave a server behind
+            server.kill()
+            server.wait()
         tmp.cleanup()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
