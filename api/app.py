@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from api import errors, userdata
+from api import downloads, errors, userdata
 from api.service import Service, ServiceConfig
 from api.v1 import health, router
 from engine.migrate import migrate
@@ -65,6 +65,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, errors.handle_http)
     app.add_exception_handler(Exception, errors.handle_unexpected)
     app.include_router(health)
+    app.include_router(downloads.router)  # before router: its paths are never taken for /v1/cdrs/{call_id}
     app.include_router(router)
     app.include_router(userdata.router)
 

@@ -120,7 +120,8 @@ def sql_export(db: Database, principal: Principal, sql: str, params: Mapping[str
 
 
 def column_names(db: Database, principal: Principal, sql: str, parameters: Mapping[str, Any],
-                 query_id: str, limit_overrides: Mapping[str, int] | None = None) -> tuple[str, ...]:
+                 query_id: str, limit_overrides: Mapping[str, int] | None = None
+                 ) -> tuple[str, ...]:
     """The result columns of `sql`, from ClickHouse's analysis of it (nothing is read)."""
     settings = download_settings(principal, query_id, limit_overrides)
     try:
@@ -143,6 +144,7 @@ def download_settings(principal: Principal, query_id: str,
 
 
 def settings_clause(settings: Mapping[str, Any]) -> str:
+    """`name = value, …` for a SETTINGS clause: names checked, text values quoted."""
     parts = []
     for name, value in settings.items():
         if not _SETTING_NAME.match(name):
@@ -171,6 +173,18 @@ def csv_line(values: Sequence[str]) -> bytes:
 
 
 # -- streaming ----------------------------------------------------------------------
+
+def stop(db: Database, principal: Principal, query_id: str) -> None:
+    """Ask ClickHouse to stop the download `query_id` of `principal`, without waiting.
+
+    `engine.query.cancel` waits for the query to end (KILL … SYNC); a download
+    whose reader has paused never ends on its own — its output waits for the
+    reader — so a waiting kill would hang. Stop it, let the reader see the
+    end, close the stream, and only then `cancel` whatever may still run.
+    """
+    db.command("KILL QUERY WHERE Settings['log_comment'] = {t:String} ASYNC",
+               {"t": q.query_tag(principal, query_id)})
+
 
 def stream_csv(db: Database, principal: Principal, sql: str, parameters: Mapping[str, Any],
                query_id: str, *, columns: Sequence[str] | None = None,
@@ -215,11 +229,21 @@ def _chunks(source: Any, size: int) -> Iterator[bytes]:
     """
     read = getattr(source, "read", None)
     if read is not None:
+        carry = b""
         while True:
             block = read(size)
             if not block:
-                return
-            yield block
+                break
+            # end chunks with whole lines, so that a failure after them never
+            # leaves half a row in the file
+            block = carry + block
+            cut = block.rfind(b"\n") + 1
+            carry = block[cut:]
+            if cut:
+                yield block[:cut]
+        if carry:
+            yield carry
+        return
     buf: list[bytes] = []
     n = 0
     for line in _without_exception_block(source):

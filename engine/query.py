@@ -136,8 +136,11 @@ def query_tag(principal: Principal, query_id: str) -> str:
 
 
 def query_failed(exc: BaseException, settings: Mapping[str, Any]) -> QueryFailed:
-    """A ClickHouse error as the QueryFailed users see, as `_run` words it (limits explained)."""
+    """A ClickHouse error as the QueryFailed users see, as `_run` words it (limits explained).
+
+    Without the server's address the HTTP driver appends ("(for url …)").
+    """
     limit = explain_limit_error(exc, settings)
     if limit:
         return QueryFailed(limit, "cancelled" if "cancelled" in limit.lower() else "limit")
-    return QueryFailed(_user_message(exc))
+    return QueryFailed(re.sub(r"\s*\(for url [^)]*\)", "", _user_message(exc)))
