@@ -12,7 +12,7 @@ import logging
 import time
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -42,6 +42,58 @@ class Metrics:
                               registry=self.registry)
 
 
+class Observe:
+    """Metrics and one JSON access-log line per request, as plain ASGI middleware.
+
+    Plain ASGI rather than Starlette's BaseHTTPMiddleware on purpose: that one
+    hides client disconnects from endpoints (so abandoned queries would not be
+    cancelled) and ends a failing streamed body as if it were complete.
+    """
+
+    def __init__(self, app, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_watch(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_watch)
+        finally:
+            self._record(scope, status, time.perf_counter() - started)
+
+    def _record(self, scope, status: int, elapsed: float) -> None:
+        m = self.metrics
+        route = scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        method = scope.get("method", "")
+        state = scope.get("state") or {}
+        m.requests.labels(path, method, str(status)).inc()
+        m.latency.labels(path, method).observe(elapsed)
+        rows = state.get("rows")
+        if rows:
+            m.rows.labels(path).inc(rows)
+        kind = state.get("error_kind")
+        if kind:
+            m.errors.labels(kind).inc()
+        client = scope.get("client")
+        access_log.info(json.dumps({
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "method": method, "route": path, "status": status,
+            "ms": round(elapsed * 1000, 1), "rows": rows, "principal": state.get("principal"),
+            "client": client[0] if client else None, "error": kind}))
+
+
 def create_app(config: ServiceConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -69,33 +121,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
     app.include_router(router)
     app.include_router(userdata.router)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        started = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            elapsed = time.perf_counter() - started
-            route = request.scope.get("route")
-            path = getattr(route, "path", "unmatched")
-            metrics.requests.labels(path, request.method, str(status)).inc()
-            metrics.latency.labels(path, request.method).observe(elapsed)
-            rows = getattr(request.state, "rows", None)
-            if rows:
-                metrics.rows.labels(path).inc(rows)
-            kind = getattr(request.state, "error_kind", None)
-            if kind:
-                metrics.errors.labels(kind).inc()
-            access_log.info(json.dumps({
-                "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "method": request.method, "route": path, "status": status,
-                "ms": round(elapsed * 1000, 1), "rows": rows,
-                "principal": getattr(request.state, "principal", None),
-                "client": request.client.host if request.client else None,
-                "error": kind}))
+    app.add_middleware(Observe, metrics=metrics)
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:

@@ -309,10 +309,8 @@ class Download:
         failed = self.failure is not None and not cancelled
         metrics = getattr(self.request.app.state, "metrics", None)
         if metrics is not None:
-            # the access middleware counted this request when its headers went
-            # out, before any row was read: the rows and a late failure count here
-            if rows:
-                metrics.rows.labels(route).inc(rows)
+            # the rows are counted by the access middleware (api.app.Observe) once
+            # the body has ended; a failure after the headers went out counts here
             if failed:
                 metrics.errors.labels("download-failed").inc()
         log.info(json.dumps({

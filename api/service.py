@@ -13,7 +13,8 @@ import asyncio
 import hashlib
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -80,11 +81,23 @@ class Service:
 
     # -- running queries -------------------------------------------------------------
 
-    def _db(self):
+    @contextmanager
+    def _db(self) -> Iterator[Database]:
+        """A pooled client; an exhausted pool is a 503, not a 500."""
         try:
-            return self.pool.acquire()
+            with self.pool.acquire() as db:
+                yield db
         except PoolExhausted as exc:
             raise Problem("unavailable", str(exc)) from None
+
+    @asynccontextmanager
+    async def slot(self, caller: Caller) -> AsyncIterator[None]:
+        """One of the principal's concurrent-query slots, for as long as the block runs."""
+        await self._enter(caller)
+        try:
+            yield
+        finally:
+            self._leave(caller)
 
     async def _enter(self, caller: Caller) -> None:
         slots = self._slots.setdefault(caller.principal_text,
@@ -107,7 +120,7 @@ class Service:
         await self._enter(caller)
         try:
             def work() -> T:
-                with self.pool.acquire() as db:
+                with self._db() as db:
                     return fn(db, query_id)
 
             task = asyncio.ensure_future(anyio.to_thread.run_sync(work))

@@ -71,11 +71,7 @@ def _run(db: Database, principal: Principal, sql: str, parameters: Mapping[str, 
     try:
         return db.query(sql, parameters, settings), query_id
     except ClickHouseError as exc:
-        limit = explain_limit_error(exc, settings)
-        if limit:
-            kind = "cancelled" if "cancelled" in limit.lower() else "limit"
-            raise QueryFailed(limit, kind) from None
-        raise QueryFailed(_user_message(exc)) from None
+        raise query_failed(exc, settings) from None
 
 
 def _user_message(exc: Exception) -> str:

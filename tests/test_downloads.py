@@ -710,3 +710,20 @@ def test_downloads_from_a_clickhouse_server(served_http: Served) -> None:
     with s.client("tenant:fail") as c:
         assert c.post("/v1/sql.csv", json={"sql": "SELECT count() FROM cdrs"}).text == \
             f'"count()"\n{FAIL_ROWS}\n'
+
+
+def test_a_client_leaving_a_json_query_cancels_it(served: Served) -> None:
+    """Service.run (every JSON endpoint) kills the query of a client that went away."""
+    body = json.dumps({"sql": SLOW}).encode()
+    request = (f"POST /v1/sql HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+               f"Authorization: Bearer {served.secrets['tenant:fail']}\r\n"
+               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+               ).encode() + body
+    host, port = served.base.removeprefix("http://").split(":")
+    tag = "cdrhouse-query:tenant:fail:%"
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(request)
+        running = served.wait_processes(tag, present=True, query="%sipHash64%")
+        assert running
+    assert served.wait_processes(tag, present=False) == []
+    _pool_is_whole(served)
