@@ -132,9 +132,12 @@ def main() -> None:
     port = _free_port()
     env = {**os.environ, "CDRHOUSE_DATA_DIR": str(data_dir)}
     env.pop("CDRHOUSE_CLICKHOUSE", None)
+    # the server's access log goes to a file: an unread pipe would fill up and
+    # block the server's event loop on its next log line
+    server_log = open(Path(tmp.name) / "server.log", "wb")
     server = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--host", "127.0.0.1",
                                "--port", str(port), "--pool", str(args.pool)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                              env=env, stdout=subprocess.DEVNULL, stderr=server_log)
     base = f"http://127.0.0.1:{port}"
     results = {"date": dt.date.today().isoformat(), "rows": args.rows, "clients": args.clients,
                "pool": args.pool, "cpus": os.cpu_count(), "scenarios": {}}
@@ -158,6 +161,7 @@ def main() -> None:
         except subprocess.TimeoutExpired:   # never leave a server behind
             server.kill()
             server.wait()
+        server_log.close()
         tmp.cleanup()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
