@@ -28,9 +28,9 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks import dataset
 from engine import generate, keys
 from engine.db import Database, StoreConfig
-from engine.ingest import IngestOptions, Ingestor
 from engine.migrate import migrate
 
 END = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
@@ -40,16 +40,7 @@ def build_store(data_dir: Path, rows: int) -> dict[str, str]:
     db = Database(StoreConfig(data_dir=data_dir))
     migrate(db)
     if not db.scalar("SELECT count() FROM cdr_records"):
-        spec = generate.GenSpec(rows=rows, months=6, seed=3, end=END)
-        generate.ensure_accounts(db, spec)
-        with tempfile.TemporaryDirectory() as tmp:
-            for tenant in spec.tenants:
-                path = Path(tmp) / f"{tenant}.parquet"
-                generate.write_parquet(db, spec, tenant, path)
-                ing = Ingestor(db, IngestOptions(tenant=tenant), Path(tmp) / "rejects.csv")
-                ing.ingest(path)
-                ing.close()
-        db.command("OPTIMIZE TABLE cdr_records FINAL")
+        dataset.load(db, generate.GenSpec(rows=rows, months=6, seed=3, end=END))
     # the users: the tenant's operator, and eight customer users of acme
     customers = [f"tenant:acme/customer:C{i:03d}" for i in range(1, 9)]
     secrets = {"operators": [keys.create_key(db, "tenant:acme", "load test")[1]],

@@ -23,9 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import dataset
 from engine import generate
 from engine.db import Database, StoreConfig
-from engine.ingest import IngestOptions, Ingestor
 from engine.migrate import migrate
 from sql.builder import compile_rules
 from sql.guard import _compile_text, compile_user_sql
@@ -94,16 +94,8 @@ def compile_times() -> dict:
 
 
 def load(db: Database, rows: int) -> None:
-    spec = generate.GenSpec(rows=rows, months=6, seed=5, tenants=("acme", "globex", "initech"), end=END)
-    generate.ensure_accounts(db, spec)
-    with tempfile.TemporaryDirectory() as tmp:
-        for tenant in spec.tenants:
-            path = Path(tmp) / f"{tenant}.parquet"
-            generate.write_parquet(db, spec, tenant, path)
-            ing = Ingestor(db, IngestOptions(tenant=tenant), Path(tmp) / "rejects.csv")
-            ing.ingest(path)
-            ing.close()
-    db.command("OPTIMIZE TABLE cdr_records FINAL")
+    dataset.load(db, generate.GenSpec(rows=rows, months=6, seed=5,
+                                      tenants=("acme", "globex", "initech"), end=END))
 
 
 def overhead(db: Database, rounds: int) -> dict:

@@ -583,20 +583,30 @@ def test_a_client_leaving_mid_download_cancels_the_query(served: Served) -> None
         assert r.text == f'"count()"\n{FAIL_ROWS}\n'
 
 
-def test_a_client_leaving_before_the_first_row_cancels_the_query(served: Served) -> None:
+def _leave_while_running(served: Served, path: str, query: str) -> list[tuple]:
+    """POST the SLOW query to `path` on a raw socket, wait until it runs, hang up.
+
+    Returns what was running (the query's tag and text) just before leaving.
+    """
     body = json.dumps({"sql": SLOW}).encode()
-    request = (f"POST /v1/sql.csv HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    request = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                f"Authorization: Bearer {served.secrets['tenant:fail']}\r\n"
                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
                ).encode() + body
     host, port = served.base.removeprefix("http://").split(":")
-    tag = "cdrhouse-query:tenant:fail:%"
     with socket.create_connection((host, int(port))) as sock:
         sock.sendall(request)
-        # the download's query (not the DESCRIBE that names its columns) is running
-        running = served.wait_processes(tag, present=True, query="SELECT * FROM (%")
-        assert running and "sipHash64" in running[0][1]
-    assert served.wait_processes(tag, present=False) == []
+        return served.wait_processes(FAIL_TAG, present=True, query=query)
+
+
+FAIL_TAG = "cdrhouse-query:tenant:fail:%"
+
+
+def test_a_client_leaving_before_the_first_row_cancels_the_query(served: Served) -> None:
+    # the download's query (not the DESCRIBE that names its columns) is running
+    running = _leave_while_running(served, "/v1/sql.csv", "SELECT * FROM (%")
+    assert running and "sipHash64" in running[0][1]
+    assert served.wait_processes(FAIL_TAG, present=False) == []
     _pool_is_whole(served)
 
 
@@ -714,16 +724,6 @@ def test_downloads_from_a_clickhouse_server(served_http: Served) -> None:
 
 def test_a_client_leaving_a_json_query_cancels_it(served: Served) -> None:
     """Service.run (every JSON endpoint) kills the query of a client that went away."""
-    body = json.dumps({"sql": SLOW}).encode()
-    request = (f"POST /v1/sql HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-               f"Authorization: Bearer {served.secrets['tenant:fail']}\r\n"
-               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-               ).encode() + body
-    host, port = served.base.removeprefix("http://").split(":")
-    tag = "cdrhouse-query:tenant:fail:%"
-    with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(request)
-        running = served.wait_processes(tag, present=True, query="%sipHash64%")
-        assert running
-    assert served.wait_processes(tag, present=False) == []
+    assert _leave_while_running(served, "/v1/sql", "%sipHash64%")
+    assert served.wait_processes(FAIL_TAG, present=False) == []
     _pool_is_whole(served)
