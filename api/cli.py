@@ -271,8 +271,8 @@ def ingest(
                         bar.console.print(f"{_p}: detected format [bold]{name}[/bold]"
                                           if fmt == "auto" else f"{_p}: format {name}")
 
-                    r = ingestor.ingest(path, progress=lambda done: bar.update(task, completed=done),
-                                        on_detect=detected)
+                    r = ingestor.ingest(path, on_detect=detected,
+                                        progress=lambda done, t=task: bar.update(t, completed=done))
                 for created in r.created_accounts:
                     err.print(f"  created {created}")
                 rate = f", {r.read / r.seconds:,.0f} rows/s" if r.seconds > 0 else ""
@@ -315,13 +315,13 @@ def sql(
     as_: Annotated[str, typer.Option(
         "--as", help="Principal: admin, tenant:T, tenant:T/customer:CODE or "
                      "tenant:T/carrier:CODE.")] = "admin",
-    param: Annotated[list[str], typer.Option(
-        "--param", "-p", help="Query parameter NAME=VALUE for {NAME:Type} placeholders.")] = [],
+    param: Annotated[Optional[list[str]], typer.Option(
+        "--param", "-p", help="Query parameter NAME=VALUE for {NAME:Type} placeholders.")] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")] = "table",
 ) -> None:
     """Run a read-only SQL query over the logical tables, guarded for the principal."""
     _check_format(fmt)
-    params = _params(param)
+    params = _params(param or [])
     with open_store(ctx) as db:
         principal = acc.resolve_principal(db, as_)
         result = run_sql(db, principal, query, params)

@@ -103,8 +103,8 @@ def main() -> None:
             print(json.dumps(r), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"| rows | format | file MiB | seconds | rows/s | peak RSS MiB |")
-    print(f"|---:|---|---:|---:|---:|---:|")
+    print("| rows | format | file MiB | seconds | rows/s | peak RSS MiB |")
+    print("|---:|---|---:|---:|---:|---:|")
     for r in results["runs"]:
         for fmt in ("parquet", "csv"):
             print(f"| {r['rows']:,} | {fmt} | {r[fmt + '_mib']} | {r[fmt]['seconds']} | "

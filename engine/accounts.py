@@ -10,9 +10,12 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from engine.db import Database
+
+if TYPE_CHECKING:
+    from sql.principal import Principal
 
 AccountKind = Literal["customer", "carrier"]
 KINDS: tuple[str, ...] = ("customer", "carrier")
@@ -99,7 +102,7 @@ def ensure_accounts(db: Database, tenant: str, kind: str, codes: list[str],
             for code in sorted(set(codes) - known)]
 
 
-def resolve_principal(db: Database, text: str) -> "Principal":
+def resolve_principal(db: Database, text: str) -> Principal:
     """The principal written as `text` (admin, tenant:T, tenant:T/customer:CODE …), resolved.
 
     Account codes become ids here, at the edge, so that the SQL layer stays pure.

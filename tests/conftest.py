@@ -8,7 +8,6 @@ embedded (chdb://) and HTTP (a clickhouse-local served on 127.0.0.1).
 
 from __future__ import annotations
 
-import os
 import sys
 import uuid
 from pathlib import Path

@@ -5,13 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 from engine import accounts as acc
-from engine.db import Database, StoreConfig, StoreError, StoreLocked
+from engine.db import Database, StoreError
 from engine.migrate import applied_versions, is_current, migrate, pending
 from sql import catalogue
 from sql.schema import Migration, migrations
