@@ -56,7 +56,9 @@ RESERVED_PARAM_PREFIX = "__guard"
 #: Longer SQL is refused before parsing: user queries are short, and the AST walk is recursive.
 MAX_SQL_LENGTH = 100_000
 
-_GEN: dict[str, Any] = {"dialect": "clickhouse", "comments": False,
+# copy=False: printing without deep-copying the tree first (5.6 -> 3.9 ms a compile).
+# Safe because what runs is the printed text, parsed and checked again from scratch.
+_GEN: dict[str, Any] = {"dialect": "clickhouse", "comments": False, "copy": False,
                         "unsupported_level": ErrorLevel.RAISE}
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _BARE_WORD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
