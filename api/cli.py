@@ -35,8 +35,8 @@ from engine.migrate import migrate
 from sql import catalogue
 from engine.query import QueryFailed, run_sql, run_view
 from sql.builder import BuilderError
-from sql.principal import PrincipalError
-from sql.usersql import UserSQLError, expand_logical_tables
+from sql.principal import Principal, PrincipalError
+from sql.usersql import UserSQLError
 from sql.viewer import ViewerError, ViewRequest
 
 err = Console(stderr=True, soft_wrap=True)
@@ -464,8 +464,8 @@ def demo(
         err.print(f"the store now holds {total:,} CDRs\n")
         for title, query in DEMO_QUERIES:
             err.print(f"[bold]{title}[/bold]\n[dim]$ cdrhouse sql \"{query}\"[/dim]")
-            result = db.query(expand_logical_tables(query), settings={"readonly": 1})
-            render(result.column_names, result.result_rows, "table")
+            result = run_sql(db, Principal.admin(), query)
+            render(result.columns, result.rows, "table")
     err.print("Try it yourself: cdrhouse sql \"SELECT count() FROM cdrs\" --as admin")
 
 

@@ -54,8 +54,8 @@ operator (or a test) may tighten a download's limits with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
-import inspect
 import json
 import logging
 import re
@@ -230,7 +230,7 @@ class Download:
 
     async def start(self) -> bytes:
         """Start the query; the first bytes to send. Errors come out as problems."""
-        await _take_slot(self.service, self.who)
+        await self.service.enter_slot(self.who)
         self._slot = True
         gone = asyncio.ensure_future(_disconnected(self.request))
         try:
@@ -286,17 +286,15 @@ class Download:
                     await anyio.to_thread.run_sync(self._stop_query)
                     await asyncio.wait({task}, timeout=0.5)
             stopping = asyncio.ensure_future(keep_stopping())
-            try:
+            with contextlib.suppress(BaseException):  # the query was stopped on purpose
                 await task
-            except BaseException:  # noqa: BLE001 - the query was stopped on purpose
-                pass
         if not self._finished:
             await anyio.to_thread.run_sync(self._abandon)
         if stopping is not None:
             await stopping
         if self._slot:
             self._slot = False
-            self.service._leave(self.who)  # on the event loop: the slots are asyncio semaphores
+            self.service.leave_slot(self.who)  # on the event loop: the slots are asyncio semaphores
         if self._started:
             self._account(cancelled)
 
@@ -334,17 +332,6 @@ async def _disconnected(request: Request) -> None:
             return
 
 
-async def _take_slot(svc: Any, who: Caller) -> None:
-    """One of the principal's concurrent-query slots, held for the whole download.
-
-    Service has no public way to hold a slot beyond one `run` call; this is the
-    one place that reaches into it (its `_enter` may wait in line, then 429).
-    """
-    entered = svc._enter(who)
-    if inspect.isawaitable(entered):
-        await entered
-
-
 class CSVDownloadResponse(StreamingResponse):
     """A StreamingResponse that aborts a failed download and always closes it."""
 
@@ -367,28 +354,19 @@ class CSVDownloadResponse(StreamingResponse):
             async for chunk in self.body_iterator:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except DownloadAborted as exc:
-            await _abort(send, exc)
+            await _abort(exc)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _abort(send: Send, exc: DownloadAborted) -> None:
-    """End a started response so that no client takes it for complete, then raise.
+async def _abort(exc: DownloadAborted) -> None:
+    """End a started response so that no client takes it for complete: raise.
 
     ASGI's way to abort a started response is to raise: the server then closes
-    the connection without the chunked body's last chunk. But Starlette's
-    BaseHTTPMiddleware (the app's `observe` middleware is one) turns an
-    exception in the body into a clean end — it closes its stream, the last
-    chunk goes out, then the exception. So first a message no server accepts
-    in the middle of a body, which that middleware passes through untouched:
-    the server fails the response itself (uvicorn raises and closes the
-    connection), whatever middleware sits in between. Without such a
-    middleware the raise alone would do.
+    the connection without the chunked body's last chunk. (This needs every
+    middleware in between to let the exception through — the app's access-log
+    middleware, api.app.Observe, is plain ASGI for that reason.)
     """
     log.warning("aborting the response: %s", exc)
-    try:
-        await send({"type": "http.response.pathsend", "path": ""})
-    except Exception:  # noqa: BLE001 - expected: the server refuses it and fails the response
-        pass
     raise exc
 
 

@@ -13,8 +13,9 @@ import asyncio
 import hashlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+import contextlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -90,16 +91,12 @@ class Service:
         except PoolExhausted as exc:
             raise Problem("unavailable", str(exc)) from None
 
-    @asynccontextmanager
-    async def slot(self, caller: Caller) -> AsyncIterator[None]:
-        """One of the principal's concurrent-query slots, for as long as the block runs."""
-        await self._enter(caller)
-        try:
-            yield
-        finally:
-            self._leave(caller)
+    async def enter_slot(self, caller: Caller) -> None:
+        """Take one of the principal's concurrent-query slots (waiting in line, then 429).
 
-    async def _enter(self, caller: Caller) -> None:
+        Pair with `leave_slot`, on the event loop. `run` holds one for a query;
+        a download holds one for as long as it streams.
+        """
         slots = self._slots.setdefault(caller.principal_text,
                                        asyncio.Semaphore(self.config.per_principal))
         try:
@@ -110,14 +107,14 @@ class Service:
                           f"running and others waiting; retry later",
                           headers={"Retry-After": "1"}) from None
 
-    def _leave(self, caller: Caller) -> None:
+    def leave_slot(self, caller: Caller) -> None:
         self._slots[caller.principal_text].release()
 
     async def run(self, request: Request, caller: Caller,
                   fn: Callable[[Database, str], T]) -> T:
         """Run `fn(db, query_id)` in a worker thread; cancel the query if the client leaves."""
         query_id = uuid.uuid4().hex
-        await self._enter(caller)
+        await self.enter_slot(caller)
         try:
             def work() -> T:
                 with self._db() as db:
@@ -130,13 +127,11 @@ class Service:
                     return task.result()
                 if await request.is_disconnected():
                     await anyio.to_thread.run_sync(self.cancel, caller, query_id)
-                    try:
+                    with contextlib.suppress(Exception):  # the client is gone: nothing to report
                         await task
-                    except Exception:  # noqa: BLE001 - the client is gone; nothing to report
-                        pass
                     raise Problem("query-cancelled", "the client went away; the query was cancelled")
         finally:
-            self._leave(caller)
+            self.leave_slot(caller)
 
     def cancel(self, caller: Caller, query_id: str) -> bool:
         with self.pool.acquire() as db:

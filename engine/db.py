@@ -10,6 +10,7 @@ into plain errors.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -164,10 +165,8 @@ class Database:
         """
         if not self.config.embedded:
             return
-        try:
+        with contextlib.suppress(Exception):  # the old handle is being discarded anyway
             self.client.close()
-        except Exception:  # noqa: BLE001 - the old handle is being discarded anyway
-            pass
         self.client = _connect(self.config.dsn, None)
         self.client.database = self.name
 

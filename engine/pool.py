@@ -9,6 +9,7 @@ behind each other, and the number of clients bounds ClickHouse concurrency.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,8 +49,6 @@ class DatabasePool:
 
     def close(self) -> None:
         for db in self._all:
-            try:
+            with contextlib.suppress(Exception):  # closing everything we can
                 db.close()
-            except Exception:  # noqa: BLE001 - closing everything we can
-                pass
         self._all.clear()

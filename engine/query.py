@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,12 +113,6 @@ def cancel(db: Database, principal: Principal, query_id: str) -> bool:
         return False
     db.command("KILL QUERY WHERE Settings['log_comment'] = {t:String} SYNC", {"t": tag})
     return True
-
-
-def visible_columns(result: Result | ViewResult) -> Sequence[str]:
-    if isinstance(result, ViewResult):
-        return result.compiled.output_columns
-    return result.columns
 
 
 def query_tag(principal: Principal, query_id: str) -> str:
