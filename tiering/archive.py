@@ -1,0 +1,505 @@
+"""The tiering job: archive eligible monthly partitions, verified, then drop them.
+
+For each eligible month, for each tenant with rows in it:
+
+    export    ClickHouse writes the tenant's rows (deduplicated, FINAL) as zstd
+              Parquet, sorted by (customer_id, start_time, call_id), straight into
+              the store under `_staging/<run>/…` (split into parts of bounded size)
+    verify    ClickHouse reads the staged files back *from the store* and computes
+              their row count and checksum; they must equal the source's
+    publish   the staged files are copied to fresh part numbers under
+              `cdrs/tenant=T/month=M/`, then the manifest is written (the commit
+              point for readers), then older parts of the month and the staging
+              files are deleted, and `warm_months` says `verified`
+
+When every tenant with rows in the month is verified and the hot rows still
+match the manifests, the partition is moved (atomically) to a holding table,
+checked once more against the manifests — a row that arrived after the export
+is put back into the hot table, not lost — and dropped; `warm_months` says
+`archived`.
+
+Crash safety comes from the order: nothing is deleted before its replacement is
+verified and committed, every step is repeatable, and a rerun starts by
+finishing what a dead run left (a partition in the holding table, verified
+months whose hot rows are gone, staging files). New parts never overwrite the
+parts a manifest points at, so a crash halfway through a re-archive (late rows
+for an archived month) loses nothing either.
+
+`fault` is called with the name of each step just after it completes; tests use
+it (and the CDRHOUSE_TIER_FAULT variable, which kills the process) to crash the
+job at every step and prove that a rerun converges.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from engine.db import Database
+from sql.schema import migrations
+from tiering import layout, verify, warm
+from tiering.layout import FileEntry, Manifest
+from tiering.lock import run_lock
+from tiering.policy import Policy, first_hot_month, is_eligible
+from tiering.store import ArchiveError, ObjectStore
+from tiering.verify import Fingerprint
+
+HOT = "cdr_records"
+#: where a partition waits between leaving the hot table and being dropped
+HOLD = "cdr_tiering_hold"
+FAULT_ENV = "CDRHOUSE_TIER_FAULT"
+STEPS = ("exported", "verified", "published", "manifest", "recorded", "moved", "dropped")
+
+Fault = Callable[[str], None]
+Progress = Callable[[str, int, int], None]
+
+
+def env_fault(step: str) -> None:
+    """Die (as a crash would: no cleanup, no finally) when CDRHOUSE_TIER_FAULT names `step`."""
+    if os.environ.get(FAULT_ENV) == step:
+        os._exit(70)
+
+
+@dataclass
+class TenantMonth:
+    tenant: str
+    month: int
+    rows: int
+    bytes: int = 0
+
+
+@dataclass
+class MonthPlan:
+    month: int
+    eligible: bool
+    rows: int
+    bytes_on_disk: int
+    tenants: list[TenantMonth]
+    reason: str = ""
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    dry_run: bool
+    plan: list[MonthPlan] = field(default_factory=list)
+    archived: list[Manifest] = field(default_factory=list)
+    unchanged: list[tuple[str, int]] = field(default_factory=list)
+    dropped: list[int] = field(default_factory=list)
+    returned_rows: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return sum(m.rows for m in self.archived)
+
+    @property
+    def bytes(self) -> int:
+        return sum(m.bytes for m in self.archived)
+
+
+def _month_where(alias: str = "") -> str:
+    p = f"{alias}." if alias else ""
+    return f"{p}tenant_id = {{tenant:String}} AND toYYYYMM({p}start_time) = {{month:UInt32}}"
+
+
+def hot_months(db: Database, table: str = HOT) -> dict[int, dict[str, int]]:
+    """month → tenant → rows in the hot table (physical rows, before deduplication)."""
+    found: dict[int, dict[str, int]] = {}
+    for month, tenant, rows in db.rows(
+            f"SELECT toYYYYMM(start_time) AS m, tenant_id, count() FROM {table} "
+            "GROUP BY m, tenant_id ORDER BY m, tenant_id"):
+        found.setdefault(int(month), {})[tenant] = int(rows)
+    return found
+
+
+def partition_bytes(db: Database, table: str = HOT) -> dict[int, int]:
+    return {int(p): int(b) for p, b in db.rows(
+        "SELECT partition, sum(bytes_on_disk) FROM system.parts WHERE active "
+        "AND database = currentDatabase() AND table = {t:String} GROUP BY partition",
+        {"t": table})}
+
+
+def plan(db: Database, policy: Policy, today: dt.date, months: list[int] | None = None,
+         tenants: list[str] | None = None) -> list[MonthPlan]:
+    """What a run would move: every hot month, eligible or not, with its size."""
+    hot = hot_months(db)
+    sizes = partition_bytes(db)
+    keep_from = first_hot_month(today, policy.keep_months)
+    plans = []
+    for month in sorted(set(hot) | set(months or [])):
+        if months and month not in months:
+            continue
+        per_tenant = hot.get(month, {})
+        chosen = [TenantMonth(t, m, r) for t, r in per_tenant.items() for m in [month]
+                  if not tenants or t in tenants]
+        total = sum(per_tenant.values())
+        for tm in chosen:
+            tm.bytes = int(sizes.get(month, 0) * tm.rows / total) if total else 0
+        eligible = is_eligible(month, today, policy.keep_months)
+        reason = "" if eligible else (
+            f"stays hot: the policy keeps {policy.keep_months} full months, "
+            f"{layout.month_label(keep_from)} and later")
+        if not per_tenant:
+            reason = reason or "no hot rows"
+        plans.append(MonthPlan(month, eligible, sum(t.rows for t in chosen),
+                               sizes.get(month, 0), chosen, reason))
+    return plans
+
+
+class Tiering:
+    """One store and one archive; `run` and `restore` are the operations."""
+
+    def __init__(self, db: Database, store: ObjectStore, policy: Policy | None = None, *,
+                 fault: Fault | None = None, progress: Progress | None = None) -> None:
+        self.db = db
+        self.store = store
+        self.policy = policy or Policy()
+        self.fault = fault or env_fault
+        self.progress = progress or (lambda what, done, total: None)
+        self._columns: list[tuple[str, str]] | None = None
+
+    # -- helpers ------------------------------------------------------------------
+    @property
+    def columns(self) -> list[tuple[str, str]]:
+        if self._columns is None:
+            self._columns = verify.hot_columns(self.db, HOT)
+        return self._columns
+
+    def _col_list(self, columns: list[tuple[str, str]] | None = None) -> str:
+        return ", ".join(f"`{n}`" for n, _ in (columns or self.columns))
+
+    def _hot_source(self, table: str = HOT) -> str:
+        return (f"(SELECT {self._col_list()} FROM {table} FINAL WHERE {_month_where()})")
+
+    def _archive_source(self, manifest: Manifest) -> str:
+        return self.store.clickhouse_source(self.db, manifest.keys)
+
+    def _merged_source(self, manifest: Manifest) -> str:
+        """Hot rows plus the archived ones, one row per call (highest version wins):
+        what a month holds when late rows arrived after it was archived."""
+        cols = self._col_list()
+        archived = {n for n, _ in manifest.columns}
+        arch_cols = ", ".join(f"`{n}`" if n in archived else
+                              f"defaultValueOfTypeName('{t}') AS `{n}`" for n, t in self.columns)
+        return (f"(SELECT {cols} FROM (SELECT {cols} FROM {HOT} FINAL WHERE {_month_where()} "
+                f"UNION ALL SELECT {arch_cols} FROM {self._archive_source(manifest)}) "
+                "ORDER BY version DESC LIMIT 1 BY customer_id, start_time, call_id)")
+
+    def _fp(self, source: str, tenant: str, month: int) -> Fingerprint:
+        return verify.fingerprint(self.db, source, self.columns,
+                                  {"tenant": tenant, "month": month})
+
+    def _params(self, tenant: str, month: int) -> dict:
+        return {"tenant": tenant, "month": month}
+
+    # -- the run ------------------------------------------------------------------
+    def run(self, *, today: dt.date | None = None, months: list[int] | None = None,
+            tenants: list[str] | None = None, dry_run: bool = False) -> RunReport:
+        today = today or dt.datetime.now(dt.UTC).date()
+        report = RunReport(uuid.uuid4().hex[:12], dry_run)
+        if dry_run:
+            report.plan = plan(self.db, self.policy, today, months, tenants)
+            return report
+        check = getattr(self.store, "check", None)
+        if check:
+            check()
+        with run_lock(self.store):
+            self.recover()
+            report.plan = plan(self.db, self.policy, today, months, tenants)
+            todo = [p for p in report.plan if p.eligible and p.tenants]
+            total = sum(len(p.tenants) for p in todo) + len(todo)
+            done = 0
+            for month_plan in todo:
+                for tm in month_plan.tenants:
+                    self.progress(f"{tm.tenant} {layout.month_label(tm.month)}", done, total)
+                    manifest = self.archive_tenant_month(tm.tenant, tm.month, report.run_id)
+                    if manifest is None:
+                        report.unchanged.append((tm.tenant, tm.month))
+                    else:
+                        report.archived.append(manifest)
+                    done += 1
+                self.progress(f"drop {layout.month_label(month_plan.month)}", done, total)
+                why_not = self.drop_month(month_plan.month, report)
+                if why_not:
+                    report.skipped.append(why_not)
+                else:
+                    report.dropped.append(month_plan.month)
+                done += 1
+            self.progress("done", total, total)
+            warm.write_index(self.store)
+        return report
+
+    def archive_tenant_month(self, tenant: str, month: int, run_id: str) -> Manifest | None:
+        """Archive one tenant's rows of one month; None if the archive already holds
+        exactly them (a rerun, or a month restored and now tiered again)."""
+        params = self._params(tenant, month)
+        previous = warm.read_manifest(self.store, tenant, month)
+        state = warm.warm_month(self.db, tenant, month)
+        merge = previous is not None and state is not None and state.state == "archived"
+        source = self._merged_source(previous) if merge else self._hot_source()
+        expected = self._fp(source, tenant, month)
+        if previous and (previous.rows, previous.checksum) == (expected.rows, expected.checksum) \
+                and self._files_present(previous):
+            if state is None or state.state != "verified":
+                warm.record(self.db, previous, "verified")
+            return None
+        if expected.rows == 0:
+            return None
+
+        # export, into staging
+        ranges = self._part_ranges(source, params)
+        staged = [layout.staging_key(run_id, tenant, month, n) for n in range(len(ranges))]
+        self.store.prepare_write(staged)
+        for key, where in zip(staged, ranges):
+            self.db.command(
+                f"INSERT INTO FUNCTION {self.store.clickhouse_source(self.db, [key])} "
+                f"SELECT * FROM {source} WHERE {where} "
+                "ORDER BY customer_id, start_time, call_id",
+                params, settings=self._export_settings())
+        self.fault("exported")
+
+        # verify what the store holds, read back by ClickHouse
+        got = verify.per_file(self.db, self.store.clickhouse_source(self.db, staged),
+                              self.columns)
+        total = verify.combine(list(got.values()))
+        if (total.rows, total.checksum) != (expected.rows, expected.checksum):
+            for key in staged:
+                self.store.delete(key)
+            raise ArchiveError(
+                f"verification failed for tenant {tenant} month {month}: the source has "
+                f"{expected}, the archive files read back have {total}; nothing was "
+                "dropped, the staged files were removed")
+        self.fault("verified")
+
+        # publish under fresh part numbers, then commit with the manifest
+        first = self._next_part_number(tenant, month)
+        entries = []
+        for i, key in enumerate(staged):
+            final = layout.part_key(tenant, month, first + i)
+            self.store.copy(key, final)
+            info = self.store.head(final)
+            staged_info = self.store.head(key)
+            if info is None or staged_info is None or info.size != staged_info.size:
+                raise ArchiveError(f"copying {key} to {final} in {self.store.location} "
+                                   "did not produce the same object; rerun the job")
+            fp = got[key.rsplit("/", 1)[1]]
+            entries.append(FileEntry(final, fp.rows, info.size, fp.checksum))
+        self.fault("published")
+        manifest = Manifest(
+            tenant=tenant, month=month, rows=total.rows, bytes=sum(e.bytes for e in entries),
+            checksum=total.checksum, files=tuple(entries), columns=tuple(self.columns),
+            schema_version=migrations()[-1].version, run_id=run_id,
+            archived_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+        self.store.put_bytes(layout.manifest_key(tenant, month), manifest.to_json())
+        self.fault("manifest")
+        keep = set(manifest.keys) | {layout.manifest_key(tenant, month)}
+        for obj in self.store.list(layout.month_prefix(tenant, month)):
+            if obj.key not in keep:
+                self.store.delete(obj.key)
+        for key in staged:
+            self.store.delete(key)
+        # a merge re-archived rows whose partition is already gone: still archived
+        warm.record(self.db, manifest, "verified")
+        self.fault("recorded")
+        return manifest
+
+    def _export_settings(self) -> dict:
+        return {"output_format_parquet_compression_method": "zstd",
+                "output_format_parquet_row_group_size": self.policy.row_group_rows,
+                "s3_truncate_on_insert": 1, "engine_file_truncate_on_insert": 1,
+                "output_format_parquet_write_page_index": 1}
+
+    def _part_ranges(self, source: str, params: dict) -> list[str]:
+        """Split the month into parts of at most `max_part_rows` rows along the sort
+        order, by (customer, day) — each part a contiguous range, so readers can
+        skip whole files by customer."""
+        units = self.db.rows(f"SELECT customer_id, toDate(start_time) AS d, count() FROM {source} "
+                             "GROUP BY customer_id, d ORDER BY customer_id, d", params)
+        ranges, start, rows = [], None, 0
+        for i, (customer, day, n) in enumerate(units):
+            if start is None:
+                start = (customer, day)
+            rows += int(n)
+            last = i == len(units) - 1
+            if last or rows + int(units[i + 1][2]) > self.policy.max_part_rows:
+                ranges.append(f"(customer_id, toDate(start_time)) BETWEEN "
+                              f"({int(start[0])}, toDate('{start[1]}')) AND "
+                              f"({int(customer)}, toDate('{day}'))")
+                start, rows = None, 0
+        return ranges or ["1"]
+
+    def _next_part_number(self, tenant: str, month: int) -> int:
+        numbers = [int(m.group(1)) for obj in self.store.list(layout.month_prefix(tenant, month))
+                   if (m := re.search(r"/part-(\d+)\.parquet$", obj.key))]
+        return max(numbers) + 1 if numbers else 0
+
+    def _files_present(self, manifest: Manifest) -> bool:
+        for entry in manifest.files:
+            info = self.store.head(entry.key)
+            if info is None or info.size != entry.bytes:
+                return False
+        return True
+
+    # -- dropping a month ---------------------------------------------------------
+    def drop_month(self, month: int, report: RunReport | None = None) -> str:
+        """Drop the month's hot partition if every tenant in it is archived and
+        unchanged since; returns why not, or '' when dropped."""
+        tenants = hot_months(self.db).get(month, {})
+        manifests = {}
+        for tenant in tenants:
+            manifest = warm.read_manifest(self.store, tenant, month)
+            state = warm.warm_month(self.db, tenant, month)
+            if manifest is None or state is None or state.state != "verified":
+                return (f"month {month} kept hot: tenant {tenant} is not archived yet "
+                        "(run without --tenant to archive every tenant)")
+            if self._unarchived_rows(HOT, manifest):
+                return (f"month {month} kept hot: tenant {tenant} changed since it was "
+                        "archived; the next run archives it again")
+            manifests[tenant] = manifest
+        if not tenants:
+            return ""
+        self._ensure_hold()
+        self.db.command(f"ALTER TABLE {HOT} MOVE PARTITION {month} TO TABLE {HOLD}")
+        self.fault("moved")
+        returned = self._finish_drop(month, manifests)
+        if report is not None:
+            report.returned_rows += returned
+        self.fault("dropped")
+        return ""
+
+    def _ensure_hold(self) -> None:
+        """The holding table has exactly the hot table's structure (a precondition of
+        MOVE PARTITION); it is recreated when empty, so schema changes carry over."""
+        if self.db.table_exists(HOLD):
+            if int(self.db.scalar(f"SELECT count() FROM {HOLD}")):
+                return
+            self.db.command(f"DROP TABLE {HOLD} SYNC")
+        self.db.command(f"CREATE TABLE {HOLD} AS {HOT}")
+
+    def _finish_drop(self, month: int, manifests: dict[str, Manifest]) -> int:
+        """Check the held partition against the manifests, return any row the archive
+        lacks to the hot table, drop the partition, record `archived`."""
+        returned = 0
+        held = hot_months(self.db, HOLD).get(month, {})
+        for tenant in held:
+            manifest = manifests.get(tenant) or warm.read_manifest(self.store, tenant, month)
+            if manifest is None:  # a tenant never archived: all of it goes back
+                missing = f"SELECT {self._col_list()} FROM {HOLD} WHERE {_month_where()}"
+            else:
+                missing = self._unarchived_sql(HOLD, manifest)
+                if not self._unarchived_rows(HOLD, manifest):
+                    continue
+            # rows that arrived after the export: back to the hot table, not lost
+            params = self._params(tenant, month)
+            count = int(self.db.scalar(f"SELECT count() FROM ({missing})", params))
+            if count:
+                self.db.command(f"INSERT INTO {HOT} ({self._col_list()}) {missing}", params)
+                returned += count
+        self.db.command(f"ALTER TABLE {HOLD} DROP PARTITION {month}")
+        for tenant, manifest in manifests.items():
+            warm.record(self.db, manifest, "archived")
+        for tenant in held:
+            if tenant not in manifests:
+                manifest = warm.read_manifest(self.store, tenant, month)
+                if manifest:
+                    warm.record(self.db, manifest, "archived")
+        return returned
+
+    def _unarchived_sql(self, table: str, manifest: Manifest) -> str:
+        """The rows of `table` (deduplicated) that the archive does not hold, in this
+        version or a newer one."""
+        return (f"SELECT {self._col_list()} FROM {table} FINAL WHERE {_month_where()} AND "
+                "(customer_id, start_time, call_id, version) NOT IN (SELECT customer_id, "
+                f"start_time, call_id, version FROM {self._archive_source(manifest)})")
+
+    def _unarchived_rows(self, table: str, manifest: Manifest) -> bool:
+        """Does `table` hold a row of the tenant-month the archive lacks? Fast path:
+        equal fingerprints; otherwise an anti-join against the archived keys."""
+        params = self._params(manifest.tenant, manifest.month)
+        fp = self._fp(self._hot_source(table), manifest.tenant, manifest.month)
+        if (fp.rows, fp.checksum) == (manifest.rows, manifest.checksum):
+            return False
+        return int(self.db.scalar(f"SELECT count() FROM ({self._unarchived_sql(table, manifest)})",
+                                  params)) > 0
+
+    def recover(self) -> None:
+        """Finish what a dead run left: a partition in the holding table, verified
+        months whose hot rows are already gone, staging files."""
+        if self.db.table_exists(HOLD):
+            for month in sorted(hot_months(self.db, HOLD)):
+                self._finish_drop(month, {})
+        hot = hot_months(self.db)
+        for w in warm.warm_months(self.db, states=("verified",)):
+            if not hot.get(w.month, {}).get(w.tenant):
+                manifest = warm.read_manifest(self.store, w.tenant, w.month)
+                if manifest:
+                    warm.record(self.db, manifest, "archived")
+        for obj in self.store.list(layout.staging_prefix()):
+            self.store.delete(obj.key)
+
+    # -- restore -------------------------------------------------------------------
+    def restore(self, month: int, tenants: list[str] | None = None) -> list[tuple[str, int, str]]:
+        """Put archived months back into the hot table, verified. Idempotent: a month
+        already hot is left as it is. Returns (tenant, rows, what happened)."""
+        with run_lock(self.store, "tier restore"):
+            self.recover()
+            if tenants:
+                chosen = tenants
+            else:
+                chosen = sorted({m.tenant for m in warm.all_manifests(self.store)
+                                 if m.month == month})
+            if not chosen:
+                raise ArchiveError(f"nothing archived for month {month} in {self.store.location}")
+            done = []
+            for i, tenant in enumerate(chosen):
+                self.progress(f"restore {tenant} {layout.month_label(month)}", i, len(chosen))
+                done.append(self._restore_one(tenant, month))
+            self.progress("done", len(chosen), len(chosen))
+            return done
+
+    def _restore_one(self, tenant: str, month: int) -> tuple[str, int, str]:
+        manifest = warm.read_manifest(self.store, tenant, month)
+        if manifest is None:
+            raise ArchiveError(f"tenant {tenant} has no archive for month {month} in "
+                               f"{self.store.location}")
+        if not self._files_present(manifest):
+            raise ArchiveError(f"the archive of tenant {tenant} month {month} is incomplete "
+                               f"in {self.store.location} (a file named by its manifest is "
+                               "missing or has the wrong size); nothing was restored")
+        params = self._params(tenant, month)
+        state = warm.warm_month(self.db, tenant, month)
+        if self._covered(manifest, params):
+            if state is None or state.state == "archived":
+                warm.record(self.db, manifest, "restored")
+            return tenant, manifest.rows, "already hot"
+        names = {n for n, _ in manifest.columns}
+        cols = ", ".join(f"`{n}`" for n, _ in self.columns if n in names)
+        self.db.command(f"INSERT INTO {HOT} ({cols}) SELECT {cols} FROM "
+                        f"{self._archive_source(manifest)}",
+                        settings={"optimize_on_insert": 0})
+        if not self._covered(manifest, params):
+            raise ArchiveError(f"restore of tenant {tenant} month {month} could not be "
+                               "verified: the hot table does not hold every archived row; "
+                               "rerun the restore")
+        warm.record(self.db, manifest, "restored")
+        return tenant, manifest.rows, "restored"
+
+    def _covered(self, manifest: Manifest, params: dict) -> bool:
+        """Does the hot table hold every archived row (or a newer version of it)?"""
+        fp = self._fp(self._hot_source(), manifest.tenant, manifest.month)
+        if (fp.rows, fp.checksum) == (manifest.rows, manifest.checksum):
+            return True
+        if fp.rows < manifest.rows:
+            return False
+        missing = int(self.db.scalar(
+            f"SELECT count() FROM {self._archive_source(manifest)} AS a LEFT ANTI JOIN "
+            f"(SELECT customer_id, start_time, call_id, version FROM {HOT} FINAL WHERE "
+            f"{_month_where()}) AS h ON a.customer_id = h.customer_id AND "
+            "a.start_time = h.start_time AND a.call_id = h.call_id AND h.version >= a.version",
+            params))
+        return missing == 0
