@@ -16,9 +16,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from chserver import ClickHouseHTTPServer  # noqa: E402
-from engine.db import Database, StoreConfig  # noqa: E402
-from engine.migrate import migrate  # noqa: E402
+from chserver import ClickHouseHTTPServer
+from s3servers import MotoServer, RcloneS3Server
+
+from engine.db import Database, StoreConfig
+from engine.migrate import migrate
 
 
 @pytest.fixture(scope="session")
@@ -70,3 +72,21 @@ def store(request, embedded_dsn: str, engine_dir: Path):
         db = _fresh(server.dsn, engine_dir)
     yield db
     _drop(db)
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """A moto S3 server on 127.0.0.1 for the whole session (tests use their own buckets)."""
+    server = MotoServer().start()
+    yield server.endpoint
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def rclone_s3(tmp_path_factory):
+    """`rclone serve s3`, which checks credentials; bucket `archive` exists."""
+    root = tmp_path_factory.mktemp("rclone") / "root"
+    (root / "archive").mkdir(parents=True)
+    server = RcloneS3Server(root).start()
+    yield server
+    server.stop()

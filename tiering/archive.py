@@ -258,7 +258,7 @@ class Tiering:
         for key, where in zip(staged, ranges):
             self.db.command(
                 f"INSERT INTO FUNCTION {self.store.clickhouse_source(self.db, [key])} "
-                f"SELECT * FROM {source} WHERE {where} "
+                f"SELECT {self._export_list()} FROM {source} WHERE {where} "
                 "ORDER BY customer_id, start_time, call_id",
                 params, settings=self._export_settings())
         self.fault("exported")
@@ -307,6 +307,12 @@ class Tiering:
         warm.record(self.db, manifest, "verified")
         self.fault("recorded")
         return manifest
+
+    def _export_list(self) -> str:
+        """The columns as written to Parquet: enums as their names (UTF-8 strings), so
+        any reader gets 'ANSWERED', not a number or untyped bytes."""
+        return ", ".join(f"toString(`{n}`) AS `{n}`" if t.startswith("Enum") else f"`{n}`"
+                         for n, t in self.columns)
 
     def _export_settings(self) -> dict:
         return {"output_format_parquet_compression_method": "zstd",

@@ -75,6 +75,11 @@ def run_lock(store: ObjectStore, what: str = "tier run",
             if not store.put_if_absent(LOCK_KEY, body):
                 raise TierLocked(f"another run took the archive lock of {store.location} "
                                  "just now; wait for it to finish")
+        # a server that ignores If-None-Match lets the last writer win: read it back
+        raw = store.get_bytes(LOCK_KEY)
+        if not raw or json.loads(raw).get("token") != token:
+            raise TierLocked(f"another run took the archive lock of {store.location} "
+                             "at the same moment; wait for it to finish")
         try:
             yield token
         finally:

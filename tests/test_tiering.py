@@ -1,0 +1,477 @@
+"""Hot → warm tiering against a real engine and real S3-compatible servers on loopback.
+
+Every test archives data generated for fixed dates (the policy's "today" is
+2026-11-22, so May–July 2026 are eligible and August onwards stays hot), then
+checks the hot table, the archive as stored, and what independent readers
+(pyarrow, DuckDB) make of it, against totals taken before tiering.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+import duckdb
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pytest
+from s3servers import s3_client
+
+from engine import generate
+from engine.db import Database
+from engine.ingest import IngestOptions, Ingestor
+from engine.migrate import migrate
+from tiering import layout, warm
+from tiering.archive import HOLD, STEPS, Tiering
+from tiering.lock import TierLocked, run_lock
+from tiering.policy import Policy, add_months, first_hot_month, is_eligible, parse_month
+from tiering.store import ArchiveError, LocalStore, S3Store
+
+TODAY = dt.date(2026, 11, 22)
+END = dt.datetime(2026, 11, 20, tzinfo=dt.UTC)
+ARCHIVED = [202605, 202606, 202607]
+
+
+class Crash(Exception):
+    """Stands for the process dying at a step."""
+
+
+_TEMPLATES: dict[tuple[str, int, int], str] = {}
+
+
+def load(db: Database, tmp: Path, rows: int = 12_000, seed: int = 7) -> None:
+    """Generated CDRs through the real ingest path — once per engine and size, into a
+    template database; each test then copies the template into its own database."""
+    key = (db.config.dsn, rows, seed)
+    if key not in _TEMPLATES:
+        template = Database(dataclasses.replace(db.config, database=f"tpl_{uuid.uuid4().hex[:8]}"))
+        migrate(template)
+        spec = generate.GenSpec(rows=rows, months=6, seed=seed, end=END)
+        generate.ensure_accounts(template, spec)
+        for tenant in spec.tenants:
+            path = tmp / f"{tenant}-{seed}.parquet"
+            generate.write_parquet(template, spec, tenant, path)
+            ingestor = Ingestor(template, IngestOptions(tenant=tenant), tmp / "rejects.csv")
+            try:
+                ingestor.ingest(path)
+            finally:
+                ingestor.close()
+        _TEMPLATES[key] = template.name
+        template.close()
+    for table in ("accounts", "cdr_records"):
+        db.command(f"INSERT INTO {table} SELECT * FROM `{_TEMPLATES[key]}`.{table}")
+
+
+def totals(db: Database, months: list[int] | None = None) -> list[tuple]:
+    """Per tenant and UTC day: calls, billsec, charge — what billing looks at."""
+    where = f"WHERE toYYYYMM(start_time) IN ({','.join(map(str, months))})" if months else ""
+    return [(t, str(d), int(n), int(b), Decimal(c)) for t, d, n, b, c in db.rows(
+        "SELECT tenant_id, toDate(start_time) AS d, count(), sum(billsec), "
+        f"toString(sum(ifNull(customer_charge, 0))) FROM cdr_records FINAL {where} "
+        "GROUP BY tenant_id, d ORDER BY tenant_id, d")]
+
+
+def hot_month_set(db: Database) -> set[int]:
+    return {int(m) for (m,) in db.rows("SELECT DISTINCT toYYYYMM(start_time) FROM cdr_records")}
+
+
+@pytest.fixture
+def bucket(moto_endpoint: str) -> str:
+    name = f"arch-{uuid.uuid4().hex[:10]}"
+    s3_client(moto_endpoint).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(params=["local", "s3"])
+def archive(request, tmp_path: Path):
+    """The two kinds of object store: a directory, and S3 (moto) over HTTP."""
+    if request.param == "local":
+        return LocalStore(tmp_path / "warm")
+    endpoint = request.getfixturevalue("moto_endpoint")
+    bucket = request.getfixturevalue("bucket")
+    return S3Store(bucket, "cdrhouse", endpoint=endpoint, access_key="test", secret_key="test")
+
+
+def independent_totals(archive, tmp_path: Path) -> list[tuple]:
+    """Read the archive with pyarrow's dataset API (Hive partitioning), not with us."""
+    if isinstance(archive, LocalStore):
+        fs, root = pafs.LocalFileSystem(), str(archive.root / layout.ROOT)
+    else:
+        fs = pafs.S3FileSystem(endpoint_override=archive.endpoint, scheme="http",
+                               access_key="test", secret_key="test", region="us-east-1")
+        root = f"{archive.bucket}/{archive.prefix}/{layout.ROOT}"
+    table = pads.dataset(root, filesystem=fs, format="parquet", partitioning="hive").to_table(
+        columns=["tenant", "start_time", "billsec", "customer_charge"])
+    con = duckdb.connect()
+    con.register("t", table)
+    return [(t, str(d), int(n), int(b), Decimal(str(c))) for t, d, n, b, c in con.execute(
+        "SELECT tenant, CAST(start_time AT TIME ZONE 'UTC' AS DATE) AS d, count(*), "
+        "sum(billsec), sum(coalesce(customer_charge, 0)) FROM t GROUP BY ALL ORDER BY ALL"
+    ).fetchall()]
+
+
+# -- the policy -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("today, keep, first_hot, eligible, not_eligible", [
+    (dt.date(2026, 11, 22), 3, 202608, 202607, 202608),
+    (dt.date(2026, 11, 1), 3, 202608, 202607, 202608),
+    (dt.date(2026, 11, 30), 1, 202610, 202609, 202610),
+    (dt.date(2026, 2, 15), 3, 202511, 202510, 202511),
+    (dt.date(2026, 1, 1), 12, 202501, 202412, 202501),
+])
+def test_policy_keeps_full_months_hot(today, keep, first_hot, eligible, not_eligible) -> None:
+    assert first_hot_month(today, keep) == first_hot
+    assert is_eligible(eligible, today, keep)
+    assert not is_eligible(not_eligible, today, keep)
+
+
+@pytest.mark.parametrize("month, n, expected", [(202601, -1, 202512), (202612, 1, 202701),
+                                                (202606, -18, 202412), (202606, 0, 202606)])
+def test_add_months(month, n, expected) -> None:
+    assert add_months(month, n) == expected
+
+
+@pytest.mark.parametrize("text, expected", [("202607", 202607), ("2026-07", 202607),
+                                            ("202613", None), ("2026", None), ("july", None)])
+def test_parse_month(text, expected) -> None:
+    if expected is None:
+        with pytest.raises(ValueError, match="YYYYMM"):
+            parse_month(text)
+    else:
+        assert parse_month(text) == expected
+
+
+def test_policy_refuses_nonsense() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        Policy(keep_months=0)
+
+
+# -- object stores ----------------------------------------------------------------------
+
+def test_object_store_contract(archive, tmp_path: Path) -> None:
+    assert archive.get_bytes("a/x.json") is None and archive.head("a/x.json") is None
+    archive.put_bytes("a/x.json", b'{"v": 1}')
+    assert archive.get_bytes("a/x.json") == b'{"v": 1}'
+    assert archive.head("a/x.json").size == 8
+    assert archive.put_if_absent("a/lock", b"one") is True
+    assert archive.put_if_absent("a/lock", b"two") is False
+    assert archive.get_bytes("a/lock") == b"one"
+    archive.copy("a/x.json", "b/y.json")
+    assert [o.key for o in archive.list("")] == ["a/lock", "a/x.json", "b/y.json"]
+    assert [o.key for o in archive.list("b/")] == ["b/y.json"]
+    assert b"".join(archive.open("b/y.json")) == b'{"v": 1}'
+    archive.delete("a/x.json")
+    archive.delete("a/missing")  # deleting what is not there is fine
+    assert [o.key for o in archive.list("a/")] == ["a/lock"]
+
+
+def test_large_files_go_up_in_parts(moto_endpoint: str, bucket: str, tmp_path: Path) -> None:
+    store = S3Store(bucket, "p", endpoint=moto_endpoint, access_key="test", secret_key="test",
+                    multipart_threshold=5 << 20)
+    big = tmp_path / "big.bin"
+    payload = bytes(range(256)) * (12 * 4096)  # 12 MiB
+    big.write_bytes(payload)
+    store.put_file("big.bin", big)
+    info = store.head("big.bin")
+    assert info.size == len(payload)
+    assert "-" in info.etag  # a multipart ETag: md5-of-parts "-" number of parts
+    assert b"".join(store.open("big.bin")) == payload
+
+
+def test_local_store_keeps_keys_inside_its_directory(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "warm")
+    with pytest.raises(ArchiveError, match="leaves the archive directory"):
+        store.put_bytes("../escape.txt", b"x")
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_wrong_credentials_missing_bucket_and_no_server_are_named(rclone_s3) -> None:
+    good = S3Store("archive", "p", endpoint=rclone_s3.endpoint,
+                   access_key=rclone_s3.access_key, secret_key=rclone_s3.secret_key)
+    good.check()
+    good.put_bytes("k", b"v")
+    wrong = S3Store("archive", "p", endpoint=rclone_s3.endpoint,
+                    access_key=rclone_s3.access_key, secret_key="not-the-secret")
+    with pytest.raises(ArchiveError, match="rejected the credentials.*AWS_SECRET_ACCESS_KEY"):
+        wrong.check()
+    with pytest.raises(ArchiveError, match="rejected the credentials"):
+        wrong.put_bytes("k", b"overwritten?")
+    assert good.get_bytes("k") == b"v"
+    missing = S3Store("no-such-bucket", "p", endpoint=rclone_s3.endpoint,
+                      access_key=rclone_s3.access_key, secret_key=rclone_s3.secret_key)
+    with pytest.raises(ArchiveError, match="bucket 'no-such-bucket' does not exist"):
+        missing.check()
+    nobody = S3Store("archive", "p", endpoint="http://127.0.0.1:9", access_key="a",
+                     secret_key="b")
+    with pytest.raises(ArchiveError, match="cannot reach the S3 endpoint http://127.0.0.1:9"):
+        nobody.check()
+
+
+def test_a_run_with_wrong_credentials_changes_nothing(embedded_db: Database, rclone_s3,
+                                                      tmp_path: Path) -> None:
+    load(embedded_db, tmp_path, rows=3000)
+    before = totals(embedded_db)
+    wrong = S3Store("archive", "w", endpoint=rclone_s3.endpoint,
+                    access_key=rclone_s3.access_key, secret_key="nope")
+    with pytest.raises(ArchiveError, match="rejected the credentials"):
+        Tiering(embedded_db, wrong).run(today=TODAY)
+    assert totals(embedded_db) == before
+    assert warm.warm_months(embedded_db) == []
+
+
+def test_the_job_runs_against_a_server_that_checks_credentials(embedded_db: Database, rclone_s3,
+                                                                tmp_path: Path) -> None:
+    load(embedded_db, tmp_path, rows=3000)
+    before = totals(embedded_db, ARCHIVED)
+    store = S3Store("archive", f"run-{uuid.uuid4().hex[:6]}", endpoint=rclone_s3.endpoint,
+                    access_key=rclone_s3.access_key, secret_key=rclone_s3.secret_key)
+    report = Tiering(embedded_db, store).run(today=TODAY)
+    assert report.dropped == ARCHIVED
+    assert sum(r[2] for r in before) == report.rows
+    assert not hot_month_set(embedded_db) & set(ARCHIVED)
+
+
+# -- the job ------------------------------------------------------------------------------
+
+def test_archive_verify_drop_and_read_back_independently(store: Database, archive,
+                                                         tmp_path: Path) -> None:
+    load(store, tmp_path)
+    before_all = totals(store)
+    before = totals(store, ARCHIVED)
+    tier = Tiering(store, archive, Policy(max_part_rows=500))
+
+    dry = tier.run(today=TODAY, dry_run=True)
+    assert [p.month for p in dry.plan if p.eligible] == ARCHIVED
+    assert sum(p.rows for p in dry.plan if p.eligible) == sum(r[2] for r in before)
+    assert hot_month_set(store) >= set(ARCHIVED)  # a dry run moves nothing
+    assert archive.list("") == []
+
+    report = tier.run(today=TODAY)
+    assert report.dropped == ARCHIVED
+    assert report.rows == sum(r[2] for r in before)
+    assert not hot_month_set(store) & set(ARCHIVED)
+    assert totals(store) == [r for r in before_all if r not in before]  # hot months untouched
+
+    # the archive as stored: Hive keys, bounded parts, manifests, the index
+    keys = [o.key for o in archive.list("")]
+    assert layout.INDEX_KEY in keys
+    assert not [k for k in keys if k.startswith(layout.STAGING) or k == layout.LOCK_KEY]
+    index = json.loads(archive.get_bytes(layout.INDEX_KEY))
+    assert {(m["tenant"], m["month"]) for m in index["months"]} == {
+        (t, m) for t in ("acme", "globex", "initech") for m in ARCHIVED}
+    acme = warm.read_manifest(archive, "acme", 202606)
+    assert len(acme.files) > 1 and all(f.rows <= 500 for f in acme.files)
+    assert all(k.startswith("cdrs/tenant=acme/month=202606/part-") for k in acme.keys)
+    enum = "Enum8('outbound' = 1, 'inbound' = 2, 'internal' = 3)"
+    assert acme.compression == "zstd" and ("direction", enum) in acme.columns
+    assert [w.state for w in warm.warm_months(store)] == ["archived"] * 9
+
+    # an independent reader gets the same per-tenant, per-day totals
+    assert independent_totals(archive, tmp_path) == before
+
+    # a rerun finds nothing to do and changes nothing
+    again = tier.run(today=TODAY)
+    assert again.archived == [] and again.dropped == []
+    assert independent_totals(archive, tmp_path) == before
+
+    # restore is verified and idempotent
+    restored = tier.restore(202606)
+    assert {t for t, _, what in restored if what == "restored"} == {"acme", "globex", "initech"}
+    assert tier.restore(202606)[0][2] == "already hot"
+    assert totals(store, [202606]) == [r for r in before if r[1].startswith("2026-06")]
+    assert warm.warm_month(store, "acme", 202606).state == "restored"
+    # … and tiering it again reuses the archive instead of writing it twice
+    parts_before = [o.key for o in archive.list("cdrs/tenant=acme/month=202606/")]
+    third = tier.run(today=TODAY)
+    assert third.archived == [] and third.dropped == [202606]
+    assert [o.key for o in archive.list("cdrs/tenant=acme/month=202606/")] == parts_before
+    assert independent_totals(archive, tmp_path) == before
+
+
+def test_parquet_is_sorted_zstd_with_enums_as_strings(embedded_db: Database, tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+    load(embedded_db, tmp_path, rows=4000)
+    archive = LocalStore(tmp_path / "warm")
+    Tiering(embedded_db, archive, Policy(row_group_rows=100)).run(today=TODAY, tenants=["acme"])
+    manifest = warm.read_manifest(archive, "acme", 202607)
+    meta = pq.ParquetFile(archive.root / manifest.keys[0])
+    assert meta.metadata.num_row_groups > 1
+    assert meta.metadata.row_group(0).column(0).compression == "ZSTD"
+    table = meta.read()
+    assert str(table.schema.field("direction").type) == "string"
+    assert set(table.column("disposition").to_pylist()) <= {
+        "ANSWERED", "NO ANSWER", "BUSY", "FAILED", "CONGESTION"}
+    order = list(zip(table.column("customer_id").to_pylist(), table.column("start_time").to_pylist(),
+                     strict=True))
+    assert order == sorted(order)
+
+
+def test_tenant_filter_archives_but_drops_only_when_every_tenant_is_in(
+        embedded_db: Database, tmp_path: Path) -> None:
+    load(embedded_db, tmp_path, rows=3000)
+    tier = Tiering(embedded_db, LocalStore(tmp_path / "warm"))
+    report = tier.run(today=TODAY, months=[202607], tenants=["acme"])
+    assert [(m.tenant, m.month) for m in report.archived] == [("acme", 202607)]
+    assert report.dropped == [] and "tenant globex is not archived yet" in report.skipped[0]
+    assert 202607 in hot_month_set(embedded_db)
+    report = tier.run(today=TODAY, months=[202607])
+    assert report.unchanged == [("acme", 202607)] and report.dropped == [202607]
+
+
+def test_a_month_inside_the_window_is_never_moved(embedded_db: Database, tmp_path: Path) -> None:
+    load(embedded_db, tmp_path, rows=2000)
+    tier = Tiering(embedded_db, LocalStore(tmp_path / "warm"))
+    report = tier.run(today=TODAY, months=[202609])
+    assert report.archived == [] and report.dropped == []
+    assert "keeps 3 full months" in report.plan[0].reason
+    assert 202609 in hot_month_set(embedded_db)
+
+
+def test_late_rows_for_an_archived_month_are_archived_again_without_loss(
+        embedded_db: Database, tmp_path: Path) -> None:
+    load(embedded_db, tmp_path, rows=3000)
+    archive = LocalStore(tmp_path / "warm")
+    tier = Tiering(embedded_db, archive)
+    before = totals(embedded_db, ARCHIVED)
+    tier.run(today=TODAY)
+    first = warm.read_manifest(archive, "acme", 202606)
+    # a late CDR for June arrives after June was archived
+    embedded_db.command(
+        "INSERT INTO cdr_records SELECT * REPLACE ('late-1' AS call_id, 99 AS billsec, "
+        "1 AS version) FROM file({p:String}, 'Parquet') LIMIT 1",
+        {"p": str(archive.root / first.keys[0])})
+    tier.run(today=TODAY)
+    second = warm.read_manifest(archive, "acme", 202606)
+    assert second.rows == first.rows + 1
+    assert set(second.keys).isdisjoint(first.keys)  # new part numbers, old parts gone
+    assert [o.key for o in archive.list("cdrs/tenant=acme/month=202606/")] == sorted(
+        second.keys + ["cdrs/tenant=acme/month=202606/_manifest.json"])
+    assert 202606 not in hot_month_set(embedded_db)
+    after = independent_totals(archive, tmp_path)
+    june = [r for r in after if r[0] == "acme" and r[1].startswith("2026-06")]
+    assert sum(r[2] for r in june) == sum(r[2] for r in before if r[0] == "acme"
+                                          and r[1].startswith("2026-06")) + 1
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_a_crash_at_any_step_converges_on_rerun(embedded_db: Database, archive, tmp_path: Path,
+                                                step: str) -> None:
+    store = embedded_db
+    load(store, tmp_path, rows=1500)
+    before = totals(store, ARCHIVED)
+    hot_before = totals(store)
+    crashed = []
+
+    def fault(at: str) -> None:
+        if at == step and not crashed:
+            crashed.append(at)
+            raise Crash(at)
+
+    with pytest.raises(Crash):
+        Tiering(store, archive, Policy(max_part_rows=300), fault=fault).run(today=TODAY)
+    # whatever the crash left, no row is lost from the union of hot and archive
+    report = Tiering(store, archive, Policy(max_part_rows=300)).run(today=TODAY)
+    assert sorted(set(report.dropped) | set(ARCHIVED)) == ARCHIVED
+    assert not hot_month_set(store) & set(ARCHIVED)
+    assert totals(store) == [r for r in hot_before if r not in before]
+    assert independent_totals(archive, tmp_path) == before  # none lost, none twice
+    assert [w.state for w in warm.warm_months(store)] == ["archived"] * 9
+    assert not archive.list(layout.STAGING) and archive.get_bytes(layout.LOCK_KEY) is None
+    assert not int(store.scalar(f"SELECT count() FROM {HOLD}") or 0)
+
+
+def test_rows_that_reach_the_partition_after_the_check_are_returned_not_dropped(
+        embedded_db: Database, tmp_path: Path) -> None:
+    load(embedded_db, tmp_path, rows=2000)
+    archive = LocalStore(tmp_path / "warm")
+
+    def fault(at: str) -> None:
+        if at == "moved":
+            # a late row that was in the partition when it moved, but not in the archive
+            embedded_db.command(
+                f"INSERT INTO {HOLD} SELECT * REPLACE ('late-2' AS call_id) FROM {HOLD} "
+                "WHERE tenant_id = 'acme' AND toYYYYMM(start_time) = 202605 LIMIT 1")
+            raise Crash(at)
+
+    with pytest.raises(Crash):
+        Tiering(embedded_db, archive, fault=fault).run(today=TODAY, months=[202605])
+    rows = warm.read_manifest(archive, "acme", 202605).rows
+    Tiering(embedded_db, archive).recover()  # what a rerun does first: the row goes back
+    assert embedded_db.rows("SELECT call_id, toYYYYMM(start_time) FROM cdr_records "
+                            "WHERE call_id = 'late-2'") == [("late-2", 202605)]
+    report = Tiering(embedded_db, archive).run(today=TODAY, months=[202605])
+    assert report.dropped == [202605]
+    assert embedded_db.rows("SELECT count() FROM cdr_records WHERE call_id = 'late-2'") == [(0,)]
+    assert warm.read_manifest(archive, "acme", 202605).rows == rows + 1
+
+
+def test_a_corrupt_archive_file_fails_verification_and_keeps_the_month(
+        embedded_db: Database, tmp_path: Path) -> None:
+    load(embedded_db, tmp_path, rows=2000)
+    archive = LocalStore(tmp_path / "warm")
+
+    def fault(at: str) -> None:
+        if at == "exported":  # the store loses a row between upload and read-back
+            for obj in archive.list(layout.STAGING):
+                path = archive.root / obj.key
+                embedded_db.command(
+                    "INSERT INTO FUNCTION file({o:String}, 'Parquet') SELECT * FROM "
+                    "file({p:String}, 'Parquet') LIMIT 1 OFFSET 1",
+                    {"o": str(path) + ".x", "p": str(path)},
+                    settings={"engine_file_truncate_on_insert": 1})
+                Path(str(path) + ".x").replace(path)
+                break
+
+    with pytest.raises(ArchiveError, match="verification failed.*nothing was dropped"):
+        Tiering(embedded_db, archive, fault=fault).run(today=TODAY, months=[202605])
+    assert 202605 in hot_month_set(embedded_db)
+    assert warm.warm_months(embedded_db) == []
+    assert not archive.list(layout.STAGING)
+
+
+def test_two_runs_cannot_hold_the_archive_at_once(moto_endpoint: str, bucket: str) -> None:
+    store = S3Store(bucket, "", endpoint=moto_endpoint, access_key="test", secret_key="test")
+    with run_lock(store), pytest.raises(TierLocked, match="already in progress"):
+        with run_lock(store):
+            pass
+    # another process (alive, on another host) holds it
+    store.put_bytes(layout.LOCK_KEY, json.dumps({
+        "token": "x", "host": "elsewhere", "pid": 1, "what": "tier run",
+        "started_at": "2026-11-22T00:00:00+00:00",
+        "expires_at": "2999-01-01T00:00:00+00:00"}).encode())
+    with pytest.raises(TierLocked, match="host elsewhere"), run_lock(store):
+        pass
+    # … and a dead holder's lock is taken over
+    store.put_bytes(layout.LOCK_KEY, json.dumps({
+        "token": "x", "host": "elsewhere", "pid": 1, "what": "tier run",
+        "started_at": "2026-11-20T00:00:00+00:00",
+        "expires_at": "2026-11-21T00:00:00+00:00"}).encode())
+    with run_lock(store):
+        pass
+    assert store.get_bytes(layout.LOCK_KEY) is None
+
+
+def test_restore_of_a_month_never_archived_is_refused(embedded_db: Database,
+                                                      tmp_path: Path) -> None:
+    tier = Tiering(embedded_db, LocalStore(tmp_path / "warm"))
+    with pytest.raises(ArchiveError, match="nothing archived for month 202401"):
+        tier.restore(202401)
+    with pytest.raises(ArchiveError, match="tenant acme has no archive for month 202401"):
+        tier.restore(202401, ["acme"])
+
+
+def test_restore_refuses_an_incomplete_archive(embedded_db: Database, tmp_path: Path) -> None:
+    load(embedded_db, tmp_path, rows=2000)
+    archive = LocalStore(tmp_path / "warm")
+    tier = Tiering(embedded_db, archive)
+    tier.run(today=TODAY, months=[202606])
+    manifest = warm.read_manifest(archive, "globex", 202606)
+    archive.delete(manifest.keys[0])
+    with pytest.raises(ArchiveError, match="incomplete.*nothing was restored"):
+        tier.restore(202606, ["globex"])
+    assert not embedded_db.rows("SELECT 1 FROM cdr_records WHERE tenant_id = 'globex' AND "
+                                "toYYYYMM(start_time) = 202606 LIMIT 1")
