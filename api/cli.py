@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress,
                            TextColumn, TimeElapsedColumn, TimeRemainingColumn)
 
+from api.cli_tier import tier_app
 from api.render import FORMATS, render
 from engine import accounts as acc
 from engine import generate, keys
@@ -38,6 +39,8 @@ from sql.builder import BuilderError
 from sql.principal import Principal, PrincipalError
 from sql.usersql import UserSQLError
 from sql.viewer import ViewerError, ViewRequest
+from tiering.lock import TierLocked
+from tiering.store import ArchiveError
 
 err = Console(stderr=True, soft_wrap=True)
 app = typer.Typer(help="cdrhouse: an analytical store for call detail records on ClickHouse.",
@@ -47,6 +50,7 @@ accounts_app = typer.Typer(help="Customers and carriers of a tenant.", no_args_i
 app.add_typer(accounts_app, name="accounts")
 keys_app = typer.Typer(help="API keys for the HTTP service.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(tier_app, name="tier")
 
 
 class Failed(Exception):
@@ -483,6 +487,12 @@ def main() -> None:
     except (StoreLocked, StoreError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         sys.exit(3)
+    except TierLocked as exc:
+        err.print(f"[red]busy:[/red] {exc}")
+        sys.exit(3)
+    except ArchiveError as exc:
+        err.print(f"[red]archive error:[/red] {exc}")
+        sys.exit(1)
     except (acc.AccountError, keys.KeyError_, FormatError, IngestError, UserSQLError, ViewerError, BuilderError,
             PrincipalError) as exc:
         err.print(f"[red]error:[/red] {exc}")
@@ -496,9 +506,9 @@ def main() -> None:
     except Failed as exc:
         err.print(f"[red]failed:[/red] {exc}")
         sys.exit(1)
-    except Exception as exc:  # click's usage errors
-        import click
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:  # click's usage errors (typer vendors its own click)
+        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None),
+                                                               int):
             exc.show()
             sys.exit(exc.exit_code)
         raise

@@ -1,7 +1,7 @@
 """Hot → warm tiering against a real engine and real S3-compatible servers on loopback.
 
-Every test archives data generated for fixed dates (the policy's "today" is
-2026-11-22, so May–July 2026 are eligible and August onwards stays hot), then
+Every test archives data generated for the six months before today (so, with
+three full months kept hot, the oldest three or four months are eligible), then
 checks the hot table, the archive as stored, and what independent readers
 (pyarrow, DuckDB) make of it, against totals taken before tiering.
 """
@@ -28,12 +28,19 @@ from engine.migrate import migrate
 from tiering import layout, warm
 from tiering.archive import HOLD, STEPS, Tiering
 from tiering.lock import TierLocked, run_lock
-from tiering.policy import Policy, add_months, first_hot_month, is_eligible, parse_month
+from tiering.policy import (Policy, add_months, first_hot_month, is_eligible, month_of,
+                            parse_month)
 from tiering.store import ArchiveError, LocalStore, S3Store
 
-TODAY = dt.date(2026, 11, 22)
-END = dt.datetime(2026, 11, 20, tzinfo=dt.UTC)
-ARCHIVED = [202605, 202606, 202607]
+TODAY = dt.datetime.now(dt.UTC).date()
+#: the data covers six months from the first day of the month six months ago …
+_FIRST = add_months(month_of(TODAY), -6)
+END = dt.datetime(_FIRST // 100, _FIRST % 100, 1, tzinfo=dt.UTC) + dt.timedelta(
+    days=round(30.44 * 6))
+#: … so with three full months kept hot, its first three months move
+ARCHIVED = [add_months(_FIRST, i) for i in range(3)]
+OLDEST, MIDDLE, NEWEST = ARCHIVED[0], ARCHIVED[1], ARCHIVED[-1]
+HOT = add_months(first_hot_month(TODAY, 3), 1)  # a month inside the hot window
 
 
 class Crash(Exception):
@@ -263,9 +270,9 @@ def test_archive_verify_drop_and_read_back_independently(store: Database, archiv
     index = json.loads(archive.get_bytes(layout.INDEX_KEY))
     assert {(m["tenant"], m["month"]) for m in index["months"]} == {
         (t, m) for t in ("acme", "globex", "initech") for m in ARCHIVED}
-    acme = warm.read_manifest(archive, "acme", 202606)
+    acme = warm.read_manifest(archive, "acme", MIDDLE)
     assert len(acme.files) > 1 and all(f.rows <= 500 for f in acme.files)
-    assert all(k.startswith("cdrs/tenant=acme/month=202606/part-") for k in acme.keys)
+    assert all(k.startswith(f"cdrs/tenant=acme/month={MIDDLE}/part-") for k in acme.keys)
     enum = "Enum8('outbound' = 1, 'inbound' = 2, 'internal' = 3)"
     assert acme.compression == "zstd" and ("direction", enum) in acme.columns
     assert [w.state for w in warm.warm_months(store)] == ["archived"] * 9
@@ -279,16 +286,16 @@ def test_archive_verify_drop_and_read_back_independently(store: Database, archiv
     assert independent_totals(archive, tmp_path) == before
 
     # restore is verified and idempotent
-    restored = tier.restore(202606)
+    restored = tier.restore(MIDDLE)
     assert {t for t, _, what in restored if what == "restored"} == {"acme", "globex", "initech"}
-    assert tier.restore(202606)[0][2] == "already hot"
-    assert totals(store, [202606]) == [r for r in before if r[1].startswith("2026-06")]
-    assert warm.warm_month(store, "acme", 202606).state == "restored"
+    assert tier.restore(MIDDLE)[0][2] == "already hot"
+    assert totals(store, [MIDDLE]) == [r for r in before if r[1].startswith(layout.month_label(MIDDLE))]
+    assert warm.warm_month(store, "acme", MIDDLE).state == "restored"
     # … and tiering it again reuses the archive instead of writing it twice
-    parts_before = [o.key for o in archive.list("cdrs/tenant=acme/month=202606/")]
+    parts_before = [o.key for o in archive.list(f"cdrs/tenant=acme/month={MIDDLE}/")]
     third = tier.run(today=TODAY)
-    assert third.archived == [] and third.dropped == [202606]
-    assert [o.key for o in archive.list("cdrs/tenant=acme/month=202606/")] == parts_before
+    assert third.archived == [] and third.dropped == [MIDDLE]
+    assert [o.key for o in archive.list(f"cdrs/tenant=acme/month={MIDDLE}/")] == parts_before
     assert independent_totals(archive, tmp_path) == before
 
 
@@ -297,7 +304,7 @@ def test_parquet_is_sorted_zstd_with_enums_as_strings(embedded_db: Database, tmp
     load(embedded_db, tmp_path, rows=4000)
     archive = LocalStore(tmp_path / "warm")
     Tiering(embedded_db, archive, Policy(row_group_rows=100)).run(today=TODAY, tenants=["acme"])
-    manifest = warm.read_manifest(archive, "acme", 202607)
+    manifest = warm.read_manifest(archive, "acme", NEWEST)
     meta = pq.ParquetFile(archive.root / manifest.keys[0])
     assert meta.metadata.num_row_groups > 1
     assert meta.metadata.row_group(0).column(0).compression == "ZSTD"
@@ -314,21 +321,21 @@ def test_tenant_filter_archives_but_drops_only_when_every_tenant_is_in(
         embedded_db: Database, tmp_path: Path) -> None:
     load(embedded_db, tmp_path, rows=3000)
     tier = Tiering(embedded_db, LocalStore(tmp_path / "warm"))
-    report = tier.run(today=TODAY, months=[202607], tenants=["acme"])
-    assert [(m.tenant, m.month) for m in report.archived] == [("acme", 202607)]
+    report = tier.run(today=TODAY, months=[NEWEST], tenants=["acme"])
+    assert [(m.tenant, m.month) for m in report.archived] == [("acme", NEWEST)]
     assert report.dropped == [] and "tenant globex is not archived yet" in report.skipped[0]
-    assert 202607 in hot_month_set(embedded_db)
-    report = tier.run(today=TODAY, months=[202607])
-    assert report.unchanged == [("acme", 202607)] and report.dropped == [202607]
+    assert NEWEST in hot_month_set(embedded_db)
+    report = tier.run(today=TODAY, months=[NEWEST])
+    assert report.unchanged == [("acme", NEWEST)] and report.dropped == [NEWEST]
 
 
 def test_a_month_inside_the_window_is_never_moved(embedded_db: Database, tmp_path: Path) -> None:
     load(embedded_db, tmp_path, rows=2000)
     tier = Tiering(embedded_db, LocalStore(tmp_path / "warm"))
-    report = tier.run(today=TODAY, months=[202609])
+    report = tier.run(today=TODAY, months=[HOT])
     assert report.archived == [] and report.dropped == []
     assert "keeps 3 full months" in report.plan[0].reason
-    assert 202609 in hot_month_set(embedded_db)
+    assert HOT in hot_month_set(embedded_db)
 
 
 def test_late_rows_for_an_archived_month_are_archived_again_without_loss(
@@ -338,23 +345,23 @@ def test_late_rows_for_an_archived_month_are_archived_again_without_loss(
     tier = Tiering(embedded_db, archive)
     before = totals(embedded_db, ARCHIVED)
     tier.run(today=TODAY)
-    first = warm.read_manifest(archive, "acme", 202606)
+    first = warm.read_manifest(archive, "acme", MIDDLE)
     # a late CDR for June arrives after June was archived
     embedded_db.command(
         "INSERT INTO cdr_records SELECT * REPLACE ('late-1' AS call_id, 99 AS billsec, "
         "1 AS version) FROM file({p:String}, 'Parquet') LIMIT 1",
         {"p": str(archive.root / first.keys[0])})
     tier.run(today=TODAY)
-    second = warm.read_manifest(archive, "acme", 202606)
+    second = warm.read_manifest(archive, "acme", MIDDLE)
     assert second.rows == first.rows + 1
     assert set(second.keys).isdisjoint(first.keys)  # new part numbers, old parts gone
-    assert [o.key for o in archive.list("cdrs/tenant=acme/month=202606/")] == sorted(
-        second.keys + ["cdrs/tenant=acme/month=202606/_manifest.json"])
-    assert 202606 not in hot_month_set(embedded_db)
+    assert [o.key for o in archive.list(f"cdrs/tenant=acme/month={MIDDLE}/")] == sorted(
+        second.keys + [f"cdrs/tenant=acme/month={MIDDLE}/_manifest.json"])
+    assert MIDDLE not in hot_month_set(embedded_db)
     after = independent_totals(archive, tmp_path)
-    june = [r for r in after if r[0] == "acme" and r[1].startswith("2026-06")]
+    june = [r for r in after if r[0] == "acme" and r[1].startswith(layout.month_label(MIDDLE))]
     assert sum(r[2] for r in june) == sum(r[2] for r in before if r[0] == "acme"
-                                          and r[1].startswith("2026-06")) + 1
+                                          and r[1].startswith(layout.month_label(MIDDLE))) + 1
 
 
 @pytest.mark.parametrize("step", STEPS)
@@ -394,19 +401,19 @@ def test_rows_that_reach_the_partition_after_the_check_are_returned_not_dropped(
             # a late row that was in the partition when it moved, but not in the archive
             embedded_db.command(
                 f"INSERT INTO {HOLD} SELECT * REPLACE ('late-2' AS call_id) FROM {HOLD} "
-                "WHERE tenant_id = 'acme' AND toYYYYMM(start_time) = 202605 LIMIT 1")
+                f"WHERE tenant_id = 'acme' AND toYYYYMM(start_time) = {OLDEST} LIMIT 1")
             raise Crash(at)
 
     with pytest.raises(Crash):
-        Tiering(embedded_db, archive, fault=fault).run(today=TODAY, months=[202605])
-    rows = warm.read_manifest(archive, "acme", 202605).rows
+        Tiering(embedded_db, archive, fault=fault).run(today=TODAY, months=[OLDEST])
+    rows = warm.read_manifest(archive, "acme", OLDEST).rows
     Tiering(embedded_db, archive).recover()  # what a rerun does first: the row goes back
     assert embedded_db.rows("SELECT call_id, toYYYYMM(start_time) FROM cdr_records "
-                            "WHERE call_id = 'late-2'") == [("late-2", 202605)]
-    report = Tiering(embedded_db, archive).run(today=TODAY, months=[202605])
-    assert report.dropped == [202605]
+                            "WHERE call_id = 'late-2'") == [("late-2", OLDEST)]
+    report = Tiering(embedded_db, archive).run(today=TODAY, months=[OLDEST])
+    assert report.dropped == [OLDEST]
     assert embedded_db.rows("SELECT count() FROM cdr_records WHERE call_id = 'late-2'") == [(0,)]
-    assert warm.read_manifest(archive, "acme", 202605).rows == rows + 1
+    assert warm.read_manifest(archive, "acme", OLDEST).rows == rows + 1
 
 
 def test_a_corrupt_archive_file_fails_verification_and_keeps_the_month(
@@ -427,8 +434,8 @@ def test_a_corrupt_archive_file_fails_verification_and_keeps_the_month(
                 break
 
     with pytest.raises(ArchiveError, match="verification failed.*nothing was dropped"):
-        Tiering(embedded_db, archive, fault=fault).run(today=TODAY, months=[202605])
-    assert 202605 in hot_month_set(embedded_db)
+        Tiering(embedded_db, archive, fault=fault).run(today=TODAY, months=[OLDEST])
+    assert OLDEST in hot_month_set(embedded_db)
     assert warm.warm_months(embedded_db) == []
     assert not archive.list(layout.STAGING)
 
@@ -468,10 +475,10 @@ def test_restore_refuses_an_incomplete_archive(embedded_db: Database, tmp_path: 
     load(embedded_db, tmp_path, rows=2000)
     archive = LocalStore(tmp_path / "warm")
     tier = Tiering(embedded_db, archive)
-    tier.run(today=TODAY, months=[202606])
-    manifest = warm.read_manifest(archive, "globex", 202606)
+    tier.run(today=TODAY, months=[MIDDLE])
+    manifest = warm.read_manifest(archive, "globex", MIDDLE)
     archive.delete(manifest.keys[0])
     with pytest.raises(ArchiveError, match="incomplete.*nothing was restored"):
-        tier.restore(202606, ["globex"])
+        tier.restore(MIDDLE, ["globex"])
     assert not embedded_db.rows("SELECT 1 FROM cdr_records WHERE tenant_id = 'globex' AND "
-                                "toYYYYMM(start_time) = 202606 LIMIT 1")
+                                f"toYYYYMM(start_time) = {MIDDLE} LIMIT 1")

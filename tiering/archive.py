@@ -92,6 +92,8 @@ class RunReport:
     dropped: list[int] = field(default_factory=list)
     returned_rows: int = 0
     skipped: list[str] = field(default_factory=list)
+    #: the job that recorded this run, when it ran as one (tiering/jobs.py)
+    job_id: str = ""
 
     @property
     def rows(self) -> int:

@@ -1,0 +1,102 @@
+"""`cdrhouse tier …` as operators run it: subprocesses, exit codes — and real crashes.
+
+The crash tests kill the CLI process (os._exit, no cleanup) at a step of the
+job while it works on a ClickHouse server (the HTTP-served engine) and S3
+(moto), then run it again and check that it converged.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from s3servers import s3_client
+from test_tiering import ARCHIVED, hot_month_set, independent_totals, load, totals
+
+from engine.db import Database, StoreConfig
+from engine.migrate import migrate
+from tiering import layout, warm
+from tiering.store import S3Store
+
+
+def cdrhouse(env: dict, *args: str) -> subprocess.CompletedProcess:
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("CDRHOUSE_")}
+    return subprocess.run([sys.executable, "-m", "api.cli", *args], capture_output=True,
+                          text=True, env={**inherited, "COLUMNS": "200", **env}, timeout=300)
+
+
+@pytest.fixture
+def served(http_server, tmp_path: Path):
+    db = Database(StoreConfig(tmp_path, clickhouse=http_server.dsn,
+                              database=f"t_{uuid.uuid4().hex[:10]}"))
+    migrate(db)
+    yield db
+    db.command(f"DROP DATABASE IF EXISTS `{db.name}` SYNC")
+    db.close()
+
+
+@pytest.mark.parametrize("step", ["exported", "manifest", "moved"])
+def test_a_killed_run_converges_on_rerun(served: Database, moto_endpoint: str, tmp_path: Path,
+                                         step: str) -> None:
+    load(served, tmp_path, rows=1500)
+    before, hot_before = totals(served, ARCHIVED), totals(served)
+    bucket = f"kill-{uuid.uuid4().hex[:8]}"
+    s3_client(moto_endpoint).create_bucket(Bucket=bucket)
+    env = {"CDRHOUSE_DATA_DIR": str(tmp_path), "CDRHOUSE_CLICKHOUSE": served.config.dsn,
+           "CDRHOUSE_DATABASE": served.name, "CDRHOUSE_ARCHIVE": f"s3://{bucket}/warm",
+           "CDRHOUSE_S3_ENDPOINT": moto_endpoint, "AWS_ACCESS_KEY_ID": "test",
+           "AWS_SECRET_ACCESS_KEY": "test", "CDRHOUSE_KEEP_MONTHS": "3"}
+    # the CLI's "today" is the real date, as is test_tiering's (its data ends two days ago)
+    killed = cdrhouse({**env, "CDRHOUSE_TIER_FAULT": step}, "tier", "run")
+    assert killed.returncode == 70, killed.stderr
+    store = S3Store(bucket, "warm", endpoint=moto_endpoint, access_key="test", secret_key="test")
+    assert store.get_bytes(layout.LOCK_KEY) is not None  # a dead run leaves its lock …
+    rerun = cdrhouse(env, "tier", "run")  # … which the rerun takes over
+    assert rerun.returncode == 0, rerun.stderr
+    assert not hot_month_set(served) & set(ARCHIVED)
+    assert totals(served) == [r for r in hot_before if r not in before]
+    assert independent_totals(store, tmp_path) == before
+    assert {w.state for w in warm.warm_months(served)} == {"archived"}
+    assert not store.list(layout.STAGING) and store.get_bytes(layout.LOCK_KEY) is None
+
+
+def test_dry_run_status_restore_and_errors(tmp_path: Path) -> None:
+    env = {"CDRHOUSE_DATA_DIR": str(tmp_path / "data")}
+    demo = cdrhouse(env, "demo", "--rows", "4000", "--months", "6", "--seed", "3")
+    assert demo.returncode == 0, demo.stderr
+    dry = cdrhouse(env, "tier", "run", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "would move" in dry.stderr and "nothing was changed" in dry.stderr
+    assert "stays hot: the policy keeps 3 full months" in dry.stdout
+    assert not (tmp_path / "data" / "warm" / "cdrs").exists()
+
+    run = cdrhouse(env, "tier", "run")
+    assert run.returncode == 0, run.stderr
+    assert "verified" in run.stderr and "dropped hot partition" in run.stderr
+    status = cdrhouse(env, "tier", "status", "--format", "json")
+    assert status.returncode == 0
+    assert '"state": "archived"' in status.stdout and "last run:" in status.stderr
+    month = next(line for line in status.stdout.splitlines() if '"warm month"' in line)
+    label = month.split('"warm month": "')[1][:7]
+
+    restored = cdrhouse(env, "tier", "restore", "--month", label)
+    assert restored.returncode == 0 and "rows restored" in restored.stderr
+    again = cdrhouse(env, "tier", "restore", "--month", label)
+    assert again.returncode == 0 and "rows already hot" in again.stderr
+    jobs = cdrhouse(env, "sql", "SELECT 1", "--as", "admin")
+    assert jobs.returncode == 0
+
+    bad = cdrhouse(env, "tier", "restore", "--month", "2026-13")
+    assert bad.returncode == 2 and "write it as YYYYMM" in bad.stderr
+    nothing = cdrhouse(env, "tier", "restore", "--month", "199901")
+    assert nothing.returncode == 1 and "nothing archived for month 199901" in nothing.stderr
+    unreachable = cdrhouse({**env, "CDRHOUSE_ARCHIVE": "s3://b/p",
+                            "CDRHOUSE_S3_ENDPOINT": "http://127.0.0.1:9",
+                            "AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"},
+                           "tier", "run")
+    assert unreachable.returncode == 1
+    assert "cannot reach the S3 endpoint http://127.0.0.1:9" in unreachable.stderr

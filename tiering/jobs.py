@@ -1,0 +1,88 @@
+"""Tiering runs as jobs: recorded in the store's jobs table (so `/v1/jobs` and
+`cdrhouse jobs` show them) whether started from the CLI or by the scheduler."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from engine import userdata
+from engine.db import Database
+from tiering import layout
+from tiering.archive import Progress, RunReport, Tiering
+from tiering.policy import Policy
+from tiering.store import ObjectStore
+
+KIND_RUN = "tier-run"
+KIND_RESTORE = "tier-restore"
+PRINCIPAL = "admin"
+
+
+def report_json(report: RunReport) -> dict[str, Any]:
+    return {
+        "run_id": report.run_id,
+        "archived": [{"tenant": m.tenant, "month": m.month, "rows": m.rows, "bytes": m.bytes,
+                      "files": len(m.files)} for m in report.archived],
+        "unchanged": [{"tenant": t, "month": m} for t, m in report.unchanged],
+        "dropped": report.dropped,
+        "returned_rows": report.returned_rows,
+        "skipped": report.skipped,
+        "rows": report.rows,
+        "bytes": report.bytes,
+    }
+
+
+def _progress(db: Database, job_id: str, inner: Progress | None) -> Progress:
+    last = [0.0]
+
+    def report(what: str, done: int, total: int) -> None:
+        if inner:
+            inner(what, done, total)
+        fraction = done / total if total else 0.0
+        if fraction - last[0] >= 0.05 or (fraction == 1.0 and last[0] < 1.0):
+            last[0] = fraction
+            userdata.update_job(db, job_id, progress=min(fraction, 1.0))
+
+    return report
+
+
+def run_tiering(db: Database, store: ObjectStore, policy: Policy, *,
+                months: list[int] | None = None, tenants: list[str] | None = None,
+                today: dt.date | None = None, progress: Progress | None = None,
+                trigger: str = "cli") -> RunReport:
+    """One tiering run, recorded as a job; the job fails with the error's message."""
+    job = userdata.create_job(db, kind=KIND_RUN, principal=PRINCIPAL, tenant="", params={
+        "months": months, "tenants": tenants, "keep_months": policy.keep_months,
+        "archive": store.location, "trigger": trigger})
+    userdata.update_job(db, job.job_id, state="running")
+    try:
+        tier = Tiering(db, store, policy, progress=_progress(db, job.job_id, progress))
+        report = tier.run(today=today, months=months, tenants=tenants)
+    except Exception as exc:
+        userdata.update_job(db, job.job_id, state="failed", error=str(exc).split("\n")[0][:500])
+        raise
+    userdata.update_job(db, job.job_id, state="succeeded", result=report_json(report))
+    report.job_id = job.job_id
+    return report
+
+
+def run_restore(db: Database, store: ObjectStore, month: int, tenants: list[str] | None = None,
+                progress: Progress | None = None) -> list[tuple[str, int, str]]:
+    job = userdata.create_job(db, kind=KIND_RESTORE, principal=PRINCIPAL, tenant="", params={
+        "month": month, "tenants": tenants, "archive": store.location})
+    userdata.update_job(db, job.job_id, state="running")
+    try:
+        done = Tiering(db, store, progress=_progress(db, job.job_id, progress)).restore(
+            month, tenants)
+    except Exception as exc:
+        userdata.update_job(db, job.job_id, state="failed", error=str(exc).split("\n")[0][:500])
+        raise
+    userdata.update_job(db, job.job_id, state="succeeded", result={
+        "month": layout.month_label(month),
+        "tenants": [{"tenant": t, "rows": r, "outcome": o} for t, r, o in done]})
+    return done
+
+
+def last_run(db: Database) -> userdata.Job | None:
+    jobs = userdata.list_jobs(db, kind=KIND_RUN, limit=1)
+    return jobs[0] if jobs else None
