@@ -18,10 +18,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from api import downloads, errors, userdata
+from api import archive, downloads, errors, userdata
 from api.service import Service, ServiceConfig
 from api.v1 import health, router
 from engine.migrate import migrate
+from tiering.policy import Policy
+from tiering.schedule import start_scheduler
 
 access_log = logging.getLogger("cdrhouse.access")
 
@@ -101,9 +103,16 @@ def create_app(config: ServiceConfig) -> FastAPI:
         with service.pool.acquire() as db:
             migrate(db)
         app.state.service = service
+        scheduler = None
+        if config.tier_cron:
+            scheduler = start_scheduler(config.tier_cron, service.warm.store,
+                                        Policy(keep_months=config.keep_months),
+                                        service.pool.acquire)
         try:
             yield
         finally:
+            if scheduler is not None:
+                scheduler.shutdown(wait=True)
             service.close()
 
     app = FastAPI(
@@ -120,6 +129,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
     app.include_router(downloads.router)  # before router: its paths are never taken for /v1/cdrs/{call_id}
     app.include_router(router)
     app.include_router(userdata.router)
+    app.include_router(archive.router)
 
     app.add_middleware(Observe, metrics=metrics)
 

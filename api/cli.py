@@ -40,7 +40,9 @@ from sql.principal import Principal, PrincipalError
 from sql.usersql import UserSQLError
 from sql.viewer import ViewerError, ViewRequest
 from tiering.lock import TierLocked
-from tiering.store import ArchiveError
+from tiering.policy import DEFAULT_KEEP_MONTHS
+from tiering.schedule import DEFAULT_CRON, parse_cron
+from tiering.store import ArchiveConfig, ArchiveError, open_archive
 
 err = Console(stderr=True, soft_wrap=True)
 app = typer.Typer(help="cdrhouse: an analytical store for call detail records on ClickHouse.",
@@ -207,8 +209,22 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8000,
     pool: Annotated[int, typer.Option("--pool", help="ClickHouse clients (parallel queries).")] = 4,
+    archive_url: Annotated[Optional[str], typer.Option(
+        "--archive", envvar="CDRHOUSE_ARCHIVE",
+        help="Warm archive: a directory, file://… or s3://bucket/prefix (default "
+             "<data-dir>/warm).")] = None,
+    s3_endpoint: Annotated[Optional[str], typer.Option(
+        "--s3-endpoint", envvar="CDRHOUSE_S3_ENDPOINT", help="S3-compatible endpoint.")] = None,
+    tier_cron: Annotated[str, typer.Option(
+        "--tier-schedule", envvar="CDRHOUSE_TIER_SCHEDULE",
+        help="When the tiering job runs (crontab, UTC); 'off' to never run it here.")]
+    = DEFAULT_CRON,
+    keep_months: Annotated[int, typer.Option(
+        "--keep-months", envvar="CDRHOUSE_KEEP_MONTHS", min=1,
+        help="Full months that stay hot.")] = DEFAULT_KEEP_MONTHS,
 ) -> None:
-    """Run the HTTP API on the configured store (embedded by default)."""
+    """Run the HTTP API on the configured store (embedded by default), and the tiering
+    job on its schedule."""
     import logging
 
     import uvicorn
@@ -218,11 +234,22 @@ def serve(
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config: StoreConfig = ctx.obj
+    cron = None if tier_cron.strip().lower() in ("off", "none", "") else tier_cron
+    if cron:
+        try:
+            parse_cron(cron)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--tier-schedule") from None
+    archive_config = ArchiveConfig.from_env(archive_url, s3_endpoint)
     Database(config).close()     # fail fast, with the plain message, if the store is held
     err.print(f"serving {config.dsn if not config.embedded else config.data_dir / 'clickhouse'} "
               f"on http://{host}:{port} (docs at /docs)")
-    uvicorn.run(create_app(ServiceConfig(store=config, pool_size=pool)), host=host, port=port,
-                log_level="warning", access_log=False)
+    err.print(f"tiering: {'runs on ' + repr(cron) + ' (UTC)' if cron else 'not scheduled'}, "
+              f"keeps {keep_months} full months hot, archive "
+              f"{open_archive(archive_config, config.data_dir).location}")
+    uvicorn.run(create_app(ServiceConfig(store=config, pool_size=pool, archive=archive_config,
+                                         tier_cron=cron, keep_months=keep_months)),
+                host=host, port=port, log_level="warning", access_log=False)
 
 
 # -- ingest -------------------------------------------------------------------------

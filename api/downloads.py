@@ -74,11 +74,12 @@ from starlette.types import Receive, Scope, Send
 from api.auth import Caller
 from api.errors import Problem
 from api.v1 import (SearchBody, SQLBody, ViewParams, caller, service, to_request, translate,
-                    view_params)
+                    view_params, warm_sources)
 from engine import export
 from engine import query as q
 from engine.db import Database
 from engine.pool import PoolExhausted
+from sql.viewer import resolve_range
 
 router = APIRouter(prefix="/v1", tags=["downloads"])
 log = logging.getLogger("cdrhouse.downloads")
@@ -146,7 +147,8 @@ class Download:
                 raise Problem("query-cancelled", "the client went away; the query was cancelled")
             self._chunks = export.stream_csv(
                 db, self.who.principal, self.plan.sql, self.plan.parameters, self.query_id,
-                columns=self.plan.columns, limit_overrides=self.limit_overrides)
+                columns=self.plan.columns, limit_overrides=self.limit_overrides,
+                warm=self.plan.warm)
             self._stack.callback(self._chunks.close)
             first = next(self._chunks, None)
         except BaseException:
@@ -436,8 +438,13 @@ async def _plan(request: Request, who: Caller, make: Callable[[Database, str], e
 async def _view_download(request: Request, who: Caller, p: ViewParams, rules: dict | None,
                          compression: str | None) -> CSVDownloadResponse:
     now = dt.datetime.now(dt.timezone.utc)
-    plan = await _plan(request, who, lambda db, qid: export.view_export(
-        who.principal, to_request(db, who, p, rules, for_download=True), now))
+
+    def make(db: Database, qid: str) -> export.Export:
+        req = to_request(db, who, p, rules, for_download=True)
+        sources = warm_sources(db, who, p.include_archive, *resolve_range(req, now),
+                               request=request)
+        return export.view_export(who.principal, req, now, sources.selects)
+    plan = await _plan(request, who, make)
     return await _download(request, who, "cdrs", plan, compression, p)
 
 
@@ -474,5 +481,6 @@ async def download_sql(request: Request, body: SQLBody,
                        who: Caller = Depends(caller)) -> CSVDownloadResponse:
     plan = await _plan(request, who, lambda db, qid: export.sql_export(
         db, who.principal, body.sql, body.params, qid,
-        getattr(request.app.state, "download_limit_overrides", None)))
+        getattr(request.app.state, "download_limit_overrides", None),
+        warm_sources(db, who, body.include_archive, request=request).selects))
     return await _download(request, who, "sql", plan, compression)

@@ -27,6 +27,9 @@ from api.errors import Problem
 from engine import query as q
 from engine.db import Database, StoreConfig
 from engine.pool import DatabasePool, PoolExhausted
+from tiering.policy import DEFAULT_KEEP_MONTHS
+from tiering.reader import WarmReader
+from tiering.store import ArchiveConfig, open_archive
 
 T = TypeVar("T")
 
@@ -41,6 +44,11 @@ class ServiceConfig:
     queue_seconds: float = 10.0
     auth_failures_per_minute: int = 10
     auth_cache_seconds: float = 5.0
+    #: where archived months live (default: <data-dir>/warm)
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
+    #: when the tiering job runs inside the service (cron, UTC); None: never
+    tier_cron: str | None = None
+    keep_months: int = DEFAULT_KEEP_MONTHS
 
 
 @dataclass
@@ -48,13 +56,17 @@ class Service:
     config: ServiceConfig
     pool: DatabasePool
     limiter: FailureLimiter
+    #: reads archived months (include_archive, /v1/archive)
+    warm: WarmReader
     _slots: dict[str, asyncio.Semaphore] = field(default_factory=dict)
     _auth_cache: dict[str, tuple[Caller, float]] = field(default_factory=dict)
 
     @classmethod
     def start(cls, config: ServiceConfig) -> Service:
         pool = DatabasePool(config.store, config.pool_size)
-        return cls(config, pool, FailureLimiter(config.auth_failures_per_minute))
+        store = open_archive(config.archive, config.store.data_dir)
+        return cls(config, pool, FailureLimiter(config.auth_failures_per_minute),
+                   WarmReader(store))
 
     def close(self) -> None:
         self.pool.close()

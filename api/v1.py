@@ -26,7 +26,8 @@ from sql.builder import BuilderError
 from sql.guard import GuardError
 from sql.operators import operators_for
 from sql.usersql import UserSQLError
-from sql.viewer import RANGES, ViewerError, ViewRequest
+from sql.viewer import RANGES, ViewerError, ViewRequest, resolve_range
+from tiering.reader import WarmSources
 
 router = APIRouter(prefix="/v1")
 
@@ -78,6 +79,8 @@ class ViewParams(BaseModel):
     tenant: str | None = Field(None, description="Admin only: narrow to one tenant.")
     customer: str | None = Field(None, description="Operators: narrow to one customer (code).")
     carrier: str | None = Field(None, description="Operators: narrow to one carrier (code).")
+    include_archive: bool = Field(False, description="Also read archived (warm) months in "
+                                  "the range; slower, with stricter limits.")
 
     model_config = {"populate_by_name": True, "extra": "forbid"}
 
@@ -96,6 +99,8 @@ class SQLBody(BaseModel):
                                     "GROUP BY country ORDER BY calls DESC"])
     params: dict[str, Any] = Field(default_factory=dict,
                                    examples=[{"since": "2026-10-01 00:00:00"}])
+    include_archive: bool = Field(False, description="`cdrs` also holds the archived (warm) "
+                                  "months of your tenant; slower, with stricter limits.")
 
     model_config = {"extra": "forbid"}
 
@@ -110,6 +115,13 @@ class RangeOut(BaseModel):
     model_config = {"populate_by_name": True}
 
 
+class ArchiveOut(BaseModel):
+    included: bool = Field(..., description="Whether archived months were asked for.")
+    months: list[str] = Field(..., description="Archived months (YYYY-MM) the answer read "
+                                               "from the warm archive; the rest came from hot "
+                                               "storage.", examples=[["2026-06", "2026-07"]])
+
+
 class PageOut(BaseModel):
     columns: list[str] = Field(..., examples=[["start_time", "dst_number", "billsec", "call_id"]])
     rows: list[dict[str, Any]] = Field(..., examples=[[{
@@ -119,6 +131,7 @@ class PageOut(BaseModel):
                                                        "null on the last page.")
     range: RangeOut
     timezone: str = Field(..., description="Zone the times are shown in.")
+    archive: ArchiveOut
 
 
 class SQLColumn(BaseModel):
@@ -131,6 +144,7 @@ class SQLOut(BaseModel):
                                                      {"name": "calls", "type": "UInt64"}]])
     rows: list[list[Any]] = Field(..., examples=[[["GB", 1234], ["DE", 987]]])
     row_count: int
+    archive: ArchiveOut
 
 
 class OperatorOut(BaseModel):
@@ -173,11 +187,12 @@ def view_params(
     tz: str = Query("UTC"), connected_only: bool = Query(False), number: str | None = Query(None),
     tenant: str | None = Query(None), customer: str | None = Query(None),
     carrier: str | None = Query(None),
+    include_archive: bool = Query(False, description="Also read archived (warm) months."),
 ) -> ViewParams:
     return ViewParams(columns=_split(columns), sort=_split(sort) or ["-start_time"], limit=limit,
                       cursor=cursor, range=range, date_from=date_from, date_to=date_to, tz=tz,
                       connected_only=connected_only, number=number, tenant=tenant,
-                      customer=customer, carrier=carrier)
+                      customer=customer, carrier=carrier, include_archive=include_archive)
 
 
 def narrowing_rules(db: Database, who: Caller, p: ViewParams) -> list[dict]:
@@ -234,7 +249,21 @@ def translate(exc: Exception) -> Problem:
     raise exc
 
 
-def _page_response(res: q.ViewResult) -> dict:
+def warm_sources(db: Database, who: Caller, wanted: bool,
+                 start: dt.datetime | None = None, end: dt.datetime | None = None,
+                 request: Request | None = None) -> WarmSources:
+    """The archived months a request reads (none unless it asked for them)."""
+    if not wanted:
+        return WarmSources()
+    return request.app.state.service.warm.sources(db, who.principal.tenant, start, end)
+
+
+def archive_json(wanted: bool, sources: WarmSources) -> dict:
+    return {"included": wanted, "months": sources.labels()}
+
+
+def _page_response(res: q.ViewResult, wanted: bool = False,
+                   sources: WarmSources | None = None) -> dict:
     frm, to = res.compiled.applied_range
     return {
         "columns": list(res.compiled.output_columns),
@@ -242,18 +271,24 @@ def _page_response(res: q.ViewResult) -> dict:
         "next_cursor": res.next_cursor,
         "range": {"from": jsonable(frm), "to": jsonable(to), "timezone": "UTC"},
         "timezone": res.compiled.tz,
+        "archive": archive_json(wanted, sources or WarmSources()),
     }
 
 
 async def _view(request: Request, who: Caller, p: ViewParams, rules: dict | None) -> dict:
-    def work(db: Database, qid: str) -> q.ViewResult:
+    def work(db: Database, qid: str) -> tuple[q.ViewResult, WarmSources]:
         try:
-            return q.run_view(db, who.principal, to_request(db, who, p, rules), query_id=qid)
+            now = dt.datetime.now(dt.UTC)
+            req = to_request(db, who, p, rules)
+            sources = warm_sources(db, who, p.include_archive, *resolve_range(req, now),
+                                   request=request)
+            return q.run_view(db, who.principal, req, now, query_id=qid,
+                              archive=sources.selects), sources
         except Exception as exc:  # noqa: BLE001 - translated or re-raised
             raise translate(exc) from None
-    res = await service(request).run(request, who, work)
+    res, sources = await service(request).run(request, who, work)
     request.state.rows = len(res.rows)
-    return _page_response(res)
+    return _page_response(res, p.include_archive, sources)
 
 
 # -- endpoints ----------------------------------------------------------------------
@@ -294,16 +329,19 @@ async def search_cdrs(request: Request, body: SearchBody, who: Caller = Depends(
 @router.post("/sql", summary="User SQL over the logical tables, guarded for this key",
              response_model=SQLOut)
 async def run_sql(request: Request, body: SQLBody, who: Caller = Depends(caller)) -> dict:
-    def work(db: Database, qid: str) -> q.Result:
+    def work(db: Database, qid: str) -> tuple[q.Result, WarmSources]:
         try:
-            return q.run_sql(db, who.principal, body.sql, body.params, query_id=qid)
+            sources = warm_sources(db, who, body.include_archive, request=request)
+            return q.run_sql(db, who.principal, body.sql, body.params, query_id=qid,
+                             archive=sources.selects), sources
         except Exception as exc:  # noqa: BLE001
             raise translate(exc) from None
-    res = await service(request).run(request, who, work)
+    res, sources = await service(request).run(request, who, work)
     request.state.rows = len(res.rows)
     return {"columns": [{"name": n, "type": t} for n, t in zip(res.columns, res.types)],
             "rows": [[jsonable(v) for v in row] for row in res.rows],
-            "row_count": len(res.rows)}
+            "row_count": len(res.rows),
+            "archive": archive_json(body.include_archive, sources)}
 
 
 async def _one(request: Request, who: Caller, call_id: str) -> dict:

@@ -65,6 +65,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 from engine import query as q
 from engine.db import Database
 from sql.guard import compile_user_sql
+from sql.archive import with_archive
 from sql.limits import limits_for
 from sql.principal import Principal
 from sql.viewer import ViewRequest, compile_view
@@ -97,33 +98,39 @@ class Export:
     columns: tuple[str, ...]
     #: the UTC bounds a viewer download covers (None: unbounded); (None, None) for user SQL
     applied_range: tuple[datetime | None, datetime | None] = (None, None)
+    #: reads archived months too (sql/archive.py): run with the warm limits
+    warm: bool = False
 
 
 # -- preparing ----------------------------------------------------------------------
 
-def view_export(principal: Principal, request: ViewRequest, now: datetime) -> Export:
-    """A viewer request as a download: same filters, every row (no page), UTC values."""
+def view_export(principal: Principal, request: ViewRequest, now: datetime,
+                archive: Sequence[str] = ()) -> Export:
+    """A viewer request as a download: same filters, every row (no page), UTC values.
+    `archive`: SELECTs of archived months to read too (sql/archive.py)."""
     if not request.for_download or request.limit is not None:
         request = dataclasses.replace(request, for_download=True, limit=None)
     compiled = compile_view(request, principal, now)
-    return Export(compiled.sql, dict(compiled.parameters), tuple(compiled.output_columns),
-                  compiled.applied_range)
+    return Export(with_archive(compiled.sql, archive), dict(compiled.parameters),
+                  tuple(compiled.output_columns), compiled.applied_range, bool(archive))
 
 
 def sql_export(db: Database, principal: Principal, sql: str, params: Mapping[str, Any] | None,
-               query_id: str, limit_overrides: Mapping[str, int] | None = None) -> Export:
+               query_id: str, limit_overrides: Mapping[str, int] | None = None,
+               archive: Sequence[str] = ()) -> Export:
     """User SQL as a download (GuardError if refused, QueryFailed if ClickHouse cannot type it)."""
     compiled = compile_user_sql(sql, principal, dict(params or {}))
-    columns = column_names(db, principal, compiled.sql, compiled.parameters, query_id,
-                           limit_overrides)
-    return Export(compiled.sql, dict(compiled.parameters), columns)
+    text = with_archive(compiled.sql, archive)
+    columns = column_names(db, principal, text, compiled.parameters, query_id,
+                           limit_overrides, warm=bool(archive))
+    return Export(text, dict(compiled.parameters), columns, warm=bool(archive))
 
 
 def column_names(db: Database, principal: Principal, sql: str, parameters: Mapping[str, Any],
-                 query_id: str, limit_overrides: Mapping[str, int] | None = None
-                 ) -> tuple[str, ...]:
+                 query_id: str, limit_overrides: Mapping[str, int] | None = None,
+                 warm: bool = False) -> tuple[str, ...]:
     """The result columns of `sql`, from ClickHouse's analysis of it (nothing is read)."""
-    settings = download_settings(principal, query_id, limit_overrides)
+    settings = download_settings(principal, query_id, limit_overrides, warm)
     try:
         rows = db.rows(f"DESCRIBE TABLE (\n{sql}\n)", parameters, settings)
     except ClickHouseError as exc:
@@ -132,10 +139,11 @@ def column_names(db: Database, principal: Principal, sql: str, parameters: Mappi
 
 
 def download_settings(principal: Principal, query_id: str,
-                      limit_overrides: Mapping[str, int] | None = None) -> dict[str, Any]:
+                      limit_overrides: Mapping[str, int] | None = None,
+                      warm: bool = False) -> dict[str, Any]:
     """The ClickHouse settings of a download: the role's limits without the result-rows cap."""
     overrides = dict(limit_overrides or {})
-    limits = limits_for(principal.role, **overrides)
+    limits = limits_for(principal.role, warm, **overrides)
     if "max_result_rows" not in overrides:
         limits["max_result_rows"] = 0  # 0: no cap (see the module docstring)
     # the tag and output format first, the role's limits and the fixed settings
@@ -189,7 +197,7 @@ def stop(db: Database, principal: Principal, query_id: str) -> None:
 def stream_csv(db: Database, principal: Principal, sql: str, parameters: Mapping[str, Any],
                query_id: str, *, columns: Sequence[str] | None = None,
                limit_overrides: Mapping[str, int] | None = None,
-               chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+               chunk_bytes: int = CHUNK_BYTES, warm: bool = False) -> Iterator[bytes]:
     """The CSV of guarded `sql` (header line, then rows), in chunks of about `chunk_bytes`.
 
     `sql` must already be guarded for `principal` (view_export / sql_export).
@@ -199,9 +207,9 @@ def stream_csv(db: Database, principal: Principal, sql: str, parameters: Mapping
     the download is incomplete. Closing the iterator early closes the stream;
     the caller cancels the query by its tag if ClickHouse may still run it.
     """
-    settings = download_settings(principal, query_id, limit_overrides)
+    settings = download_settings(principal, query_id, limit_overrides, warm)
     if columns is None:
-        columns = column_names(db, principal, sql, parameters, query_id, limit_overrides)
+        columns = column_names(db, principal, sql, parameters, query_id, limit_overrides, warm)
     header = csv_line(columns)
     try:
         with db.stream(with_settings(sql, settings), "CSV", parameters) as source:

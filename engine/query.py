@@ -15,13 +15,14 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from engine.db import Database
+from sql.archive import with_archive
 from sql.guard import compile_user_sql
 from sql.limits import explain_limit_error, limits_for
 from sql.principal import Principal
@@ -59,11 +60,12 @@ def _tag(principal: Principal, query_id: str) -> str:
 
 
 def _run(db: Database, principal: Principal, sql: str, parameters: Mapping[str, Any],
-         query_id: str | None, limit_overrides: Mapping[str, int] | None) -> tuple[Any, str]:
+         query_id: str | None, limit_overrides: Mapping[str, int] | None,
+         warm: bool = False) -> tuple[Any, str]:
     query_id = query_id or uuid.uuid4().hex
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", query_id):
         raise ValueError("query id: use 1-64 letters, digits, '-' or '_'")
-    settings = limits_for(principal.role, **dict(limit_overrides or {}))
+    settings = limits_for(principal.role, warm, **dict(limit_overrides or {}))
     # The tag rides as the log_comment setting: system.processes shows it in
     # Settings on the embedded engine and on a server alike (comments in the
     # SQL text do not survive the driver).
@@ -84,20 +86,25 @@ def _user_message(exc: Exception) -> str:
 
 def run_sql(db: Database, principal: Principal, sql: str,
             params: Mapping[str, Any] | None = None, *, query_id: str | None = None,
-            limit_overrides: Mapping[str, int] | None = None) -> Result:
-    """User SQL, guarded for `principal` (GuardError if refused, QueryFailed if it fails)."""
+            limit_overrides: Mapping[str, int] | None = None,
+            archive: Sequence[str] = ()) -> Result:
+    """User SQL, guarded for `principal` (GuardError if refused, QueryFailed if it fails).
+    `archive`: SELECTs of archived months the `cdrs` table includes (sql/archive.py)."""
     compiled = compile_user_sql(sql, principal, dict(params or {}))
-    res, qid = _run(db, principal, compiled.sql, compiled.parameters, query_id, limit_overrides)
+    res, qid = _run(db, principal, with_archive(compiled.sql, archive), compiled.parameters,
+                    query_id, limit_overrides, warm=bool(archive))
     return Result(list(res.column_names), [t.name for t in res.column_types],
                   list(res.result_rows), qid)
 
 
 def run_view(db: Database, principal: Principal, request: ViewRequest,
              now: dt.datetime | None = None, *, query_id: str | None = None,
-             limit_overrides: Mapping[str, int] | None = None) -> ViewResult:
+             limit_overrides: Mapping[str, int] | None = None,
+             archive: Sequence[str] = ()) -> ViewResult:
     """A viewer page (ViewerError if the request is invalid, QueryFailed if it fails)."""
     compiled = compile_view(request, principal, now or dt.datetime.now(dt.timezone.utc))
-    res, qid = _run(db, principal, compiled.sql, compiled.parameters, query_id, limit_overrides)
+    res, qid = _run(db, principal, with_archive(compiled.sql, archive), compiled.parameters,
+                    query_id, limit_overrides, warm=bool(archive))
     page = compiled.page(res.result_rows)
     return ViewResult(compiled, list(page.rows), page.next_cursor, qid)
 

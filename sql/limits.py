@@ -66,7 +66,21 @@ FIXED: dict[str, Any] = {
 }
 
 
-def limits_for(role: str, **overrides: int) -> dict[str, Any]:
+#: Reads that include archived months (Parquet on S3 or disk) are slower per row and
+#: cost object-store requests: tighter time and read limits, whatever the role.
+WARM_LIMITS: dict[str, dict[str, Any]] = {
+    "admin": {"max_execution_time": 120, "max_rows_to_read": 2_000_000_000,
+              "max_bytes_to_read": 200 * _GIB},
+    "tenant": {"max_execution_time": 60, "max_rows_to_read": 500_000_000,
+               "max_bytes_to_read": 50 * _GIB},
+    "customer": {"max_execution_time": 20, "max_rows_to_read": 100_000_000,
+                 "max_bytes_to_read": 10 * _GIB},
+    "carrier": {"max_execution_time": 20, "max_rows_to_read": 100_000_000,
+                "max_bytes_to_read": 10 * _GIB},
+}
+
+
+def limits_for(role: str, warm: bool = False, **overrides: int) -> dict[str, Any]:
     """The ClickHouse settings a query of `role` runs with.
 
     `overrides` replace numeric limits (tests use tiny ones; a service may
@@ -76,12 +90,20 @@ def limits_for(role: str, **overrides: int) -> dict[str, Any]:
     if role not in ROLE_LIMITS:
         raise ValueError(f"no query limits for role {role!r}")
     settings: dict[str, Any] = dict(ROLE_LIMITS[role])
+    if warm:
+        settings.update(WARM_LIMITS[role])
     for name, value in overrides.items():
         if name not in settings:
             raise ValueError(f"{name!r} is not a per-role limit; choose one of "
                              f"{', '.join(sorted(settings))}")
         settings[name] = int(value)
     settings.update(FIXED)
+    if warm:
+        # Reading the archive's files takes table functions (s3(), file()), which
+        # ClickHouse refuses under readonly=1. readonly=2 still refuses every write
+        # and DDL; the only extra it allows, changing settings, is closed by the
+        # guard, which refuses SETTINGS clauses and anything but one SELECT.
+        settings["readonly"] = 2
     return settings
 
 

@@ -45,7 +45,7 @@ from tiering import layout, verify, warm
 from tiering.layout import FileEntry, Manifest
 from tiering.lock import run_lock
 from tiering.policy import Policy, first_hot_month, is_eligible
-from tiering.store import ArchiveError, ObjectStore
+from tiering.store import ArchiveError, ObjectStore, sql_string
 from tiering.verify import Fingerprint
 
 HOT = "cdr_records"
@@ -187,7 +187,7 @@ class Tiering:
         cols = self._col_list()
         archived = {n for n, _ in manifest.columns}
         arch_cols = ", ".join(f"`{n}`" if n in archived else
-                              f"defaultValueOfTypeName('{t}') AS `{n}`" for n, t in self.columns)
+                              f"defaultValueOfTypeName({sql_string(t)}) AS `{n}`" for n, t in self.columns)
         return (f"(SELECT {cols} FROM (SELECT {cols} FROM {HOT} FINAL WHERE {_month_where()} "
                 f"UNION ALL SELECT {arch_cols} FROM {self._archive_source(manifest)}) "
                 "ORDER BY version DESC LIMIT 1 BY customer_id, start_time, call_id)")

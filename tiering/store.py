@@ -76,7 +76,7 @@ class ObjectStore(Protocol):
     def clickhouse_source(self, db: Database, keys: list[str]) -> str: ...
 
 
-def _sql_string(text: str) -> str:
+def sql_string(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
@@ -195,7 +195,7 @@ class LocalStore:
             self._path(key).parent.mkdir(parents=True, exist_ok=True)
 
     def clickhouse_source(self, db: Database, keys: list[str]) -> str:
-        return f"file({_sql_string(str(self.root / _glob_of(keys)))}, 'Parquet')"
+        return f"file({sql_string(str(self.root / _glob_of(keys)))}, 'Parquet')"
 
 
 # -- S3-compatible storage -----------------------------------------------------------
@@ -372,12 +372,12 @@ class S3Store:
         query text (and query logs) never carry secrets."""
         creds = self._session.get_credentials()
         frozen = creds.get_frozen_credentials() if creds else None
-        fields = [f"url = {_sql_string(self._url(''))}"]
+        fields = [f"url = {sql_string(self._url(''))}"]
         if frozen:
-            fields += [f"access_key_id = {_sql_string(frozen.access_key)}",
-                       f"secret_access_key = {_sql_string(frozen.secret_key)}"]
+            fields += [f"access_key_id = {sql_string(frozen.access_key)}",
+                       f"secret_access_key = {sql_string(frozen.secret_key)}"]
             if frozen.token:
-                fields.append(f"session_token = {_sql_string(frozen.token)}")
+                fields.append(f"session_token = {sql_string(frozen.token)}")
         else:
             fields.append("no_sign_request = 1")
         # the name changes with any of the values, so IF NOT EXISTS never keeps stale ones
@@ -388,7 +388,7 @@ class S3Store:
     def clickhouse_source(self, db: Database, keys: list[str]) -> str:
         name = self.collection(db)
         path = _glob_of(keys)  # relative to the collection's url, which holds the prefix
-        return f"s3({name}, filename = {_sql_string(path)}, format = 'Parquet')"
+        return f"s3({name}, filename = {sql_string(path)}, format = 'Parquet')"
 
 
 def open_archive(config: ArchiveConfig, data_dir: Path) -> ObjectStore:

@@ -1,0 +1,276 @@
+"""The archive over HTTP: /v1/archive, downloads of archived months, and
+include_archive on the viewer, search, SQL and CSV — each principal sees, after
+tiering, exactly what it saw before, and never another account's rows.
+
+Runs on a directory archive (files streamed) and on S3 (moto; presigned URLs).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import uuid
+from pathlib import Path
+
+import httpx
+import pyarrow.parquet as pq
+import pytest
+from fastapi.testclient import TestClient
+from s3servers import s3_client
+from test_tiering import ARCHIVED, NEWEST, OLDEST, TODAY, load
+
+from api.app import create_app
+from api.service import ServiceConfig
+from engine import accounts as acc
+from engine import keys
+from engine.db import Database, StoreConfig
+from engine.migrate import migrate
+from sql import catalogue
+from sql.archive import ArchiveSourceError, union_read, with_archive
+from sql.limits import limits_for
+from tiering import layout
+from tiering.archive import Tiering
+from tiering.policy import add_months
+from tiering.store import ArchiveConfig, LocalStore, S3Store
+
+WHO = ("admin", "tenant:acme", "tenant:acme/customer:C001", "tenant:acme/carrier:K001",
+       "tenant:globex", "tenant:globex/customer:C002")
+FROM = f"{OLDEST // 100:04d}-{OLDEST % 100:02d}-01"
+TO = f"{add_months(NEWEST, 1) // 100:04d}-{add_months(NEWEST, 1) % 100:02d}-01"
+RANGE = {"range": "custom", "from": FROM, "to": TO, "limit": 1000, "columns": "call_id"}
+COUNT_SQL = "SELECT count() AS n, sum(billsec) AS b FROM cdrs"
+
+
+def h(secrets: dict, who: str) -> dict:
+    return {"Authorization": f"Bearer {secrets[who]}"}
+
+
+def snapshot(client: TestClient, secrets: dict, archive: bool) -> dict:
+    """What each principal sees: counts by SQL, and the call ids of the viewer range."""
+    seen = {}
+    for who in WHO:
+        sql = client.post("/v1/sql", json={"sql": COUNT_SQL, "include_archive": archive},
+                          headers=h(secrets, who))
+        assert sql.status_code == 200, sql.text
+        ids, cursor = set(), None
+        while True:
+            page = client.get("/v1/cdrs", params={**RANGE, "include_archive": archive,
+                                                  **({"cursor": cursor} if cursor else {})},
+                              headers=h(secrets, who))
+            assert page.status_code == 200, page.text
+            ids |= {r["call_id"] for r in page.json()["rows"]}
+            cursor = page.json()["next_cursor"]
+            if not cursor:
+                break
+        seen[who] = (tuple(sql.json()["rows"][0]), frozenset(ids))
+    return seen
+
+
+@pytest.fixture(scope="module", params=["local", "s3"])
+def served(request, tmp_path_factory, embedded_dsn: str, engine_dir: Path):
+    tmp = tmp_path_factory.mktemp("archive-api")
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    store = StoreConfig(data_dir=engine_dir, clickhouse=embedded_dsn, database=name)
+    db = Database(store)
+    migrate(db)
+    load(db, tmp, rows=3000)
+    secrets = {who: keys.create_key(db, who)[1] for who in WHO}
+    if request.param == "local":
+        archive_config = ArchiveConfig(url=str(tmp / "warm"))
+        archive = LocalStore(tmp / "warm")
+    else:
+        endpoint = request.getfixturevalue("moto_endpoint")
+        # the service reads S3 credentials as a deployment would: from the environment
+        mp = pytest.MonkeyPatch()
+        request.addfinalizer(mp.undo)
+        mp.setenv("AWS_ACCESS_KEY_ID", "test")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "test")
+        bucket = f"api-{uuid.uuid4().hex[:8]}"
+        s3_client(endpoint).create_bucket(Bucket=bucket)
+        archive_config = ArchiveConfig(url=f"s3://{bucket}/warm", s3_endpoint=endpoint)
+        archive = S3Store(bucket, "warm", endpoint=endpoint, access_key="test",
+                          secret_key="test")
+    ids = {(t, kind, code): acc.find(db, t, kind, code).account_id for t, kind, code in (
+        ("acme", "customer", "C001"), ("acme", "carrier", "K001"),
+        ("globex", "customer", "C002"))}
+    app = create_app(ServiceConfig(store=store, pool_size=2, auth_failures_per_minute=1000,
+                                   archive=archive_config))
+    with TestClient(app) as client:
+        before = snapshot(client, secrets, archive=False)
+        Tiering(db, archive).run(today=TODAY)
+        yield client, secrets, before, ids, request.param
+    db.command(f"DROP DATABASE `{name}`")
+    db.close()
+
+
+# -- the pure parts ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sql, selects, expected", [
+    ("SELECT 1 FROM cdr_records FINAL WHERE x", (), "SELECT 1 FROM cdr_records FINAL WHERE x"),
+    ("SELECT 1 FROM cdr_records FINAL WHERE x", ("SELECT w",),
+     f"SELECT 1 {union_read(('SELECT w',))} WHERE x"),
+    ("SELECT * FROM (SELECT a FROM cdr_records FINAL) JOIN (SELECT b FROM cdr_records FINAL)",
+     ("SELECT w",), f"SELECT * FROM (SELECT a {union_read(('SELECT w',))}) JOIN "
+                    f"(SELECT b {union_read(('SELECT w',))})"),
+])
+def test_with_archive_extends_every_hot_read(sql: str, selects: tuple, expected: str) -> None:
+    assert with_archive(sql, selects) == expected
+
+
+def test_with_archive_fails_closed_without_a_hot_read() -> None:
+    with pytest.raises(ArchiveSourceError):
+        with_archive("SELECT 1", ("SELECT w",))
+    assert union_read(("SELECT w",)).startswith(
+        f"FROM (SELECT {', '.join(catalogue.NAMES)} FROM cdr_records FINAL UNION ALL SELECT w)")
+
+
+@pytest.mark.parametrize("role", ["admin", "tenant", "customer", "carrier"])
+def test_warm_limits_are_stricter(role: str) -> None:
+    hot, warm = limits_for(role), limits_for(role, warm=True)
+    assert warm["max_execution_time"] < hot["max_execution_time"]
+    assert warm["max_rows_to_read"] <= hot["max_rows_to_read"]
+    assert (hot["readonly"], warm["readonly"]) == (1, 2)
+    assert warm["use_query_condition_cache"] == 0
+
+
+# -- over HTTP -----------------------------------------------------------------------------
+
+def test_every_principal_sees_after_tiering_what_it_saw_before(served) -> None:
+    client, secrets, before, ids, _ = served
+    hot_only = snapshot(client, secrets, archive=False)
+    with_archive_ = snapshot(client, secrets, archive=True)
+    assert with_archive_ == before
+    for who in WHO:  # without the archive, the archived months are simply not there
+        assert hot_only[who][0][0] < before[who][0][0]
+        assert hot_only[who][1] < before[who][1]
+
+
+def test_responses_say_which_months_came_from_the_archive(served) -> None:
+    client, secrets, *_ = served
+    labels = [layout.month_label(m) for m in ARCHIVED]
+    page = client.get("/v1/cdrs", params={**RANGE, "include_archive": True},
+                      headers=h(secrets, "tenant:acme")).json()
+    assert page["archive"] == {"included": True, "months": labels}
+    page = client.get("/v1/cdrs", params=RANGE, headers=h(secrets, "tenant:acme")).json()
+    assert page["archive"] == {"included": False, "months": []}
+    recent = client.get("/v1/cdrs", params={"range": "last_7_days", "include_archive": True},
+                        headers=h(secrets, "tenant:acme")).json()
+    assert recent["archive"] == {"included": True, "months": []}  # nothing warm in range
+    sql = client.post("/v1/sql", json={"sql": COUNT_SQL, "include_archive": True},
+                      headers=h(secrets, "tenant:acme/customer:C001")).json()
+    assert sql["archive"]["months"] == labels
+
+
+def test_search_and_csv_reach_the_archive(served) -> None:
+    client, secrets, before, *_ = served
+    who = "tenant:acme/customer:C001"
+    body = {"range": "custom", "from": FROM, "to": TO, "limit": 1000, "columns": ["call_id"],
+            "include_archive": True, "rules": {"condition": "AND", "rules": [
+                {"id": "billsec", "operator": "greater_or_equal", "value": 0}]}}
+    found = client.post("/v1/cdrs/search", json=body, headers=h(secrets, who))
+    assert found.status_code == 200, found.text
+    assert {r["call_id"] for r in found.json()["rows"]} <= before[who][1]
+    csv_resp = client.get("/v1/cdrs.csv", params={**RANGE, "include_archive": True},
+                          headers=h(secrets, who))
+    assert csv_resp.status_code == 200, csv_resp.text
+    rows = list(csv.DictReader(io.StringIO(csv_resp.text)))
+    assert {r["call_id"] for r in rows} == before[who][1]
+    sql_csv = client.post("/v1/sql.csv", json={"sql": "SELECT call_id FROM cdrs",
+                                               "include_archive": True}, headers=h(secrets, who))
+    assert sql_csv.status_code == 200, sql_csv.text
+    assert len(sql_csv.text.strip().splitlines()) - 1 == before[who][0][0]
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT count() FROM s3('http://127.0.0.1:1/x/*.parquet', 'Parquet')",
+    "SELECT count() FROM file('/etc/passwd', 'CSV')",
+    "SELECT count() FROM cdr_records",
+    "SELECT count() FROM cdrs SETTINGS readonly = 0",
+    "SELECT * FROM cdrs UNION ALL SELECT * FROM url('http://127.0.0.1:1/', 'CSV')",
+])
+def test_include_archive_does_not_let_users_name_table_functions(served, sql: str) -> None:
+    client, secrets, *_ = served
+    resp = client.post("/v1/sql", json={"sql": sql, "include_archive": True},
+                       headers=h(secrets, "tenant:acme/customer:C001"))
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["type"].endswith("bad-sql")
+
+
+def test_archive_listing_per_principal(served) -> None:
+    client, secrets, *_ = served
+    acme = client.get("/v1/archive", headers=h(secrets, "tenant:acme"))
+    assert acme.status_code == 200, acme.text
+    months = acme.json()["months"]
+    assert [m["month"] for m in months] == [layout.month_label(m) for m in ARCHIVED]
+    assert all(m["rows"] > 0 and m["bytes"] > 0 and m["files"] == 1 for m in months)
+    customer = client.get("/v1/archive", headers=h(secrets, "tenant:acme/customer:C001")).json()
+    assert [m["month"] for m in customer["months"]] == [m["month"] for m in months]
+    assert all("rows" not in m for m in customer["months"])  # no tenant volumes for accounts
+    globex = client.get("/v1/archive", headers=h(secrets, "tenant:globex")).json()
+    assert globex["tenant"] == "globex"
+    assert [m["rows"] for m in globex["months"]] != [m["rows"] for m in months]
+    assert client.get("/v1/archive", headers=h(secrets, "admin")).status_code == 400
+    assert client.get("/v1/archive", params={"tenant": "acme"},
+                      headers=h(secrets, "admin")).json()["months"] == months
+    other = client.get("/v1/archive", params={"tenant": "acme"}, headers=h(secrets, "tenant:globex"))
+    assert other.status_code == 403
+
+
+def _parquet(client: TestClient, resp) -> "pq.ParquetFile":
+    if resp.status_code == 307:  # S3: a presigned URL, fetched as any client would
+        fetched = httpx.get(resp.headers["location"])
+        assert fetched.status_code == 200
+        data = fetched.content
+    else:
+        assert resp.status_code == 200, resp.text
+        data = resp.content
+    return pq.read_table(io.BytesIO(data))
+
+
+def test_operators_download_the_stored_files(served) -> None:
+    client, secrets, _, _, kind = served
+    resp = client.get(f"/v1/archive/{OLDEST}", headers=h(secrets, "tenant:acme"),
+                      follow_redirects=False)
+    assert resp.status_code == (307 if kind == "s3" else 200)
+    table = _parquet(client, resp)
+    assert set(table.column("tenant_id").to_pylist()) == {"acme"}
+    listing = client.get("/v1/archive", headers=h(secrets, "tenant:acme")).json()["months"]
+    assert table.num_rows == listing[0]["rows"]
+    part = client.get(f"/v1/archive/{OLDEST}/files/0", headers=h(secrets, "tenant:acme"),
+                      follow_redirects=False)
+    assert _parquet(client, part).num_rows == table.num_rows
+    assert client.get(f"/v1/archive/{OLDEST}/files/5",
+                      headers=h(secrets, "tenant:acme")).status_code == 404
+
+
+def test_accounts_get_only_their_own_rows_and_fields(served) -> None:
+    client, secrets, before, ids, _ = served
+    who, own = "tenant:acme/customer:C001", ids[("acme", "customer", "C001")]
+    resp = client.get(f"/v1/archive/{OLDEST}", headers=h(secrets, who))
+    table = _parquet(client, resp)
+    assert table.num_rows > 0
+    assert set(table.column("customer_id").to_pylist()) == {own}
+    assert "carrier_cost" not in table.column_names and "tenant_id" not in table.column_names
+    as_csv = client.get(f"/v1/archive/{OLDEST}", params={"format": "csv"}, headers=h(secrets, who))
+    assert as_csv.status_code == 200, as_csv.text
+    rows = list(csv.DictReader(io.StringIO(as_csv.text)))
+    assert len(rows) == table.num_rows and {r["customer_id"] for r in rows} == {str(own)}
+    zst = client.get(f"/v1/archive/{OLDEST}", params={"format": "csv", "compression": "zstd"},
+                     headers=h(secrets, who))
+    assert zst.status_code == 200 and zst.headers["content-type"] == "application/zstd"
+    carrier = client.get(f"/v1/archive/{OLDEST}", headers=h(secrets, "tenant:acme/carrier:K001"))
+    assert set(_parquet(client, carrier).column("carrier_id").to_pylist()) == {
+        ids[("acme", "carrier", "K001")]}
+    refused = client.get(f"/v1/archive/{OLDEST}/files/0", headers=h(secrets, who))
+    assert refused.status_code == 403
+
+
+@pytest.mark.parametrize("path, status", [
+    ("/v1/archive/209901", 404), ("/v1/archive/2026-13", 400),
+    (f"/v1/archive/{add_months(NEWEST, 1)}", 404),
+])
+def test_archive_errors(served, path: str, status: int) -> None:
+    client, secrets, *_ = served
+    resp = client.get(path, headers=h(secrets, "tenant:acme"))
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith("application/problem+json")
