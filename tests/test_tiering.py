@@ -482,3 +482,58 @@ def test_restore_refuses_an_incomplete_archive(embedded_db: Database, tmp_path: 
         tier.restore(MIDDLE, ["globex"])
     assert not embedded_db.rows("SELECT 1 FROM cdr_records WHERE tenant_id = 'globex' AND "
                                 f"toYYYYMM(start_time) = {MIDDLE} LIMIT 1")
+
+
+def test_the_checksum_sees_nulls_duplicates_and_every_column(embedded_db: Database) -> None:
+    from tiering.verify import fingerprint, hot_columns
+    columns = hot_columns(embedded_db)
+    source = "(SELECT * FROM cdr_records)"
+
+    def insert(call_id: str, answer: str | None, charge: str | None) -> None:
+        embedded_db.command(
+            "INSERT INTO cdr_records (tenant_id, call_id, start_time, answer_time, end_time, "
+            "customer_charge, version) VALUES ('acme', {c:String}, '2026-01-01 00:00:00', "
+            "{a:Nullable(DateTime64(3, 'UTC'))}, '2026-01-01 00:01:00', "
+            "{ch:Nullable(Decimal(18, 6))}, 1)", {"c": call_id, "a": answer, "ch": charge})
+
+    insert("a", None, None)  # a row of NULLs still counts
+    one = fingerprint(embedded_db, source, columns)
+    assert one.rows == 1 and one.checksum != "0"
+    insert("a", None, None)  # the same row twice is not the same table
+    two = fingerprint(embedded_db, source, columns)
+    assert two.rows == 2 and two.checksum not in ("0", one.checksum)
+    seen = {two.checksum}
+    for answer, charge in [("2026-01-01 00:00:05", None), (None, "0"), (None, "0.000001")]:
+        embedded_db.command("TRUNCATE TABLE cdr_records")
+        insert("a", None, None)
+        insert("a", answer, charge)  # NULL vs a zero value vs a value: all different
+        fp = fingerprint(embedded_db, source, columns)
+        assert fp.checksum not in seen
+        seen.add(fp.checksum)
+
+
+def test_a_row_written_during_the_run_is_never_dropped_with_the_partition(
+        embedded_db: Database, tmp_path: Path) -> None:
+    load(embedded_db, tmp_path, rows=2000)
+    archive = LocalStore(tmp_path / "warm")
+    wrote = []
+
+    def fault(at: str) -> None:
+        if at == "recorded":
+            wrote.append(at)
+        if at == "recorded" and len(wrote) == 3:  # after the last export, before the drop
+            embedded_db.command(
+                "INSERT INTO cdr_records SELECT * REPLACE ('during-run' AS call_id) FROM "
+                f"cdr_records WHERE tenant_id = 'initech' AND toYYYYMM(start_time) = {OLDEST} "
+                "LIMIT 1")
+
+    report = Tiering(embedded_db, archive, fault=fault).run(today=TODAY, months=[OLDEST])
+    assert report.dropped == [OLDEST] and report.returned_rows == 1
+    assert embedded_db.rows("SELECT call_id FROM cdr_records WHERE call_id = 'during-run'") == [
+        ("during-run",)]
+    again = Tiering(embedded_db, archive).run(today=TODAY, months=[OLDEST])
+    assert again.dropped == [OLDEST]
+    assert not embedded_db.rows("SELECT 1 FROM cdr_records WHERE call_id = 'during-run'")
+    table = pads.dataset(str(archive.root / layout.ROOT), format="parquet",
+                         partitioning="hive").to_table(filter=pads.field("call_id") == "during-run")
+    assert table.num_rows == 1

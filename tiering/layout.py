@@ -90,8 +90,9 @@ class Manifest:
     run_id: str
     archived_at: str
     sort_key: tuple[str, ...] = ("customer_id", "start_time", "call_id")
-    checksum_method: str = ("sum over rows of cityHash64 of the canonical column values, "
-                            "modulo 2^64 (tiering/verify.py)")
+    checksum_method: str = ("sum over rows of cityHash64 of the column values as the hot "
+                            "table's types (enums as names, NULL as a flag), modulo 2^64 "
+                            "(tiering/verify.py)")
     compression: str = "zstd"
     format: str = FORMAT
     format_version: int = FORMAT_VERSION

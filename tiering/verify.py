@@ -1,11 +1,14 @@
 """Fingerprints: a row count and a content checksum that ClickHouse computes the
 same way on the hot table and on Parquet files read back from the archive.
 
-The checksum is the sum, modulo 2^64, of cityHash64 over each row's canonical
-column values. A sum (not a XOR) so that a duplicated row changes it; over
-canonical values (timestamps as epoch milliseconds, everything else as text,
-NULL as a marker no text can equal) so that the Parquet round trip — enums
-become strings, LowCardinality disappears — does not change it.
+The checksum is the sum, modulo 2^64, of cityHash64 over each row's columns. A
+sum (not a XOR) so that a duplicated row changes it. Columns are hashed as
+values of the hot table's type (a no-op cast on the hot side, a conversion on
+the Parquet side), so the round trip — enums become strings, LowCardinality
+disappears — does not change the hash; enums are hashed as their names, and a
+NULL as a flag plus a zero, because cityHash64 of a NULL argument is NULL and
+would silently drop the row from the sum. Hashing native values, not text,
+keeps the checksum cheap enough to compute on every pass that needs it.
 """
 
 from __future__ import annotations
@@ -13,9 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine.db import Database
-
-_NULL = "'\\0NULL'"
-
 
 @dataclass(frozen=True)
 class Fingerprint:
@@ -35,19 +35,26 @@ def hot_columns(db: Database, table: str = "cdr_records") -> list[tuple[str, str
         "ORDER BY position", {"t": table})]
 
 
-def canonical(name: str, type_: str) -> str:
+def _unwrap(type_: str, wrapper: str) -> str:
+    return type_[len(wrapper) + 1:-1] if type_.startswith(wrapper + "(") else type_
+
+
+def canonical(name: str, type_: str) -> list[str]:
+    """The hash arguments for one column (see the module docstring)."""
     col = f"`{name}`"
-    if "DateTime64" in type_:
-        expr = f"toString(toUnixTimestamp64Milli({col}))"
-    elif "DateTime" in type_:
-        expr = f"toString(toUnixTimestamp({col}))"
-    else:
-        expr = f"toString({col})"
-    return f"ifNull({expr}, {_NULL})" if type_.startswith("Nullable") else expr
+    base = _unwrap(type_, "LowCardinality")
+    if base.startswith("Nullable("):
+        inner = _unwrap(_unwrap(base, "Nullable"), "LowCardinality")
+        if inner.startswith("Enum"):
+            return [f"isNull({col})", f"ifNull(toString({col}), '')"]
+        return [f"isNull({col})", f"ifNull(CAST({col} AS Nullable({inner})), CAST(0 AS {inner}))"]
+    if base.startswith("Enum"):
+        return [f"toString({col})"]
+    return [f"CAST({col} AS {base})"]
 
 
 def row_hash(columns: list[tuple[str, str]]) -> str:
-    return "cityHash64(" + ", ".join(canonical(n, t) for n, t in columns) + ")"
+    return "cityHash64(" + ", ".join(a for n, t in columns for a in canonical(n, t)) + ")"
 
 
 def fingerprint_sql(source: str, columns: list[tuple[str, str]]) -> str:
