@@ -243,17 +243,24 @@ def _scope(p: _Plan) -> tuple[str, dict[str, Any]]:
 
 
 def _new_values_source(scratch: str, op: str) -> str:
-    """The calls in scope with the operation applied (before pricing), old values as o_*."""
-    cols = {c: c for c in RATED_COLUMNS}
+    """The calls in scope with the operation applied (before pricing), old values as o_*.
+
+    The old values are renamed in an inner SELECT: in ClickHouse an alias shadows
+    the column of the same name in the whole SELECT, so `N AS duration` next to
+    `duration AS o_duration` would copy N.
+    """
+    cols = {c: f"o_{c}" for c in RATED_COLUMNS}
     if op == "adjust-duration":
-        cols["duration"] = "{new_duration:UInt32}"
-        cols["billsec"] = "least(billsec, {new_duration:UInt32})"
-        cols["end_time"] = "start_time + toIntervalSecond({new_duration:UInt32})"
-        cols["answer_time"] = ("if(answer_time IS NULL, NULL, start_time + toIntervalSecond("
-                               "{new_duration:UInt32} - least(billsec, {new_duration:UInt32})))")
+        n = "{new_duration:UInt32}"
+        cols["duration"] = n
+        cols["billsec"] = f"least(o_billsec, {n})"
+        cols["end_time"] = f"o_start_time + toIntervalSecond({n})"
+        cols["answer_time"] = (f"if(o_answer_time IS NULL, NULL, o_start_time + toIntervalSecond("
+                               f"{n} - least(o_billsec, {n})))")
     select = ", ".join(f"{expr} AS {name}" for name, expr in cols.items())
     olds = ", ".join(f"{c} AS o_{c}" for c in ALL_COLUMNS)
-    return f"SELECT {select}, {olds} FROM {scratch}"
+    return (f"SELECT {select}, {', '.join(f'o_{c}' for c in ALL_COLUMNS)} "
+            f"FROM (SELECT {olds} FROM {scratch})")
 
 
 def _changed() -> str:
@@ -287,7 +294,7 @@ def _drop(db: Database, *tables: str) -> None:
 
 
 _IMPACT = """
-SELECT kind, account_id, count() AS calls, sum(before) AS before, sum(after) AS after,
+SELECT kind, account_id, count() AS n, sum(before) AS sum_before, sum(after) AS sum_after,
        countIf(after IS NULL) AS unrated_after
 FROM (
     SELECT 'customer' AS kind, customer_id AS account_id, o_customer_charge AS before,
@@ -321,13 +328,13 @@ def _impact(db: Database, tenant: str, rows_sql: str, params: dict[str, Any]) ->
 
 def _staged_pairs(job_id: str) -> str:
     """recalc_rows of a job as one row per call: new values plus o_* old values."""
-    return ("SELECT call_id, anyIf(customer_id, side = 'new') AS customer_id, "
-            "anyIf(carrier_id, side = 'new') AS carrier_id, "
-            "anyIf(customer_charge, side = 'new') AS customer_charge, "
-            "anyIf(customer_charge, side = 'old') AS o_customer_charge, "
-            "anyIf(carrier_cost, side = 'new') AS carrier_cost, "
-            "anyIf(carrier_cost, side = 'old') AS o_carrier_cost "
-            "FROM recalc_rows FINAL WHERE job_id = {job:String} GROUP BY call_id")
+    return ("SELECT call_id, anyIf(cu, sd = 'new') AS customer_id, "
+            "anyIf(ca, sd = 'new') AS carrier_id, "
+            "anyIf(ch, sd = 'new') AS customer_charge, anyIf(ch, sd = 'old') AS o_customer_charge, "
+            "anyIf(co, sd = 'new') AS carrier_cost, anyIf(co, sd = 'old') AS o_carrier_cost "
+            "FROM (SELECT call_id, toString(side) AS sd, customer_id AS cu, carrier_id AS ca, "
+            "customer_charge AS ch, carrier_cost AS co FROM recalc_rows FINAL "
+            f"WHERE job_id = {{job:String}}) GROUP BY call_id")
 
 
 # -- jobs and locking -----------------------------------------------------------------
@@ -625,13 +632,17 @@ def _check_undo(db: Database, req: RecalcRequest) -> tuple[ud.Job, dt.date, dt.d
                 j.state in ("succeeded", "running", "queued"):
             word = "undone" if j.state == "succeeded" else "being undone"
             raise RecalcError(f"job {target.job_id} is already {word} by job {j.job_id}")
-    version = int(tp["version"])
+    # superseded = a call no longer shows what the job wrote (a later job changed it);
+    # compared by value, so after that later job is undone the target is undoable again
+    differs = " OR ".join(f"NOT ifNull(c.{m} = r.{m}, isNull(c.{m}) AND isNull(r.{m}))"
+                          for m in MUTABLE)
     later = db.rows(
-        "SELECT c.call_id, c.version FROM cdr_records AS c FINAL "
-        "WHERE c.tenant_id = {t:String} AND (c.customer_id, c.start_time, c.call_id) IN "
-        "(SELECT customer_id, start_time, call_id FROM recalc_rows WHERE job_id = {j:String} "
-        "AND side = 'new') AND c.version != {v:UInt64} LIMIT 5",
-        {"t": req.tenant, "j": target.job_id, "v": version})
+        "SELECT c.call_id, c.version FROM (SELECT * FROM cdr_records FINAL "
+        "WHERE tenant_id = {t:String} AND call_id IN (SELECT call_id FROM recalc_rows "
+        "WHERE job_id = {j:String} AND side = 'new')) AS c "
+        "INNER JOIN (SELECT * FROM recalc_rows FINAL WHERE job_id = {j:String} AND side = 'new') "
+        f"AS r ON r.call_id = c.call_id WHERE {differs} LIMIT 5",
+        {"t": req.tenant, "j": target.job_id})
     if later:
         call_id, newer = later[0]
         by = db.rows("SELECT DISTINCT job_id FROM recalc_rows WHERE side = 'new' AND "
