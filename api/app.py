@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from api import downloads, errors, userdata
+from api import billing, downloads, errors, userdata
 from api.service import Service, ServiceConfig
 from api.v1 import health, router
 from engine.migrate import migrate
@@ -120,6 +120,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
     app.include_router(downloads.router)  # before router: its paths are never taken for /v1/cdrs/{call_id}
     app.include_router(router)
     app.include_router(userdata.router)
+    app.include_router(billing.router)
 
     app.add_middleware(Observe, metrics=metrics)
 

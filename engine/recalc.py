@@ -436,6 +436,19 @@ def start(db: Database, req: RecalcRequest, principal: str) -> ud.Job:
                                                  "last": p.last.isoformat()})
 
 
+def claim(db: Database, job: ud.Job) -> ud.Job:
+    """Take the tenant's recalc lock for a started job now (raises RecalcBusy).
+
+    `execute` does this itself; the API calls it in the request so that a
+    conflict is answered at once rather than seen later in the job.
+    """
+    req = RecalcRequest.from_params(job.params)
+    if req.dry_run or req.op not in CHANGING:
+        return job
+    first, last = _range_of(job)
+    return _acquire(db, job, first, last)
+
+
 def _principal_tenant(principal: str) -> str | None:
     from sql.principal import PrincipalRef
     ref = PrincipalRef.parse(principal)
