@@ -437,6 +437,7 @@ def demo(
     out_dir.mkdir(parents=True, exist_ok=True)
     with open_store(ctx) as db:
         new = generate.ensure_accounts(db, spec)
+        generate.load_rate_cards(db, spec)  # so that `cdrhouse recalc rerate` has cards to use
         err.print(f"store: {config.dsn if not config.embedded else config.data_dir / 'clickhouse'}; "
                   f"{len(spec.tenants)} tenants ({', '.join(spec.tenants)}), "
                   f"{new} new accounts")
