@@ -397,7 +397,9 @@ def _acquire(db: Database, job: ud.Job, first: dt.date, last: dt.date) -> ud.Job
     for other in _running(db, job.tenant_id):
         if other.job_id == job.job_id or not _overlaps((first, last), _range_of(other)):
             continue
-        if _alive(other.result) or (other.created_at, other.job_id) < (job.created_at, job.job_id):
+        # an interrupted job blocks until resumed; of two live ones the younger yields
+        if not _alive(other.result) or (other.created_at, other.job_id) < (job.created_at,
+                                                                           job.job_id):
             if not _alive(other.result):
                 detail = (f"job {other.job_id} was interrupted on an overlapping range "
                           f"({other.result['first']} to {other.result['last']}); finish it "
