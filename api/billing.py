@@ -140,7 +140,7 @@ def _launch(pool: DatabasePool, job_id: str) -> None:
         try:
             with pool.acquire() as db:
                 rec.execute(db, job_id)
-        except Exception:  # noqa: BLE001 - the job row says what happened
+        except Exception:
             log.exception("recalc job %s did not finish", job_id)
     threading.Thread(target=work, name=f"recalc-{job_id}", daemon=True).start()
 
@@ -183,3 +183,28 @@ async def post_undo(request: Request, response: Response, job_id: str,
     t = _operator_tenant(who, tenant)
     return await _start(request, response, who,
                         rec.RecalcRequest(tenant=t, op="undo", target_job=job_id))
+
+
+@router.post("/recalc/{job_id}/resume", status_code=202,
+             summary="Finish an interrupted recalc job (operators and admins)")
+async def post_resume(request: Request, response: Response, job_id: str,
+                      tenant: str | None = Query(None, description="Admin only: the tenant."),
+                      who: Caller = Depends(v1.caller)) -> dict:
+    t = _operator_tenant(who, tenant)
+
+    def work(db: Database):
+        job = rec.ud.get_job(db, job_id)
+        if job is None or job.kind != rec.KIND or job.tenant_id != t:
+            raise Problem("not-found", f"no recalc job {job_id!r} visible to this key")
+        if job.state in rec.ud.FINISHED:
+            raise Problem("invalid-request", f"job {job_id} is already {job.state}: nothing "
+                                             "to resume")
+        if rec.is_alive(job.result):
+            raise Problem("conflict", f"job {job_id} is still running")
+        return job
+    job = await _store(request, work)
+    _launch(v1.service(request).pool, job.job_id)
+    response.status_code = 202
+    response.headers["Location"] = f"/v1/jobs/{job.job_id}"
+    return job_json(job)
+

@@ -334,13 +334,18 @@ def _staged_pairs(job_id: str) -> str:
             "anyIf(co, sd = 'new') AS carrier_cost, anyIf(co, sd = 'old') AS o_carrier_cost "
             "FROM (SELECT call_id, toString(side) AS sd, customer_id AS cu, carrier_id AS ca, "
             "customer_charge AS ch, carrier_cost AS co FROM recalc_rows FINAL "
-            f"WHERE job_id = {{job:String}}) GROUP BY call_id")
+            "WHERE job_id = {job:String}) GROUP BY call_id")
 
 
 # -- jobs and locking -----------------------------------------------------------------
 
 def _me() -> dict[str, Any]:
     return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def is_alive(result: Any) -> bool:
+    """Whether the process running a job (per its result) can still be working on it."""
+    return _alive(result)
 
 
 def _alive(result: Any) -> bool:

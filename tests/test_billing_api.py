@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from test_recalc import REPRICED, _load, money, req
 
 from api.app import create_app
 from api.service import ServiceConfig
 from engine import keys, ledger, recalc
 from engine.db import Database, StoreConfig
 from engine.migrate import migrate
-from test_recalc import REPRICED, _load, money, req
 
 PRINCIPALS = {"op": "tenant:acme", "c1": "tenant:acme/customer:C1",
               "k1": "tenant:acme/carrier:K1", "admin": "admin", "gop": "tenant:globex"}
@@ -130,3 +130,19 @@ def test_rates_for_operators(env) -> None:
                                   "effective_to": None, "currency": "USD", "rounding": 6}]
     assert call(env, "c1", "GET", "/v1/rates?account=C1").status_code == 403
     assert call(env, "op", "GET", "/v1/rates?account=C9").status_code == 404
+
+
+def test_resume_over_http(env) -> None:
+    db = env[2]
+    job = recalc.start(db, req(), "tenant:acme")
+    recalc.claim(db, job)
+    r = call(env, "op", "POST", f"/v1/recalc/{job.job_id}/resume")
+    assert r.status_code == 409, r.text                      # its process (this one) is alive
+    from engine import userdata as ud
+    ud.update_job(db, job.job_id, result={**ud.get_job(db, job.job_id).result, "stopped": True})
+    r = call(env, "op", "POST", f"/v1/recalc/{job.job_id}/resume")
+    assert r.status_code == 202, r.text
+    assert finished(env, "op", job.job_id)["state"] == "succeeded"
+    assert money(db) == REPRICED
+    assert call(env, "op", "POST", f"/v1/recalc/{job.job_id}/resume").status_code == 400
+    assert call(env, "gop", "POST", f"/v1/recalc/{job.job_id}/resume").status_code == 404
