@@ -135,6 +135,24 @@ def rates_export(ctx: typer.Context, tenant: Tenant, account: Account, kind: Kin
         typer.echo(text, nl=False)
 
 
+@rates_app.command("unrated")
+@_errors
+def rates_unrated(
+    ctx: typer.Context, tenant: Tenant,
+    date_from: Annotated[str, typer.Option("--from", help="First UTC day, YYYY-MM-DD.")],
+    date_to: Annotated[str, typer.Option("--to", help="Last UTC day (inclusive).")],
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10000)] = 50,
+    fmt: Fmt = "table",
+) -> None:
+    """Calls that could not be priced, by reason, account and destination: what cards lack."""
+    _check_format(fmt)
+    first, last = _date(date_from, "--from"), _date(date_to, "--to")
+    assert first is not None and last is not None
+    with open_store(ctx) as db:
+        rows = rc.unrated(db, tenant, first, last, limit)
+    render(["reason", "account", "account_id", "destination", "calls"], rows, fmt)
+
+
 # -- ledger and balances -------------------------------------------------------------------
 
 @ledger_app.command("add")

@@ -297,3 +297,27 @@ def accounts_with_cards(db: Database, tenant: str, kind: str) -> list[int]:
     return [int(a) for (a,) in db.rows(
         "SELECT DISTINCT account_id FROM rate_cards FINAL WHERE tenant_id = {t:String} "
         "AND kind = {k:String} AND NOT deleted ORDER BY account_id", {"t": tenant, "k": kind})]
+
+
+def unrated(db: Database, tenant: str, first: dt.date, last: dt.date,
+            limit: int = 50) -> list[tuple[str, str, int, str, int]]:
+    """Calls of a UTC day range that could not be priced, grouped by why.
+
+    Rows: (reason, account code, account id, destination prefix tried — the first
+    four digits of the number —, calls), most calls first. `reason` is the
+    call's rating_status part: customer:no_rate, carrier:no_card, …
+    """
+    codes = {(a.kind, a.account_id): a.code for a in acc.list_accounts(db, tenant)}
+    rows = db.rows(
+        "SELECT reason, if(startsWith(reason, 'customer'), customer_id, carrier_id) AS account, "
+        "substring(dst_number, 1, 4) AS dst, count() AS calls FROM ("
+        "  SELECT arrayJoin(splitByChar(';', rating_status)) AS reason, customer_id, carrier_id, "
+        "         dst_number FROM cdr_records FINAL WHERE tenant_id = {t:String} "
+        "  AND start_time >= {lo:DateTime64(3, 'UTC')} AND start_time < {hi:DateTime64(3, 'UTC')} "
+        "  AND rating_status != '') "
+        f"GROUP BY reason, account, dst ORDER BY calls DESC, reason, account, dst LIMIT {int(limit)}",
+        {"t": tenant, "lo": dt.datetime.combine(first, dt.time(), dt.timezone.utc),
+         "hi": dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), dt.timezone.utc)})
+    return [(reason, codes.get((reason.split(":")[0], int(a)), ""), int(a), dst, int(n))
+            for reason, a, dst, n in rows]
+

@@ -224,3 +224,15 @@ def test_unknown_account_is_named(embedded_db: Database, tmp_path: Path) -> None
 def test_effective_dates_are_utc() -> None:
     rate = rc.parse_csv(HEADER + "44,0.1,0,1/1,0,2026-01-01T02:00:00+02:00,,USD\n")[0]
     assert rate.effective_from == dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def test_unrated_calls_are_reported_by_reason(carded: Database, tmp_path: Path) -> None:
+    _ingest(carded, tmp_path, [_call(i, c) for i, c in enumerate(PRICING)])
+    assert rc.unrated(carded, "acme", dt.date(2025, 12, 1), dt.date(2026, 12, 31)) == [
+        ("carrier:no_rate", "K1", K1, "4420", 1),
+        ("customer:no_account", "", 0, "4416", 1),
+        ("customer:no_card", "C2", C2, "4416", 1),
+        ("customer:no_rate", "C1", C1, "4420", 1),
+        ("customer:no_rate", "C1", C1, "8131", 1),
+    ]
+
