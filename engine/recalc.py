@@ -531,6 +531,8 @@ def _run_refresh(db: Database, job: ud.Job, req: RecalcRequest, first: dt.date,
         out["summary_rows_written"] = summary.rebuild_range(db, req.tenant, first, last)
         ud.update_job(db, job.job_id, progress=0.7)
     report(0.8, "refreshing balances")
+    out["note"] = ("balances are whole-history totals (ledger − usage from the summaries); "
+                   "the range limits only what refresh-summaries rebuilds")
     out["balances_refreshed"] = ledger.refresh(
         db, req.tenant, [p.account] if p.account else None, job.job_id)
     return out
