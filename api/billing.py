@@ -115,6 +115,31 @@ async def get_rates(request: Request, account: str = Query(..., description="COD
     return await _store(request, work)
 
 
+@router.post("/rates", summary="Import an account's rate card (CSV body; operators)")
+async def post_rates(request: Request,
+                     account: str = Query(..., description="CODE, or customer:CODE / carrier:CODE"),
+                     replace: bool = Query(False, description="Retire the account's rates not "
+                                                              "in the file."),
+                     tenant: str | None = Query(None, description="Admin: the tenant."),
+                     who: Caller = Depends(v1.caller)) -> dict:
+    """All or nothing, like `cdrhouse rates import`: a bad line stores nothing and the
+    problem's detail lists every bad line with its number and reason."""
+    t = _operator_tenant(who, tenant)
+    raw = await request.body()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise Problem("invalid-request", "the body is not UTF-8 text") from None
+
+    def work(db: Database) -> dict:
+        try:
+            a, n = rc.import_text(db, t, account, text, replace=replace, source="body")
+        except rc.RateCardError as exc:
+            raise Problem("invalid-request", str(exc)) from None
+        return {"tenant": t, "kind": a.kind, "account": a.code, "imported": n}
+    return await _store(request, work)
+
+
 class RecalcIn(BaseModel):
     """A recalc job: an operation on a UTC day range (both days inclusive)."""
 

@@ -233,6 +233,18 @@ def store_rates(db: Database, tenant: str, account: acc.Account, rates: Iterable
     return len(rows)
 
 
+def import_text(db: Database, tenant: str, code: str, text: str, kind: str | None = None,
+                replace: bool = False, source: str = "the card") -> tuple[acc.Account, int]:
+    """`import_csv` for CSV text already read (the HTTP API's request body)."""
+    account = resolve_account(db, tenant, code, kind)
+    try:
+        rates = parse_csv(text, account.currency)
+    except RateCardError as exc:
+        raise RateCardError(f"{source}: {exc}") from None
+    store_rates(db, tenant, account, rates, replace=replace)
+    return account, len(rates)
+
+
 def import_csv(db: Database, tenant: str, code: str, path: Path, kind: str | None = None,
                replace: bool = False) -> tuple[acc.Account, int]:
     """Validate and store a rate-card CSV for an account; returns (account, rows stored)."""

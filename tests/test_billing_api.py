@@ -146,3 +146,16 @@ def test_resume_over_http(env) -> None:
     assert money(db) == REPRICED
     assert call(env, "op", "POST", f"/v1/recalc/{job.job_id}/resume").status_code == 400
     assert call(env, "gop", "POST", f"/v1/recalc/{job.job_id}/resume").status_code == 404
+
+
+def test_import_rates_over_http(env) -> None:
+    card = ("prefix,rate_per_min,connect_fee,increment,min_duration,effective_from,currency\n"
+            "44,0.03,0,1/1,0,2026-01-01,USD\n")
+    bad = card + "49,x,0,1/1,0,2026-01-01,USD\n"
+    r = call(env, "op", "POST", "/v1/rates?account=C2", content=bad)
+    assert r.status_code == 400 and "line 3: rate_per_min: not a decimal number" in r.json()["detail"]
+    assert call(env, "c1", "POST", "/v1/rates?account=C1", content=card).status_code == 403
+    r = call(env, "op", "POST", "/v1/rates?account=C2", content=card)
+    assert r.status_code == 200 and r.json()["imported"] == 1, r.text
+    rates = call(env, "op", "GET", "/v1/rates?account=C2").json()["rates"]
+    assert [(x["prefix"], x["rate_per_min"]) for x in rates] == [("44", "0.030000")]
