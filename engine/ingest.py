@@ -460,8 +460,11 @@ class Ingestor:
                 rows = rating.rated_select(
                     f"SELECT *, CAST(NULL, 'Nullable(UInt32)') AS customer_billsec, "
                     f"'' AS rating_status FROM ({fresh})",
+                    # (in fill mode only calls missing a charge need a rate looked up)
                     f"SELECT call_id, customer_id, carrier_id, dst_number, start_time "
-                    f"FROM {norm} WHERE reason = ''",
+                    f"FROM {norm} WHERE reason = ''"
+                    + ("" if self.options.reprice else
+                       " AND (customer_charge IS NULL OR carrier_cost IS NULL)"),
                     "reprice" if self.options.reprice else "fill")
                 params.update(self.carded)
             self.db.command(
