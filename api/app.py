@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from api import archive, downloads, errors, userdata
+from api import archive, billing, downloads, errors, userdata
 from api.service import Service, ServiceConfig
 from api.v1 import health, router
 from engine.migrate import migrate
@@ -130,6 +130,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
     app.include_router(router)
     app.include_router(userdata.router)
     app.include_router(archive.router)
+    app.include_router(billing.router)
 
     app.add_middleware(Observe, metrics=metrics)
 

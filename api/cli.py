@@ -26,6 +26,7 @@ from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progre
                            TextColumn, TimeElapsedColumn, TimeRemainingColumn)
 
 from api.cli_tier import tier_app
+from api import cli_billing
 from api.render import FORMATS, render
 from engine import accounts as acc
 from engine import generate, keys
@@ -278,6 +279,9 @@ def ingest(
     create_accounts: Annotated[bool, typer.Option(
         "--create-accounts", help="Create accounts for unknown codes instead of rejecting "
                                   "their rows.")] = False,
+    reprice: Annotated[bool, typer.Option(
+        "--reprice", help="Price every call from the rate cards, replacing charges the "
+                          "CDRs carry (default: only calls without charges).")] = False,
     rejects: Annotated[Optional[Path], typer.Option(
         "--rejects", help="Where to write rejected rows (default: "
                           "<data-dir>/rejects/ingest-<time>.csv).")] = None,
@@ -287,7 +291,7 @@ def ingest(
     rejects_path = rejects or _default_rejects(config)
     options = IngestOptions(tenant=tenant, format=fmt, source_tz=source_tz,
                             default_customer=customer, default_carrier=carrier,
-                            create_accounts=create_accounts)
+                            create_accounts=create_accounts, reprice=reprice)
     totals = {"read": 0, "accepted": 0, "duplicates": 0, "rejected": 0}
     with open_store(ctx) as db:
         ingestor = Ingestor(db, options, rejects_path)
@@ -464,6 +468,7 @@ def demo(
     out_dir.mkdir(parents=True, exist_ok=True)
     with open_store(ctx) as db:
         new = generate.ensure_accounts(db, spec)
+        generate.load_rate_cards(db, spec)  # so that `cdrhouse recalc rerate` has cards to use
         err.print(f"store: {config.dsn if not config.embedded else config.data_dir / 'clickhouse'}; "
                   f"{len(spec.tenants)} tenants ({', '.join(spec.tenants)}), "
                   f"{new} new accounts")
@@ -500,12 +505,17 @@ def demo(
     err.print("Try it yourself: cdrhouse sql \"SELECT count() FROM cdrs\" --as admin")
 
 
+cli_billing.register(app, open_store)
+
+
 # -- entry point ----------------------------------------------------------------------
 
 def main() -> None:
     """Console entry point: run the app and turn known errors into messages and exit codes."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:  # typer.Exit(code) raised inside a command
+            sys.exit(code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:

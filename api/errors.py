@@ -27,6 +27,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "query-failed": (400, "Query failed"),
     "limit-exceeded": (422, "Query limit exceeded"),
     "query-cancelled": (409, "Query cancelled"),
+    "conflict": (409, "Conflicts with work in progress"),
     "rate-limited": (429, "Too many failed authentications"),
     "too-many-queries": (429, "Too many concurrent queries"),
     "unavailable": (503, "Service unavailable"),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -182,6 +183,47 @@ SELECT
 FROM numbers({{offset:UInt64}}, {{rows:UInt64}})
 )
 """
+
+
+def rate_cards(db: Database, spec: GenSpec, effective_from: dt.date = dt.date(2000, 1, 1)
+               ) -> dict[tuple[str, str, str], list]:
+    """Rate cards that reproduce the generator's charges exactly: {(tenant, kind, code): rates}.
+
+    One rate per country code, 1/1 increments, no connect fee, rounding 6, rate =
+    the country's rate times the account's discount (computed by ClickHouse with
+    the generator's own expression, so re-rating generated calls changes no money).
+    """
+    from engine.ratecards import Rate
+
+    rate = "[" + ", ".join(f"toDecimal64('{c[4]}', 6)" for c in COUNTRIES) + "]"
+    start = dt.datetime.combine(effective_from, dt.time(), dt.timezone.utc)
+    cards: dict[tuple[str, str, str], list] = {}
+    for tenant in spec.tenants:
+        currency = "EUR" if tenant == "globex" else "USD"
+        for kind, count, factor in (
+                ("customer", spec.customers_per_tenant, "toDecimal64(1 - (i % 5) * 0.04, 6)"),
+                ("carrier", spec.carriers_per_tenant, "toDecimal64(0.74 + (i % 4) * 0.03, 6)")):
+            rows = db.rows(
+                f"SELECT i, c, toDecimal64({rate}[c] * {factor}, 6) FROM (SELECT "
+                f"toUInt32(a.number + 1) AS i, toUInt32(b.number + 1) AS c FROM numbers({count}) "
+                f"AS a CROSS JOIN numbers({len(COUNTRIES)}) AS b) ORDER BY i, c")
+            for i, c, r in rows:
+                cards.setdefault((tenant, kind, account_code(kind, int(i))), []).append(
+                    Rate(COUNTRIES[int(c) - 1][1], r, Decimal(0), 1, 1, 0, start, None,
+                         currency, 6))
+    return cards
+
+
+def load_rate_cards(db: Database, spec: GenSpec) -> int:
+    """Store `rate_cards(spec)` for the generator's accounts; returns how many rates."""
+    from engine import ratecards
+
+    n = 0
+    for (tenant, kind, code), rates in rate_cards(db, spec).items():
+        account = acc.find(db, tenant, kind, code)
+        if account is not None:
+            n += ratecards.store_rates(db, tenant, account, rates)
+    return n
 
 
 def tenant_rows(spec: GenSpec) -> dict[str, int]:

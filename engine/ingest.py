@@ -32,6 +32,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import pyarrow as pa
 
 from engine import accounts as acc
+from engine import ratecards, rating
 from engine.db import Database
 from engine.formats import detect
 from engine.formats.base import LINE, FormatError, RawBatch, RawReject
@@ -55,6 +56,8 @@ class IngestOptions:
     default_carrier: str | None = None
     create_accounts: bool = False
     batch_rows: int = 500_000
+    #: price every call from the rate cards, replacing charges that came with the CDR
+    reprice: bool = False
 
 
 @dataclass
@@ -332,6 +335,10 @@ class Ingestor:
         self.default_carrier = _account_id(db, options.tenant, "carrier", options.default_carrier)
         self.rejects = _RejectWriter(rejects_path)
         self.version = time.time_ns()
+        # Calls are priced on the way in when the tenant has rate cards (engine.rating):
+        # sides that arrive without charges, or every side with `reprice`.
+        self.carded = {f"{kind}_carded": ratecards.accounts_with_cards(db, options.tenant, kind)
+                       for kind in acc.KINDS}
 
     def close(self) -> None:
         self.rejects.close()
@@ -447,9 +454,22 @@ class Ingestor:
         accepted = int(self.db.scalar(f"SELECT count() FROM ({fresh})", params))
         if accepted:
             cols = ", ".join(catalogue.NAMES)
+            rows = fresh
+            if any(self.carded.values()):
+                cols = ", ".join(rating.RATED_COLUMNS)
+                rows = rating.rated_select(
+                    f"SELECT *, CAST(NULL, 'Nullable(UInt32)') AS customer_billsec, "
+                    f"'' AS rating_status FROM ({fresh})",
+                    # (in fill mode only calls missing a charge need a rate looked up)
+                    f"SELECT call_id, customer_id, carrier_id, dst_number, start_time "
+                    f"FROM {norm} WHERE reason = ''"
+                    + ("" if self.options.reprice else
+                       " AND (customer_charge IS NULL OR carrier_cost IS NULL)"),
+                    "reprice" if self.options.reprice else "fill")
+                params.update(self.carded)
             self.db.command(
                 f"INSERT INTO cdr_records ({cols}, version, source) "
-                f"SELECT {cols}, {{version:UInt64}}, {{source:String}} FROM ({fresh})", params,
+                f"SELECT {cols}, {{version:UInt64}}, {{source:String}} FROM ({rows})", params,
                 # rows are deduplicated above, so skip the insert-time merge; two
                 # threads halve the write on two cores (measured 1.2 s -> 0.6 s per 500k)
                 settings={"optimize_on_insert": 0, "max_insert_threads": 2})

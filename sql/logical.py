@@ -84,7 +84,21 @@ class LogicalTable:
 
 CDRS = LogicalTable("cdrs", "cdr_records", catalogue.NAMES)
 
-TABLES: dict[str, LogicalTable] = {CDRS.name: CDRS}
+#: Per UTC day x customer x carrier x destination (schema 004; kept by engine.summary).
+#: Read with FINAL: the physical table is a SummingMergeTree of deltas, FINAL sums them.
+#: Catalogue names keep the catalogue's roles (customers never see carrier_id or
+#: carrier_cost, carriers never customer_id or customer_charge); margin and the
+#: unrated count (which reveals the other side) are for operators only.
+DAILY_SUMMARY = LogicalTable(
+    "daily_summary", "cdr_daily_summary",
+    ("tenant_id", "day", "customer_id", "carrier_id", "country", "dst_prefix", "currency",
+     "calls", "connected", "asr", "acd", "duration", "billsec", "billed_sec",
+     "customer_charge", "carrier_cost", "margin", "unrated"),
+    extra_roles=tuple((c, catalogue.ALL_ROLES) for c in
+                      ("day", "calls", "connected", "asr", "acd", "billed_sec"))
+    + (("margin", catalogue.OPERATORS), ("unrated", catalogue.OPERATORS)))
+
+TABLES: dict[str, LogicalTable] = {CDRS.name: CDRS, DAILY_SUMMARY.name: DAILY_SUMMARY}
 
 _CREATE = re.compile(r"CREATE\s+(?:TABLE|VIEW|MATERIALIZED\s+VIEW|DICTIONARY)\s+"
                      r"(?:IF\s+NOT\s+EXISTS\s+)?[`\"]?([A-Za-z_][A-Za-z0-9_]*)", re.IGNORECASE)
