@@ -537,3 +537,21 @@ def test_a_row_written_during_the_run_is_never_dropped_with_the_partition(
     table = pads.dataset(str(archive.root / layout.ROOT), format="parquet",
                          partitioning="hive").to_table(filter=pads.field("call_id") == "during-run")
     assert table.num_rows == 1
+
+
+def test_daily_summaries_stay_exact_through_archive_and_restore(embedded_db: Database,
+                                                                tmp_path: Path) -> None:
+    from engine import summary
+    load(embedded_db, tmp_path, rows=2000)
+    first = dt.date(OLDEST // 100, OLDEST % 100, 1)
+    last = dt.date(TODAY.year, TODAY.month, 1)
+    before = {t: summary.totals(embedded_db, t, first, last) for t in ("acme", "globex")}
+    assert before["acme"]
+    archive = LocalStore(tmp_path / "warm")
+    Tiering(embedded_db, archive).run(today=TODAY)
+    # archived months leave the hot table but stay in the summaries (balances need them)
+    assert {t: summary.totals(embedded_db, t, first, last) for t in before} == before
+    Tiering(embedded_db, archive).restore(MIDDLE)
+    assert {t: summary.totals(embedded_db, t, first, last) for t in before} == before
+    Tiering(embedded_db, archive).restore(MIDDLE)  # again: already hot, still exact
+    assert {t: summary.totals(embedded_db, t, first, last) for t in before} == before

@@ -39,6 +39,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from engine import summary
 from engine.db import Database
 from sql.schema import migrations
 from tiering import layout, verify, warm
@@ -52,6 +53,8 @@ HOT = "cdr_records"
 #: where a partition waits between leaving the hot table and being dropped
 HOLD = "cdr_tiering_hold"
 FAULT_ENV = "CDRHOUSE_TIER_FAULT"
+#: the source of rows the drop puts back into the hot table (engine/summary.py)
+RETURNED_SOURCE = "maint:returned"
 STEPS = ("exported", "verified", "published", "manifest", "recorded", "moved", "dropped")
 
 Fault = Callable[[str], None]
@@ -435,7 +438,10 @@ class Tiering:
             params = self._params(tenant, month)
             count = int(self.db.scalar(f"SELECT count() FROM ({missing})", params))
             if count:
-                self.db.command(f"INSERT INTO {HOT} ({self._col_list()}) {missing}", params)
+                # already counted in the daily summary when they were ingested: a
+                # 'maint:' source keeps the summary's view from counting them again
+                self.db.command(f"INSERT INTO {HOT} ({self._col_list()}) SELECT * REPLACE "
+                                f"('{RETURNED_SOURCE}' AS source) FROM ({missing})", params)
                 returned += count
         self.db.command(f"ALTER TABLE {HOLD} DROP PARTITION {month}")
         for tenant, manifest in manifests.items():
@@ -523,6 +529,11 @@ class Tiering:
             raise ArchiveError(f"restore of tenant {tenant} month {month} could not be "
                                "verified: the hot table does not hold every archived row; "
                                "rerun the restore")
+        # the summary kept the month while it was archived, and the restored rows were
+        # just counted again: rebuild its days from the (now complete) hot table
+        first = dt.date(month // 100, month % 100, 1)
+        summary.rebuild_range(self.db, tenant, first,
+                              (first + dt.timedelta(days=32)).replace(day=1) - dt.timedelta(days=1))
         warm.record(self.db, manifest, "restored")
         return tenant, manifest.rows, "restored"
 
