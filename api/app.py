@@ -108,6 +108,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
             scheduler = start_scheduler(config.tier_cron, service.warm.store,
                                         Policy(keep_months=config.keep_months),
                                         service.pool.acquire)
+        app.state.scheduler = scheduler
         try:
             yield
         finally:

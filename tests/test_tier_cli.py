@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from s3servers import s3_client
-from test_tiering import ARCHIVED, hot_month_set, independent_totals, load, totals
+from test_tiering import ARCHIVED, TODAY, hot_month_set, independent_totals, load, totals
 
 from engine.db import Database, StoreConfig
 from engine.migrate import migrate
@@ -100,3 +100,41 @@ def test_dry_run_status_restore_and_errors(tmp_path: Path) -> None:
                            "tier", "run")
     assert unreachable.returncode == 1
     assert "cannot reach the S3 endpoint http://127.0.0.1:9" in unreachable.stderr
+
+
+def test_serve_schedules_the_job_and_records_it(embedded_dsn: str, engine_dir: Path,
+                                               tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from api.service import ServiceConfig
+    from engine import keys
+    from tiering.store import ArchiveConfig
+
+    store = StoreConfig(data_dir=engine_dir, clickhouse=embedded_dsn,
+                        database=f"t_{uuid.uuid4().hex[:10]}")
+    db = Database(store)
+    migrate(db)
+    load(db, tmp_path, rows=1500)
+    secret = keys.create_key(db, "admin")[1]
+    app = create_app(ServiceConfig(store=store, pool_size=2, archive=ArchiveConfig(
+        url=str(tmp_path / "warm")), tier_cron="0 3 1 1 *"))
+    try:
+        with TestClient(app) as client:
+            job = app.state.scheduler.get_job("tiering")
+            assert job.next_run_time.year >= TODAY.year and job.next_run_time.hour == 3
+            job.func()  # what the scheduler does at 03:00 on 1 January
+            jobs = client.get("/v1/jobs", headers={"Authorization": f"Bearer {secret}"}).json()
+            run = next(j for j in jobs["jobs"] if j["kind"] == "tier-run")
+            assert run["state"] == "succeeded" and run["params"]["trigger"] == "schedule"
+            assert run["result"]["dropped"] == ARCHIVED
+        assert not app.state.scheduler.running  # stopped with the service
+    finally:
+        db.command(f"DROP DATABASE IF EXISTS `{db.name}` SYNC")
+        db.close()
+
+
+@pytest.mark.parametrize("cron", ["every day", "61 * * * *"])
+def test_a_bad_schedule_is_refused_before_serving(tmp_path: Path, cron: str) -> None:
+    proc = cdrhouse({"CDRHOUSE_DATA_DIR": str(tmp_path)}, "serve", "--tier-schedule", cron)
+    assert proc.returncode == 2 and "is not a crontab expression" in proc.stderr
