@@ -22,9 +22,18 @@ END = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
 COLUMNS = ["start_time", "customer_id", "src_number", "dst_number", "billsec", "call_id"]
 
 
-@pytest.fixture
-def loaded(embedded_db, tmp_path):
-    db = embedded_db
+@pytest.fixture(scope="module")
+def loaded(embedded_dsn, engine_dir, tmp_path_factory):
+    """One generated store for the module (read-only for the tests)."""
+    from conftest import _drop, _fresh
+    db = _fresh(embedded_dsn, engine_dir)
+    try:
+        yield _load(db, tmp_path_factory.mktemp("physical"))
+    finally:
+        _drop(db)
+
+
+def _load(db, tmp_path):
     spec = generate.GenSpec(rows=30_000, months=2, seed=11, tenants=("acme", "globex"), end=END)
     generate.ensure_accounts(db, spec)
     for tenant in spec.tenants:
@@ -132,3 +141,116 @@ def test_indexes_are_built_for_existing_parts(loaded):
     sizes = dict(db.rows("SELECT name, data_compressed_bytes FROM system.data_skipping_indices "
                          "WHERE database = currentDatabase() AND table = 'cdr_records'"))
     assert sizes.get("idx_src_number", 0) > 0 and sizes.get("idx_dst_number", 0) > 0
+
+
+# -- newest-first pages read recent slices first (sql.viewer.time_slices) ------------------
+
+def _full_page(db, request, principal):
+    """The page as the unsliced query gives it."""
+    compiled = compile_view(request, principal, END)
+    return compiled.page(db.rows(compiled.sql, compiled.parameters, limits_for(principal.role)))
+
+
+SLICE_CASES = [
+    dict(range="last_30_days"),
+    dict(range="all", limit=7),
+    dict(range="last_7_days", number="4*", connected_only=True),
+    dict(range="last_30_days", number="*12"),
+    dict(range="last_30_days", number="*55*,!1*"),
+    dict(range="this_month", tz="Europe/Berlin", limit=1000),
+    dict(range="custom", date_from="2026-09-01", date_to="2026-10-31T12:00:00", limit=3),
+    dict(range="last_30_days", rules={"condition": "AND", "rules": [
+        {"field": "disposition", "operator": "equal", "value": "ANSWERED"},
+        {"condition": "OR", "rules": [
+            {"field": "billsec", "operator": "greater", "value": 60},
+            {"field": "codec", "operator": "equal", "value": "G729"}]}]}),
+    dict(range="last_7_days", rules={"condition": "AND", "rules": [
+        {"field": "billsec", "operator": "greater", "value": 100000}]}),
+    dict(range="last_30_days", number="99999999*"),                 # nothing matches
+]
+
+
+@pytest.mark.parametrize("case", range(len(SLICE_CASES)))
+@pytest.mark.parametrize("who", ["tenant", "carrier", "admin"])
+def test_sliced_pages_equal_the_whole_range(loaded, who, case):
+    from engine.query import run_view
+    from sql.viewer import time_slices
+    db = loaded
+    carrier = db.scalar("SELECT carrier_id FROM cdr_records WHERE tenant_id = 'acme' "
+                        "GROUP BY carrier_id ORDER BY count() DESC LIMIT 1")
+    principal = {"tenant": Principal.operator("acme"), "carrier": Principal.carrier("acme", carrier),
+                 "admin": Principal.admin()}[who]
+    request = ViewRequest(**{"limit": 50, **SLICE_CASES[case]})
+    cursor = None
+    for _page in range(3):                    # walk a few pages with the keyset cursor
+        req = ViewRequest(**{**request.__dict__, "cursor": cursor})
+        got = run_view(db, principal, req, now=END)
+        want = _full_page(db, req, principal)
+        assert got.rows == want.rows
+        assert got.next_cursor == want.next_cursor
+        if not got.next_cursor:
+            break
+        cursor = got.next_cursor
+    if case == 0:
+        bounds = time_slices(request, principal, END)
+        assert bounds and bounds == sorted(bounds, reverse=True)
+        sliced = compile_view(request, principal, END, newer_than=bounds[0])
+        # the dataset has a full page in the last day: the slice is what answered
+        assert len(db.rows(sliced.sql, sliced.parameters, limits_for(principal.role))) == 51
+
+
+def test_time_slices_only_where_they_help():
+    from sql.viewer import time_slices
+    op, cust = Principal.operator("acme"), Principal.customer("acme", 1)
+    page = ViewRequest(range="last_30_days")
+    assert len(time_slices(page, op, END)) == 2
+    assert time_slices(page, cust, END) == []                  # read in sort-key order
+    assert time_slices(ViewRequest(range="last_30_days", for_download=True, limit=None),
+                       op, END) == []
+    assert time_slices(ViewRequest(range="last_30_days", sort="start_time"), op, END) == []
+    assert time_slices(ViewRequest(range="last_30_days", sort="-billsec"), op, END) == []
+    assert time_slices(ViewRequest(range="last_30_days", number="4420123"), op, END) == []
+    assert len(time_slices(ViewRequest(range="last_30_days", number="!4420123"), op, END)) == 2
+    assert len(time_slices(ViewRequest(range="last_7_days"), op, END)) == 1    # 8 days > 7
+    assert time_slices(ViewRequest(range="today"), op, END) == []
+    # invalid requests are left to compile_view to report
+    assert time_slices(ViewRequest(range="last_30_days", cursor="not-a-cursor!"), op, END) == []
+    assert time_slices(ViewRequest(range="bogus"), op, END) == []
+
+
+def test_slice_only_narrows_and_keeps_the_guard_first():
+    op = Principal.carrier("acme", 3)
+    since = END - dt.timedelta(days=1)
+    plain = compile_view(ViewRequest(range="last_30_days"), op, END)
+    sliced = compile_view(ViewRequest(range="last_30_days"), op, END, newer_than=since)
+    where = sliced.sql.split("WHERE ", 1)[1]
+    assert where.startswith("(tenant_id = {__guard_tenant:String} AND carrier_id = ")
+    assert "start_time >= {slice_from:DateTime64(3, 'UTC')}" in where
+    assert sliced.parameters == {**plain.parameters, "slice_from": "2026-10-31 00:00:00.000"}
+    assert sliced.applied_range == plain.applied_range
+    with pytest.raises(ValueError, match="timezone-aware"):
+        compile_view(ViewRequest(range="last_30_days"), op, END, newer_than=since.replace(tzinfo=None))
+    with pytest.raises(ValueError, match="timezone-aware"):
+        compile_view(ViewRequest(range="last_30_days"), op, END,
+                     newer_than="2026-10-31'; DROP TABLE x")  # type: ignore[arg-type]
+
+
+def test_forged_cursor_with_sliced_pages_stays_in_the_tenant(loaded):
+    """A cursor is user input: whatever time it carries, slices only narrow the guarded rows."""
+    from engine.query import run_view
+    from sql.viewer import encode_cursor
+    db = loaded
+    op = Principal.operator("globex")
+    for when in ("2099-01-01 00:00:00.000", "2026-10-31 12:00:00.000", "1971-01-01 00:00:00.000"):
+        cursor = encode_cursor(["-start_time", "-call_id"], [when, "zzzz"])
+        got = run_view(db, op, ViewRequest(range="all", cursor=cursor, limit=20,
+                                           columns=["call_id", "src_ip"]), now=END)
+        want = _full_page(db, ViewRequest(range="all", cursor=cursor, limit=20,
+                                          columns=["call_id", "src_ip"]), op)
+        assert got.rows == want.rows
+        ids = [r[0] for r in got.rows]
+        if ids:
+            tenants = {t for (t,) in db.rows(
+                "SELECT DISTINCT tenant_id FROM cdr_records WHERE call_id IN {ids:Array(String)}",
+                {"ids": ids})}
+            assert tenants == {"globex"}
