@@ -563,9 +563,11 @@ def time_slices(request: ViewRequest, principal: Principal, now: datetime) -> li
     runs the full query, so the result never changes; only the cost does.
 
     Pure. Returns [] where slicing cannot help: downloads, other sorts,
-    customer pages (read in sort-key order already), and exact number
-    searches (the numbers' text indexes answer those over the whole range in
-    one query, and their matches are few, so slices would rarely fill a page).
+    customer pages (read in sort-key order already), and number searches:
+    their matches are few (a number, a 4-digit prefix or suffix), so a slice
+    rarely fills a page and the slices only add queries (measured on 1M CDRs:
+    prefix 23 -> 42 ms, suffix 28 -> 67 ms with slicing); exact numbers are
+    served by the text indexes over the whole range instead.
     """
     if request.for_download or request.limit is None or principal.role == "customer":
         return []
@@ -578,7 +580,7 @@ def time_slices(request: ViewRequest, principal: Principal, now: datetime) -> li
         return []                          # compile_view reports it
     if keys[0].field != "start_time" or not keys[0].descending:
         return []
-    if any(item.mode == "exact" and not item.negated for item in items):
+    if any(not item.negated for item in items):
         return []
     # slices end where the data does: a preset's range runs to the end of today
     top = min(end, _now(now)) if end is not None else _now(now)

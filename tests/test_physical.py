@@ -210,6 +210,8 @@ def test_time_slices_only_where_they_help():
     assert time_slices(ViewRequest(range="last_30_days", sort="start_time"), op, END) == []
     assert time_slices(ViewRequest(range="last_30_days", sort="-billsec"), op, END) == []
     assert time_slices(ViewRequest(range="last_30_days", number="4420123"), op, END) == []
+    assert time_slices(ViewRequest(range="last_30_days", number="4420*"), op, END) == []
+    assert time_slices(ViewRequest(range="last_30_days", number="*1234,!1*"), op, END) == []
     assert len(time_slices(ViewRequest(range="last_30_days", number="!4420123"), op, END)) == 2
     assert len(time_slices(ViewRequest(range="last_7_days"), op, END)) == 1    # 8 days > 7
     assert time_slices(ViewRequest(range="today"), op, END) == []
