@@ -37,7 +37,7 @@ def test_peers_smoke(tmp_path):
             assert stats["median_ms"] > 0 and stats["min_ms"] <= stats["median_ms"], (qid, engine)
     rows = {qid: q["rows_round0"]["cdrhouse"] for qid, q in result["queries"].items()}
     # the dataset is tiny, but these must find something, or the comparison proves little
-    for qid in ("W1", "W2", "W3", "W4", "W5", "W7", "W10", "W11"):
+    for qid in ("W1", "W2", "W3", "W4", "W5", "W7", "W8", "W10", "W11"):
         assert rows[qid] > 0, (qid, rows)
     assert rows["W4"] == 10 and rows["W5"] == 100
     assert result["load"]["cdrhouse"]["rows"] == result["rows"]
