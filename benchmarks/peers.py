@@ -51,7 +51,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from engine import accounts as acc
 from engine import export as ex
 from engine import generate
 from engine.db import Database, StoreConfig
@@ -195,7 +194,7 @@ class Workload:
                       "count(*) AS calls FROM cdrs "
                       "WHERE tenant_id = :tenant AND start_time >= :lo AND start_time < :hi "
                       "GROUP BY dst_prefix ORDER BY minutes DESC, dst_prefix LIMIT 10")))
-        cust = lambda i: self.customers[i % len(self.customers)]  # noqa: E731
+        cust = lambda i: self.customers[i % len(self.customers)]
         W.append(Query(
             "W5", "viewer page: 100 newest calls of one customer, last 7 days, 12 columns",
             lambda i: {"customer": cust(i), **window(7)(i)}, kind="view",
@@ -209,7 +208,7 @@ class Workload:
                       "AND start_time >= :lo AND start_time < :hi "
                       "AND (start_time < :k_time OR (start_time = :k_time AND call_id < :k_call)) "
                       "ORDER BY start_time DESC, call_id DESC LIMIT 101")))
-        sample = lambda i: self.samples[i % len(self.samples)]  # noqa: E731
+        sample = lambda i: self.samples[i % len(self.samples)]
         W.append(Query(
             "W7", "number search, source or destination, exact, last 90 days, newest 100",
             lambda i: {"number": sample(i)[i % 2], **window(90)(i)}, kind="view",
@@ -620,16 +619,18 @@ def machine() -> dict:
     info = {"cpus": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version()}
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemTotal"):
-                info["mem_gib"] = round(int(line.split()[1]) / 1024 ** 2, 1)
-                break
+        cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+        meminfo = Path("/proc/meminfo").read_text().splitlines()
     except OSError:
-        pass
+        cpuinfo = meminfo = []
+    for line in cpuinfo:
+        if line.startswith("model name"):
+            info["cpu"] = line.split(":", 1)[1].strip()
+            break
+    for line in meminfo:
+        if line.startswith("MemTotal"):
+            info["mem_gib"] = round(int(line.split()[1]) / 1024 ** 2, 1)
+            break
     try:
         import duckdb
         info["duckdb"] = duckdb.__version__
@@ -646,6 +647,7 @@ def run(rows: int, months: int, rounds: int, engines: Sequence[str], seed: int =
                               "rows": rows, "months": months, "rounds": rounds, "tenant": TENANT,
                               "engines": list(engines), "machine": machine(), "load": {},
                               "sizes": {}}
+    result["machine"]["loadavg_at_start"] = [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory(prefix="cdrhouse-peers-") as tmp:
         work = Path(tmp)
         db = Database(StoreConfig(data_dir=work / "cdrhouse"))
@@ -701,6 +703,8 @@ def run(rows: int, months: int, rounds: int, engines: Sequence[str], seed: int =
             if pg_server is not None:
                 pg_server.stop()
             db.close()
+    # the 1/5/15-minute load: above the core count, something else shared the machine
+    result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return result
 
 
@@ -758,7 +762,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
     signal.signal(signal.SIGTERM, on_term)
 
-    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    log = lambda m: print(m, file=sys.stderr, flush=True)
     result = run(args.rows, args.months, args.rounds, engines, log=log)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")

@@ -20,6 +20,13 @@
 --
 -- Existing stores: MATERIALIZE builds the indexes for parts written before
 -- this file (a background mutation); new parts get them on insert and merge.
+-- Tiering needs nothing: the indexes live in each part (dropped with it,
+-- rebuilt when a restore INSERTs the rows again).
+--
+-- Server deployments: this is ClickHouse 26.x syntax (the embedded engine is
+-- 26.9). On 25.x the text index is experimental (allow_experimental_full_text_index)
+-- and sql/limits.py's use_text_index_like_evaluation_by_dictionary_scan does
+-- not exist; docker-compose.yml pins 25.8, so bump the server image with this.
 
 ALTER TABLE cdr_records ADD INDEX IF NOT EXISTS idx_src_number src_number TYPE text(tokenizer = 'array') GRANULARITY 100000000;
 
