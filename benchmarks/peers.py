@@ -291,8 +291,6 @@ class CdrHouse:
         self.db = db
         self.tenant = tenant
         self.operator = Principal.operator(tenant)
-        self.cursors: dict[tuple, str] = {}
-        self.tmp = None
 
     def _view(self, principal: Principal, p: dict, columns: Sequence[str], **kw: Any):
         req = ViewRequest(columns=list(columns), range="custom", date_from=_ts(p["lo"]),
@@ -333,11 +331,9 @@ class CdrHouse:
                           date_to=_ts(p["hi"]), sort="-start_time")
         export = ex.view_export(principal, req, END)
         lines = 0
-        size = 0
         for chunk in ex.stream_csv(self.db, principal, export.sql, export.parameters,
                                    "bench", columns=export.columns):
             lines += chunk.count(b"\n")
-            size += len(chunk)
         return [(lines - 1,)], lines - 1
 
     def first_page_cursor(self, p: dict) -> tuple[str | None, tuple | None]:
