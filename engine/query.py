@@ -26,7 +26,7 @@ from sql.archive import with_archive
 from sql.guard import compile_user_sql
 from sql.limits import explain_limit_error, limits_for
 from sql.principal import Principal
-from sql.viewer import CompiledQuery, ViewRequest, compile_view
+from sql.viewer import CompiledQuery, ViewRequest, compile_view, time_slices
 
 _TAG_SAFE = re.compile(r"[^A-Za-z0-9:#/_.-]")
 
@@ -101,10 +101,26 @@ def run_view(db: Database, principal: Principal, request: ViewRequest,
              now: dt.datetime | None = None, *, query_id: str | None = None,
              limit_overrides: Mapping[str, int] | None = None,
              archive: Sequence[str] = ()) -> ViewResult:
-    """A viewer page (ViewerError if the request is invalid, QueryFailed if it fails)."""
-    compiled = compile_view(request, principal, now or dt.datetime.now(dt.timezone.utc))
+    """A viewer page (ViewerError if the request is invalid, QueryFailed if it fails).
+
+    A newest-first page over a long range first tries recent slices of it
+    (sql.viewer.time_slices): a slice holding a full page gives exactly the
+    page of the whole range, at the cost of reading the slice only.
+    `archive`: SELECTs of archived months to read too (sql/archive.py).
+    """
+    now = now or dt.datetime.now(dt.timezone.utc)
+    compiled = compile_view(request, principal, now)
+    query_id = query_id or uuid.uuid4().hex
+    warm = bool(archive)
+    for since in time_slices(request, principal, now):
+        sliced = compile_view(request, principal, now, newer_than=since)
+        res, qid = _run(db, principal, with_archive(sliced.sql, archive), sliced.parameters,
+                        query_id, limit_overrides, warm=warm)
+        if compiled.limit is not None and len(res.result_rows) > compiled.limit:
+            page = compiled.page(res.result_rows)
+            return ViewResult(compiled, list(page.rows), page.next_cursor, qid)
     res, qid = _run(db, principal, with_archive(compiled.sql, archive), compiled.parameters,
-                    query_id, limit_overrides, warm=bool(archive))
+                    query_id, limit_overrides, warm=warm)
     page = compiled.page(res.result_rows)
     return ViewResult(compiled, list(page.rows), page.next_cursor, qid)
 

@@ -503,14 +503,24 @@ def _filters(request: ViewRequest, principal: Principal, now: datetime,
     return where, (start, end)
 
 
-def compile_view(request: ViewRequest, principal: Principal, now: datetime) -> CompiledQuery:
-    """The guarded, paged query for `request` as seen by `principal` at instant `now`."""
+def compile_view(request: ViewRequest, principal: Principal, now: datetime, *,
+                 newer_than: datetime | None = None) -> CompiledQuery:
+    """The guarded, paged query for `request` as seen by `principal` at instant `now`.
+
+    `newer_than` (from `time_slices`) adds `start_time >= newer_than`: the query
+    then reads only that recent slice of the range. It can only narrow the rows.
+    """
     _zone(request.tz)
     columns = resolve_columns(request.columns, principal)
     keys = resolve_sort(request.sort, principal)
     limit = _limit(request.limit, request.for_download)
     params: dict[str, Any] = {}
     where, applied = _filters(request, principal, now, params)
+    if newer_than is not None:
+        if not isinstance(newer_than, datetime) or newer_than.tzinfo is None:
+            raise ValueError("newer_than must be a timezone-aware datetime")
+        params["slice_from"] = format_instant(newer_than)
+        where.append(f"start_time >= {{slice_from:{DT_TYPE}}}")
     if request.cursor is not None:
         if limit is None:
             raise ViewerError("cursor: an unlimited download has no pages")
@@ -533,6 +543,50 @@ def compile_view(request: ViewRequest, principal: Principal, now: datetime) -> C
                          f"ORDER BY {order}"])
     return CompiledQuery(sql, params, columns, output, applied, keys, limit, request.tz,
                          request.for_download)
+
+
+#: The recent windows a newest-first page tries before its whole range (see time_slices).
+SLICE_WINDOWS: tuple[timedelta, ...] = (timedelta(days=1), timedelta(days=8))
+
+
+def time_slices(request: ViewRequest, principal: Principal, now: datetime) -> list[datetime]:
+    """Lower bounds on start_time worth trying, in order, before the page's whole range.
+
+    A page sorted newest first whose rows are not stored in that order reads
+    its whole range to find the newest few: cdr_records is sorted by (tenant,
+    customer, start_time), so that is every page but a customer's. Restricted
+    to `start_time >= bound`, the query reads only a recent slice; when the
+    slice holds a full page (`limit + 1` rows, the look-ahead included), those
+    are exactly the rows the whole range would give, because every row
+    outside the slice is older than every row in it (start_time is never
+    NULL). `engine.query.run_view` tries the bounds in order and otherwise
+    runs the full query, so the result never changes; only the cost does.
+
+    Pure. Returns [] where slicing cannot help: downloads, other sorts,
+    customer pages (read in sort-key order already), and number searches:
+    their matches are few (a number, a 4-digit prefix or suffix), so a slice
+    rarely fills a page and the slices only add queries (measured on 1M CDRs:
+    prefix 23 -> 42 ms, suffix 28 -> 67 ms with slicing); exact numbers are
+    served by the text indexes over the whole range instead.
+    """
+    if request.for_download or request.limit is None or principal.role == "customer":
+        return []
+    try:
+        keys = resolve_sort(request.sort, principal)
+        start, end = resolve_range(request, now)
+        items = parse_number_search(request.number) if request.number is not None else []
+        cursor = decode_cursor(request.cursor, keys) if request.cursor is not None else None
+    except ViewerError:
+        return []                          # compile_view reports it
+    if keys[0].field != "start_time" or not keys[0].descending:
+        return []
+    if any(not item.negated for item in items):
+        return []
+    # slices end where the data does: a preset's range runs to the end of today
+    top = min(end, _now(now)) if end is not None else _now(now)
+    if cursor is not None and cursor[0] is not None:
+        top = min(top, datetime.strptime(cursor[0], "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC))
+    return [top - w for w in SLICE_WINDOWS if start is None or top - w > start]
 
 
 def compile_count(request: ViewRequest, principal: Principal, now: datetime) -> CountQuery:

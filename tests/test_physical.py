@@ -1,0 +1,258 @@
+"""The physical design (sql/schema/005_physical.sql) changes speed, never results.
+
+The number columns' text indexes must give exactly what a full scan gives,
+also under FINAL when a newer version of a call changed its number (the index
+of the old part still lists the old number), and the viewer's number search
+must actually use them (checked with EXPLAIN, not with timings).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from engine import generate
+from engine.ingest import IngestOptions, Ingestor
+from sql.limits import limits_for
+from sql.principal import Principal
+from sql.viewer import ViewRequest, compile_view
+
+END = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
+COLUMNS = ["start_time", "customer_id", "src_number", "dst_number", "billsec", "call_id"]
+
+
+@pytest.fixture(scope="module")
+def loaded(embedded_dsn, engine_dir, tmp_path_factory):
+    """One generated store for the module (read-only for the tests)."""
+    from conftest import _drop, _fresh
+    db = _fresh(embedded_dsn, engine_dir)
+    try:
+        yield _load(db, tmp_path_factory.mktemp("physical"))
+    finally:
+        _drop(db)
+
+
+def _load(db, tmp_path):
+    spec = generate.GenSpec(rows=30_000, months=2, seed=11, tenants=("acme", "globex"), end=END)
+    generate.ensure_accounts(db, spec)
+    for tenant in spec.tenants:
+        path = tmp_path / f"{tenant}.parquet"
+        generate.write_parquet(db, spec, tenant, path)
+        ingestor = Ingestor(db, IngestOptions(tenant=tenant), tmp_path / "rejects.csv")
+        try:
+            ingestor.ingest(path)
+        finally:
+            ingestor.close()
+    # a newer version of every 40th acme call with another destination, in its own
+    # part: FINAL must show the new number only, whatever the old part's index says
+    db.command("INSERT INTO cdr_records SELECT * REPLACE (version + 1 AS version, "
+               "concat(dst_number, '7') AS dst_number) FROM cdr_records FINAL "
+               "WHERE tenant_id = 'acme' AND cityHash64(call_id) % 40 = 0")
+    return db
+
+
+def _numbers(db):
+    """Searches worth running: common and rare numbers, changed ones, both sides."""
+    changed = db.rows("SELECT dst_number, substring(dst_number, 1, length(dst_number) - 1) "
+                      "FROM cdr_records FINAL WHERE tenant_id = 'acme' AND version > 1 "
+                      "ORDER BY call_id LIMIT 3")
+    plain = db.rows("SELECT src_number, dst_number FROM cdr_records FINAL "
+                    "WHERE tenant_id = 'acme' ORDER BY cityHash64(call_id) LIMIT 4")
+    searches = []
+    for new, old in changed:
+        searches += [new, old]                      # the old number must no longer match
+    for src, dst in plain:
+        searches += [src, dst, dst[:5] + "*", "*" + dst[-4:], "*" + src[-3:] + "*",
+                     f"{src},{dst}", f"{dst[:4]}*,!{dst}"]
+    return searches
+
+
+def _both(db, compiled, role):
+    with_idx = db.rows(compiled.sql, compiled.parameters, limits_for(role))
+    without = db.rows(compiled.sql, compiled.parameters,
+                      {**limits_for(role), "use_skip_indexes": 0})
+    return with_idx, without
+
+
+@pytest.mark.parametrize("who", ["tenant", "customer", "admin"])
+def test_number_search_same_with_and_without_indexes(loaded, who):
+    db = loaded
+    principal = {"tenant": Principal.operator("acme"),
+                 "customer": Principal.customer("acme", 1),
+                 "admin": Principal.admin()}[who]
+    columns = COLUMNS if who != "customer" else [c for c in COLUMNS if c != "customer_id"]
+    nonempty = 0
+    for number in _numbers(db):
+        for limit in (100, 1000):
+            req = ViewRequest(columns=columns, range="all", number=number, limit=limit)
+            with_idx, without = _both(db, compile_view(req, principal, END), principal.role)
+            assert with_idx == without, number
+            nonempty += bool(with_idx)
+    assert nonempty > 10
+
+
+def test_changed_number_is_found_only_in_its_new_version(loaded):
+    db = loaded
+    op = Principal.operator("acme")
+    new, old = db.rows("SELECT dst_number, substring(dst_number, 1, length(dst_number) - 1) "
+                       "FROM cdr_records FINAL WHERE tenant_id = 'acme' AND version > 1 "
+                       "ORDER BY call_id LIMIT 1")[0]
+    call = db.scalar("SELECT call_id FROM cdr_records FINAL WHERE tenant_id = 'acme' "
+                     "AND dst_number = {n:String}", {"n": new})
+    rows = db.rows(*_sql(compile_view(ViewRequest(columns=["call_id", "dst_number"], range="all",
+                                                  number=new), op, END)), limits_for("tenant"))
+    assert (call, new) in [r[:2] for r in rows]
+    rows = db.rows(*_sql(compile_view(ViewRequest(columns=["call_id", "dst_number"], range="all",
+                                                  number=old), op, END)), limits_for("tenant"))
+    assert call not in [r[0] for r in rows]
+
+
+def _sql(compiled):
+    return compiled.sql, compiled.parameters
+
+
+def test_user_sql_and_builder_same_with_and_without_indexes(loaded):
+    db = loaded
+    src, dst = db.rows("SELECT src_number, dst_number FROM cdr_records FINAL "
+                       "WHERE tenant_id = 'acme' ORDER BY cityHash64(call_id) LIMIT 1")[0]
+    op = Principal.operator("acme")
+    rules = {"condition": "OR", "rules": [
+        {"field": "dst_number", "operator": "equal", "value": dst},
+        {"field": "src_number", "operator": "in", "value": [src, "0"]},
+        {"field": "dst_number", "operator": "begins_with", "value": dst[:6]},
+        {"field": "src_number", "operator": "ends_with", "value": src[-4:]}]}
+    req = ViewRequest(columns=COLUMNS, range="all", rules=rules, limit=1000)
+    with_idx, without = _both(db, compile_view(req, op, END), "tenant")
+    assert with_idx == without and with_idx
+
+
+def test_number_search_uses_the_text_indexes(loaded):
+    db = loaded
+    number = db.scalar("SELECT dst_number FROM cdr_records FINAL WHERE tenant_id = 'acme' LIMIT 1")
+    c = compile_view(ViewRequest(columns=COLUMNS, range="all", number=number),
+                     Principal.operator("acme"), END)
+    plan = "\n".join(r[0] for r in db.rows("EXPLAIN indexes = 1 " + c.sql, c.parameters))
+    assert "idx_src_number" in plan and "idx_dst_number" in plan
+
+
+def test_indexes_are_built_for_existing_parts(loaded):
+    db = loaded
+    sizes = dict(db.rows("SELECT name, data_compressed_bytes FROM system.data_skipping_indices "
+                         "WHERE database = currentDatabase() AND table = 'cdr_records'"))
+    assert sizes.get("idx_src_number", 0) > 0 and sizes.get("idx_dst_number", 0) > 0
+
+
+# -- newest-first pages read recent slices first (sql.viewer.time_slices) ------------------
+
+def _full_page(db, request, principal):
+    """The page as the unsliced query gives it."""
+    compiled = compile_view(request, principal, END)
+    return compiled.page(db.rows(compiled.sql, compiled.parameters, limits_for(principal.role)))
+
+
+SLICE_CASES = [
+    dict(range="last_30_days"),
+    dict(range="all", limit=7),
+    dict(range="last_7_days", number="4*", connected_only=True),
+    dict(range="last_30_days", number="*12"),
+    dict(range="last_30_days", number="*55*,!1*"),
+    dict(range="this_month", tz="Europe/Berlin", limit=1000),
+    dict(range="custom", date_from="2026-09-01", date_to="2026-10-31T12:00:00", limit=3),
+    dict(range="last_30_days", rules={"condition": "AND", "rules": [
+        {"field": "disposition", "operator": "equal", "value": "ANSWERED"},
+        {"condition": "OR", "rules": [
+            {"field": "billsec", "operator": "greater", "value": 60},
+            {"field": "codec", "operator": "equal", "value": "G729"}]}]}),
+    dict(range="last_7_days", rules={"condition": "AND", "rules": [
+        {"field": "billsec", "operator": "greater", "value": 100000}]}),
+    dict(range="last_30_days", number="99999999*"),                 # nothing matches
+]
+
+
+@pytest.mark.parametrize("case", range(len(SLICE_CASES)))
+@pytest.mark.parametrize("who", ["tenant", "carrier", "admin"])
+def test_sliced_pages_equal_the_whole_range(loaded, who, case):
+    from engine.query import run_view
+    from sql.viewer import time_slices
+    db = loaded
+    carrier = db.scalar("SELECT carrier_id FROM cdr_records WHERE tenant_id = 'acme' "
+                        "GROUP BY carrier_id ORDER BY count() DESC LIMIT 1")
+    principal = {"tenant": Principal.operator("acme"), "carrier": Principal.carrier("acme", carrier),
+                 "admin": Principal.admin()}[who]
+    request = ViewRequest(**{"limit": 50, **SLICE_CASES[case]})
+    cursor = None
+    for _page in range(3):                    # walk a few pages with the keyset cursor
+        req = ViewRequest(**{**request.__dict__, "cursor": cursor})
+        got = run_view(db, principal, req, now=END)
+        want = _full_page(db, req, principal)
+        assert got.rows == want.rows
+        assert got.next_cursor == want.next_cursor
+        if not got.next_cursor:
+            break
+        cursor = got.next_cursor
+    if case == 0:
+        bounds = time_slices(request, principal, END)
+        assert bounds and bounds == sorted(bounds, reverse=True)
+        sliced = compile_view(request, principal, END, newer_than=bounds[0])
+        # the dataset has a full page in the last day: the slice is what answered
+        assert len(db.rows(sliced.sql, sliced.parameters, limits_for(principal.role))) == 51
+
+
+def test_time_slices_only_where_they_help():
+    from sql.viewer import time_slices
+    op, cust = Principal.operator("acme"), Principal.customer("acme", 1)
+    page = ViewRequest(range="last_30_days")
+    assert len(time_slices(page, op, END)) == 2
+    assert time_slices(page, cust, END) == []                  # read in sort-key order
+    assert time_slices(ViewRequest(range="last_30_days", for_download=True, limit=None),
+                       op, END) == []
+    assert time_slices(ViewRequest(range="last_30_days", sort="start_time"), op, END) == []
+    assert time_slices(ViewRequest(range="last_30_days", sort="-billsec"), op, END) == []
+    assert time_slices(ViewRequest(range="last_30_days", number="4420123"), op, END) == []
+    assert time_slices(ViewRequest(range="last_30_days", number="4420*"), op, END) == []
+    assert time_slices(ViewRequest(range="last_30_days", number="*1234,!1*"), op, END) == []
+    assert len(time_slices(ViewRequest(range="last_30_days", number="!4420123"), op, END)) == 2
+    assert len(time_slices(ViewRequest(range="last_7_days"), op, END)) == 1    # 8 days > 7
+    assert time_slices(ViewRequest(range="today"), op, END) == []
+    # invalid requests are left to compile_view to report
+    assert time_slices(ViewRequest(range="last_30_days", cursor="not-a-cursor!"), op, END) == []
+    assert time_slices(ViewRequest(range="bogus"), op, END) == []
+
+
+def test_slice_only_narrows_and_keeps_the_guard_first():
+    op = Principal.carrier("acme", 3)
+    since = END - dt.timedelta(days=1)
+    plain = compile_view(ViewRequest(range="last_30_days"), op, END)
+    sliced = compile_view(ViewRequest(range="last_30_days"), op, END, newer_than=since)
+    where = sliced.sql.split("WHERE ", 1)[1]
+    assert where.startswith("(tenant_id = {__guard_tenant:String} AND carrier_id = ")
+    assert "start_time >= {slice_from:DateTime64(3, 'UTC')}" in where
+    assert sliced.parameters == {**plain.parameters, "slice_from": "2026-10-31 00:00:00.000"}
+    assert sliced.applied_range == plain.applied_range
+    with pytest.raises(ValueError, match="timezone-aware"):
+        compile_view(ViewRequest(range="last_30_days"), op, END, newer_than=since.replace(tzinfo=None))
+    with pytest.raises(ValueError, match="timezone-aware"):
+        compile_view(ViewRequest(range="last_30_days"), op, END,
+                     newer_than="2026-10-31'; DROP TABLE x")  # type: ignore[arg-type]
+
+
+def test_forged_cursor_with_sliced_pages_stays_in_the_tenant(loaded):
+    """A cursor is user input: whatever time it carries, slices only narrow the guarded rows."""
+    from engine.query import run_view
+    from sql.viewer import encode_cursor
+    db = loaded
+    op = Principal.operator("globex")
+    for when in ("2099-01-01 00:00:00.000", "2026-10-31 12:00:00.000", "1971-01-01 00:00:00.000"):
+        cursor = encode_cursor(["-start_time", "-call_id"], [when, "zzzz"])
+        got = run_view(db, op, ViewRequest(range="all", cursor=cursor, limit=20,
+                                           columns=["call_id", "src_ip"]), now=END)
+        want = _full_page(db, ViewRequest(range="all", cursor=cursor, limit=20,
+                                          columns=["call_id", "src_ip"]), op)
+        assert got.rows == want.rows
+        ids = [r[0] for r in got.rows]
+        if ids:
+            tenants = {t for (t,) in db.rows(
+                "SELECT DISTINCT tenant_id FROM cdr_records WHERE call_id IN {ids:Array(String)}",
+                {"ids": ids})}
+            assert tenants == {"globex"}
