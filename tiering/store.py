@@ -168,7 +168,17 @@ class LocalStore:
         return found
 
     def copy(self, src: str, dst: str) -> None:
-        self.put_file(dst, self._path(src))
+        """A hard link when possible (staging and the archive share a file system, and
+        objects are never modified in place), else a byte copy; atomic either way."""
+        source, target = self._path(src), self._path(dst)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
 
     def delete(self, key: str) -> None:
         path = self._path(key)
