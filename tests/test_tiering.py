@@ -566,3 +566,18 @@ def test_daily_summaries_stay_exact_through_archive_and_restore(embedded_db: Dat
     assert {t: summary.totals(embedded_db, t, first, last) for t in before} == before
     Tiering(embedded_db, archive).restore(MIDDLE)  # again: already hot, still exact
     assert {t: summary.totals(embedded_db, t, first, last) for t in before} == before
+
+
+@pytest.mark.parametrize("code, message", [
+    ("AccessDenied", "no permission to write s3://bkt/p/k.json.*grant the archive's credentials"),
+    ("InvalidAccessKeyId", "rejected the credentials \\(InvalidAccessKeyId\\)"),
+    ("NoSuchBucket", "bucket 'bkt' does not exist at http://127.0.0.1:1"),
+    ("SlowDown", "S3 error SlowDown while trying to write s3://bkt/p/k.json"),
+])
+def test_s3_errors_are_worded_for_the_operator(code: str, message: str) -> None:
+    """The wording of errors no loopback server here produces (e.g. a policy denial)."""
+    from botocore.exceptions import ClientError
+    store = S3Store("bkt", "p", endpoint="http://127.0.0.1:1", access_key="a", secret_key="b")
+    error = ClientError({"Error": {"Code": code, "Message": "x"}}, "PutObject")
+    with pytest.raises(ArchiveError, match=message):
+        raise store._fail(error, "write", "k.json")
