@@ -194,6 +194,36 @@ class Workload:
                       "count(*) AS calls FROM cdrs "
                       "WHERE tenant_id = :tenant AND start_time >= :lo AND start_time < :hi "
                       "GROUP BY dst_prefix ORDER BY minutes DESC, dst_prefix LIMIT 10")))
+        # W1s, W2s, W4s: the dashboard questions over whole UTC days, which cdrhouse
+        # answers from its daily summary (a SummingMergeTree kept by a materialized
+        # view, the guarded logical table `daily_summary`); the peers answer the same
+        # question from their CDR table, as before. Answers are compared as for all.
+        def days(n: int) -> Callable[[int], dict]:
+            def aligned(i: int) -> dict:
+                hi = self.day(i).replace(hour=0, minute=0, second=0, microsecond=0)
+                return {"lo": hi - dt.timedelta(days=n), "hi": hi}
+            return aligned
+
+        summary_range = ("WHERE day >= toDate({lo:DateTime64(3, 'UTC')}) "
+                         "AND day < toDate({hi:DateTime64(3, 'UTC')}) ")
+        whole = (self.end - self.start).days
+        W.append(Query(
+            "W1s", "W1 over whole days, from the daily summary", days(whole - 1),
+            user_sql=("SELECT day, sum(calls) AS calls FROM daily_summary " + summary_range
+                      + "GROUP BY day ORDER BY day"),
+            peer_sql=W[0].peer_sql))
+        W.append(Query(
+            "W2s", "W2 over whole days, from the daily summary", days(30),
+            user_sql=("SELECT day, customer_id, sum(customer_charge) AS charge, "
+                      "sum(billsec) AS billsec FROM daily_summary " + summary_range
+                      + "GROUP BY day, customer_id ORDER BY day, customer_id"),
+            peer_sql=W[1].peer_sql))
+        W.append(Query(
+            "W4s", "W4 over whole days, from the daily summary", days(30),
+            user_sql=("SELECT dst_prefix, sum(billsec) / 60 AS minutes, sum(calls) AS calls "
+                      "FROM daily_summary " + summary_range
+                      + "GROUP BY dst_prefix ORDER BY minutes DESC, dst_prefix LIMIT 10"),
+            peer_sql=W[3].peer_sql))
         cust = lambda i: self.customers[i % len(self.customers)]
         W.append(Query(
             "W5", "viewer page: 100 newest calls of one customer, last 7 days, 12 columns",
