@@ -217,7 +217,10 @@ class Workload:
             user_sql=("SELECT day, customer_id, sum(customer_charge) AS charge, "
                       "sum(billsec) AS billsec FROM daily_summary " + summary_range
                       + "GROUP BY day, customer_id ORDER BY day, customer_id"),
-            peer_sql=W[1].peer_sql))
+            # the summary counts a missing charge as 0: a day of only unpriced calls
+            # sums to 0 there and to NULL in a raw sum
+            peer_sql=W[1].peer_sql.replace("sum(customer_charge)",
+                                           "coalesce(sum(customer_charge), 0)")))
         W.append(Query(
             "W4s", "W4 over whole days, from the daily summary", days(30),
             user_sql=("SELECT dst_prefix, sum(billsec) / 60 AS minutes, sum(calls) AS calls "

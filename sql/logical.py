@@ -46,6 +46,8 @@ class LogicalTable:
     account_columns: tuple[tuple[str, str], ...] = DEFAULT_ACCOUNT_COLUMNS
     #: (column, roles) for columns that are not catalogue fields (e.g. aggregates)
     extra_roles: tuple[tuple[str, frozenset[str]], ...] = ()
+    #: a predicate every read carries, before any guard (see DAILY_SUMMARY)
+    always: str = ""
 
     def __post_init__(self) -> None:
         extra = dict(self.extra_roles)
@@ -77,8 +79,10 @@ class LogicalTable:
         cols = ", ".join(columns or self.columns)
         final = " FINAL" if self.final else ""
         sql = f"SELECT {cols} FROM {self.physical}{final}"
-        if where:
-            sql += f" WHERE {where}"
+        conditions = [c for c in (self.always, where) if c]
+        if conditions:
+            sql += " WHERE " + " AND ".join(f"({c})" if len(conditions) > 1 else c
+                                            for c in conditions)
         return sql
 
 
@@ -96,7 +100,12 @@ DAILY_SUMMARY = LogicalTable(
      "customer_charge", "carrier_cost", "margin", "unrated"),
     extra_roles=tuple((c, catalogue.ALL_ROLES) for c in
                       ("day", "calls", "connected", "asr", "acd", "billed_sec"))
-    + (("margin", catalogue.OPERATORS), ("unrated", catalogue.OPERATORS)))
+    + (("margin", catalogue.OPERATORS), ("unrated", catalogue.OPERATORS)),
+    # FINAL on a SummingMergeTree drops a row whose *read* summed columns are all
+    # zero; a query that reads only charge and billsec would lose the days of a
+    # customer whose calls were all unanswered. Reading `calls` keeps every key that
+    # has calls (and a key without calls has nothing to show).
+    always="calls != 0")
 
 TABLES: dict[str, LogicalTable] = {CDRS.name: CDRS, DAILY_SUMMARY.name: DAILY_SUMMARY}
 

@@ -49,7 +49,7 @@ def test_peers_smoke(tmp_path):
     assert result["machine"]["cpus"] >= 1 and result["machine"]["clickhouse"]
     # the Markdown table is printed, one line per query plus W12
     table = proc.stdout.strip().splitlines()
-    assert table[0].startswith("| id |") and len(table) == 2 + 11 + 1
+    assert table[0].startswith("| id |") and len(table) == 2 + 14 + 1  # head, W1-W11 with W1s, W2s, W4s, W12
     # nothing left behind
     after = set(glob.glob(str(Path(tempfile.gettempdir()) / "cdrhouse-peers-*")))
     assert after <= before
