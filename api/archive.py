@@ -23,7 +23,7 @@ from starlette.background import BackgroundTask
 from api.auth import Caller
 from api.downloads import Compression, _download, _plan
 from api.errors import Problem
-from api.v1 import caller, service, translate
+from api.v1 import caller, service
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from engine import export
@@ -70,15 +70,6 @@ def _reader(request: Request) -> WarmReader:
     return service(request).warm
 
 
-async def _store_call(request: Request, who: Caller, fn):
-    def work(db: Database, qid: str):
-        try:
-            return fn(db, qid)
-        except Exception as exc:  # noqa: BLE001 - translated or re-raised
-            raise translate(exc) from None
-    return await service(request).run(request, who, work)
-
-
 def _month_json(w: WarmMonth, operator: bool) -> dict:
     body = {"month": layout.month_label(w.month), "archived_at": w.updated_at.isoformat()
             + ("" if w.updated_at.tzinfo else "Z")}
@@ -91,7 +82,7 @@ def _month_json(w: WarmMonth, operator: bool) -> dict:
 async def list_archive(request: Request, tenant: str | None = Query(None),
                        who: Caller = Depends(caller)) -> dict:
     scope = _tenant(who, tenant)
-    months = await _store_call(request, who, lambda db, qid: warm_months(
+    months = await _plan(request, who, lambda db, qid: warm_months(
         db, scope, states=("archived",)))
     operator = _operator(who)
     return {"tenant": scope, "months": [_month_json(w, operator) for w in months]}
@@ -123,7 +114,7 @@ async def get_month(request: Request, month: str,
                                                                                "or zstd."),
                     tenant: str | None = Query(None), who: Caller = Depends(caller)):
     scope, month_id = _tenant(who, tenant), _month(month)
-    _, manifest = await _store_call(request, who, lambda db, qid: _found(request, db, scope,
+    _, manifest = await _plan(request, who, lambda db, qid: _found(request, db, scope,
                                                                          month_id))
     if format == "csv":
         return await _csv(request, who, scope, month_id, manifest, compression)
@@ -150,7 +141,7 @@ async def get_file(request: Request, month: str, part: int, tenant: str | None =
         raise Problem("forbidden", "stored files hold every account of the tenant; download "
                                    f"/v1/archive/{month} for your own rows")
     scope, month_id = _tenant(who, tenant), _month(month)
-    _, manifest = await _store_call(request, who, lambda db, qid: _found(request, db, scope,
+    _, manifest = await _plan(request, who, lambda db, qid: _found(request, db, scope,
                                                                          month_id))
     if not 0 <= part < len(manifest.files):
         raise Problem("not-found", f"month {layout.month_label(month_id)} has "
@@ -221,7 +212,7 @@ async def _filtered_parquet(request: Request, who: Caller, tenant: str, month: i
             raise
         return path
 
-    path = await _store_call(request, who, work)
+    path = await _plan(request, who, work)
     name = f"cdrs-{tenant}-{who.principal.role}-{month}-utc.parquet"
     return FileResponse(path, media_type=_PARQUET, filename=name,
                         background=BackgroundTask(os.unlink, path))

@@ -441,8 +441,7 @@ async def _view_download(request: Request, who: Caller, p: ViewParams, rules: di
 
     def make(db: Database, qid: str) -> export.Export:
         req = to_request(db, who, p, rules, for_download=True)
-        sources = warm_sources(db, who, p.include_archive, *resolve_range(req, now),
-                               request=request)
+        sources = warm_sources(request, db, who, p.include_archive, *resolve_range(req, now))
         return export.view_export(who.principal, req, now, sources.selects)
     plan = await _plan(request, who, make)
     return await _download(request, who, "cdrs", plan, compression, p)
@@ -482,5 +481,5 @@ async def download_sql(request: Request, body: SQLBody,
     plan = await _plan(request, who, lambda db, qid: export.sql_export(
         db, who.principal, body.sql, body.params, qid,
         getattr(request.app.state, "download_limit_overrides", None),
-        warm_sources(db, who, body.include_archive, request=request).selects))
+        warm_sources(request, db, who, body.include_archive).selects))
     return await _download(request, who, "sql", plan, compression)

@@ -22,6 +22,7 @@ request does not say; saved viewer / search queries use it when run.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
 from collections.abc import Callable, Iterable
@@ -312,10 +313,9 @@ async def apply_preferences(request: Request, who: Caller, p: v1.ViewParams,
     if "tz" not in sent and prefs.tz is not None:
         update["tz"] = prefs.tz
     if "columns" not in sent and prefs.columns is not None:
-        try:
+        # remembered columns the key may no longer see: fall back to the defaults
+        with contextlib.suppress(ViewerError):
             update["columns"] = list(resolve_columns(prefs.columns, who.principal))
-        except ViewerError:
-            pass
     return p.model_copy(update=update) if update else p
 
 

@@ -249,13 +249,13 @@ def translate(exc: Exception) -> Problem:
     raise exc
 
 
-def warm_sources(db: Database, who: Caller, wanted: bool,
-                 start: dt.datetime | None = None, end: dt.datetime | None = None,
-                 request: Request | None = None) -> WarmSources:
+def warm_sources(request: Request, db: Database, who: Caller, wanted: bool,
+                 start: dt.datetime | None = None, end: dt.datetime | None = None
+                 ) -> WarmSources:
     """The archived months a request reads (none unless it asked for them)."""
     if not wanted:
         return WarmSources()
-    return request.app.state.service.warm.sources(db, who.principal.tenant, start, end)
+    return service(request).warm.sources(db, who.principal.tenant, start, end)
 
 
 def archive_json(wanted: bool, sources: WarmSources) -> dict:
@@ -280,8 +280,8 @@ async def _view(request: Request, who: Caller, p: ViewParams, rules: dict | None
         try:
             now = dt.datetime.now(dt.UTC)
             req = to_request(db, who, p, rules)
-            sources = warm_sources(db, who, p.include_archive, *resolve_range(req, now),
-                                   request=request)
+            sources = warm_sources(request, db, who, p.include_archive,
+                                   *resolve_range(req, now))
             return q.run_view(db, who.principal, req, now, query_id=qid,
                               archive=sources.selects), sources
         except Exception as exc:  # noqa: BLE001 - translated or re-raised
@@ -331,7 +331,7 @@ async def search_cdrs(request: Request, body: SearchBody, who: Caller = Depends(
 async def run_sql(request: Request, body: SQLBody, who: Caller = Depends(caller)) -> dict:
     def work(db: Database, qid: str) -> tuple[q.Result, WarmSources]:
         try:
-            sources = warm_sources(db, who, body.include_archive, request=request)
+            sources = warm_sources(request, db, who, body.include_archive)
             return q.run_sql(db, who.principal, body.sql, body.params, query_id=qid,
                              archive=sources.selects), sources
         except Exception as exc:  # noqa: BLE001

@@ -34,6 +34,7 @@ the machine. Results go to benchmarks/results/peers.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import math
@@ -54,7 +55,7 @@ from typing import Any
 from engine import export as ex
 from engine import generate
 from engine.db import Database, StoreConfig
-from engine.ingest import IngestOptions, Ingestor
+from engine.ingest import IngestOptions, ingest_paths
 from engine.migrate import migrate
 from engine.query import run_sql, run_view
 from sql.principal import Principal
@@ -611,11 +612,7 @@ def load_cdrhouse(db: Database, spec: generate.GenSpec, work: Path, log) -> dict
     log(f"generated {spec.rows:,} rows in {gen_s:.1f} s")
     t0 = time.perf_counter()
     for tenant in spec.tenants:
-        ingestor = Ingestor(db, IngestOptions(tenant=tenant), work / "rejects.csv")
-        try:
-            ingestor.ingest(paths[tenant])
-        finally:
-            ingestor.close()
+        ingest_paths(db, [paths[tenant]], IngestOptions(tenant=tenant), work / "rejects.csv")
     ingest_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     db.command("OPTIMIZE TABLE cdr_records FINAL")
@@ -660,11 +657,9 @@ def machine() -> dict:
         if line.startswith("MemTotal"):
             info["mem_gib"] = round(int(line.split()[1]) / 1024 ** 2, 1)
             break
-    try:
+    with contextlib.suppress(ImportError):  # the smoke run needs no DuckDB version
         import duckdb
         info["duckdb"] = duckdb.__version__
-    except ImportError:
-        pass
     return info
 
 

@@ -12,6 +12,7 @@ Ctrl-C (the caller turns SIGTERM into an exception: see peers.main).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -106,18 +107,16 @@ class PostgresServer:
         total = 0
         for root, _dirs, files in os.walk(self.data):
             for f in files:
-                try:
+                with contextlib.suppress(OSError):  # a file PostgreSQL removed meanwhile
                     total += os.path.getsize(os.path.join(root, f))
-                except OSError:
-                    pass
         return total
 
     def stop(self) -> None:
         try:
-            if (self.data / "postmaster.pid").exists():
-                self._run(self.bin / "pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
-        except subprocess.CalledProcessError:
-            pass
+            # a server that is already gone is what stop wants: carry on removing its files
+            with contextlib.suppress(subprocess.CalledProcessError):
+                if (self.data / "postmaster.pid").exists():
+                    self._run(self.bin / "pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
         finally:
             self.started = False
             shutil.rmtree(self.base, ignore_errors=True)

@@ -13,7 +13,6 @@ import datetime as dt
 import pytest
 
 from engine import generate
-from engine.ingest import IngestOptions, Ingestor
 from sql.limits import limits_for
 from sql.principal import Principal
 from sql.viewer import ViewRequest, compile_view
@@ -34,16 +33,8 @@ def loaded(embedded_dsn, engine_dir, tmp_path_factory):
 
 
 def _load(db, tmp_path):
-    spec = generate.GenSpec(rows=30_000, months=2, seed=11, tenants=("acme", "globex"), end=END)
-    generate.ensure_accounts(db, spec)
-    for tenant in spec.tenants:
-        path = tmp_path / f"{tenant}.parquet"
-        generate.write_parquet(db, spec, tenant, path)
-        ingestor = Ingestor(db, IngestOptions(tenant=tenant), tmp_path / "rejects.csv")
-        try:
-            ingestor.ingest(path)
-        finally:
-            ingestor.close()
+    generate.load(db, generate.GenSpec(rows=30_000, months=2, seed=11,
+                                       tenants=("acme", "globex"), end=END), tmp_path)
     # a newer version of every 40th acme call with another destination, in its own
     # part: FINAL must show the new number only, whatever the old part's index says
     db.command("INSERT INTO cdr_records SELECT * REPLACE (version + 1 AS version, "

@@ -23,7 +23,6 @@ from s3servers import s3_client
 
 from engine import generate
 from engine.db import Database
-from engine.ingest import IngestOptions, Ingestor
 from engine.migrate import migrate
 from tiering import layout, warm
 from tiering.archive import HOLD, STEPS, Tiering
@@ -57,16 +56,7 @@ def load(db: Database, tmp: Path, rows: int = 12_000, seed: int = 7) -> None:
     if key not in _TEMPLATES:
         template = Database(dataclasses.replace(db.config, database=f"tpl_{uuid.uuid4().hex[:8]}"))
         migrate(template)
-        spec = generate.GenSpec(rows=rows, months=6, seed=seed, end=END)
-        generate.ensure_accounts(template, spec)
-        for tenant in spec.tenants:
-            path = tmp / f"{tenant}-{seed}.parquet"
-            generate.write_parquet(template, spec, tenant, path)
-            ingestor = Ingestor(template, IngestOptions(tenant=tenant), tmp / "rejects.csv")
-            try:
-                ingestor.ingest(path)
-            finally:
-                ingestor.close()
+        generate.load(template, generate.GenSpec(rows=rows, months=6, seed=seed, end=END), tmp)
         _TEMPLATES[key] = template.name
         template.close()
     for table in ("accounts", "cdr_records"):

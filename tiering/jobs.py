@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from engine import userdata
 from engine.db import Database
@@ -16,6 +17,7 @@ from tiering.store import ObjectStore
 KIND_RUN = "tier-run"
 KIND_RESTORE = "tier-restore"
 PRINCIPAL = "admin"
+T = TypeVar("T")
 
 
 def report_json(report: RunReport) -> dict[str, Any]:
@@ -46,40 +48,43 @@ def _progress(db: Database, job_id: str, inner: Progress | None) -> Progress:
     return report
 
 
+def _as_job(db: Database, kind: str, params: dict, work: Callable[[str], T],
+            result: Callable[[T], Any]) -> tuple[T, str]:
+    """Run `work(job_id)` as a recorded job: running, then succeeded with
+    `result(outcome)`, or failed with the error's first line (the error re-raised)."""
+    job = userdata.create_job(db, kind=kind, principal=PRINCIPAL, tenant="", params=params)
+    userdata.update_job(db, job.job_id, state="running")
+    try:
+        outcome = work(job.job_id)
+    except Exception as exc:
+        userdata.update_job(db, job.job_id, state="failed", error=str(exc).split("\n")[0][:500])
+        raise
+    userdata.update_job(db, job.job_id, state="succeeded", result=result(outcome))
+    return outcome, job.job_id
+
+
 def run_tiering(db: Database, store: ObjectStore, policy: Policy, *,
                 months: list[int] | None = None, tenants: list[str] | None = None,
                 today: dt.date | None = None, progress: Progress | None = None,
                 trigger: str = "cli") -> RunReport:
     """One tiering run, recorded as a job; the job fails with the error's message."""
-    job = userdata.create_job(db, kind=KIND_RUN, principal=PRINCIPAL, tenant="", params={
-        "months": months, "tenants": tenants, "keep_months": policy.keep_months,
-        "archive": store.location, "trigger": trigger})
-    userdata.update_job(db, job.job_id, state="running")
-    try:
-        tier = Tiering(db, store, policy, progress=_progress(db, job.job_id, progress))
-        report = tier.run(today=today, months=months, tenants=tenants)
-    except Exception as exc:
-        userdata.update_job(db, job.job_id, state="failed", error=str(exc).split("\n")[0][:500])
-        raise
-    userdata.update_job(db, job.job_id, state="succeeded", result=report_json(report))
-    report.job_id = job.job_id
+    params = {"months": months, "tenants": tenants, "keep_months": policy.keep_months,
+              "archive": store.location, "trigger": trigger}
+    report, job_id = _as_job(db, KIND_RUN, params, lambda job_id: Tiering(
+        db, store, policy, progress=_progress(db, job_id, progress)).run(
+        today=today, months=months, tenants=tenants), report_json)
+    report.job_id = job_id
     return report
 
 
 def run_restore(db: Database, store: ObjectStore, month: int, tenants: list[str] | None = None,
                 progress: Progress | None = None) -> list[tuple[str, int, str]]:
-    job = userdata.create_job(db, kind=KIND_RESTORE, principal=PRINCIPAL, tenant="", params={
-        "month": month, "tenants": tenants, "archive": store.location})
-    userdata.update_job(db, job.job_id, state="running")
-    try:
-        done = Tiering(db, store, progress=_progress(db, job.job_id, progress)).restore(
-            month, tenants)
-    except Exception as exc:
-        userdata.update_job(db, job.job_id, state="failed", error=str(exc).split("\n")[0][:500])
-        raise
-    userdata.update_job(db, job.job_id, state="succeeded", result={
-        "month": layout.month_label(month),
-        "tenants": [{"tenant": t, "rows": r, "outcome": o} for t, r, o in done]})
+    """A restore, recorded as a job."""
+    params = {"month": month, "tenants": tenants, "archive": store.location}
+    done, _ = _as_job(db, KIND_RESTORE, params, lambda job_id: Tiering(
+        db, store, progress=_progress(db, job_id, progress)).restore(month, tenants),
+        lambda done: {"month": layout.month_label(month), "tenants": [
+            {"tenant": t, "rows": r, "outcome": o} for t, r, o in done]})
     return done
 
 
