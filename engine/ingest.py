@@ -378,6 +378,7 @@ class Ingestor:
             return
         suffix = uuid.uuid4().hex[:12]
         stage, norm = f"_ingest_stage_{suffix}", f"_ingest_norm_{suffix}"
+        known = f"_ingest_known_{suffix}"
         table, staged = _stage_table(batch.table)
         try:
             self.db.command(f"CREATE TABLE {stage} ({_stage_columns(table)}) ENGINE = Memory")
@@ -389,10 +390,10 @@ class Ingestor:
                             "ENGINE = Memory")
             self.db.command(_conversion_sql(staged, norm, stage), self._params())
             self._write_rejects(path, stage, norm, report)
-            self._store(norm, report, fmt)
+            self._store(norm, known, report, fmt)
         finally:
-            self.db.command(f"DROP TABLE IF EXISTS {stage}")
-            self.db.command(f"DROP TABLE IF EXISTS {norm}")
+            for scratch in (stage, norm, known):
+                self.db.command(f"DROP TABLE IF EXISTS {scratch}")
 
     def _create_accounts(self, stage: str, staged: dict[str, str]) -> list[str]:
         created = []
@@ -424,7 +425,7 @@ class Ingestor:
             self.rejects.write(path, line, reason, by_line.get(line, ""))
         report.rejected += len(bad)
 
-    def _store(self, norm: str, report: FileReport, fmt: str) -> None:
+    def _store(self, norm: str, known: str, report: FileReport, fmt: str) -> None:
         # A stored call with the same call_id within two days of the batch is the
         # same call (two days covers a file re-read with another --source-tz).
         bounds = self.db.rows(f"SELECT min(start_time), max(start_time), count(), "
@@ -439,16 +440,22 @@ class Ingestor:
         later = [] if distinct_hashes == valid else [int(x) for (x,) in self.db.rows(
             f"SELECT arrayJoin(arraySlice(arraySort(groupArray({LINE})), 2)) FROM {norm} "
             "WHERE reason = '' GROUP BY call_id HAVING count() > 1")]
-        # Look up only the batch's own call ids among stored calls: the set
-        # built is the batch (bounded), not the stored table (unbounded).
+        # The batch's call ids already stored, looked up once into a scratch table
+        # (the count and the insert below both need them; the lookup reads the
+        # tenant's call ids over the batch's time range, the costly part).
+        # The set built is the batch's own ids (bounded), not the stored table.
+        self.db.command(f"CREATE TABLE {known} (call_id String) ENGINE = Memory")
+        self.db.command(
+            f"INSERT INTO {known} SELECT DISTINCT call_id FROM cdr_records "
+            "WHERE tenant_id = {tenant:String}"
+            "  AND start_time BETWEEN {lo:DateTime64(3, 'UTC')} - INTERVAL 2 DAY"
+            "  AND {hi:DateTime64(3, 'UTC')} + INTERVAL 2 DAY"
+            f"  AND call_id IN (SELECT call_id FROM {norm} WHERE reason = '')",
+            {"tenant": self.options.tenant, "lo": lo, "hi": hi})
         fresh = (
             f"SELECT * FROM {norm} WHERE reason = ''"
             + (f" AND {LINE} NOT IN {{later:Array(Int64)}}" if later else "")
-            + " AND call_id NOT IN ("
-            "  SELECT call_id FROM cdr_records WHERE tenant_id = {tenant:String}"
-            "  AND start_time BETWEEN {lo:DateTime64(3, 'UTC')} - INTERVAL 2 DAY"
-            "  AND {hi:DateTime64(3, 'UTC')} + INTERVAL 2 DAY"
-            f"  AND call_id IN (SELECT call_id FROM {norm} WHERE reason = ''))")
+            + f" AND call_id NOT IN (SELECT call_id FROM {known})")
         params = {"tenant": self.options.tenant, "lo": lo, "hi": hi, "later": later,
                   "version": self.version, "source": fmt}
         accepted = int(self.db.scalar(f"SELECT count() FROM ({fresh})", params))
