@@ -263,15 +263,56 @@ def test_parquet_round_trip_of_generated_data(store: Database, tmp_path: Path) -
     assert store.scalar("SELECT countIf(disposition = 'ANSWERED' AND billsec = 0) FROM cdr_records") == 0
 
 
-def test_batches_do_not_change_the_result(embedded_db: Database, tmp_path: Path) -> None:
-    acc.add_account(embedded_db, "acme", "C1", "customer")
-    path = tmp_path / "b.csv"
-    body = "".join(f"c{i},2026-03-01 10:{i % 60:02d}:00,{i},,C1\n" for i in range(25))
-    path.write_text("call_id,start_time,duration,billsec,customer_code\n" + body
-                    + "c3,2026-03-01 10:03:00,3,,C1\n")
-    report, _ = ingest(embedded_db, path, tmp_path, batch_rows=4)
-    assert (report.accepted, report.duplicates) == (25, 1)
-    assert embedded_db.scalar("SELECT sum(duration) FROM cdr_records FINAL") == sum(range(25))
+def scratch_tables(db: Database) -> list[str]:
+    return [t for (t,) in db.rows("SELECT name FROM system.tables WHERE database = currentDatabase() "
+                                  "AND startsWith(name, '_ingest_')")]
+
+
+def test_batches_do_not_change_the_result(store: Database, tmp_path: Path) -> None:
+    # Batches are written by a background client while the next one is converted;
+    # writes stay in file order, so a call repeated in a later batch is a duplicate.
+    acc.add_account(store, "acme", "C1", "customer")
+    path = tmp_path / "b.jsonl"
+    calls = [(f"c{i}", i) for i in range(25)] + [("c3", 3), ("c24", 24)]
+    path.write_text("".join(json.dumps({"call_id": c, "start_time": f"2026-03-01 10:{d:02d}:00",
+                                        "duration": d, "customer_code": "C1"}) + "\n"
+                            for c, d in calls))
+    batches: list[int] = []
+    ing = Ingestor(store, IngestOptions(tenant="acme", batch_rows=4), tmp_path / "r.csv")
+    try:
+        report = ing.ingest(path, progress=batches.append)
+    finally:
+        ing.close()
+    assert len(batches) == 7 and batches == sorted(batches)     # 27 rows, 4 per batch
+    assert (report.read, report.accepted, report.duplicates) == (27, 25, 2)
+    assert store.rows("SELECT count(), sum(duration) FROM cdr_records") == [(25, sum(range(25)))]
+    assert scratch_tables(store) == []
+
+
+def test_an_interrupted_ingest_keeps_what_it_wrote_and_resumes(store: Database, tmp_path: Path) -> None:
+    path = tmp_path / "i.jsonl"
+    path.write_text("".join(json.dumps({"call_id": f"i{i}", "start_time": f"2026-03-01 11:{i:02d}:00",
+                                        "duration": i}) + "\n" for i in range(30)))
+    seen: list[int] = []
+
+    def progress(bytes_read: int) -> None:   # Ctrl-C once the second batch is written
+        seen.append(bytes_read)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    ing = Ingestor(store, IngestOptions(tenant="acme", batch_rows=10), tmp_path / "r.csv")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ing.ingest(path, progress=progress)
+    finally:
+        ing.close()
+    # the two batches written are stored whole, the third (converted meanwhile) is
+    # not written, and no scratch table is left behind
+    assert store.rows("SELECT count(), max(duration) FROM cdr_records") == [(20, 19)]
+    assert scratch_tables(store) == []
+    again, _ = ingest(store, path, tmp_path)
+    assert (again.accepted, again.duplicates) == (10, 20)
+    assert store.rows("SELECT count(), sum(duration) FROM cdr_records") == [(30, sum(range(30)))]
 
 
 ASTERISK_21 = (
