@@ -68,14 +68,10 @@ FIXED: dict[str, Any] = {
     # made prefix and suffix searches slower (measured: 19 -> 29 ms and 31 -> 62 ms
     # on 1M CDRs), as a short prefix or suffix matches calls in every part.
     "use_text_index_like_evaluation_by_dictionary_scan": 0,
-    # Let both cores share a read as small as two granules. By default a read
-    # under ~163k rows (20 granules) gets one thread, which is most viewer pages
-    # and dashboard windows (a week of a tenant, a recent slice). Measured on 5M
-    # CDRs, two runs of 21 interleaved rounds through run_view/run_sql: W10
-    # (builder tree) 51-58 -> 36-41 ms, W8 (prefix) -8..14 %, W3 -5..16 %;
-    # W7 (exact number, text index) +9..12 %; the rest within noise.
-    "merge_tree_min_rows_for_concurrent_read": 16384,
-    "merge_tree_min_bytes_for_concurrent_read": 1 << 20,
+    # (Not set: merge_tree_min_rows_for_concurrent_read = 16384, which lets two
+    # threads share reads under ~163k rows. Alone it made a builder page 30 %
+    # faster, but under the API load test it cost 8-31 % of the throughput:
+    # benchmarks/README.md, "Physical design".)
 }
 
 

@@ -600,9 +600,7 @@ def test_limits_per_role() -> None:
         "max_bytes_to_read": 50 * 1024 ** 3, "max_result_rows": 100_000,
         "max_memory_usage": 2 * 1024 ** 3, "readonly": 1, "result_overflow_mode": "throw",
         "use_query_condition_cache": 0, "do_not_merge_across_partitions_select_final": 1,
-        "use_text_index_like_evaluation_by_dictionary_scan": 0,
-        "merge_tree_min_rows_for_concurrent_read": 16384,
-        "merge_tree_min_bytes_for_concurrent_read": 1 << 20}
+        "use_text_index_like_evaluation_by_dictionary_scan": 0}
     assert limits_for("carrier") == limits_for("customer")
     for looser in ("admin", "tenant"):
         for name, value in limits_for("customer").items():
