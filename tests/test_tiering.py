@@ -445,21 +445,22 @@ def test_two_runs_cannot_hold_the_archive_at_once(moto_endpoint: str, bucket: st
     store = S3Store(bucket, "", endpoint=moto_endpoint, access_key="test", secret_key="test")
     with run_lock(store), pytest.raises(TierLocked, match="already in progress"):
         with run_lock(store):
-            pass
+            pytest.fail("a second run took the lock")
     # another process (alive, on another host) holds it
     store.put_bytes(layout.LOCK_KEY, json.dumps({
         "token": "x", "host": "elsewhere", "pid": 1, "what": "tier run",
         "started_at": "2026-11-22T00:00:00+00:00",
         "expires_at": "2999-01-01T00:00:00+00:00"}).encode())
     with pytest.raises(TierLocked, match="host elsewhere"), run_lock(store):
-        pass
+        pytest.fail("took a lock a live process holds")
     # … and a dead holder's lock is taken over
     store.put_bytes(layout.LOCK_KEY, json.dumps({
         "token": "x", "host": "elsewhere", "pid": 1, "what": "tier run",
         "started_at": "2026-11-20T00:00:00+00:00",
         "expires_at": "2026-11-21T00:00:00+00:00"}).encode())
     with run_lock(store):
-        pass
+        taken = json.loads(store.get_bytes(layout.LOCK_KEY))
+    assert taken["host"] != "elsewhere"
     assert store.get_bytes(layout.LOCK_KEY) is None
 
 
