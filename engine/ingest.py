@@ -391,31 +391,28 @@ class Ingestor:
             for batch in reader.read(path, self.options.batch_rows, self.options.source_tz):
                 prepared = self._prepare(path, batch, report)
                 try:
-                    if writing is not None:
-                        self._finish(writing, report, progress)
-                        writing = None
+                    self._finish(writing, report, progress)
                 except BaseException:
                     self._drop(prepared)
                     raise
-                if prepared is None:
-                    if progress:
-                        progress(batch.bytes_read)
-                else:
-                    writing = (self._writes.submit(self._write, self._writer(), prepared,
-                                                   reader.name), batch.bytes_read)
-            if writing is not None:
-                self._finish(writing, report, progress)
-                writing = None
+                writing = None if prepared is None else (
+                    self._writes.submit(self._write, self._writer(), prepared, reader.name),
+                    batch.bytes_read)
+                if prepared is None and progress:
+                    progress(batch.bytes_read)
+            self._finish(writing, report, progress)
         finally:
-            if writing is not None:  # failing on the way out: let the write end first
+            if writing is not None:  # on an error, let the write in flight end first
                 writing[0].exception()
         report.seconds = time.monotonic() - started
         return report
 
     @staticmethod
-    def _finish(writing: tuple[Future, int], report: FileReport,
+    def _finish(writing: tuple[Future, int] | None, report: FileReport,
                 progress: Progress | None) -> None:
-        """Wait for a batch's write; count its rows (raises what the write raised)."""
+        """Wait for a batch's write, if any; count its rows (raises what the write raised)."""
+        if writing is None:
+            return
         future, bytes_read = writing
         accepted, duplicates = future.result()
         report.accepted += accepted
