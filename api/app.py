@@ -18,12 +18,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from api import archive, billing, downloads, errors, userdata
-from api.service import Service, ServiceConfig
-from api.v1 import health, router
-from engine.migrate import migrate
-from tiering.policy import Policy
-from tiering.schedule import start_scheduler
+from cdrhouse.api import archive, billing, downloads, errors, userdata
+from cdrhouse.api.service import Service, ServiceConfig
+from cdrhouse.api.v1 import health, router
+from cdrhouse.engine.migrate import migrate
+from cdrhouse.tiering.policy import Policy
+from cdrhouse.tiering.schedule import start_scheduler
 
 access_log = logging.getLogger("cdrhouse.access")
 

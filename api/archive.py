@@ -20,24 +20,24 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
-from api.auth import Caller
-from api.downloads import Compression, _download, _plan
-from api.errors import Problem
-from api.v1 import caller, service
+from cdrhouse.api.auth import Caller
+from cdrhouse.api.downloads import Compression, _download, _plan
+from cdrhouse.api.errors import Problem
+from cdrhouse.api.v1 import caller, service
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from engine import export
-from engine import query as q
-from engine.db import Database
-from sql import catalogue
-from sql.limits import limits_for
-from sql.viewer import ViewRequest
-from tiering import layout
-from tiering.layout import Manifest
-from tiering.policy import parse_month
-from tiering.reader import WarmReader
-from tiering.store import LocalStore
-from tiering.warm import WarmMonth, warm_months
+from cdrhouse.engine import export
+from cdrhouse.engine import query as q
+from cdrhouse.engine.db import Database
+from cdrhouse.sql import catalogue
+from cdrhouse.sql.limits import limits_for
+from cdrhouse.sql.viewer import ViewRequest
+from cdrhouse.tiering import layout
+from cdrhouse.tiering.layout import Manifest
+from cdrhouse.tiering.policy import parse_month
+from cdrhouse.tiering.reader import WarmReader
+from cdrhouse.tiering.store import LocalStore
+from cdrhouse.tiering.warm import WarmMonth, warm_months
 
 router = APIRouter(prefix="/v1/archive", tags=["archive"])
 

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from api.errors import Problem
-from engine import accounts as acc
-from engine import keys
-from engine.db import Database
-from sql.principal import Principal
+from cdrhouse.api.errors import Problem
+from cdrhouse.engine import accounts as acc
+from cdrhouse.engine import keys
+from cdrhouse.engine.db import Database
+from cdrhouse.sql.principal import Principal
 
 
 @dataclass(frozen=True)

@@ -20,16 +20,16 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from api import v1
-from api.auth import Caller
-from api.errors import Problem
-from api.userdata import _store, job_json
-from engine import accounts as acc
-from engine import ledger
-from engine import ratecards as rc
-from engine import recalc as rec
-from engine.db import Database
-from engine.pool import DatabasePool
+from cdrhouse.api import v1
+from cdrhouse.api.auth import Caller
+from cdrhouse.api.errors import Problem
+from cdrhouse.api.userdata import _store, job_json
+from cdrhouse.engine import accounts as acc
+from cdrhouse.engine import ledger
+from cdrhouse.engine import ratecards as rc
+from cdrhouse.engine import recalc as rec
+from cdrhouse.engine.db import Database
+from cdrhouse.engine.pool import DatabasePool
 
 router = APIRouter(prefix="/v1")
 log = logging.getLogger("cdrhouse.billing")

@@ -25,25 +25,25 @@ from rich.console import Console
 from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress,
                            TextColumn, TimeElapsedColumn, TimeRemainingColumn)
 
-from api.cli_tier import tier_app
-from api import cli_billing
-from api.render import FORMATS, render
-from engine import accounts as acc
-from engine import generate, keys
-from engine.db import Database, StoreConfig, StoreError, StoreLocked
-from engine.formats.base import FormatError
-from engine.ingest import IngestError, IngestOptions, Ingestor
-from engine.migrate import migrate
-from sql import catalogue
-from engine.query import QueryFailed, run_sql, run_view
-from sql.builder import BuilderError
-from sql.principal import Principal, PrincipalError
-from sql.usersql import UserSQLError
-from sql.viewer import ViewerError, ViewRequest
-from tiering.lock import TierLocked
-from tiering.policy import DEFAULT_KEEP_MONTHS
-from tiering.schedule import DEFAULT_CRON, parse_cron
-from tiering.store import ArchiveConfig, ArchiveError, open_archive
+from cdrhouse.api.cli_tier import tier_app
+from cdrhouse.api import cli_billing
+from cdrhouse.api.render import FORMATS, render
+from cdrhouse.engine import accounts as acc
+from cdrhouse.engine import generate, keys
+from cdrhouse.engine.db import Database, StoreConfig, StoreError, StoreLocked
+from cdrhouse.engine.formats.base import FormatError
+from cdrhouse.engine.ingest import IngestError, IngestOptions, Ingestor
+from cdrhouse.engine.migrate import migrate
+from cdrhouse.sql import catalogue
+from cdrhouse.engine.query import QueryFailed, run_sql, run_view
+from cdrhouse.sql.builder import BuilderError
+from cdrhouse.sql.principal import Principal, PrincipalError
+from cdrhouse.sql.usersql import UserSQLError
+from cdrhouse.sql.viewer import ViewerError, ViewRequest
+from cdrhouse.tiering.lock import TierLocked
+from cdrhouse.tiering.policy import DEFAULT_KEEP_MONTHS
+from cdrhouse.tiering.schedule import DEFAULT_CRON, parse_cron
+from cdrhouse.tiering.store import ArchiveConfig, ArchiveError, open_archive
 
 err = Console(stderr=True, soft_wrap=True)
 app = typer.Typer(help="cdrhouse: an analytical store for call detail records on ClickHouse.",
@@ -230,8 +230,8 @@ def serve(
 
     import uvicorn
 
-    from api.app import create_app
-    from api.service import ServiceConfig
+    from cdrhouse.api.app import create_app
+    from cdrhouse.api.service import ServiceConfig
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config: StoreConfig = ctx.obj

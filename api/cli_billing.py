@@ -19,13 +19,13 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from api.render import FORMATS, render
-from engine import accounts as acc
-from engine import ledger as led
-from engine import ratecards as rc
-from engine import recalc as rec
-from engine import userdata as ud
-from sql.principal import PrincipalError, PrincipalRef
+from cdrhouse.api.render import FORMATS, render
+from cdrhouse.engine import accounts as acc
+from cdrhouse.engine import ledger as led
+from cdrhouse.engine import ratecards as rc
+from cdrhouse.engine import recalc as rec
+from cdrhouse.engine import userdata as ud
+from cdrhouse.sql.principal import PrincipalError, PrincipalRef
 
 F = TypeVar("F", bound=Callable[..., Any])
 

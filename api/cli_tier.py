@@ -10,12 +10,12 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn)
 
-from api.render import render
-from engine.db import Database, StoreConfig
-from engine.migrate import migrate
-from tiering import archive, jobs, layout, warm
-from tiering.policy import DEFAULT_KEEP_MONTHS, Policy, parse_month
-from tiering.store import ArchiveConfig, ObjectStore, open_archive
+from cdrhouse.api.render import render
+from cdrhouse.engine.db import Database, StoreConfig
+from cdrhouse.engine.migrate import migrate
+from cdrhouse.tiering import archive, jobs, layout, warm
+from cdrhouse.tiering.policy import DEFAULT_KEEP_MONTHS, Policy, parse_month
+from cdrhouse.tiering.store import ArchiveConfig, ObjectStore, open_archive
 
 err = Console(stderr=True, soft_wrap=True)
 tier_app = typer.Typer(help="Hot → warm tiering: archive old months to Parquet, restore them.",

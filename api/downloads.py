@@ -71,15 +71,15 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from api.auth import Caller
-from api.errors import Problem
-from api.v1 import (SearchBody, SQLBody, ViewParams, caller, service, to_request, translate,
+from cdrhouse.api.auth import Caller
+from cdrhouse.api.errors import Problem
+from cdrhouse.api.v1 import (SearchBody, SQLBody, ViewParams, caller, service, to_request, translate,
                     view_params, warm_sources)
-from engine import export
-from engine import query as q
-from engine.db import Database
-from engine.pool import PoolExhausted
-from sql.viewer import resolve_range
+from cdrhouse.engine import export
+from cdrhouse.engine import query as q
+from cdrhouse.engine.db import Database
+from cdrhouse.engine.pool import PoolExhausted
+from cdrhouse.sql.viewer import resolve_range
 
 router = APIRouter(prefix="/v1", tags=["downloads"])
 log = logging.getLogger("cdrhouse.downloads")

@@ -22,14 +22,14 @@ from typing import TypeVar
 import anyio
 from fastapi import Request
 
-from api.auth import Caller, FailureLimiter, authenticate, secret_from
-from api.errors import Problem
-from engine import query as q
-from engine.db import Database, StoreConfig
-from engine.pool import DatabasePool, PoolExhausted
-from tiering.policy import DEFAULT_KEEP_MONTHS
-from tiering.reader import WarmReader
-from tiering.store import ArchiveConfig, open_archive
+from cdrhouse.api.auth import Caller, FailureLimiter, authenticate, secret_from
+from cdrhouse.api.errors import Problem
+from cdrhouse.engine import query as q
+from cdrhouse.engine.db import Database, StoreConfig
+from cdrhouse.engine.pool import DatabasePool, PoolExhausted
+from cdrhouse.tiering.policy import DEFAULT_KEEP_MONTHS
+from cdrhouse.tiering.reader import WarmReader
+from cdrhouse.tiering.store import ArchiveConfig, open_archive
 
 T = TypeVar("T")
 

@@ -32,15 +32,15 @@ import anyio
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from pydantic import BaseModel, Field, ValidationError
 
-from api import v1
-from api.auth import Caller
-from api.errors import Problem
-from engine import userdata as ud
-from engine.db import Database
-from engine.pool import PoolExhausted
-from sql.builder import InvalidValue, zone
-from sql.guard import compile_user_sql
-from sql.viewer import ViewerError, compile_view, resolve_columns
+from cdrhouse.api import v1
+from cdrhouse.api.auth import Caller
+from cdrhouse.api.errors import Problem
+from cdrhouse.engine import userdata as ud
+from cdrhouse.engine.db import Database
+from cdrhouse.engine.pool import PoolExhausted
+from cdrhouse.sql.builder import InvalidValue, zone
+from cdrhouse.sql.guard import compile_user_sql
+from cdrhouse.sql.viewer import ViewerError, compile_view, resolve_columns
 
 T = TypeVar("T")
 

@@ -16,18 +16,18 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, Field
 
-from api.auth import Caller
-from api.errors import Problem
-from engine import accounts as acc
-from engine import query as q
-from engine.db import Database
-from sql import catalogue
-from sql.builder import BuilderError
-from sql.guard import GuardError
-from sql.operators import operators_for
-from sql.usersql import UserSQLError
-from sql.viewer import RANGES, ViewerError, ViewRequest, resolve_range
-from tiering.reader import WarmSources
+from cdrhouse.api.auth import Caller
+from cdrhouse.api.errors import Problem
+from cdrhouse.engine import accounts as acc
+from cdrhouse.engine import query as q
+from cdrhouse.engine.db import Database
+from cdrhouse.sql import catalogue
+from cdrhouse.sql.builder import BuilderError
+from cdrhouse.sql.guard import GuardError
+from cdrhouse.sql.operators import operators_for
+from cdrhouse.sql.usersql import UserSQLError
+from cdrhouse.sql.viewer import RANGES, ViewerError, ViewRequest, resolve_range
+from cdrhouse.tiering.reader import WarmSources
 
 router = APIRouter(prefix="/v1")
 
@@ -313,7 +313,7 @@ async def fields(who: Caller = Depends(caller)) -> dict:
 @router.get("/cdrs", summary="Viewer listing: one page of CDRs", response_model=PageOut)
 async def list_cdrs(request: Request, p: ViewParams = Depends(view_params),
                     who: Caller = Depends(caller)) -> dict:
-    from api.userdata import apply_preferences  # the key's remembered tz and columns
+    from cdrhouse.api.userdata import apply_preferences  # the key's remembered tz and columns
     p = await apply_preferences(request, who, p)
     return await _view(request, who, p, None)
 
@@ -321,7 +321,7 @@ async def list_cdrs(request: Request, p: ViewParams = Depends(view_params),
 @router.post("/cdrs/search", summary="Viewer listing with a query-builder tree",
              response_model=PageOut)
 async def search_cdrs(request: Request, body: SearchBody, who: Caller = Depends(caller)) -> dict:
-    from api.userdata import apply_preferences
+    from cdrhouse.api.userdata import apply_preferences
     p = await apply_preferences(request, who, body, given=body.model_fields_set)
     return await _view(request, who, p, body.rules)
 
@@ -379,7 +379,7 @@ async def healthz() -> dict:
 
 @health.get("/readyz", summary="ClickHouse reachable and schema current")
 async def readyz(request: Request):
-    from engine.migrate import is_current
+    from cdrhouse.engine.migrate import is_current
 
     def work() -> bool:
         with service(request).pool.acquire(timeout=5) as db:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import tempfile
 
-from engine import generate
-from engine.db import Database
+from cdrhouse.engine import generate
+from cdrhouse.engine.db import Database
 
 
 def load(db: Database, spec: generate.GenSpec) -> None:

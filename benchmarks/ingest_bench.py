@@ -23,9 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from engine import generate
-from engine.db import Database, StoreConfig
-from engine.migrate import migrate
+from cdrhouse.engine import generate
+from cdrhouse.engine.db import Database, StoreConfig
+from cdrhouse.engine.migrate import migrate
 
 
 def _ingest(data_dir: Path, path: Path, tenant: str) -> dict:
@@ -46,7 +46,7 @@ def _ingest(data_dir: Path, path: Path, tenant: str) -> dict:
 # process image, so unlike ru_maxrss it does not inherit the parent's peak.
 _CHILD = """
 import re, sys
-from api.cli import main
+from cdrhouse.api.cli import main
 path, tenant = sys.argv[1], sys.argv[2]
 sys.argv = ["cdrhouse", "ingest", path, "--tenant", tenant]
 try:

@@ -29,9 +29,9 @@ from pathlib import Path
 import httpx
 
 from benchmarks import dataset
-from engine import generate, keys
-from engine.db import Database, StoreConfig
-from engine.migrate import migrate
+from cdrhouse.engine import generate, keys
+from cdrhouse.engine.db import Database, StoreConfig
+from cdrhouse.engine.migrate import migrate
 
 END = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
 
@@ -126,7 +126,7 @@ def main() -> None:
     # the server's access log goes to a file: an unread pipe would fill up and
     # block the server's event loop on its next log line
     server_log = open(Path(tmp.name) / "server.log", "wb")
-    server = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--host", "127.0.0.1",
+    server = subprocess.Popen([sys.executable, "-m", "cdrhouse.api.cli", "serve", "--host", "127.0.0.1",
                                "--port", str(port), "--pool", str(args.pool)],
                               env=env, stdout=subprocess.DEVNULL, stderr=server_log)
     base = f"http://127.0.0.1:{port}"

@@ -52,14 +52,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from engine import export as ex
-from engine import generate
-from engine.db import Database, StoreConfig
-from engine.ingest import IngestOptions, ingest_paths
-from engine.migrate import migrate
-from engine.query import run_sql, run_view
-from sql.principal import Principal
-from sql.viewer import ViewRequest
+from cdrhouse.engine import export as ex
+from cdrhouse.engine import generate
+from cdrhouse.engine.db import Database, StoreConfig
+from cdrhouse.engine.ingest import IngestOptions, ingest_paths
+from cdrhouse.engine.migrate import migrate
+from cdrhouse.engine.query import run_sql, run_view
+from cdrhouse.sql.principal import Principal
+from cdrhouse.sql.viewer import ViewRequest
 
 UTC = dt.timezone.utc
 END = dt.datetime(2026, 11, 1, tzinfo=UTC)

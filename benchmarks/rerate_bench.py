@@ -31,11 +31,11 @@ from decimal import Decimal
 from pathlib import Path
 
 from benchmarks import dataset
-from engine import accounts as acc
-from engine import generate, recalc, summary
-from engine import ratecards as rc
-from engine.db import Database, StoreConfig
-from engine.migrate import migrate
+from cdrhouse.engine import accounts as acc
+from cdrhouse.engine import generate, recalc, summary
+from cdrhouse.engine import ratecards as rc
+from cdrhouse.engine.db import Database, StoreConfig
+from cdrhouse.engine.migrate import migrate
 
 END = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
 OP = "tenant:acme"

@@ -24,14 +24,14 @@ import time
 from pathlib import Path
 
 from benchmarks import dataset
-from engine import generate
-from engine.db import Database, StoreConfig
-from engine.migrate import migrate
-from sql.builder import compile_rules
-from sql.guard import _compile_text, compile_user_sql
-from sql.limits import limits_for
-from sql.principal import Principal
-from sql.viewer import ViewRequest, compile_view
+from cdrhouse.engine import generate
+from cdrhouse.engine.db import Database, StoreConfig
+from cdrhouse.engine.migrate import migrate
+from cdrhouse.sql.builder import compile_rules
+from cdrhouse.sql.guard import _compile_text, compile_user_sql
+from cdrhouse.sql.limits import limits_for
+from cdrhouse.sql.principal import Principal
+from cdrhouse.sql.viewer import ViewRequest, compile_view
 
 END = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
 

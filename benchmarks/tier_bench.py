@@ -35,18 +35,18 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from benchmarks import dataset
-from engine import accounts as acc
-from engine import generate
-from engine import query as q
-from engine.db import Database, StoreConfig
-from engine.migrate import migrate
-from sql.principal import Principal
-from sql.viewer import ViewRequest
-from tiering import verify, warm
-from tiering.archive import Tiering
-from tiering.policy import Policy, add_months, month_of
-from tiering.reader import WarmReader
-from tiering.store import LocalStore, ObjectStore, S3Store
+from cdrhouse.engine import accounts as acc
+from cdrhouse.engine import generate
+from cdrhouse.engine import query as q
+from cdrhouse.engine.db import Database, StoreConfig
+from cdrhouse.engine.migrate import migrate
+from cdrhouse.sql.principal import Principal
+from cdrhouse.sql.viewer import ViewRequest
+from cdrhouse.tiering import verify, warm
+from cdrhouse.tiering.archive import Tiering
+from cdrhouse.tiering.policy import Policy, add_months, month_of
+from cdrhouse.tiering.reader import WarmReader
+from cdrhouse.tiering.store import LocalStore, ObjectStore, S3Store
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -12,10 +12,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from engine.db import Database
+from cdrhouse.engine.db import Database
 
 if TYPE_CHECKING:
-    from sql.principal import Principal
+    from cdrhouse.sql.principal import Principal
 
 AccountKind = Literal["customer", "carrier"]
 KINDS: tuple[str, ...] = ("customer", "carrier")
@@ -108,7 +108,7 @@ def resolve_principal(db: Database, text: str) -> Principal:
     Account codes become ids here, at the edge, so that the SQL layer stays pure.
     An unknown account is an error naming it.
     """
-    from sql.principal import Principal, PrincipalRef
+    from cdrhouse.sql.principal import Principal, PrincipalRef
 
     ref = PrincipalRef.parse(text)
     if ref.role == "admin":

@@ -62,13 +62,13 @@ from typing import Any
 import zstandard
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from engine import query as q
-from engine.db import Database
-from sql.guard import compile_user_sql
-from sql.archive import with_archive
-from sql.limits import limits_for
-from sql.principal import Principal
-from sql.viewer import ViewRequest, compile_view
+from cdrhouse.engine import query as q
+from cdrhouse.engine.db import Database
+from cdrhouse.sql.guard import compile_user_sql
+from cdrhouse.sql.archive import with_archive
+from cdrhouse.sql.limits import limits_for
+from cdrhouse.sql.principal import Principal
+from cdrhouse.sql.viewer import ViewRequest, compile_view
 
 #: About how many bytes each chunk of a download holds.
 CHUNK_BYTES = 256 * 1024

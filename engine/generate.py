@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from engine import accounts as acc
-from engine.db import Database
+from cdrhouse.engine import accounts as acc
+from cdrhouse.engine.db import Database
 
 # (ISO country, country code, national digits, weight, customer rate per minute)
 COUNTRIES: tuple[tuple[str, str, int, int, str], ...] = (
@@ -193,7 +193,7 @@ def rate_cards(db: Database, spec: GenSpec, effective_from: dt.date = dt.date(20
     the country's rate times the account's discount (computed by ClickHouse with
     the generator's own expression, so re-rating generated calls changes no money).
     """
-    from engine.ratecards import Rate
+    from cdrhouse.engine.ratecards import Rate
 
     rate = "[" + ", ".join(f"toDecimal64('{c[4]}', 6)" for c in COUNTRIES) + "]"
     start = dt.datetime.combine(effective_from, dt.time(), dt.timezone.utc)
@@ -216,7 +216,7 @@ def rate_cards(db: Database, spec: GenSpec, effective_from: dt.date = dt.date(20
 
 def load_rate_cards(db: Database, spec: GenSpec) -> int:
     """Store `rate_cards(spec)` for the generator's accounts; returns how many rates."""
-    from engine import ratecards
+    from cdrhouse.engine import ratecards
 
     n = 0
     for (tenant, kind, code), rates in rate_cards(db, spec).items():
@@ -276,7 +276,7 @@ def load(db: Database, spec: GenSpec, workdir: Path) -> int:
     """Generate `spec` per tenant to Parquet in `workdir` and ingest it through the real
     ingest path (accounts created first); returns the rows accepted. For the
     benchmarks and the tests, which want realistic data stored the way users store it."""
-    from engine.ingest import IngestOptions, ingest_paths  # ingest does not import us
+    from cdrhouse.engine.ingest import IngestOptions, ingest_paths  # ingest does not import us
 
     ensure_accounts(db, spec)
     accepted = 0

@@ -37,12 +37,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pyarrow as pa
 
-from engine import accounts as acc
-from engine import ratecards, rating
-from engine.db import Database
-from engine.formats import detect
-from engine.formats.base import LINE, FormatError, RawBatch, RawReject
-from sql import catalogue
+from cdrhouse.engine import accounts as acc
+from cdrhouse.engine import ratecards, rating
+from cdrhouse.engine.db import Database
+from cdrhouse.engine.formats import detect
+from cdrhouse.engine.formats.base import LINE, FormatError, RawBatch, RawReject
+from cdrhouse.sql import catalogue
 
 #: Columns written to cdr_records besides the catalogue fields.
 _INTERNAL = ("version", "source")

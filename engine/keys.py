@@ -14,8 +14,8 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from engine.db import Database
-from sql.principal import PrincipalRef
+from cdrhouse.engine.db import Database
+from cdrhouse.sql.principal import PrincipalRef
 
 SECRET_PREFIX = "cdrh_"
 

@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
-from engine import accounts as acc
-from engine.db import Database
+from cdrhouse.engine import accounts as acc
+from cdrhouse.engine.db import Database
 
 ENTRY_TYPES: tuple[str, ...] = ("opening", "payment", "credit", "adjustment")
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.db import Database, StoreError
-from sql.schema import Migration, migrations
+from cdrhouse.engine.db import Database, StoreError
+from cdrhouse.sql.schema import Migration, migrations
 
 _BOOKKEEPING = """
 CREATE TABLE IF NOT EXISTS schema_migrations

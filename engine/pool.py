@@ -14,7 +14,7 @@ import queue
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from engine.db import Database, StoreConfig
+from cdrhouse.engine.db import Database, StoreConfig
 
 
 class PoolExhausted(Exception):

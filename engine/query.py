@@ -21,12 +21,12 @@ from typing import Any
 
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from engine.db import Database
-from sql.archive import with_archive
-from sql.guard import compile_user_sql
-from sql.limits import explain_limit_error, limits_for
-from sql.principal import Principal
-from sql.viewer import CompiledQuery, ViewRequest, compile_view, time_slices
+from cdrhouse.engine.db import Database
+from cdrhouse.sql.archive import with_archive
+from cdrhouse.sql.guard import compile_user_sql
+from cdrhouse.sql.limits import explain_limit_error, limits_for
+from cdrhouse.sql.principal import Principal
+from cdrhouse.sql.viewer import CompiledQuery, ViewRequest, compile_view, time_slices
 
 _TAG_SAFE = re.compile(r"[^A-Za-z0-9:#/_.-]")
 

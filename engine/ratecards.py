@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from engine import accounts as acc
-from engine.db import Database
+from cdrhouse.engine import accounts as acc
+from cdrhouse.engine.db import Database
 
 REQUIRED = ("prefix", "rate_per_min", "connect_fee", "increment", "min_duration",
             "effective_from", "currency")

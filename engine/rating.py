@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from sql import catalogue
+from cdrhouse.sql import catalogue
 
 Mode = Literal["fill", "reprice"]
 MAX_PREFIX = 20

@@ -56,12 +56,12 @@ from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from engine import accounts as acc
-from engine import ledger, ratecards, summary
-from engine import userdata as ud
-from engine.db import Database
-from engine.rating import RATED_COLUMNS, rated_select
-from sql import catalogue
+from cdrhouse.engine import accounts as acc
+from cdrhouse.engine import ledger, ratecards, summary
+from cdrhouse.engine import userdata as ud
+from cdrhouse.engine.db import Database
+from cdrhouse.engine.rating import RATED_COLUMNS, rated_select
+from cdrhouse.sql import catalogue
 
 KIND = "recalc"
 OPS: tuple[str, ...] = ("refresh-credit", "refresh-summaries", "rerate", "adjust-duration")
@@ -457,7 +457,7 @@ def claim(db: Database, job: ud.Job) -> ud.Job:
 
 
 def _principal_tenant(principal: str) -> str | None:
-    from sql.principal import PrincipalRef
+    from cdrhouse.sql.principal import PrincipalRef
     ref = PrincipalRef.parse(principal)
     if ref.role == "admin":
         return None

@@ -35,7 +35,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 
-from engine.db import Database
+from cdrhouse.engine.db import Database
 
 KEYS = ("tenant_id", "day", "customer_id", "carrier_id", "country", "dst_prefix", "currency")
 SUMS = ("calls", "connected", "duration", "billsec", "billed_sec", "customer_charge",

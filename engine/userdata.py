@@ -34,8 +34,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from engine.db import Database
-from sql.principal import PrincipalRef
+from cdrhouse.engine.db import Database
+from cdrhouse.sql.principal import PrincipalRef
 
 QueryKind = Literal["viewer", "search", "sql"]
 QUERY_KINDS: tuple[str, ...] = ("viewer", "search", "sql")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sql import catalogue
+from cdrhouse.sql import catalogue
 
 HOT_READ = "FROM cdr_records FINAL"
 

@@ -40,10 +40,10 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sql import catalogue
-from sql.catalogue import Field
-from sql.operators import JQUERY_KEYS, RQB_KEYS, Operator, Target, lookup
-from sql.principal import Principal
+from cdrhouse.sql import catalogue
+from cdrhouse.sql.catalogue import Field
+from cdrhouse.sql.operators import JQUERY_KEYS, RQB_KEYS, Operator, Target, lookup
+from cdrhouse.sql.principal import Principal
 
 MAX_DEPTH = 8
 MAX_RULES = 200

@@ -46,10 +46,10 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ErrorLevel, SqlglotError
 
-from sql import catalogue, functions
-from sql.logical import PHYSICAL_TABLES, TABLES, LogicalTable
-from sql.principal import Principal
-from sql.usersql import UserSQLError, parse_one_select
+from cdrhouse.sql import catalogue, functions
+from cdrhouse.sql.logical import PHYSICAL_TABLES, TABLES, LogicalTable
+from cdrhouse.sql.principal import Principal
+from cdrhouse.sql.usersql import UserSQLError, parse_one_select
 
 #: Query parameters whose names start with this belong to the guard.
 RESERVED_PARAM_PREFIX = "__guard"

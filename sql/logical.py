@@ -27,8 +27,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from sql import catalogue
-from sql.schema import migrations
+from cdrhouse.sql import catalogue
+from cdrhouse.sql.schema import migrations
 
 #: role → column holding that role's account id (what Principal.guard filters on).
 DEFAULT_ACCOUNT_COLUMNS: tuple[tuple[str, str], ...] = (

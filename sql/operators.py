@@ -52,7 +52,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from sql.catalogue import Field
+from cdrhouse.sql.catalogue import Field
 
 Arity = Literal[0, 1, 2, "list"]
 #: What a rule compares: the field's value (addresses for ip fields), its stored

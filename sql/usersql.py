@@ -46,7 +46,7 @@ def expand_logical_tables(sql: str) -> str:
     field visible, and all the guard's refusals (table functions, system tables,
     settings, …) still apply. Raises UserSQLError.
     """
-    from sql.guard import compile_user_sql  # the guard imports this module
-    from sql.principal import Principal
+    from cdrhouse.sql.guard import compile_user_sql  # the guard imports this module
+    from cdrhouse.sql.principal import Principal
 
     return compile_user_sql(sql, Principal.admin()).sql

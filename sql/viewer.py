@@ -57,13 +57,13 @@ from decimal import Decimal
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
-from sql import catalogue
-from sql.builder import (
+from cdrhouse.sql import catalogue
+from cdrhouse.sql.builder import (
     DT_TYPE, ROLE_NAMES, BuilderError, InvalidValue, compile_rules, convert_value,
     day_start, format_instant, param_type, parse_instant, zone,
 )
-from sql.catalogue import Field
-from sql.principal import Principal
+from cdrhouse.sql.catalogue import Field
+from cdrhouse.sql.principal import Principal
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000

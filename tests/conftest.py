@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from chserver import ClickHouseHTTPServer
 from s3servers import MotoServer, RcloneS3Server
 
-from engine.db import Database, StoreConfig
-from engine.migrate import migrate
+from cdrhouse.engine.db import Database, StoreConfig
+from cdrhouse.engine.migrate import migrate
 
 
 @pytest.fixture(scope="session")

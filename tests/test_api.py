@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from api.service import ServiceConfig
-from engine import accounts as acc
-from engine import keys
-from engine.db import Database, StoreConfig
-from engine.migrate import migrate
+from cdrhouse.api.app import create_app
+from cdrhouse.api.service import ServiceConfig
+from cdrhouse.engine import accounts as acc
+from cdrhouse.engine import keys
+from cdrhouse.engine.db import Database, StoreConfig
+from cdrhouse.engine.migrate import migrate
 
 ROWS = [
     # tenant, call_id, customer_id, carrier_id, start, billsec, charge, cost, src, dst, recording

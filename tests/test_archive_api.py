@@ -19,19 +19,19 @@ from fastapi.testclient import TestClient
 from s3servers import s3_client
 from test_tiering import ARCHIVED, NEWEST, OLDEST, TODAY, load
 
-from api.app import create_app
-from api.service import ServiceConfig
-from engine import accounts as acc
-from engine import keys
-from engine.db import Database, StoreConfig
-from engine.migrate import migrate
-from sql import catalogue
-from sql.archive import ArchiveSourceError, union_read, with_archive
-from sql.limits import limits_for
-from tiering import layout
-from tiering.archive import Tiering
-from tiering.policy import add_months
-from tiering.store import ArchiveConfig, LocalStore, S3Store
+from cdrhouse.api.app import create_app
+from cdrhouse.api.service import ServiceConfig
+from cdrhouse.engine import accounts as acc
+from cdrhouse.engine import keys
+from cdrhouse.engine.db import Database, StoreConfig
+from cdrhouse.engine.migrate import migrate
+from cdrhouse.sql import catalogue
+from cdrhouse.sql.archive import ArchiveSourceError, union_read, with_archive
+from cdrhouse.sql.limits import limits_for
+from cdrhouse.tiering import layout
+from cdrhouse.tiering.archive import Tiering
+from cdrhouse.tiering.policy import add_months
+from cdrhouse.tiering.store import ArchiveConfig, LocalStore, S3Store
 
 WHO = ("admin", "tenant:acme", "tenant:acme/customer:C001", "tenant:acme/carrier:K001",
        "tenant:globex", "tenant:globex/customer:C002")

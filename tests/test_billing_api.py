@@ -10,11 +10,11 @@ import pytest
 from fastapi.testclient import TestClient
 from test_recalc import REPRICED, _load, money, req
 
-from api.app import create_app
-from api.service import ServiceConfig
-from engine import keys, ledger, recalc
-from engine.db import Database, StoreConfig
-from engine.migrate import migrate
+from cdrhouse.api.app import create_app
+from cdrhouse.api.service import ServiceConfig
+from cdrhouse.engine import keys, ledger, recalc
+from cdrhouse.engine.db import Database, StoreConfig
+from cdrhouse.engine.migrate import migrate
 
 PRINCIPALS = {"op": "tenant:acme", "c1": "tenant:acme/customer:C1",
               "k1": "tenant:acme/carrier:K1", "admin": "admin", "gop": "tenant:globex"}
@@ -138,7 +138,7 @@ def test_resume_over_http(env) -> None:
     recalc.claim(db, job)
     r = call(env, "op", "POST", f"/v1/recalc/{job.job_id}/resume")
     assert r.status_code == 409, r.text                      # its process (this one) is alive
-    from engine import userdata as ud
+    from cdrhouse.engine import userdata as ud
     ud.update_job(db, job.job_id, result={**ud.get_job(db, job.job_id).result, "stopped": True})
     r = call(env, "op", "POST", f"/v1/recalc/{job.job_id}/resume")
     assert r.status_code == 202, r.text

@@ -26,11 +26,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.db import Database, StoreConfig
-from engine.migrate import migrate
-from sql import catalogue, operators
-from sql.builder import BuilderError, Predicate, compile_rules
-from sql.principal import Principal
+from cdrhouse.engine.db import Database, StoreConfig
+from cdrhouse.engine.migrate import migrate
+from cdrhouse.sql import catalogue, operators
+from cdrhouse.sql.builder import BuilderError, Predicate, compile_rules
+from cdrhouse.sql.principal import Principal
 
 OPERATOR = Principal.operator("acme")
 CUSTOMER = Principal.customer("acme", 1)

@@ -14,7 +14,7 @@ import pytest
 def run(data_dir: Path, *args: str, check: bool = False) -> subprocess.CompletedProcess:
     env = {**os.environ, "CDRHOUSE_DATA_DIR": str(data_dir), "COLUMNS": "200"}
     env.pop("CDRHOUSE_CLICKHOUSE", None)
-    proc = subprocess.run([sys.executable, "-m", "api.cli", *args], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "cdrhouse.api.cli", *args], capture_output=True,
                           text=True, env=env, timeout=300)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}")

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine.db import Database
-from engine.query import run_sql
-from sql.principal import Principal
+from cdrhouse.engine.db import Database
+from cdrhouse.engine.query import run_sql
+from cdrhouse.sql.principal import Principal
 
 
 def _call(db: Database, call_id: str, customer: int, billsec: int, charge: str | None) -> None:

@@ -28,14 +28,14 @@ import pytest
 import uvicorn
 import zstandard
 
-from api.app import create_app
-from api.service import ServiceConfig
-from engine import accounts as acc
-from engine import export, keys
-from engine.db import Database, StoreConfig
-from engine.migrate import migrate
-from sql.principal import Principal
-from sql.viewer import ViewRequest
+from cdrhouse.api.app import create_app
+from cdrhouse.api.service import ServiceConfig
+from cdrhouse.engine import accounts as acc
+from cdrhouse.engine import export, keys
+from cdrhouse.engine.db import Database, StoreConfig
+from cdrhouse.engine.migrate import migrate
+from cdrhouse.sql.principal import Principal
+from cdrhouse.sql.viewer import ViewRequest
 
 ROWS = [
     # tenant, call_id, customer, carrier, start, answer, billsec, charge, cost, sip_reason

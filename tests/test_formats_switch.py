@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from engine.formats import asterisk, freeswitch
-from engine.formats.base import LINE, FormatError, RawReject
+from cdrhouse.engine.formats import asterisk, freeswitch
+from cdrhouse.engine.formats.base import LINE, FormatError, RawReject
 
 
 def read_all(reader: Any, path: Path, batch_rows: int = 1000) -> tuple[list[dict], list[RawReject]]:

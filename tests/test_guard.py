@@ -19,14 +19,14 @@ from typing import Any, NamedTuple
 import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError
 
-from engine import accounts as acc
-from engine.db import Database, StoreConfig
-from engine.migrate import migrate
-from sql import functions
-from sql.guard import CompiledSQL, GuardError, compile_user_sql
-from sql.limits import FIXED, explain_limit_error, limits_for
-from sql.principal import Principal
-from sql.usersql import UserSQLError, expand_logical_tables
+from cdrhouse.engine import accounts as acc
+from cdrhouse.engine.db import Database, StoreConfig
+from cdrhouse.engine.migrate import migrate
+from cdrhouse.sql import functions
+from cdrhouse.sql.guard import CompiledSQL, GuardError, compile_user_sql
+from cdrhouse.sql.limits import FIXED, explain_limit_error, limits_for
+from cdrhouse.sql.principal import Principal
+from cdrhouse.sql.usersql import UserSQLError, expand_logical_tables
 
 # -- principals and the data every ClickHouse test loads -----------------------------------
 

@@ -12,10 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engine import accounts as acc
-from engine.db import Database
-from engine.formats.base import FormatError
-from engine.ingest import IngestError, IngestOptions, Ingestor
+from cdrhouse.engine import accounts as acc
+from cdrhouse.engine.db import Database
+from cdrhouse.engine.formats.base import FormatError
+from cdrhouse.engine.ingest import IngestError, IngestOptions, Ingestor
 
 UTC = dt.timezone.utc
 
@@ -243,7 +243,7 @@ def test_parquet_with_typed_columns(accounts: Database, tmp_path: Path) -> None:
 
 def test_parquet_round_trip_of_generated_data(store: Database, tmp_path: Path) -> None:
     """The generator's file ingests completely, and twice is the same as once."""
-    from engine import generate
+    from cdrhouse.engine import generate
     spec = generate.GenSpec(rows=3000, months=2, seed=7, tenants=("acme", "globex"),
                             end=dt.datetime(2026, 11, 1, tzinfo=UTC))
     generate.ensure_accounts(store, spec)

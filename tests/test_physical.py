@@ -12,10 +12,10 @@ import datetime as dt
 
 import pytest
 
-from engine import generate
-from sql.limits import limits_for
-from sql.principal import Principal
-from sql.viewer import ViewRequest, compile_view
+from cdrhouse.engine import generate
+from cdrhouse.sql.limits import limits_for
+from cdrhouse.sql.principal import Principal
+from cdrhouse.sql.viewer import ViewRequest, compile_view
 
 END = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
 COLUMNS = ["start_time", "customer_id", "src_number", "dst_number", "billsec", "call_id"]
@@ -164,8 +164,8 @@ SLICE_CASES = [
 @pytest.mark.parametrize("case", range(len(SLICE_CASES)))
 @pytest.mark.parametrize("who", ["tenant", "carrier", "admin"])
 def test_sliced_pages_equal_the_whole_range(loaded, who, case):
-    from engine.query import run_view
-    from sql.viewer import time_slices
+    from cdrhouse.engine.query import run_view
+    from cdrhouse.sql.viewer import time_slices
     db = loaded
     carrier = db.scalar("SELECT carrier_id FROM cdr_records WHERE tenant_id = 'acme' "
                         "GROUP BY carrier_id ORDER BY count() DESC LIMIT 1")
@@ -191,7 +191,7 @@ def test_sliced_pages_equal_the_whole_range(loaded, who, case):
 
 
 def test_time_slices_only_where_they_help():
-    from sql.viewer import time_slices
+    from cdrhouse.sql.viewer import time_slices
     op, cust = Principal.operator("acme"), Principal.customer("acme", 1)
     page = ViewRequest(range="last_30_days")
     assert len(time_slices(page, op, END)) == 2
@@ -230,8 +230,8 @@ def test_slice_only_narrows_and_keeps_the_guard_first():
 
 def test_forged_cursor_with_sliced_pages_stays_in_the_tenant(loaded):
     """A cursor is user input: whatever time it carries, slices only narrow the guarded rows."""
-    from engine.query import run_view
-    from sql.viewer import encode_cursor
+    from cdrhouse.engine.query import run_view
+    from cdrhouse.sql.viewer import encode_cursor
     db = loaded
     op = Principal.operator("globex")
     for when in ("2099-01-01 00:00:00.000", "2026-10-31 12:00:00.000", "1971-01-01 00:00:00.000"):

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from engine.db import Database
-from engine.query import QueryFailed, cancel, run_sql
-from sql.principal import Principal
+from cdrhouse.engine.db import Database
+from cdrhouse.engine.query import QueryFailed, cancel, run_sql
+from cdrhouse.sql.principal import Principal
 
 
 def _load(db: Database) -> None:

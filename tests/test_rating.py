@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from engine import accounts as acc
-from engine import ratecards as rc
-from engine.db import Database
-from engine.ingest import IngestOptions, Ingestor
+from cdrhouse.engine import accounts as acc
+from cdrhouse.engine import ratecards as rc
+from cdrhouse.engine.db import Database
+from cdrhouse.engine.ingest import IngestOptions, Ingestor
 
 D = Decimal
 C1, K1, C2 = 1, 2, 3

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from engine import accounts as acc
-from engine import ledger, recalc, summary
-from engine import ratecards as rc
-from engine import userdata as ud
-from engine.db import Database
-from engine.ingest import IngestOptions, Ingestor
-from engine.rating import RATED_COLUMNS
-from engine.recalc import RecalcBusy, RecalcError, RecalcRequest, RecalcStopped
+from cdrhouse.engine import accounts as acc
+from cdrhouse.engine import ledger, recalc, summary
+from cdrhouse.engine import ratecards as rc
+from cdrhouse.engine import userdata as ud
+from cdrhouse.engine.db import Database
+from cdrhouse.engine.ingest import IngestOptions, Ingestor
+from cdrhouse.engine.rating import RATED_COLUMNS
+from cdrhouse.engine.recalc import RecalcBusy, RecalcError, RecalcRequest, RecalcStopped
 
 D = Decimal
 OP = "tenant:acme"

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from engine import accounts as acc
-from engine.db import Database, StoreError
-from engine.migrate import applied_versions, is_current, migrate, pending
-from sql import catalogue
-from sql.schema import Migration, migrations
+from cdrhouse.engine import accounts as acc
+from cdrhouse.engine.db import Database, StoreError
+from cdrhouse.engine.migrate import applied_versions, is_current, migrate, pending
+from cdrhouse.sql import catalogue
+from cdrhouse.sql.schema import Migration, migrations
 
 
 def test_migrator_applies_every_file_once_and_records_it(store: Database) -> None:
@@ -29,7 +29,7 @@ def test_migrator_applies_every_file_once_and_records_it(store: Database) -> Non
 def test_migrator_refuses_an_applied_file_that_changed(store: Database, monkeypatch) -> None:
     first = migrations()[0]
     edited = Migration(first.version, first.name, first.sql + "\n-- edited\n")
-    monkeypatch.setattr("engine.migrate.migrations", lambda: [edited, *migrations()[1:]])
+    monkeypatch.setattr("cdrhouse.engine.migrate.migrations", lambda: [edited, *migrations()[1:]])
     with pytest.raises(StoreError, match=f"{first.version:03d}_{first.name}.sql changed"):
         pending(store)
 
@@ -96,7 +96,7 @@ def test_a_held_data_directory_is_reported_plainly(tmp_path: Path) -> None:
         assert holder.stdout.readline().strip() == "ready"
         probe = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
             from pathlib import Path
-            from engine.db import Database, StoreConfig, StoreLocked
+            from cdrhouse.engine.db import Database, StoreConfig, StoreLocked
             try:
                 Database(StoreConfig(data_dir=Path("{tmp_path}")))
             except StoreLocked as exc:

@@ -11,10 +11,10 @@ from decimal import Decimal
 
 import pytest
 
-from engine.db import Database
-from engine.query import run_sql
-from sql.guard import GuardError, compile_user_sql
-from sql.principal import Principal
+from cdrhouse.engine.db import Database
+from cdrhouse.engine.query import run_sql
+from cdrhouse.sql.guard import GuardError, compile_user_sql
+from cdrhouse.sql.principal import Principal
 
 # tenant, day, customer, carrier, calls, charge, cost
 ROWS = [

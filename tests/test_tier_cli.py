@@ -17,15 +17,15 @@ import pytest
 from s3servers import s3_client
 from test_tiering import ARCHIVED, TODAY, hot_month_set, independent_totals, load, totals
 
-from engine.db import Database, StoreConfig
-from engine.migrate import migrate
-from tiering import layout, warm
-from tiering.store import S3Store
+from cdrhouse.engine.db import Database, StoreConfig
+from cdrhouse.engine.migrate import migrate
+from cdrhouse.tiering import layout, warm
+from cdrhouse.tiering.store import S3Store
 
 
 def cdrhouse(env: dict, *args: str) -> subprocess.CompletedProcess:
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("CDRHOUSE_")}
-    return subprocess.run([sys.executable, "-m", "api.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cdrhouse.api.cli", *args], capture_output=True,
                           text=True, env={**inherited, "COLUMNS": "200", **env}, timeout=300)
 
 
@@ -102,10 +102,10 @@ def test_serve_schedules_the_job_and_records_it(embedded_dsn: str, engine_dir: P
                                                tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
-    from api.app import create_app
-    from api.service import ServiceConfig
-    from engine import keys
-    from tiering.store import ArchiveConfig
+    from cdrhouse.api.app import create_app
+    from cdrhouse.api.service import ServiceConfig
+    from cdrhouse.engine import keys
+    from cdrhouse.tiering.store import ArchiveConfig
 
     store = StoreConfig(data_dir=engine_dir, clickhouse=embedded_dsn,
                         database=f"t_{uuid.uuid4().hex[:10]}")

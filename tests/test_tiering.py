@@ -21,15 +21,15 @@ import pyarrow.fs as pafs
 import pytest
 from s3servers import s3_client
 
-from engine import generate
-from engine.db import Database
-from engine.migrate import migrate
-from tiering import layout, warm
-from tiering.archive import HOLD, STEPS, Tiering
-from tiering.lock import TierLocked, run_lock
-from tiering.policy import (Policy, add_months, first_hot_month, is_eligible, month_of,
+from cdrhouse.engine import generate
+from cdrhouse.engine.db import Database
+from cdrhouse.engine.migrate import migrate
+from cdrhouse.tiering import layout, warm
+from cdrhouse.tiering.archive import HOLD, STEPS, Tiering
+from cdrhouse.tiering.lock import TierLocked, run_lock
+from cdrhouse.tiering.policy import (Policy, add_months, first_hot_month, is_eligible, month_of,
                             parse_month)
-from tiering.store import ArchiveError, LocalStore, S3Store
+from cdrhouse.tiering.store import ArchiveError, LocalStore, S3Store
 
 TODAY = dt.datetime.now(dt.UTC).date()
 #: the data covers six months from the first day of the month six months ago …
@@ -487,7 +487,7 @@ def test_restore_refuses_an_incomplete_archive(embedded_db: Database, tmp_path: 
 
 
 def test_the_checksum_sees_nulls_duplicates_and_every_column(embedded_db: Database) -> None:
-    from tiering.verify import fingerprint, hot_columns
+    from cdrhouse.tiering.verify import fingerprint, hot_columns
     columns = hot_columns(embedded_db)
     source = "(SELECT * FROM cdr_records)"
 
@@ -543,7 +543,7 @@ def test_a_row_written_during_the_run_is_never_dropped_with_the_partition(
 
 def test_daily_summaries_stay_exact_through_archive_and_restore(embedded_db: Database,
                                                                 tmp_path: Path) -> None:
-    from engine import summary
+    from cdrhouse.engine import summary
     load(embedded_db, tmp_path, rows=2000)
     first = dt.date(OLDEST // 100, OLDEST % 100, 1)
     last = dt.date(TODAY.year, TODAY.month, 1)

@@ -13,16 +13,16 @@ import pytest
 from fastapi import Depends, Request
 from fastapi.testclient import TestClient
 
-from api import userdata as api_ud
-from api import v1
-from api.app import create_app
-from api.auth import Caller
-from api.service import ServiceConfig
-from engine import accounts as acc
-from engine import keys
-from engine import userdata as ud
-from engine.db import Database, StoreConfig
-from engine.migrate import migrate
+from cdrhouse.api import userdata as api_ud
+from cdrhouse.api import v1
+from cdrhouse.api.app import create_app
+from cdrhouse.api.auth import Caller
+from cdrhouse.api.service import ServiceConfig
+from cdrhouse.engine import accounts as acc
+from cdrhouse.engine import keys
+from cdrhouse.engine import userdata as ud
+from cdrhouse.engine.db import Database, StoreConfig
+from cdrhouse.engine.migrate import migrate
 
 ROWS = [
     # tenant, call_id, customer_id, carrier_id, start (UTC), billsec

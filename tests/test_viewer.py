@@ -16,10 +16,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from engine.db import Database
-from sql import catalogue
-from sql.principal import Principal
-from sql.viewer import (
+from cdrhouse.engine.db import Database
+from cdrhouse.sql import catalogue
+from cdrhouse.sql.principal import Principal
+from cdrhouse.sql.viewer import (
     CompiledQuery, NumberItem, ViewerError, ViewRequest, compile_count, compile_view,
     encode_cursor, parse_number_search, preset_range,
 )

@@ -39,15 +39,15 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from engine import summary
-from engine.db import Database
-from sql.schema import migrations
-from tiering import layout, verify, warm
-from tiering.layout import FileEntry, Manifest
-from tiering.lock import run_lock
-from tiering.policy import Policy, first_hot_month, is_eligible
-from tiering.store import ArchiveError, ObjectStore, sql_string
-from tiering.verify import Fingerprint
+from cdrhouse.engine import summary
+from cdrhouse.engine.db import Database
+from cdrhouse.sql.schema import migrations
+from cdrhouse.tiering import layout, verify, warm
+from cdrhouse.tiering.layout import FileEntry, Manifest
+from cdrhouse.tiering.lock import run_lock
+from cdrhouse.tiering.policy import Policy, first_hot_month, is_eligible
+from cdrhouse.tiering.store import ArchiveError, ObjectStore, sql_string
+from cdrhouse.tiering.verify import Fingerprint
 
 HOT = "cdr_records"
 #: where a partition waits between leaving the hot table and being dropped

@@ -7,12 +7,12 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from engine import userdata
-from engine.db import Database
-from tiering import layout
-from tiering.archive import Progress, RunReport, Tiering
-from tiering.policy import Policy
-from tiering.store import ObjectStore
+from cdrhouse.engine import userdata
+from cdrhouse.engine.db import Database
+from cdrhouse.tiering import layout
+from cdrhouse.tiering.archive import Progress, RunReport, Tiering
+from cdrhouse.tiering.policy import Policy
+from cdrhouse.tiering.store import ObjectStore
 
 KIND_RUN = "tier-run"
 KIND_RESTORE = "tier-restore"

@@ -18,8 +18,8 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from tiering.layout import LOCK_KEY
-from tiering.store import ArchiveError, ObjectStore
+from cdrhouse.tiering.layout import LOCK_KEY
+from cdrhouse.tiering.store import ArchiveError, ObjectStore
 
 DEFAULT_TTL = dt.timedelta(hours=12)
 

@@ -15,12 +15,12 @@ import datetime as dt
 import threading
 from dataclasses import dataclass, field
 
-from engine.db import Database
-from sql import catalogue
-from tiering import layout, warm
-from tiering.layout import Manifest
-from tiering.policy import add_months
-from tiering.store import ObjectStore, sql_string
+from cdrhouse.engine.db import Database
+from cdrhouse.sql import catalogue
+from cdrhouse.tiering import layout, warm
+from cdrhouse.tiering.layout import Manifest
+from cdrhouse.tiering.policy import add_months
+from cdrhouse.tiering.store import ObjectStore, sql_string
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,11 @@ from contextlib import AbstractContextManager
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from engine.db import Database
-from tiering import jobs
-from tiering.lock import TierLocked
-from tiering.policy import Policy
-from tiering.store import ObjectStore
+from cdrhouse.engine.db import Database
+from cdrhouse.tiering import jobs
+from cdrhouse.tiering.lock import TierLocked
+from cdrhouse.tiering.policy import Policy
+from cdrhouse.tiering.store import ObjectStore
 
 DEFAULT_CRON = "30 2 * * *"  # 02:30 UTC, daily
 log = logging.getLogger("cdrhouse.tiering")

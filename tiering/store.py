@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:  # pragma: no cover
-    from engine.db import Database
+    from cdrhouse.engine.db import Database
 
 
 class ArchiveError(Exception):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.db import Database
+from cdrhouse.engine.db import Database
 
 @dataclass(frozen=True)
 class Fingerprint:

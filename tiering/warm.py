@@ -7,10 +7,10 @@ import datetime as dt
 import time
 from dataclasses import dataclass
 
-from engine.db import Database
-from tiering import layout
-from tiering.layout import Manifest
-from tiering.store import ArchiveError, ObjectStore
+from cdrhouse.engine.db import Database
+from cdrhouse.tiering import layout
+from cdrhouse.tiering.layout import Manifest
+from cdrhouse.tiering.store import ArchiveError, ObjectStore
 
 STATES = ("verified", "archived", "restored")
 

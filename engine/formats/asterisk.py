@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.formats.base import BATCH_ROWS, FormatError, RawBatch, RawReject, columns_to_table
+from cdrhouse.engine.formats.base import BATCH_ROWS, FormatError, RawBatch, RawReject, columns_to_table
 
 #: Asterisk disposition -> (Q.850 release reason, SIP code).
 #:

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from engine.formats.base import (
+from cdrhouse.engine.formats.base import (
     ACCOUNT_ALIASES,
     BATCH_ROWS,
     LINE,
@@ -28,7 +28,7 @@ from engine.formats.base import (
     RawBatch,
     RawReject,
 )
-from sql import catalogue
+from cdrhouse.sql import catalogue
 
 ALLOWED = set(catalogue.NAMES) | set(ACCOUNT_ALIASES)
 REQUIRED_ANY = (("call_id",), ("start_time",), ("duration", "end_time"))

@@ -6,8 +6,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.formats import asterisk, canonical, freeswitch
-from engine.formats.base import FormatError, RawBatch
+from cdrhouse.engine.formats import asterisk, canonical, freeswitch
+from cdrhouse.engine.formats.base import FormatError, RawBatch
 
 SNIFF_BYTES = 64 * 1024
 

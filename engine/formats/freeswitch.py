@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from engine.formats.asterisk import (
+from cdrhouse.engine.formats.asterisk import (
     BatchBuilder,
     head_rows,
     is_int,
@@ -26,7 +26,7 @@ from engine.formats.asterisk import (
     none_if_empty,
     read_headerless_csv,
 )
-from engine.formats.base import BATCH_ROWS, FormatError, RawBatch
+from cdrhouse.engine.formats.base import BATCH_ROWS, FormatError, RawBatch
 
 #: Q.850 hangup cause -> (disposition, SIP code) for a call that was not answered.
 #:
