@@ -21,9 +21,9 @@ from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
 from cdrhouse.api.auth import Caller
-from cdrhouse.api.downloads import Compression, _download, _plan
+from cdrhouse.api.downloads import Compression, plan_export, start_download
 from cdrhouse.api.errors import Problem
-from cdrhouse.api.v1 import caller, service
+from cdrhouse.api.deps import caller, service
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from cdrhouse.engine import export
@@ -82,7 +82,7 @@ def _month_json(w: WarmMonth, operator: bool) -> dict:
 async def list_archive(request: Request, tenant: str | None = Query(None),
                        who: Caller = Depends(caller)) -> dict:
     scope = _tenant(who, tenant)
-    months = await _plan(request, who, lambda db, qid: warm_months(
+    months = await plan_export(request, who, lambda db, qid: warm_months(
         db, scope, states=("archived",)))
     operator = _operator(who)
     return {"tenant": scope, "months": [_month_json(w, operator) for w in months]}
@@ -114,7 +114,7 @@ async def get_month(request: Request, month: str,
                                                                                "or zstd."),
                     tenant: str | None = Query(None), who: Caller = Depends(caller)):
     scope, month_id = _tenant(who, tenant), _month(month)
-    _, manifest = await _plan(request, who, lambda db, qid: _found(request, db, scope,
+    _, manifest = await plan_export(request, who, lambda db, qid: _found(request, db, scope,
                                                                          month_id))
     if format == "csv":
         return await _csv(request, who, scope, month_id, manifest, compression)
@@ -141,7 +141,7 @@ async def get_file(request: Request, month: str, part: int, tenant: str | None =
         raise Problem("forbidden", "stored files hold every account of the tenant; download "
                                    f"/v1/archive/{month} for your own rows")
     scope, month_id = _tenant(who, tenant), _month(month)
-    _, manifest = await _plan(request, who, lambda db, qid: _found(request, db, scope,
+    _, manifest = await plan_export(request, who, lambda db, qid: _found(request, db, scope,
                                                                          month_id))
     if not 0 <= part < len(manifest.files):
         raise Problem("not-found", f"month {layout.month_label(month_id)} has "
@@ -182,8 +182,8 @@ async def _csv(request: Request, who: Caller, tenant: str, month: int, manifest:
     def make(db: Database, qid: str) -> export.Export:
         select = _reader(request).select(db, manifest)
         return export.view_export(who.principal, _month_request(who, month), now, [select])
-    plan = await _plan(request, who, make)
-    return await _download(request, who, "cdrs", plan, compression)
+    plan = await plan_export(request, who, make)
+    return await start_download(request, who, "cdrs", plan, compression)
 
 
 async def _filtered_parquet(request: Request, who: Caller, tenant: str, month: int,
@@ -212,7 +212,7 @@ async def _filtered_parquet(request: Request, who: Caller, tenant: str, month: i
             raise
         return path
 
-    path = await _plan(request, who, work)
+    path = await plan_export(request, who, work)
     name = f"cdrs-{tenant}-{who.principal.role}-{month}-utc.parquet"
     return FileResponse(path, media_type=_PARQUET, filename=name,
                         background=BackgroundTask(os.unlink, path))

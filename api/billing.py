@@ -20,10 +20,10 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from cdrhouse.api import v1
+from cdrhouse.api.deps import caller, jsonable, service, store
 from cdrhouse.api.auth import Caller
 from cdrhouse.api.errors import Problem
-from cdrhouse.api.userdata import _store, job_json
+from cdrhouse.api.userdata import job_json
 from cdrhouse.engine import accounts as acc
 from cdrhouse.engine import ledger
 from cdrhouse.engine import ratecards as rc
@@ -44,7 +44,7 @@ def balance_json(b: ledger.Balance) -> dict[str, Any]:
             "account_id": b.account_id, "currency": b.currency,
             "ledger": _money(b.ledger_total), "usage": _money(b.usage_total),
             "balance": _money(b.balance), "calls": b.calls,
-            "computed_at": v1.jsonable(b.computed_at) if b.computed_at else None}
+            "computed_at": jsonable(b.computed_at) if b.computed_at else None}
 
 
 def _operator_tenant(who: Caller, tenant: str | None) -> str:
@@ -63,7 +63,7 @@ def _operator_tenant(who: Caller, tenant: str | None) -> str:
 
 
 @router.get("/balances", summary="Account balances (ledger minus usage, as last refreshed)")
-async def get_balances(request: Request, who: Caller = Depends(v1.caller),
+async def get_balances(request: Request, who: Caller = Depends(caller),
                        tenant: str | None = Query(None, description="Admin: one tenant."),
                        customer: str | None = Query(None, description="Operators: one customer."),
                        carrier: str | None = Query(None, description="Operators: one carrier.")
@@ -89,7 +89,7 @@ async def get_balances(request: Request, who: Caller = Depends(v1.caller),
                 raise Problem("not-found", f"no {kind} {customer or carrier!r} in tenant {t!r}")
             return ledger.balances(db, t, kind, found.account_id)
         return ledger.balances(db, t)
-    found = await _store(request, work)
+    found = await store(request, work)
     return {"balances": [balance_json(b) for b in found]}
 
 
@@ -97,7 +97,7 @@ async def get_balances(request: Request, who: Caller = Depends(v1.caller),
 async def get_rates(request: Request, account: str = Query(..., description="CODE, or "
                                                                            "customer:CODE / carrier:CODE"),
                     tenant: str | None = Query(None, description="Admin: the tenant."),
-                    who: Caller = Depends(v1.caller)) -> dict:
+                    who: Caller = Depends(caller)) -> dict:
     t = _operator_tenant(who, tenant)
 
     def work(db: Database) -> dict:
@@ -109,10 +109,10 @@ async def get_rates(request: Request, account: str = Query(..., description="COD
         return {"tenant": t, "kind": a.kind, "account": a.code, "rates": [{
             "prefix": r.prefix, "rate_per_min": str(r.rate_per_min),
             "connect_fee": str(r.connect_fee), "increment": r.increment,
-            "min_duration": r.min_duration, "effective_from": v1.jsonable(r.effective_from),
-            "effective_to": v1.jsonable(r.effective_to) if r.effective_to else None,
+            "min_duration": r.min_duration, "effective_from": jsonable(r.effective_from),
+            "effective_to": jsonable(r.effective_to) if r.effective_to else None,
             "currency": r.currency, "rounding": r.rounding} for r in rates]}
-    return await _store(request, work)
+    return await store(request, work)
 
 
 @router.post("/rates", summary="Import an account's rate card (CSV body; operators)")
@@ -121,7 +121,7 @@ async def post_rates(request: Request,
                      replace: bool = Query(False, description="Retire the account's rates not "
                                                               "in the file."),
                      tenant: str | None = Query(None, description="Admin: the tenant."),
-                     who: Caller = Depends(v1.caller)) -> dict:
+                     who: Caller = Depends(caller)) -> dict:
     """All or nothing, like `cdrhouse rates import`: a bad line stores nothing and the
     problem's detail lists every bad line with its number and reason."""
     t = _operator_tenant(who, tenant)
@@ -137,7 +137,7 @@ async def post_rates(request: Request,
         except rc.RateCardError as exc:
             raise Problem("invalid-request", str(exc)) from None
         return {"tenant": t, "kind": a.kind, "account": a.code, "imported": n}
-    return await _store(request, work)
+    return await store(request, work)
 
 
 class RecalcIn(BaseModel):
@@ -181,8 +181,8 @@ async def _start(request: Request, response: Response, who: Caller,
             raise Problem("conflict", str(exc)) from None
         except rec.RecalcError as exc:
             raise Problem("invalid-request", str(exc)) from None
-    job = await _store(request, work)
-    _launch(v1.service(request).pool, job.job_id)
+    job = await store(request, work)
+    _launch(service(request).pool, job.job_id)
     response.status_code = 202
     response.headers["Location"] = f"/v1/jobs/{job.job_id}"
     return job_json(job)
@@ -190,7 +190,7 @@ async def _start(request: Request, response: Response, who: Caller,
 
 @router.post("/recalc", status_code=202, summary="Start a recalc job (operators and admins)")
 async def post_recalc(request: Request, response: Response, body: RecalcIn,
-                      who: Caller = Depends(v1.caller)) -> dict:
+                      who: Caller = Depends(caller)) -> dict:
     tenant = _operator_tenant(who, body.tenant)
     req = rec.RecalcRequest(
         tenant=tenant, op=body.op, date_from=body.date_from, date_to=body.date_to,
@@ -204,7 +204,7 @@ async def post_recalc(request: Request, response: Response, body: RecalcIn,
              summary="Undo a re-rate or adjust-duration job (operators and admins)")
 async def post_undo(request: Request, response: Response, job_id: str,
                     tenant: str | None = Query(None, description="Admin only: the tenant."),
-                    who: Caller = Depends(v1.caller)) -> dict:
+                    who: Caller = Depends(caller)) -> dict:
     t = _operator_tenant(who, tenant)
     return await _start(request, response, who,
                         rec.RecalcRequest(tenant=t, op="undo", target_job=job_id))
@@ -214,7 +214,7 @@ async def post_undo(request: Request, response: Response, job_id: str,
              summary="Finish an interrupted recalc job (operators and admins)")
 async def post_resume(request: Request, response: Response, job_id: str,
                       tenant: str | None = Query(None, description="Admin only: the tenant."),
-                      who: Caller = Depends(v1.caller)) -> dict:
+                      who: Caller = Depends(caller)) -> dict:
     t = _operator_tenant(who, tenant)
 
     def work(db: Database):
@@ -227,8 +227,8 @@ async def post_resume(request: Request, response: Response, job_id: str,
         if rec.is_alive(job.result):
             raise Problem("conflict", f"job {job_id} is still running")
         return job
-    job = await _store(request, work)
-    _launch(v1.service(request).pool, job.job_id)
+    job = await store(request, work)
+    _launch(service(request).pool, job.job_id)
     response.status_code = 202
     response.headers["Location"] = f"/v1/jobs/{job.job_id}"
     return job_json(job)

@@ -73,8 +73,8 @@ from starlette.types import Receive, Scope, Send
 
 from cdrhouse.api.auth import Caller
 from cdrhouse.api.errors import Problem
-from cdrhouse.api.v1 import (SearchBody, SQLBody, ViewParams, caller, service, to_request, translate,
-                    view_params, warm_sources)
+from cdrhouse.api.deps import caller, service, to_request, translate, view_params, warm_sources
+from cdrhouse.api.models import SearchBody, SQLBody, ViewParams
 from cdrhouse.engine import export
 from cdrhouse.engine import query as q
 from cdrhouse.engine.db import Database
@@ -409,8 +409,8 @@ def filename(kind: str, who: Caller, plan: export.Export, compression: str | Non
     return name
 
 
-async def _download(request: Request, who: Caller, kind: str, plan: export.Export,
-                    compression: str | None, p: ViewParams | None = None) -> CSVDownloadResponse:
+async def start_download(request: Request, who: Caller, kind: str, plan: export.Export,
+                          compression: str | None, p: ViewParams | None = None) -> CSVDownloadResponse:
     download = Download(request, who, plan, compression)
     first = await download.start()
     media_type = export.COMPRESSIONS[compression][1] if compression else _CSV_TYPE
@@ -425,7 +425,7 @@ async def _download(request: Request, who: Caller, kind: str, plan: export.Expor
     return CSVDownloadResponse(download, first, headers, media_type)
 
 
-async def _plan(request: Request, who: Caller, make: Callable[[Database, str], export.Export]
+async def plan_export(request: Request, who: Caller, make: Callable[[Database, str], export.Export]
                 ) -> export.Export:
     def work(db: Database, qid: str) -> export.Export:
         try:
@@ -443,8 +443,8 @@ async def _view_download(request: Request, who: Caller, p: ViewParams, rules: di
         req = to_request(db, who, p, rules, for_download=True)
         sources = warm_sources(request, db, who, p.include_archive, *resolve_range(req, now))
         return export.view_export(who.principal, req, now, sources.selects)
-    plan = await _plan(request, who, make)
-    return await _download(request, who, "cdrs", plan, compression, p)
+    plan = await plan_export(request, who, make)
+    return await start_download(request, who, "cdrs", plan, compression, p)
 
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {200: {
@@ -478,8 +478,8 @@ async def download_sql(request: Request, body: SQLBody,
                        compression: Compression | None = Query(None,
                                                                description=_COMPRESSION_DOC),
                        who: Caller = Depends(caller)) -> CSVDownloadResponse:
-    plan = await _plan(request, who, lambda db, qid: export.sql_export(
+    plan = await plan_export(request, who, lambda db, qid: export.sql_export(
         db, who.principal, body.sql, body.params, qid,
         getattr(request.app.state, "download_limit_overrides", None),
         warm_sources(request, db, who, body.include_archive).selects))
-    return await _download(request, who, "sql", plan, compression)
+    return await start_download(request, who, "sql", plan, compression)

@@ -22,22 +22,20 @@ request does not say; saved viewer / search queries use it when run.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import re
-from collections.abc import Callable, Iterable
 from typing import Any, Literal, TypeVar
 
-import anyio
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from pydantic import BaseModel, Field, ValidationError
 
-from cdrhouse.api import v1
+from cdrhouse.api import deps
+from cdrhouse.api.deps import apply_preferences, caller, store
+from cdrhouse.api.models import SearchBody, SQLBody, ViewParams
 from cdrhouse.api.auth import Caller
 from cdrhouse.api.errors import Problem
 from cdrhouse.engine import userdata as ud
 from cdrhouse.engine.db import Database
-from cdrhouse.engine.pool import PoolExhausted
 from cdrhouse.sql.builder import InvalidValue, zone
 from cdrhouse.sql.guard import compile_user_sql
 from cdrhouse.sql.viewer import ViewerError, compile_view, resolve_columns
@@ -48,29 +46,10 @@ router = APIRouter(prefix="/v1")
 
 #: The request model each kind of saved query stores, and whose endpoint runs it.
 BODY_MODELS: dict[str, type[BaseModel]] = {
-    "viewer": v1.ViewParams, "search": v1.SearchBody, "sql": v1.SQLBody}
+    "viewer": ViewParams, "search": SearchBody, "sql": SQLBody}
 
 
 # -- plumbing ---------------------------------------------------------------------------
-
-async def _store(request: Request, fn: Callable[[Database], T]) -> T:
-    """Run a small storage call off the event loop on a pooled client.
-
-    Not `Service.run`: these are key-value reads and writes, not user queries,
-    so they do not count against the principal's concurrent-query cap.
-    """
-    pool = v1.service(request).pool
-
-    def work() -> T:
-        try:
-            with pool.acquire() as db:
-                return fn(db)
-        except PoolExhausted as exc:
-            raise Problem("unavailable", str(exc)) from None
-        except ud.UserDataError as exc:
-            raise Problem("invalid-request", str(exc)) from None
-    return await anyio.to_thread.run_sync(work)
-
 
 _WHERE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\[\]]*: ")
 
@@ -91,7 +70,7 @@ def _validation_message(exc: ValidationError, where: str) -> str:
 
 
 def _iso(value: dt.datetime | None) -> str | None:
-    return v1.jsonable(value) if value is not None else None
+    return deps.jsonable(value) if value is not None else None
 
 
 # -- saved queries ------------------------------------------------------------------------
@@ -136,18 +115,18 @@ def _check_body(db: Database, who: Caller, kind: str, body: BaseModel) -> None:
     error ClickHouse alone finds (a misspelt function) shows on the first run.
     """
     try:
-        if isinstance(body, v1.SQLBody):
+        if isinstance(body, SQLBody):
             compile_user_sql(body.sql, who.principal, body.params)
             return
-        assert isinstance(body, v1.ViewParams)
+        assert isinstance(body, ViewParams)
         if body.cursor is not None:
             raise ViewerError("cursor: a saved query starts at the first page; "
                               "send the cursor when running it")
-        rules = body.rules if isinstance(body, v1.SearchBody) else None
-        request = v1.to_request(db, who, body, rules)
+        rules = body.rules if isinstance(body, SearchBody) else None
+        request = deps.to_request(db, who, body, rules)
         compile_view(request, who.principal, dt.datetime.now(dt.timezone.utc))
     except Exception as exc:  # noqa: BLE001 - translated or re-raised
-        problem = v1.translate(exc)
+        problem = deps.translate(exc)
         where = "body.sql" if kind == "sql" else "body"
         raise Problem(problem.slug, _at(where, problem.detail)) from None
 
@@ -166,7 +145,7 @@ def query_json(q: ud.SavedQuery, who: Caller) -> dict[str, Any]:
 
 
 async def _visible(request: Request, who: Caller, query_id: str) -> ud.SavedQuery:
-    q = await _store(request, lambda db: ud.visible_query(db, who.principal_text, query_id))
+    q = await store(request, lambda db: ud.visible_query(db, who.principal_text, query_id))
     if q is None:
         # the same answer whether it does not exist or is someone else's private query
         raise Problem("not-found", f"no saved query {query_id!r} visible to this key")
@@ -183,21 +162,21 @@ async def _owned(request: Request, who: Caller, query_id: str, action: str) -> u
 
 async def _validated(request: Request, who: Caller, data: QueryIn) -> dict[str, Any]:
     body = parse_body(data.kind, data.body)
-    await _store(request, lambda db: _check_body(db, who, data.kind, body))
+    await store(request, lambda db: _check_body(db, who, data.kind, body))
     return _stored(data.kind, body)
 
 
 @router.get("/queries", summary="Saved queries: this principal's own and those shared with it")
-async def list_queries(request: Request, who: Caller = Depends(v1.caller)) -> dict:
-    found = await _store(request, lambda db: ud.visible_queries(db, who.principal_text))
+async def list_queries(request: Request, who: Caller = Depends(caller)) -> dict:
+    found = await store(request, lambda db: ud.visible_queries(db, who.principal_text))
     return {"queries": [query_json(q, who) for q in found]}
 
 
 @router.post("/queries", status_code=201, summary="Save a query (checked for this principal)")
 async def create_query(request: Request, response: Response, data: QueryIn,
-                       who: Caller = Depends(v1.caller)) -> dict:
+                       who: Caller = Depends(caller)) -> dict:
     body = await _validated(request, who, data)
-    q = await _store(request, lambda db: ud.create_query(
+    q = await store(request, lambda db: ud.create_query(
         db, owner_key=who.key_id, principal=who.principal_text, name=data.name, kind=data.kind,
         body=body, shared=data.shared))
     response.headers["Location"] = f"/v1/queries/{q.query_id}"
@@ -205,50 +184,50 @@ async def create_query(request: Request, response: Response, data: QueryIn,
 
 
 @router.get("/queries/{query_id}", summary="One saved query")
-async def get_query(request: Request, query_id: str, who: Caller = Depends(v1.caller)) -> dict:
+async def get_query(request: Request, query_id: str, who: Caller = Depends(caller)) -> dict:
     return query_json(await _visible(request, who, query_id), who)
 
 
 @router.put("/queries/{query_id}", summary="Replace a saved query (owner only)")
 async def replace_query(request: Request, query_id: str, data: QueryIn,
-                        who: Caller = Depends(v1.caller)) -> dict:
+                        who: Caller = Depends(caller)) -> dict:
     current = await _owned(request, who, query_id, "change")
     body = await _validated(request, who, data)
-    q = await _store(request, lambda db: ud.update_query(
+    q = await store(request, lambda db: ud.update_query(
         db, current, name=data.name, kind=data.kind, body=body, shared=data.shared))
     return query_json(q, who)
 
 
 @router.delete("/queries/{query_id}", status_code=204, summary="Delete a saved query (owner only)")
 async def delete_query(request: Request, query_id: str,
-                       who: Caller = Depends(v1.caller)) -> Response:
+                       who: Caller = Depends(caller)) -> Response:
     current = await _owned(request, who, query_id, "delete")
-    await _store(request, lambda db: ud.delete_query(db, current))
+    await store(request, lambda db: ud.delete_query(db, current))
     return Response(status_code=204)
 
 
 @router.post("/queries/{query_id}/run", summary="Run a saved query as this key's principal")
 async def run_query(request: Request, query_id: str, run: RunIn | None = Body(None),
-                    who: Caller = Depends(v1.caller)) -> dict:
+                    who: Caller = Depends(caller)) -> dict:
     """The answer of the query's endpoint (same shape), guarded for the caller, not the owner."""
     q = await _visible(request, who, query_id)
     run = run or RunIn()
     body = parse_body(q.kind, q.body)
-    if isinstance(body, v1.SQLBody):
+    if isinstance(body, SQLBody):
         if run.cursor is not None:
             raise Problem("invalid-request", "cursor: an SQL query has no pages")
         if run.params:
             body = body.model_copy(update={"params": {**body.params, **run.params}})
-        return await v1.run_sql(request, body, who)
-    assert isinstance(body, v1.ViewParams)
+        return await deps.run_sql(request, who, body)
+    assert isinstance(body, ViewParams)
     if run.params:
         raise Problem("invalid-request", f"params: a {q.kind} query takes no parameters")
     given = set(body.model_fields_set)
     if run.cursor is not None:
         body = body.model_copy(update={"cursor": run.cursor})
     body = await apply_preferences(request, who, body, given)
-    rules = body.rules if isinstance(body, v1.SearchBody) else None
-    return await v1._view(request, who, body, rules)
+    rules = body.rules if isinstance(body, SearchBody) else None
+    return await deps.run_view(request, who, body, rules)
 
 
 # -- preferences --------------------------------------------------------------------------
@@ -282,41 +261,17 @@ def check_preferences(who: Caller, data: PreferencesIn) -> None:
 
 
 @router.get("/preferences", summary="This key's preferences")
-async def get_preferences(request: Request, who: Caller = Depends(v1.caller)) -> dict:
-    return preferences_json(await _store(request, lambda db: ud.get_preferences(db, who.key_id)))
+async def get_preferences(request: Request, who: Caller = Depends(caller)) -> dict:
+    return preferences_json(await store(request, lambda db: ud.get_preferences(db, who.key_id)))
 
 
 @router.put("/preferences", summary="Replace this key's preferences")
 async def put_preferences(request: Request, data: PreferencesIn,
-                          who: Caller = Depends(v1.caller)) -> dict:
+                          who: Caller = Depends(caller)) -> dict:
     check_preferences(who, data)
-    prefs = await _store(request, lambda db: ud.put_preferences(
+    prefs = await store(request, lambda db: ud.put_preferences(
         db, who.key_id, data.tz, data.columns))
     return preferences_json(prefs)
-
-
-async def apply_preferences(request: Request, who: Caller, p: v1.ViewParams,
-                            given: Iterable[str] | None = None) -> v1.ViewParams:
-    """`p` with the key's saved tz and columns where the request did not give them.
-
-    The hook for viewer endpoints: `given` names the parameters the client
-    sent (default: the request's query-string keys, right for GET /v1/cdrs;
-    for a JSON body pass `body.model_fields_set`). Stored columns that are no
-    longer valid for the principal (the catalogue changed) are ignored rather
-    than failing a request that did not ask for them.
-    """
-    sent = set(request.query_params.keys() if given is None else given)
-    if {"tz", "columns"} <= sent:
-        return p
-    prefs = await _store(request, lambda db: ud.get_preferences(db, who.key_id))
-    update: dict[str, Any] = {}
-    if "tz" not in sent and prefs.tz is not None:
-        update["tz"] = prefs.tz
-    if "columns" not in sent and prefs.columns is not None:
-        # remembered columns the key may no longer see: fall back to the defaults
-        with contextlib.suppress(ViewerError):
-            update["columns"] = list(resolve_columns(prefs.columns, who.principal))
-    return p.model_copy(update=update) if update else p
 
 
 # -- jobs ---------------------------------------------------------------------------------
@@ -331,7 +286,7 @@ def job_json(j: ud.Job) -> dict[str, Any]:
 
 
 @router.get("/jobs", summary="Jobs this key may see, newest first")
-async def list_jobs(request: Request, who: Caller = Depends(v1.caller),
+async def list_jobs(request: Request, who: Caller = Depends(caller),
                     state: str | None = Query(None, description="queued, running, succeeded, "
                                                                  "failed or cancelled"),
                     kind: str | None = Query(None),
@@ -340,15 +295,15 @@ async def list_jobs(request: Request, who: Caller = Depends(v1.caller),
         raise Problem("invalid-request",
                       f"state: {state!r} is not one of {', '.join(ud.JOB_STATES)}")
     scope = ud.job_scope(who.principal_text)
-    found = await _store(request, lambda db: ud.list_jobs(
+    found = await store(request, lambda db: ud.list_jobs(
         db, tenant=scope.get("tenant"), principal=scope.get("principal"), state=state,
         kind=kind, limit=limit))
     return {"jobs": [job_json(j) for j in found]}
 
 
 @router.get("/jobs/{job_id}", summary="One job")
-async def get_job(request: Request, job_id: str, who: Caller = Depends(v1.caller)) -> dict:
-    job = await _store(request, lambda db: ud.get_job(db, job_id))
+async def get_job(request: Request, job_id: str, who: Caller = Depends(caller)) -> dict:
+    job = await store(request, lambda db: ud.get_job(db, job_id))
     if job is None or not ud.job_visible_to(job, who.principal_text):
         raise Problem("not-found", f"no job {job_id!r} visible to this key")
     return job_json(job)

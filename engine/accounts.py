@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from cdrhouse.sql.errors import UserError
 from cdrhouse.engine.db import Database
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ ACCOUNT_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@+-]{0,127}$")
 CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 
-class AccountError(ValueError):
+class AccountError(UserError):
     """An account request that cannot be honoured; the message says why."""
 
 

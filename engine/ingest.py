@@ -37,6 +37,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pyarrow as pa
 
+from cdrhouse.sql.errors import UserError
 from cdrhouse.engine import accounts as acc
 from cdrhouse.engine import ratecards, rating
 from cdrhouse.engine.db import Database
@@ -49,7 +50,7 @@ _INTERNAL = ("version", "source")
 _NUMBER_RE = r"'^\\+?[0-9][0-9 ()./-]*$'"
 
 
-class IngestError(ValueError):
+class IngestError(UserError):
     """The ingest request itself is wrong (unknown zone, unknown default account…)."""
 
 

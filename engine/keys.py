@@ -14,13 +14,14 @@ import secrets
 import time
 from dataclasses import dataclass
 
+from cdrhouse.sql.errors import UserError
 from cdrhouse.engine.db import Database
 from cdrhouse.sql.principal import PrincipalRef
 
 SECRET_PREFIX = "cdrh_"
 
 
-class KeyError_(ValueError):
+class KeyError_(UserError):
     """A key request that cannot be honoured."""
 
 

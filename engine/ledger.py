@@ -21,13 +21,14 @@ import time
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
+from cdrhouse.sql.errors import UserError
 from cdrhouse.engine import accounts as acc
 from cdrhouse.engine.db import Database
 
 ENTRY_TYPES: tuple[str, ...] = ("opening", "payment", "credit", "adjustment")
 
 
-class LedgerError(ValueError):
+class LedgerError(UserError):
     """A ledger request that cannot be honoured; the message says why."""
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from cdrhouse.engine.db import Database
+from cdrhouse.sql.errors import UserError
 from cdrhouse.sql.archive import with_archive
 from cdrhouse.sql.guard import compile_user_sql
 from cdrhouse.sql.limits import explain_limit_error, limits_for
@@ -31,7 +32,7 @@ from cdrhouse.sql.viewer import CompiledQuery, ViewRequest, compile_view, time_s
 _TAG_SAFE = re.compile(r"[^A-Za-z0-9:#/_.-]")
 
 
-class QueryFailed(Exception):
+class QueryFailed(UserError):
     """A guarded query failed in ClickHouse; the message is safe to show the user."""
 
     def __init__(self, message: str, kind: str = "query") -> None:

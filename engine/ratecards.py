@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
+from cdrhouse.sql.errors import UserError
 from cdrhouse.engine import accounts as acc
 from cdrhouse.engine.db import Database
 
@@ -45,7 +46,7 @@ _INCREMENT = re.compile(r"^\s*(\d{1,5})\s*(?:/\s*(\d{1,5}))?\s*$")
 _MAX_MONEY = Decimal("999999999999")
 
 
-class RateCardError(ValueError):
+class RateCardError(UserError):
     """A rate card that cannot be stored; the message names every bad line."""
 
 

@@ -56,6 +56,7 @@ from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from cdrhouse.sql.errors import UserError
 from cdrhouse.engine import accounts as acc
 from cdrhouse.engine import ledger, ratecards, summary
 from cdrhouse.engine import userdata as ud
@@ -79,7 +80,7 @@ PHASES: tuple[str, ...] = ("stage", "write", "summaries", "balances", "done")
 Progress = Callable[[float, str], None]
 
 
-class RecalcError(ValueError):
+class RecalcError(UserError):
     """A recalc request that is refused; the message says why and what to do."""
 
 

@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from cdrhouse.sql.errors import UserError
 from cdrhouse.engine.db import Database
 from cdrhouse.sql.principal import PrincipalRef
 
@@ -46,7 +47,7 @@ JOB_STATES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "canc
 FINISHED: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 
 
-class UserDataError(ValueError):
+class UserDataError(UserError):
     """A request on saved queries, preferences or jobs that cannot be honoured."""
 
 

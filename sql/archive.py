@@ -27,7 +27,7 @@ from cdrhouse.sql import catalogue
 HOT_READ = "FROM cdr_records FINAL"
 
 
-class ArchiveSourceError(ValueError):
+class ArchiveSourceError(RuntimeError):
     """The query has no hot read to extend: fail closed rather than guess."""
 
 

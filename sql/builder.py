@@ -40,6 +40,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from cdrhouse.sql.errors import UserError
 from cdrhouse.sql import catalogue
 from cdrhouse.sql.catalogue import Field
 from cdrhouse.sql.operators import JQUERY_KEYS, RQB_KEYS, Operator, Target, lookup
@@ -69,7 +70,7 @@ ROLE_NAMES: dict[str, str] = {
 }
 
 
-class BuilderError(ValueError):
+class BuilderError(UserError):
     """The rule tree cannot be compiled; the message says where (`rules[1]`) and why."""
 
 

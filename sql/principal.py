@@ -15,6 +15,8 @@ with **bound parameters**: tenant and account values never become SQL text.
 
 from __future__ import annotations
 
+from cdrhouse.sql.errors import UserError
+
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -30,7 +32,7 @@ TENANT_PARAM = "__guard_tenant"
 ACCOUNT_PARAM = "__guard_account"
 
 
-class PrincipalError(ValueError):
+class PrincipalError(UserError):
     """The principal text is not one of the accepted forms."""
 
 

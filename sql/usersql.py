@@ -10,12 +10,14 @@ is never touched.
 
 from __future__ import annotations
 
+from cdrhouse.sql.errors import UserError
+
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError
 
 
-class UserSQLError(ValueError):
+class UserSQLError(UserError):
     """The SQL cannot be run; the message says what to change."""
 
 

@@ -57,6 +57,7 @@ from decimal import Decimal
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
+from cdrhouse.sql.errors import UserError
 from cdrhouse.sql import catalogue
 from cdrhouse.sql.builder import (
     DT_TYPE, ROLE_NAMES, BuilderError, InvalidValue, compile_rules, convert_value,
@@ -80,7 +81,7 @@ _NUMBER_NOISE = re.compile(r"[+\s\-().]")
 _CURSOR_TEXT = re.compile(r"^[A-Za-z0-9_-]+={0,2}$")
 
 
-class ViewerError(ValueError):
+class ViewerError(UserError):
     """The view request cannot be compiled; the message names the part and the problem."""
 
 

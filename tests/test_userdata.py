@@ -10,13 +10,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from fastapi import Depends, Request
 from fastapi.testclient import TestClient
 
-from cdrhouse.api import userdata as api_ud
-from cdrhouse.api import v1
 from cdrhouse.api.app import create_app
-from cdrhouse.api.auth import Caller
 from cdrhouse.api.service import ServiceConfig
 from cdrhouse.engine import accounts as acc
 from cdrhouse.engine import keys
@@ -57,15 +53,6 @@ def _load(db: Database) -> None:
             {"t": t, "c": cid, "s": start, "b": bill, "cu": cu, "ca": ca})
 
 
-def _hooked_listing(app) -> None:
-    """GET /test/cdrs: GET /v1/cdrs with the preferences hook wired as the lead would."""
-    async def listing(request: Request, p: v1.ViewParams = Depends(v1.view_params),
-                      who: Caller = Depends(v1.caller)) -> dict:
-        p = await api_ud.apply_preferences(request, who, p)
-        return await v1._view(request, who, p, None)
-    app.add_api_route("/test/cdrs", listing, methods=["GET"])
-
-
 @pytest.fixture(scope="module")
 def env(embedded_dsn: str, engine_dir: Path):
     name = f"t_{uuid.uuid4().hex[:12]}"
@@ -75,7 +62,6 @@ def env(embedded_dsn: str, engine_dir: Path):
     _load(db)
     secrets = {who: keys.create_key(db, principal)[1] for who, principal in PRINCIPALS.items()}
     app = create_app(ServiceConfig(store=store, pool_size=2, auth_failures_per_minute=1000))
-    _hooked_listing(app)
     try:
         with TestClient(app) as client:
             yield client, secrets, db, store
@@ -372,12 +358,12 @@ def test_preferences_apply_when_the_request_does_not_say(env) -> None:
         page = op.post(f"/v1/queries/{explicit}/run").json()
         assert (page["columns"], page["timezone"]) == (["call_id"], "UTC")
         # the hook on a GET listing: query-string parameters win, missing ones come from prefs
-        page = op.get("/test/cdrs?range=all&sort=call_id").json()
+        page = op.get("/v1/cdrs?range=all&sort=call_id").json()
         assert (page["columns"], page["timezone"]) == (["call_id", "start_time"], "Asia/Tokyo")
-        page = op.get("/test/cdrs?range=all&sort=call_id&tz=UTC&columns=call_id").json()
+        page = op.get("/v1/cdrs?range=all&sort=call_id&tz=UTC&columns=call_id").json()
         assert (page["columns"], page["timezone"]) == (["call_id"], "UTC")
         # another key of the same principal has no preferences: defaults
-        page = As(env, OP2).get("/test/cdrs?range=all&sort=call_id").json()
+        page = As(env, OP2).get("/v1/cdrs?range=all&sort=call_id").json()
         assert page["timezone"] == "UTC" and "carrier_cost" in page["columns"]
     finally:
         op.put("/v1/preferences", json={})

@@ -17,6 +17,8 @@ format asked for raises `FormatError` before any batch is yielded.
 
 from __future__ import annotations
 
+from cdrhouse.sql.errors import UserError
+
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +34,7 @@ LINE = "_line"
 BATCH_ROWS = 500_000
 
 
-class FormatError(ValueError):
+class FormatError(UserError):
     """The file is not CDRs in this format; the message names the file and why."""
 
 

@@ -1,0 +1,260 @@
+"""Request plumbing shared by every endpoint module (and the web layer).
+
+What an endpoint needs besides its own logic: the service and the caller of a
+request, the viewer request from query parameters, the narrowing an operator
+may ask for, running a viewer page or a small storage call off the event loop,
+and the one mapping from our errors to problems (`translate`). Endpoint modules
+import from here, never from each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import decimal
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+import anyio
+from fastapi import Query, Request
+
+from cdrhouse.api.auth import Caller
+from cdrhouse.api.errors import Problem
+from cdrhouse.api.models import SQLBody, ViewParams
+from cdrhouse.engine import accounts as acc
+from cdrhouse.engine import query as q
+from cdrhouse.engine import userdata as ud
+from cdrhouse.engine.db import Database
+from cdrhouse.engine.pool import PoolExhausted
+from cdrhouse.sql import catalogue
+from cdrhouse.sql.errors import UserError
+from cdrhouse.sql.usersql import UserSQLError
+from cdrhouse.sql.viewer import RANGES, ViewerError, ViewRequest, resolve_columns, resolve_range
+from cdrhouse.tiering.reader import WarmSources
+
+T = TypeVar("T")
+
+
+def service(request: Request):
+    return request.app.state.service
+
+
+async def caller(request: Request) -> Caller:
+    return await service(request).caller(request)
+
+
+# -- JSON values ------------------------------------------------------------------
+
+def jsonable(value: Any) -> Any:
+    """Money stays exact (a string), times are ISO 8601 with their offset."""
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return value.isoformat(timespec="milliseconds")
+    if isinstance(value, (dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return value
+
+
+def rows_json(columns: list[str] | tuple[str, ...], rows: list[tuple]) -> list[dict]:
+    return [{c: jsonable(v) for c, v in zip(columns, row)} for row in rows]
+
+
+def _split(values: list[str] | None) -> list[str] | None:
+    if values is None:
+        return None
+    out = [v.strip() for item in values for v in item.split(",") if v.strip()]
+    return out
+
+
+def view_params(
+    columns: list[str] | None = Query(None, description="Fields, comma-separated or repeated."),
+    sort: list[str] | None = Query(None, description="e.g. -start_time,call_id"),
+    limit: int = Query(100), cursor: str | None = Query(None),
+    range: str | None = Query(None, description=f"One of {', '.join(RANGES)}."),
+    date_from: str | None = Query(None, alias="from"), date_to: str | None = Query(None, alias="to"),
+    tz: str = Query("UTC"), connected_only: bool = Query(False), number: str | None = Query(None),
+    tenant: str | None = Query(None), customer: str | None = Query(None),
+    carrier: str | None = Query(None),
+    include_archive: bool = Query(False, description="Also read archived (warm) months."),
+) -> ViewParams:
+    return ViewParams(columns=_split(columns), sort=_split(sort) or ["-start_time"], limit=limit,
+                      cursor=cursor, range=range, date_from=date_from, date_to=date_to, tz=tz,
+                      connected_only=connected_only, number=number, tenant=tenant,
+                      customer=customer, carrier=carrier, include_archive=include_archive)
+
+
+def narrowing_rules(db: Database, who: Caller, p: ViewParams) -> list[dict]:
+    """Rules that narrow an operator's view to a tenant or account; refused for others."""
+    role, tenant = who.principal.role, who.principal.tenant
+    asked = {k: v for k, v in (("tenant", p.tenant), ("customer", p.customer),
+                               ("carrier", p.carrier)) if v}
+    if not asked:
+        return []
+    if role not in ("admin", "tenant"):
+        raise Problem("forbidden", f"a {role} user cannot narrow to another account "
+                                   f"({', '.join(asked)}); the key already scopes the view")
+    rules: list[dict] = []
+    if "tenant" in asked:
+        if role != "admin":
+            raise Problem("forbidden", "only an admin can choose the tenant")
+        tenant = p.tenant
+        rules.append({"field": "tenant_id", "operator": "equal", "value": tenant})
+    for kind in ("customer", "carrier"):
+        code = asked.get(kind)
+        if not code:
+            continue
+        if not tenant:
+            raise Problem("invalid-request", f"{kind}: an admin names the tenant too (tenant=…)")
+        found = acc.find(db, tenant, kind, code)
+        if found is None:
+            raise Problem("not-found", f"no {kind} {code!r} in this tenant")
+        rules.append({"field": f"{kind}_id", "operator": "equal", "value": found.account_id})
+    return rules
+
+
+def to_request(db: Database, who: Caller, p: ViewParams, rules: dict | None,
+               for_download: bool = False) -> ViewRequest:
+    narrow = narrowing_rules(db, who, p)
+    if narrow:
+        rules = {"condition": "AND", "rules": narrow + ([rules] if rules else [])}
+    return ViewRequest(columns=p.columns, sort=p.sort, limit=None if for_download else p.limit,
+                       cursor=p.cursor, range=p.range, date_from=p.date_from, date_to=p.date_to,
+                       tz=p.tz, connected_only=p.connected_only, number=p.number, rules=rules,
+                       for_download=for_download)
+
+
+def translate(exc: Exception) -> Problem:
+    """Our user-facing errors as problems; anything else is re-raised.
+
+    Only `UserError`s (their messages are written to be shown) become 4xx
+    answers. Any other exception — a bug, an internal invariant, an outage —
+    propagates to the app's handler: a 500 with no detail, logged server-side.
+    """
+    if isinstance(exc, Problem):
+        return exc
+    if isinstance(exc, UserSQLError):
+        return Problem("bad-sql", str(exc))
+    if isinstance(exc, q.QueryFailed):
+        slug = {"limit": "limit-exceeded", "cancelled": "query-cancelled"}.get(exc.kind, "query-failed")
+        return Problem(slug, str(exc))
+    if isinstance(exc, UserError):
+        return Problem("invalid-request", str(exc))
+    raise exc
+
+
+def warm_sources(request: Request, db: Database, who: Caller, wanted: bool,
+                 start: dt.datetime | None = None, end: dt.datetime | None = None
+                 ) -> WarmSources:
+    """The archived months a request reads (none unless it asked for them)."""
+    if not wanted:
+        return WarmSources()
+    return service(request).warm.sources(db, who.principal.tenant, start, end)
+
+
+def archive_json(wanted: bool, sources: WarmSources) -> dict:
+    return {"included": wanted, "months": sources.labels()}
+
+
+def page_response(res: q.ViewResult, wanted: bool = False,
+                   sources: WarmSources | None = None) -> dict:
+    frm, to = res.compiled.applied_range
+    return {
+        "columns": list(res.compiled.output_columns),
+        "rows": rows_json(res.compiled.output_columns, res.rows),
+        "next_cursor": res.next_cursor,
+        "range": {"from": jsonable(frm), "to": jsonable(to), "timezone": "UTC"},
+        "timezone": res.compiled.tz,
+        "archive": archive_json(wanted, sources or WarmSources()),
+    }
+
+
+async def run_view(request: Request, who: Caller, p: ViewParams, rules: dict | None) -> dict:
+    def work(db: Database, qid: str) -> tuple[q.ViewResult, WarmSources]:
+        try:
+            now = dt.datetime.now(dt.UTC)
+            req = to_request(db, who, p, rules)
+            sources = warm_sources(request, db, who, p.include_archive,
+                                   *resolve_range(req, now))
+            return q.run_view(db, who.principal, req, now, query_id=qid,
+                              archive=sources.selects), sources
+        except Exception as exc:  # noqa: BLE001 - translated or re-raised
+            raise translate(exc) from None
+    res, sources = await service(request).run(request, who, work)
+    request.state.rows = len(res.rows)
+    return page_response(res, p.include_archive, sources)
+
+
+async def run_sql(request: Request, who: Caller, body: SQLBody) -> dict:
+    """Run user SQL for the caller: the /v1/sql endpoint and saved SQL queries."""
+    def work(db: Database, qid: str) -> tuple[q.Result, WarmSources]:
+        try:
+            sources = warm_sources(request, db, who, body.include_archive)
+            return q.run_sql(db, who.principal, body.sql, body.params, query_id=qid,
+                             archive=sources.selects), sources
+        except Exception as exc:  # noqa: BLE001
+            raise translate(exc) from None
+    res, sources = await service(request).run(request, who, work)
+    request.state.rows = len(res.rows)
+    return {"columns": [{"name": n, "type": t} for n, t in zip(res.columns, res.types)],
+            "rows": [[jsonable(v) for v in row] for row in res.rows],
+            "row_count": len(res.rows),
+            "archive": archive_json(body.include_archive, sources)}
+
+
+async def one_record(request: Request, who: Caller, call_id: str) -> dict:
+    cols = [f.name for f in catalogue.visible_fields(who.principal.role)]
+    p = ViewParams(columns=cols, range="all", limit=2)
+    rules = {"condition": "AND", "rules": [{"field": "call_id", "operator": "equal", "value": call_id}]}
+    page = await run_view(request, who, p, rules)
+    if not page["rows"]:
+        # the same answer whether the call does not exist or belongs to someone else
+        raise Problem("not-found", f"no call {call_id!r} visible to this key")
+    return page["rows"][0]
+
+
+async def store(request: Request, fn: Callable[[Database], T]) -> T:
+    """Run a small storage call off the event loop on a pooled client.
+
+    Not `Service.run`: these are key-value reads and writes, not user queries,
+    so they do not count against the principal's concurrent-query cap.
+    """
+    pool = service(request).pool
+
+    def work() -> T:
+        try:
+            with pool.acquire() as db:
+                return fn(db)
+        except PoolExhausted as exc:
+            raise Problem("unavailable", str(exc)) from None
+        except ud.UserDataError as exc:
+            raise Problem("invalid-request", str(exc)) from None
+    return await anyio.to_thread.run_sync(work)
+
+
+async def apply_preferences(request: Request, who: Caller, p: ViewParams,
+                            given: Iterable[str] | None = None) -> ViewParams:
+    """`p` with the key's saved tz and columns where the request did not give them.
+
+    The hook for viewer endpoints: `given` names the parameters the client
+    sent (default: the request's query-string keys, right for GET /v1/cdrs;
+    for a JSON body pass `body.model_fields_set`). Stored columns that are no
+    longer valid for the principal (the catalogue changed) are ignored rather
+    than failing a request that did not ask for them.
+    """
+    sent = set(request.query_params.keys() if given is None else given)
+    if {"tz", "columns"} <= sent:
+        return p
+    prefs = await store(request, lambda db: ud.get_preferences(db, who.key_id))
+    update: dict[str, Any] = {}
+    if "tz" not in sent and prefs.tz is not None:
+        update["tz"] = prefs.tz
+    if "columns" not in sent and prefs.columns is not None:
+        # remembered columns the key may no longer see: fall back to the defaults
+        with contextlib.suppress(ViewerError):
+            update["columns"] = list(resolve_columns(prefs.columns, who.principal))
+    return p.model_copy(update=update) if update else p
