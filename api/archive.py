@@ -97,7 +97,7 @@ def _found(request: Request, db: Database, tenant: str, month: int) -> tuple[War
 
 
 def _file_url(request: Request, month: int, n: int, key: str, tenant: str | None) -> str:
-    url = _reader(request).store.presign(key, expires=3600)
+    url = _reader(request).store.presign(key)
     if url:
         return url
     suffix = f"?tenant={tenant}" if tenant else ""
@@ -153,7 +153,7 @@ def _file_response(request: Request, manifest: Manifest, n: int):
     store = _reader(request).store
     key = manifest.files[n].key
     name = f"cdrs-{manifest.tenant}-{manifest.month}-{key.rsplit('/', 1)[1]}"
-    url = store.presign(key, expires=3600)
+    url = store.presign(key)
     if url:
         return RedirectResponse(url, status_code=307)
     if isinstance(store, LocalStore):

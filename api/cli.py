@@ -43,7 +43,9 @@ from cdrhouse.sql.viewer import ViewerError, ViewRequest
 from cdrhouse.tiering.lock import TierLocked
 from cdrhouse.tiering.policy import DEFAULT_KEEP_MONTHS
 from cdrhouse.tiering.schedule import DEFAULT_CRON, parse_cron
-from cdrhouse.tiering.store import ArchiveConfig, ArchiveError, open_archive
+from cdrhouse.sql.recordings import RecordingPolicy
+from cdrhouse.tiering.store import (DEFAULT_PRESIGN_EXPIRY, MAX_PRESIGN_EXPIRY, ArchiveConfig,
+                                    ArchiveError, open_archive)
 
 err = Console(stderr=True, soft_wrap=True)
 app = typer.Typer(help="cdrhouse: an analytical store for call detail records on ClickHouse.",
@@ -216,6 +218,19 @@ def serve(
              "<data-dir>/warm).")] = None,
     s3_endpoint: Annotated[Optional[str], typer.Option(
         "--s3-endpoint", envvar="CDRHOUSE_S3_ENDPOINT", help="S3-compatible endpoint.")] = None,
+    s3_region: Annotated[Optional[str], typer.Option(
+        "--s3-region", envvar=["CDRHOUSE_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"],
+        help="The buckets' region, signed into requests and presigned URLs (SigV4); "
+             "default us-east-1.")] = None,
+    presign_expiry: Annotated[int, typer.Option(
+        "--presign-expiry", envvar="CDRHOUSE_PRESIGN_EXPIRY", min=1, max=MAX_PRESIGN_EXPIRY,
+        help="Seconds a presigned S3 URL (archive files, s3:// recordings) stays valid.")]
+    = DEFAULT_PRESIGN_EXPIRY,
+    recording_hosts: Annotated[Optional[str], typer.Option(
+        "--recording-hosts", envvar="CDRHOUSE_RECORDING_HOSTS",
+        help="Comma-separated hosts recordings may redirect to (exact, or *.domain), and "
+             "s3://bucket[/prefix] entries whose objects are presigned. Default: any public "
+             "http(s) host, no s3://.")] = None,
     tier_cron: Annotated[str, typer.Option(
         "--tier-schedule", envvar="CDRHOUSE_TIER_SCHEDULE",
         help="When the tiering job runs (crontab, UTC); 'off' to never run it here.")]
@@ -241,7 +256,11 @@ def serve(
             parse_cron(cron)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--tier-schedule") from None
-    archive_config = ArchiveConfig.from_env(archive_url, s3_endpoint)
+    archive_config = ArchiveConfig.from_env(archive_url, s3_endpoint, s3_region, presign_expiry)
+    try:
+        recordings = RecordingPolicy.parse(recording_hosts)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--recording-hosts") from None
     Database(config).close()     # fail fast, with the plain message, if the store is held
     err.print(f"serving {config.dsn if not config.embedded else config.data_dir / 'clickhouse'} "
               f"on http://{host}:{port} (docs at /docs)")
@@ -249,7 +268,8 @@ def serve(
               f"keeps {keep_months} full months hot, archive "
               f"{open_archive(archive_config, config.data_dir).location}")
     uvicorn.run(create_app(ServiceConfig(store=config, pool_size=pool, archive=archive_config,
-                                         tier_cron=cron, keep_months=keep_months)),
+                                         tier_cron=cron, keep_months=keep_months,
+                                         recordings=recordings)),
                 host=host, port=port, log_level="warning", access_log=False)
 
 

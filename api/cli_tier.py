@@ -39,11 +39,16 @@ def tier_options(
         "--s3-endpoint", envvar="CDRHOUSE_S3_ENDPOINT",
         help="S3-compatible endpoint (MinIO etc.); credentials from AWS_ACCESS_KEY_ID / "
              "AWS_SECRET_ACCESS_KEY.")] = None,
+    s3_region: Annotated[Optional[str], typer.Option(
+        "--s3-region", envvar=["CDRHOUSE_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"],
+        help="The bucket's region, signed into every request (SigV4); default us-east-1.")]
+    = None,
     keep_months: Annotated[int, typer.Option(
         "--keep-months", envvar="CDRHOUSE_KEEP_MONTHS", min=1,
         help="Full months that stay hot.")] = DEFAULT_KEEP_MONTHS,
 ) -> None:
-    ctx.meta["cdrhouse.tier"] = _Settings(ArchiveConfig.from_env(archive_url, s3_endpoint),
+    ctx.meta["cdrhouse.tier"] = _Settings(ArchiveConfig.from_env(archive_url, s3_endpoint,
+                                                                 s3_region),
                                           Policy(keep_months=keep_months))
 
 

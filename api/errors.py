@@ -21,6 +21,7 @@ PROBLEM_JSON = "application/problem+json"
 PROBLEMS: dict[str, tuple[int, str]] = {
     "unauthorized": (401, "Missing or invalid API key"),
     "forbidden": (403, "Not allowed for this principal"),
+    "recording-refused": (403, "Recording URL refused"),
     "not-found": (404, "Not found"),
     "invalid-request": (400, "Invalid request"),
     "bad-sql": (400, "SQL refused"),

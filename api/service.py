@@ -27,6 +27,7 @@ from cdrhouse.api.errors import Problem
 from cdrhouse.engine import query as q
 from cdrhouse.engine.db import Database, StoreConfig
 from cdrhouse.engine.pool import DatabasePool, PoolExhausted
+from cdrhouse.sql.recordings import RecordingPolicy
 from cdrhouse.tiering.policy import DEFAULT_KEEP_MONTHS
 from cdrhouse.tiering.reader import WarmReader
 from cdrhouse.tiering.store import ArchiveConfig, open_archive
@@ -49,6 +50,8 @@ class ServiceConfig:
     #: when the tiering job runs inside the service (cron, UTC); None: never
     tier_cron: str | None = None
     keep_months: int = DEFAULT_KEEP_MONTHS
+    #: which recording URLs /v1/cdrs/{id}/recording redirects to (sql/recordings.py)
+    recordings: RecordingPolicy = field(default_factory=RecordingPolicy)
 
 
 @dataclass

@@ -39,21 +39,53 @@ class ObjectInfo:
     etag: str = ""
 
 
+#: How long a presigned URL handed to a client stays valid (seconds). Short: the
+#: URL is a bearer token for the object, and a client follows it at once.
+DEFAULT_PRESIGN_EXPIRY = 15 * 60
+#: SigV4's ceiling for a presigned URL (seven days).
+MAX_PRESIGN_EXPIRY = 7 * 24 * 3600
+
+
+def check_presign_expiry(seconds: int, where: str = "--presign-expiry") -> int:
+    """`seconds` if SigV4 allows it as an expiry, else ArchiveError naming `where`."""
+    if not 1 <= int(seconds) <= MAX_PRESIGN_EXPIRY:
+        raise ArchiveError(f"{where}={seconds}: a presigned URL lives from 1 second to "
+                           f"{MAX_PRESIGN_EXPIRY} seconds (7 days, the SigV4 limit)")
+    return int(seconds)
+
+
 @dataclass(frozen=True)
 class ArchiveConfig:
     """Where the archive lives: `CDRHOUSE_ARCHIVE` (a directory, `file://…` or
     `s3://bucket/prefix`), `CDRHOUSE_S3_ENDPOINT` for S3-compatible servers, the
-    region, and the usual AWS credential variables (read by boto3)."""
+    region (`CDRHOUSE_S3_REGION`, else `AWS_REGION` / `AWS_DEFAULT_REGION`: SigV4
+    signs it into every request and presigned URL), how long presigned URLs live
+    (`CDRHOUSE_PRESIGN_EXPIRY`, seconds), and the usual AWS credential variables
+    (read by boto3)."""
 
     url: str | None = None
     s3_endpoint: str | None = None
     region: str | None = None
+    presign_expiry: int = DEFAULT_PRESIGN_EXPIRY
 
     @classmethod
-    def from_env(cls, url: str | None = None, s3_endpoint: str | None = None) -> ArchiveConfig:
-        return cls(url=url or os.environ.get("CDRHOUSE_ARCHIVE") or None,
-                   s3_endpoint=s3_endpoint or os.environ.get("CDRHOUSE_S3_ENDPOINT") or None,
-                   region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"))
+    def from_env(cls, url: str | None = None, s3_endpoint: str | None = None,
+                 region: str | None = None,
+                 presign_expiry: int | None = None) -> ArchiveConfig:
+        env = os.environ
+        if presign_expiry is None:
+            text = env.get("CDRHOUSE_PRESIGN_EXPIRY") or str(DEFAULT_PRESIGN_EXPIRY)
+            try:
+                presign_expiry = int(text)
+            except ValueError:
+                raise ArchiveError(f"CDRHOUSE_PRESIGN_EXPIRY={text!r}: give seconds, "
+                                   "e.g. 900") from None
+        return cls(url=url or env.get("CDRHOUSE_ARCHIVE") or None,
+                   s3_endpoint=s3_endpoint or env.get("CDRHOUSE_S3_ENDPOINT") or None,
+                   region=(region or env.get("CDRHOUSE_S3_REGION") or env.get("AWS_REGION")
+                           or env.get("AWS_DEFAULT_REGION") or None),
+                   presign_expiry=check_presign_expiry(
+                       presign_expiry, "presign expiry (--presign-expiry, CDRHOUSE_PRESIGN_EXPIRY)"))
 
 
 class ObjectStore(Protocol):
@@ -71,7 +103,7 @@ class ObjectStore(Protocol):
     def copy(self, src: str, dst: str) -> None: ...
     def delete(self, key: str) -> None: ...
     def open(self, key: str) -> Iterator[bytes]: ...
-    def presign(self, key: str, expires: int = 3600) -> str | None: ...
+    def presign(self, key: str, expires: int | None = None) -> str | None: ...
     def prepare_write(self, keys: list[str]) -> None: ...
     def clickhouse_source(self, db: Database, keys: list[str]) -> str: ...
 
@@ -197,7 +229,8 @@ class LocalStore:
             while chunk := fh.read(1 << 20):
                 yield chunk
 
-    def presign(self, key: str, expires: int = 3600) -> str | None:
+    def presign(self, key: str, expires: int | None = None) -> str | None:
+        """None: a directory has no URL of its own (the API streams the file)."""
         return None
 
     def prepare_write(self, keys: list[str]) -> None:
@@ -215,11 +248,19 @@ _AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
 
 
 class S3Store:
-    """AWS S3, MinIO or any S3-compatible server, through boto3."""
+    """AWS S3, MinIO or any S3-compatible server, through boto3.
+
+    Every request, and every presigned URL, is signed with Signature Version 4
+    for the configured region. boto3 would otherwise presign with SigV2
+    (`?AWSAccessKeyId=…&Signature=…`) for a custom endpoint or us-east-1, which
+    AWS regions opened since 2014, MinIO, rclone and most S3-compatible servers
+    refuse (`UnsupportedAlgorithm`).
+    """
 
     def __init__(self, bucket: str, prefix: str = "", *, endpoint: str | None = None,
                  region: str | None = None, access_key: str | None = None,
-                 secret_key: str | None = None, multipart_threshold: int = 64 << 20) -> None:
+                 secret_key: str | None = None, multipart_threshold: int = 64 << 20,
+                 presign_expiry: int = DEFAULT_PRESIGN_EXPIRY) -> None:
         import boto3
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
@@ -228,6 +269,7 @@ class S3Store:
         self.prefix = prefix.strip("/")
         self.endpoint = endpoint.rstrip("/") if endpoint else None
         self.region = region or "us-east-1"
+        self.presign_expiry = check_presign_expiry(presign_expiry, "presign expiry")
         self.location = f"s3://{bucket}/{self.prefix}".rstrip("/")
         if self.endpoint:
             self.location += f" at {self.endpoint}"
@@ -237,7 +279,8 @@ class S3Store:
         self._session = session
         self.client = session.client(
             "s3", endpoint_url=self.endpoint,
-            config=Config(retries={"max_attempts": 5, "mode": "standard"},
+            config=Config(signature_version="s3v4", region_name=self.region,
+                          retries={"max_attempts": 5, "mode": "standard"},
                           connect_timeout=5, read_timeout=120,
                           s3={"addressing_style": "path"} if self.endpoint else None))
         self.transfer = TransferConfig(multipart_threshold=multipart_threshold,
@@ -297,7 +340,13 @@ class S3Store:
                    Key=self._full(key), Body=data)
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Create `key` only if it is absent: `If-None-Match: *` (AWS, MinIO), after a
+        HEAD — some S3-compatible servers (rclone's among them) ignore the condition
+        and overwrite, which would hand the run lock to every comer. The lock reads
+        its object back as well (tiering/lock.py) for the race a HEAD leaves."""
         from botocore.exceptions import ClientError
+        if self.head(key) is not None:
+            return False
         try:
             self.client.put_object(Bucket=self.bucket, Key=self._full(key), Body=data,
                                    IfNoneMatch="*")
@@ -363,10 +412,18 @@ class S3Store:
         finally:
             body.close()
 
-    def presign(self, key: str, expires: int = 3600) -> str | None:
-        return self.client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": self._full(key)},
-            ExpiresIn=expires)
+    def presign(self, key: str, expires: int | None = None) -> str | None:
+        """A SigV4 GET URL for `key`, valid `expires` seconds (default: the store's
+        presign_expiry). Anyone holding it can read the object until then."""
+        return self.presign_object(self.bucket, self._full(key), expires)
+
+    def presign_object(self, bucket: str, key: str, expires: int | None = None) -> str:
+        """A SigV4 GET URL for any object these credentials may read (full key, no
+        prefix): for recordings kept in another bucket of the same account."""
+        seconds = self.presign_expiry if expires is None else check_presign_expiry(
+            expires, "presign expiry")
+        return self._call("presign", key, self.client.generate_presigned_url, "get_object",
+                          Params={"Bucket": bucket, "Key": key}, ExpiresIn=seconds)
 
     def prepare_write(self, keys: list[str]) -> None:
         return None
@@ -411,7 +468,7 @@ def open_archive(config: ArchiveConfig, data_dir: Path) -> ObjectStore:
         if not parts.netloc:
             raise ArchiveError(f"CDRHOUSE_ARCHIVE={url!r}: name a bucket, e.g. s3://bucket/prefix")
         store = S3Store(parts.netloc, parts.path, endpoint=config.s3_endpoint,
-                        region=config.region)
+                        region=config.region, presign_expiry=config.presign_expiry)
         return store
     if parts.scheme == "file":
         return LocalStore(Path(parts.path))
