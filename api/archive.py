@@ -6,7 +6,8 @@ when the archive is on S3, a stream when it is a directory. Customer and
 carrier users never get a stored file (it holds every account of the tenant):
 their download is filtered server-side by ClickHouse with the same guard as
 every other query, as Parquet or CSV, and shows only the fields their role may
-see. CSV is UTC and optionally gzip/zstd, like the other downloads.
+see. CSV is UTC, optionally gzip/zstd and spreadsheet-safe unless `raw=true`,
+like the other downloads.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
 from cdrhouse.api.auth import Caller
-from cdrhouse.api.downloads import Compression, plan_export, start_download
+from cdrhouse.api.downloads import Compression, RawQuery, plan_export, start_download
 from cdrhouse.api.errors import Problem
 from cdrhouse.api.deps import caller, service
 from clickhouse_connect.driver.exceptions import ClickHouseError
@@ -112,12 +113,13 @@ async def get_month(request: Request, month: str,
                     format: Literal["parquet", "csv"] = Query("parquet"),
                     compression: Compression | None = Query(None, description="CSV only: gzip "
                                                                                "or zstd."),
+                    raw: bool = RawQuery,
                     tenant: str | None = Query(None), who: Caller = Depends(caller)):
     scope, month_id = _tenant(who, tenant), _month(month)
     _, manifest = await plan_export(request, who, lambda db, qid: _found(request, db, scope,
                                                                          month_id))
     if format == "csv":
-        return await _csv(request, who, scope, month_id, manifest, compression)
+        return await _csv(request, who, scope, month_id, manifest, compression, raw)
     if compression:
         raise Problem("invalid-request", "compression: Parquet files are already "
                                          "zstd-compressed; compression applies to CSV")
@@ -176,14 +178,14 @@ def _month_request(who: Caller, month: int) -> ViewRequest:
 
 
 async def _csv(request: Request, who: Caller, tenant: str, month: int, manifest: Manifest,
-               compression: str | None):
+               compression: str | None, raw: bool = False):
     now = dt.datetime.now(dt.UTC)
 
     def make(db: Database, qid: str) -> export.Export:
         select = _reader(request).select(db, manifest)
         return export.view_export(who.principal, _month_request(who, month), now, [select])
     plan = await plan_export(request, who, make)
-    return await start_download(request, who, "cdrs", plan, compression)
+    return await start_download(request, who, "cdrs", plan, compression, raw=raw)
 
 
 async def _filtered_parquet(request: Request, who: Caller, tenant: str, month: int,

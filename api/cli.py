@@ -348,6 +348,11 @@ def ingest(
 
 # -- sql ----------------------------------------------------------------------------
 
+_RAW_HELP = ("CSV: print text exactly as stored. By default a value a spreadsheet would run "
+             "as a formula (starting with = + - @ TAB or CR, other than a signed number such "
+             "as +442079460000) gets a leading ', and NUL becomes U+FFFD.")
+
+
 def _check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise typer.BadParameter(f"choose one of {', '.join(FORMATS)}", param_hint="--format")
@@ -373,6 +378,7 @@ def sql(
     param: Annotated[Optional[list[str]], typer.Option(
         "--param", "-p", help="Query parameter NAME=VALUE for {NAME:Type} placeholders.")] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")] = "table",
+    raw: Annotated[bool, typer.Option("--raw", help=_RAW_HELP)] = False,
 ) -> None:
     """Run a read-only SQL query over the logical tables, guarded for the principal."""
     _check_format(fmt)
@@ -380,7 +386,7 @@ def sql(
     with open_store(ctx) as db:
         principal = acc.resolve_principal(db, as_)
         result = run_sql(db, principal, query, params)
-    render(result.columns, result.rows, fmt)
+    render(result.columns, result.rows, fmt, raw=raw)
 
 
 @app.command()
@@ -409,6 +415,7 @@ def search(
     cursor: Annotated[Optional[str], typer.Option(
         "--cursor", help="Next-page cursor printed by the previous page.")] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")] = "table",
+    raw: Annotated[bool, typer.Option("--raw", help=_RAW_HELP)] = False,
 ) -> None:
     """Search CDRs as the viewer does: range, number, builder rules; one page at a time."""
     _check_format(fmt)
@@ -430,7 +437,7 @@ def search(
     frm, to = result.compiled.applied_range
     err.print(f"range (UTC): {frm or '-'} .. {to or '-'}; times shown in {tz}; "
               f"{len(result.rows)} rows")
-    render(list(result.compiled.output_columns), result.rows, fmt)
+    render(list(result.compiled.output_columns), result.rows, fmt, raw=raw)
     if result.next_cursor:
         err.print(f"next page: --cursor {result.next_cursor}")
 

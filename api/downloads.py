@@ -21,6 +21,11 @@ What the client gets:
   the end exclusive) or `sql-acme-20260315T101500Z.csv`; `X-Query-Id` is the
   download's id (the end of its query's log_comment tag, for support and
   cancellation); `Cache-Control: no-store`.
+- **Spreadsheet-safe cells** (engine/export.py): a text value or header name
+  that a spreadsheet would run as a formula (it starts with `=`, `+`, `-`,
+  `@`, TAB or CR and is not a signed number such as `+442079460000`) is
+  prefixed with `'`; a NUL becomes U+FFFD. `?raw=true` sends the stored text
+  unchanged, for programs.
 - `?compression=gzip|zstd` sends a compressed *file*: `application/gzip`
   (`.csv.gz`) or `application/zstd` (`.csv.zst`), compressed as it streams,
   not `Content-Encoding` — clients save what they asked for instead of
@@ -110,11 +115,12 @@ class Download:
     """
 
     def __init__(self, request: Request, who: Caller, plan: export.Export,
-                 compression: str | None) -> None:
+                 compression: str | None, raw: bool = False) -> None:
         self.request = request
         self.service = service(request)
         self.who = who
         self.plan = plan
+        self.raw = raw
         self.query_id = uuid.uuid4().hex
         self.limit_overrides = getattr(request.app.state, "download_limit_overrides", None)
         self._encoder = export.encoder(compression)
@@ -148,7 +154,7 @@ class Download:
             self._chunks = export.stream_csv(
                 db, self.who.principal, self.plan.sql, self.plan.parameters, self.query_id,
                 columns=self.plan.columns, limit_overrides=self.limit_overrides,
-                warm=self.plan.warm)
+                warm=self.plan.warm, types=self.plan.types, raw=self.raw)
             self._stack.callback(self._chunks.close)
             first = next(self._chunks, None)
         except BaseException:
@@ -410,8 +416,9 @@ def filename(kind: str, who: Caller, plan: export.Export, compression: str | Non
 
 
 async def start_download(request: Request, who: Caller, kind: str, plan: export.Export,
-                          compression: str | None, p: ViewParams | None = None) -> CSVDownloadResponse:
-    download = Download(request, who, plan, compression)
+                         compression: str | None, p: ViewParams | None = None,
+                         raw: bool = False) -> CSVDownloadResponse:
+    download = Download(request, who, plan, compression, raw)
     first = await download.start()
     media_type = export.COMPRESSIONS[compression][1] if compression else _CSV_TYPE
     headers = {
@@ -436,7 +443,7 @@ async def plan_export(request: Request, who: Caller, make: Callable[[Database, s
 
 
 async def _view_download(request: Request, who: Caller, p: ViewParams, rules: dict | None,
-                         compression: str | None) -> CSVDownloadResponse:
+                         compression: str | None, raw: bool = False) -> CSVDownloadResponse:
     now = dt.datetime.now(dt.timezone.utc)
 
     def make(db: Database, qid: str) -> export.Export:
@@ -444,8 +451,14 @@ async def _view_download(request: Request, who: Caller, p: ViewParams, rules: di
         sources = warm_sources(request, db, who, p.include_archive, *resolve_range(req, now))
         return export.view_export(who.principal, req, now, sources.selects)
     plan = await plan_export(request, who, make)
-    return await start_download(request, who, "cdrs", plan, compression, p)
+    return await start_download(request, who, "cdrs", plan, compression, p, raw)
 
+
+_RAW_DOC = ("Send text exactly as stored. By default a cell (or header name) that a "
+            "spreadsheet would run as a formula — starting with = + - @ TAB or CR, other than "
+            "a signed number such as +442079460000 — is prefixed with ', and NUL becomes "
+            "U+FFFD.")
+RawQuery = Query(False, description=_RAW_DOC)
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {200: {
     "description": "The rows as CSV (or a gzip / zstd file of it), streamed.",
@@ -459,8 +472,9 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {200: {
 async def download_cdrs(request: Request, p: ViewParams = Depends(view_params),
                         compression: Compression | None = Query(None,
                                                                 description=_COMPRESSION_DOC),
+                        raw: bool = RawQuery,
                         who: Caller = Depends(caller)) -> CSVDownloadResponse:
-    return await _view_download(request, who, p, None, compression)
+    return await _view_download(request, who, p, None, compression, raw)
 
 
 @router.post("/cdrs/search.csv", summary="Download a query-builder search as CSV (UTC, every row)",
@@ -468,8 +482,9 @@ async def download_cdrs(request: Request, p: ViewParams = Depends(view_params),
 async def download_search(request: Request, body: SearchBody,
                           compression: Compression | None = Query(None,
                                                                   description=_COMPRESSION_DOC),
+                          raw: bool = RawQuery,
                           who: Caller = Depends(caller)) -> CSVDownloadResponse:
-    return await _view_download(request, who, body, body.rules, compression)
+    return await _view_download(request, who, body, body.rules, compression, raw)
 
 
 @router.post("/sql.csv", summary="Download the result of user SQL as CSV (every row)",
@@ -477,9 +492,10 @@ async def download_search(request: Request, body: SearchBody,
 async def download_sql(request: Request, body: SQLBody,
                        compression: Compression | None = Query(None,
                                                                description=_COMPRESSION_DOC),
+                       raw: bool = RawQuery,
                        who: Caller = Depends(caller)) -> CSVDownloadResponse:
     plan = await plan_export(request, who, lambda db, qid: export.sql_export(
         db, who.principal, body.sql, body.params, qid,
         getattr(request.app.state, "download_limit_overrides", None),
         warm_sources(request, db, who, body.include_archive).selects))
-    return await start_download(request, who, "sql", plan, compression)
+    return await start_download(request, who, "sql", plan, compression, raw=raw)

@@ -42,6 +42,18 @@ Decisions worth knowing:
   the response started by ending the body with an exception block
   (`__exception__` … `__exception__`) and breaking the transfer; that block
   is held back here and its message raised, never passed on as rows.
+- **Spreadsheet-safe by default** (OWASP "CSV injection"): a text cell that
+  starts with `=`, `+`, `-`, `@`, TAB or CR is prefixed with `'`, so Excel,
+  LibreOffice and Google Sheets show it as text instead of running it as a
+  formula — except a `+` or `-` followed only by digits, spaces and dots
+  (`+442079460000`, `+44 20 7946 0000`, `-12.5`): E.164 numbers stay as
+  carriers expect them. A NUL becomes U+FFFD. Only text columns are touched
+  (numbers, dates, enums cannot hold a formula: `-12.5` in a Decimal column
+  is never prefixed); the header's names get the same rule (user SQL chooses
+  them). The rule runs *in the query*, one expression per text column
+  (`safe_text_sql`), so the bytes still stream from ClickHouse's CSV writer;
+  `neutralise` is the same rule in Python (CLI output, the header). `raw`
+  turns it off for programs that want the stored bytes.
 - **Cancellation**: the query carries the same log_comment tag as every
   guarded query (engine.query.query_tag), so `engine.query.cancel` with the
   principal and query id kills it.
@@ -79,10 +91,69 @@ _SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _EXCEPTION_MARK = b"__exception__\r\n"
 _BLANK_CRLF = b"\r\n"
 
-#: Output settings of every download (see the module docstring).
+#: Output settings of every download (see the module docstring). A tuple is one
+#: cell (`('a',1)`), not one cell per element: the header has one name per column.
 CSV_SETTINGS: dict[str, Any] = {
     "format_csv_null_representation": "",
+    "output_format_csv_serialize_tuple_into_separate_columns": 0,
 }
+
+#: First characters that make a spreadsheet read a cell as a formula (OWASP).
+FORMULA_STARTS = "=+-@\t\r"
+#: … unless the cell is a signed number or phone number: sign, digits, spaces, dots.
+_SIGNED_NUMBER = re.compile(r"[+-][0-9][0-9 .]*\Z")
+#: the same two tests for ClickHouse's match() (RE2: `$` is the end of the text)
+_SQL_FORMULA_START = r"'^[-=+@\\t\\r]'"
+_SQL_SIGNED_NUMBER = r"'^[+-][0-9][0-9 .]*$'"
+#: Column types whose CSV cells cannot start a formula: numbers are not text (`-12.5`
+#: stays), dates, UUIDs, IPs and enums have fixed shapes, and arrays, maps and tuples
+#: (one cell each, CSV_SETTINGS) start with `[`, `{` or `(`.
+_SAFE_TYPES = re.compile(r"^(U?Int\d+|Float\d+|BFloat16|Decimal|Date|DateTime|Bool|UUID|IPv[46]"
+                         r"|Enum|Array|Map|Tuple|Nested|Nothing|Interval|Point|Ring|Polygon"
+                         r"|MultiPolygon|LineString|MultiLineString|Time)")
+_STRING_TYPES = re.compile(r"^(String|FixedString)")
+
+
+def neutralise(text: str) -> str:
+    """`text` as a spreadsheet-safe CSV cell (the rule in the module docstring)."""
+    text = text.replace("\0", "\ufffd")
+    if text[:1] and text[:1] in FORMULA_STARTS and not _SIGNED_NUMBER.match(text):
+        return "'" + text
+    return text
+
+
+def _base_type(type_: str) -> str:
+    """`type_` without its LowCardinality / Nullable wrappers."""
+    while True:
+        for wrapper in ("LowCardinality(", "Nullable("):
+            if type_.startswith(wrapper) and type_.endswith(")"):
+                type_ = type_[len(wrapper):-1]
+                break
+        else:
+            return type_
+
+
+def safe_text_sql(expr: str, type_: str) -> str:
+    """`expr` (of ClickHouse type `type_`) as a spreadsheet-safe CSV value: the rule of
+    `neutralise`, in SQL, for text; any other type unchanged."""
+    base = _base_type(type_)
+    if _SAFE_TYPES.match(base):
+        return expr
+    if not _STRING_TYPES.match(base):  # Variant, Dynamic, JSON…: their text is what counts
+        expr = f"toString({expr})"
+    text = f"replaceAll({expr}, '\\0', '\\xEF\\xBF\\xBD')"  # NUL -> U+FFFD
+    return (f"if(match({text}, {_SQL_FORMULA_START}) AND NOT match({text}, "
+            f"{_SQL_SIGNED_NUMBER}), concat('''', {text}), {text})")
+
+
+def spreadsheet_safe(sql: str, types: Sequence[str]) -> str:
+    """`sql` with every text column neutralised (`safe_text_sql`). Columns are taken
+    by position: a result's names may repeat or not be identifiers (the header is ours)."""
+    if all(_SAFE_TYPES.match(_base_type(t)) for t in types):
+        return sql
+    cells = ", ".join(safe_text_sql(f"tupleElement(__row, {i})", t)
+                      for i, t in enumerate(types, start=1))
+    return f"SELECT {cells}\nFROM (SELECT tuple(*) AS __row FROM (\n{sql}\n))"
 
 
 class StreamBroken(Exception):
@@ -100,6 +171,8 @@ class Export:
     applied_range: tuple[datetime | None, datetime | None] = (None, None)
     #: reads archived months too (sql/archive.py): run with the warm limits
     warm: bool = False
+    #: ClickHouse types of the columns, when known (user SQL: from DESCRIBE)
+    types: tuple[str, ...] | None = None
 
 
 # -- preparing ----------------------------------------------------------------------
@@ -121,21 +194,29 @@ def sql_export(db: Database, principal: Principal, sql: str, params: Mapping[str
     """User SQL as a download (GuardError if refused, QueryFailed if ClickHouse cannot type it)."""
     compiled = compile_user_sql(sql, principal, dict(params or {}))
     text = with_archive(compiled.sql, archive)
-    columns = column_names(db, principal, text, compiled.parameters, query_id,
-                           limit_overrides, warm=bool(archive))
-    return Export(text, dict(compiled.parameters), columns, warm=bool(archive))
+    columns, types = describe(db, principal, text, compiled.parameters, query_id,
+                              limit_overrides, warm=bool(archive))
+    return Export(text, dict(compiled.parameters), columns, warm=bool(archive), types=types)
 
 
 def column_names(db: Database, principal: Principal, sql: str, parameters: Mapping[str, Any],
                  query_id: str, limit_overrides: Mapping[str, int] | None = None,
                  warm: bool = False) -> tuple[str, ...]:
     """The result columns of `sql`, from ClickHouse's analysis of it (nothing is read)."""
+    return describe(db, principal, sql, parameters, query_id, limit_overrides, warm)[0]
+
+
+def describe(db: Database, principal: Principal, sql: str, parameters: Mapping[str, Any],
+             query_id: str, limit_overrides: Mapping[str, int] | None = None,
+             warm: bool = False) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Names and types of the result columns of `sql` (ClickHouse analyses it, reads
+    nothing)."""
     settings = download_settings(principal, query_id, limit_overrides, warm)
     try:
         rows = db.rows(f"DESCRIBE TABLE (\n{sql}\n)", parameters, settings)
     except ClickHouseError as exc:
         raise q.query_failed(exc, settings) from None
-    return tuple(row[0] for row in rows)
+    return tuple(row[0] for row in rows), tuple(row[1] for row in rows)
 
 
 def download_settings(principal: Principal, query_id: str,
@@ -173,10 +254,12 @@ def with_settings(sql: str, settings: Mapping[str, Any]) -> str:
     return f"SELECT * FROM (\n{sql}\n)\nSETTINGS {settings_clause(settings)}"
 
 
-def csv_line(values: Sequence[str]) -> bytes:
-    """One CSV line of text values, quoted as ClickHouse's CSVWithNames quotes its header."""
+def csv_line(values: Sequence[str], raw: bool = False) -> bytes:
+    """One CSV line of text values, quoted as ClickHouse's CSVWithNames quotes its header;
+    spreadsheet-safe unless `raw` (user SQL chooses the names)."""
     buf = io.StringIO()
-    csv.writer(buf, quoting=csv.QUOTE_ALL, lineterminator="\n").writerow(values)
+    csv.writer(buf, quoting=csv.QUOTE_ALL, lineterminator="\n").writerow(
+        values if raw else [neutralise(v) for v in values])
     return buf.getvalue().encode()
 
 
@@ -197,7 +280,8 @@ def stop(db: Database, principal: Principal, query_id: str) -> None:
 def stream_csv(db: Database, principal: Principal, sql: str, parameters: Mapping[str, Any],
                query_id: str, *, columns: Sequence[str] | None = None,
                limit_overrides: Mapping[str, int] | None = None,
-               chunk_bytes: int = CHUNK_BYTES, warm: bool = False) -> Iterator[bytes]:
+               chunk_bytes: int = CHUNK_BYTES, warm: bool = False,
+               types: Sequence[str] | None = None, raw: bool = False) -> Iterator[bytes]:
     """The CSV of guarded `sql` (header line, then rows), in chunks of about `chunk_bytes`.
 
     `sql` must already be guarded for `principal` (view_export / sql_export).
@@ -206,11 +290,17 @@ def stream_csv(db: Database, principal: Principal, sql: str, parameters: Mapping
     QueryFailed before it means nothing was sent; QueryFailed after it means
     the download is incomplete. Closing the iterator early closes the stream;
     the caller cancels the query by its tag if ClickHouse may still run it.
+    Text cells and header names are spreadsheet-safe unless `raw` (the module
+    docstring); `types` (else asked of ClickHouse) says which columns are text.
     """
     settings = download_settings(principal, query_id, limit_overrides, warm)
-    if columns is None:
-        columns = column_names(db, principal, sql, parameters, query_id, limit_overrides, warm)
-    header = csv_line(columns)
+    if columns is None or (types is None and not raw):
+        described, types = describe(db, principal, sql, parameters, query_id,
+                                    limit_overrides, warm)
+        columns = described if columns is None else columns
+    header = csv_line(columns, raw)
+    if not raw:
+        sql = spreadsheet_safe(sql, types)
     try:
         with db.stream(with_settings(sql, settings), "CSV", parameters) as source:
             pieces = _chunks(source, chunk_bytes)
