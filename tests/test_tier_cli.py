@@ -20,7 +20,7 @@ from test_tiering import ARCHIVED, TODAY, hot_month_set, independent_totals, loa
 from cdrhouse.engine.db import Database, StoreConfig
 from cdrhouse.engine.migrate import migrate
 from cdrhouse.tiering import layout, warm
-from cdrhouse.tiering.store import S3Store
+from cdrhouse.tiering.store import ArchiveConfig, S3Store, open_archive
 
 
 def cdrhouse(env: dict, *args: str) -> subprocess.CompletedProcess:
@@ -134,3 +134,38 @@ def test_serve_schedules_the_job_and_records_it(embedded_dsn: str, engine_dir: P
 def test_a_bad_schedule_is_refused_before_serving(tmp_path: Path, cron: str) -> None:
     proc = cdrhouse({"CDRHOUSE_DATA_DIR": str(tmp_path)}, "serve", "--tier-schedule", cron)
     assert proc.returncode == 2 and "is not a crontab expression" in proc.stderr
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["--recording-hosts", "https://rec.example.com"], {}, "--recording-hosts"),
+    (["--recording-hosts", "s3://Bad_Bucket"], {}, "not an S3 bucket name"),
+    (["--presign-expiry", "0"], {}, "--presign-expiry"),
+    (["--presign-expiry", "604801"], {}, "--presign-expiry"),
+    ([], {"CDRHOUSE_PRESIGN_EXPIRY": "soon"}, "--presign-expiry"),
+])
+def test_bad_s3_and_recording_options_are_refused_before_serving(
+        tmp_path: Path, args: list[str], env: dict, message: str) -> None:
+    proc = cdrhouse({"CDRHOUSE_DATA_DIR": str(tmp_path), **env}, "serve", *args)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("env, explicit, region", [
+    ({}, None, None),
+    ({"AWS_DEFAULT_REGION": "eu-west-3"}, None, "eu-west-3"),
+    ({"AWS_DEFAULT_REGION": "eu-west-3", "AWS_REGION": "eu-west-2"}, None, "eu-west-2"),
+    ({"AWS_REGION": "eu-west-2", "CDRHOUSE_S3_REGION": "ap-south-1"}, None, "ap-south-1"),
+    ({"CDRHOUSE_S3_REGION": "ap-south-1"}, "us-west-2", "us-west-2"),
+])
+def test_the_region_comes_from_the_option_then_the_environment(
+        monkeypatch, env: dict, explicit: str | None, region: str | None) -> None:
+    for name in ("CDRHOUSE_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", **env}.items():
+        monkeypatch.setenv(name, value)
+    config = ArchiveConfig.from_env("s3://b/p", region=explicit)
+    assert config.region == region
+    store = open_archive(config, Path("."))
+    assert store.region == (region or "us-east-1") and store.presign_expiry == 900
+    url = store.presign("k")
+    assert f"/{region or 'us-east-1'}/s3/aws4_request" in url.replace("%2F", "/")
