@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from fastapi import Request
 
+from cdrhouse.api.deps import service as service_of
 from cdrhouse.api.errors import Problem
 from cdrhouse.sql.recordings import RecordingRefused
 from cdrhouse.tiering.store import ArchiveError, S3Store
@@ -20,7 +21,7 @@ from cdrhouse.tiering.store import ArchiveError, S3Store
 def _presigner(request: Request) -> S3Store:
     """The archive's S3 client when the archive is on S3, else one made (once per app)
     from the same settings: recordings may live on S3 with a local archive."""
-    service = request.app.state.service
+    service = service_of(request)
     store = service.warm.store
     if isinstance(store, S3Store):
         return store
@@ -41,7 +42,7 @@ def _inside_archive(store: object, bucket: str, key: str) -> bool:
 
 def recording_location(request: Request, call_id: str, url: str) -> str:
     """The URL to redirect to for the recording `url` of `call_id`, or a problem."""
-    service = request.app.state.service
+    service = service_of(request)
     try:
         target = service.config.recordings.check(url)
     except RecordingRefused as exc:

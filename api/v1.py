@@ -16,6 +16,7 @@ from cdrhouse.api import deps
 from cdrhouse.api.auth import Caller
 from cdrhouse.api.deps import apply_preferences, caller, service, view_params
 from cdrhouse.api.errors import Problem
+from cdrhouse.api.recordings import recording_location
 from cdrhouse.api.models import FieldsOut, PageOut, SearchBody, SQLBody, SQLOut, ViewParams
 from cdrhouse.sql import catalogue
 from cdrhouse.sql.operators import operators_for
@@ -77,8 +78,6 @@ async def get_recording(request: Request, call_id: str, who: Caller = Depends(ca
     url = record.get("recording_url") or ""
     if not url:
         raise Problem("not-found", f"call {call_id!r} has no recording")
-    from cdrhouse.api.recordings import recording_location
-
     # checked here, not trusted from the ingested row (api/recordings.py)
     return RedirectResponse(recording_location(request, call_id, url), status_code=307)
 

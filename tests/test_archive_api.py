@@ -35,7 +35,7 @@ from cdrhouse.sql.archive import ArchiveSourceError, union_read, with_archive
 from cdrhouse.sql.limits import limits_for
 from cdrhouse.tiering import layout, verify, warm
 from cdrhouse.tiering.archive import Tiering
-from cdrhouse.tiering.policy import add_months
+from cdrhouse.tiering.policy import Policy, add_months
 from cdrhouse.tiering.store import (DEFAULT_PRESIGN_EXPIRY, ArchiveConfig, LocalStore, S3Store,
                                     sql_string)
 
@@ -365,3 +365,44 @@ def test_archive_errors(served, path: str, status: int) -> None:
     resp = client.get(path, headers=h(secrets, "tenant:acme"))
     assert resp.status_code == status, resp.text
     assert resp.headers["content-type"].startswith("application/problem+json")
+
+
+@pytest.mark.parametrize("served", ["rclone"], indirect=True)
+def test_a_month_in_several_parts_lists_presigned_urls_that_open(served) -> None:
+    """The listing of a month stored in several parts hands out one presigned URL per
+    part: each opens on the strict server, without credentials, and holds its part.
+    (Last in the module: it re-archives globex's newest month in small parts.)"""
+    client, secrets, before, _, _, db, archive = served
+    tier = Tiering(db, archive, Policy(max_part_rows=40))
+    tier.restore(NEWEST, ["globex"])
+    # a late call makes the month change, so the run archives it again, in small parts
+    db.command("INSERT INTO cdr_records SELECT * REPLACE ('late-globex' AS call_id) "
+               f"FROM cdr_records WHERE tenant_id = 'globex' AND toYYYYMM(start_time) = {NEWEST} "
+               "LIMIT 1")
+    tier.run(today=TODAY, months=[NEWEST], tenants=["globex"])
+    try:
+        _check_listed_parts(client, secrets, before, archive)
+    finally:  # the module's other tests see globex's month as it was
+        tier.restore(NEWEST, ["globex"])
+        db.command("DELETE FROM cdr_records WHERE call_id = 'late-globex'")
+        tier.run(today=TODAY, months=[NEWEST], tenants=["globex"])
+
+
+def _check_listed_parts(client: TestClient, secrets: dict, before: dict, archive) -> None:
+    manifest = warm.read_manifest(archive, "globex", NEWEST)
+    assert len(manifest.files) > 1
+    listing = client.get(f"/v1/archive/{NEWEST}", headers=h(secrets, "tenant:globex"))
+    assert listing.status_code == 200, listing.text
+    files = listing.json()["files"]
+    assert [(f["part"], f["rows"]) for f in files] == [
+        (n, e.rows) for n, e in enumerate(manifest.files)]
+    seen = set()
+    for f in files:
+        assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in f["url"]
+        fetched = httpx.get(f["url"])
+        assert fetched.status_code == 200, fetched.text
+        table = pq.read_table(io.BytesIO(fetched.content))
+        assert table.num_rows == f["rows"]
+        seen |= set(table.column("call_id").to_pylist())
+    assert len(seen) == manifest.rows and "late-globex" in seen
+    assert seen - {"late-globex"} <= before["tenant:globex"][1]
