@@ -11,8 +11,8 @@ from cdrhouse.backup.location import BackupConfig, Location
 from cdrhouse.engine import userdata
 from cdrhouse.engine.db import Database
 
-KIND_RUN = "backup-run"
-KIND_VERIFY = "backup-verify"
+KIND_RUN = ops.KIND_RUN
+KIND_VERIFY = ops.KIND_VERIFY
 PRINCIPAL = "admin"
 T = TypeVar("T")
 

@@ -37,6 +37,8 @@ from cdrhouse.engine.migrate import applied_versions, migrate
 #: (what, done, total) — total 0 when unknown
 Progress = Callable[[str, int, int], None]
 LOCK_TTL = dt.timedelta(hours=12)
+KIND_RUN = "backup-run"
+KIND_VERIFY = "backup-verify"
 _in_process = threading.Lock()
 
 
@@ -164,6 +166,7 @@ def run_backup(db: Database, location: Location, config: BackupConfig, *,
     """One backup of `db`'s database: full or incremental on the previous one."""
     location.check()
     with location_lock(location, "backup run"):
+        _close_interrupted(db, job_id)
         records, verifies = catalog.read_all(location)
         started = now or dt.datetime.now(dt.UTC)
         base, reason = plan_kind(records, verifies, config, started, full)
@@ -226,6 +229,17 @@ def run_backup(db: Database, location: Location, config: BackupConfig, *,
         report = RunReport(record=record, reason=reason)
         report.pruned, report.orphans = _prune(db, location, config)
         return report
+
+
+def _close_interrupted(db: Database, current_job: str) -> None:
+    """Backup jobs still 'running' while we hold the location's lock died with their
+    process (killed, machine lost): say so instead of leaving them running forever."""
+    from cdrhouse.engine import userdata
+    for job in userdata.list_jobs(db, kind=KIND_RUN, state="running", limit=1000):
+        if job.job_id != current_job:
+            userdata.update_job(db, job.job_id, state="failed",
+                                error="interrupted: the process ended before the backup "
+                                      "finished; its files were removed by a later run")
 
 
 def _dot_sizes(location: Location, backup_id: str) -> int:
