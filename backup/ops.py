@@ -15,6 +15,7 @@ aside (`<db>_before_restore_<time>`).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -444,7 +445,10 @@ def restore_backup(target: StoreConfig, location: Location, backup_id: str, *,
     links = check_chain(location, records, backup_id)
     record = links[0]
     t0 = time.monotonic()
-    db = Database(target)
+    # a client bound to `system`: the target database is dropped or renamed below, and
+    # a client bound to it would fail every later request (the HTTP interface sends it)
+    Database(target).close()  # creates the database if absent (and reports a held store)
+    db = Database(dataclasses.replace(target, database="system"), create=False)
     try:
         existing = live_tables(db, target.database)
         where = target.dsn if not target.embedded else str(target.data_dir / "clickhouse")
