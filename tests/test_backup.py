@@ -404,11 +404,12 @@ def test_restore_over_a_live_database_needs_force_and_keeps_it(populated, tmp_pa
 
 # -- crashes ------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory) -> Path:
-    """A store of its own, for a CLI process to hold (and be killed holding)."""
-    data = tmp_path_factory.mktemp("demo") / "data"
-    made = cdrhouse({"CDRHOUSE_DATA_DIR": str(data)}, "demo", "--rows", "40000", "--months", "2",
+@pytest.fixture
+def demo_dir(tmp_path: Path) -> Path:
+    """A store of its own, for a CLI process to hold (and be killed holding). Made
+    per test: a data directory cannot be copied (its symlinks are absolute)."""
+    data = tmp_path / "data"
+    made = cdrhouse({"CDRHOUSE_DATA_DIR": str(data)}, "demo", "--rows", "30000", "--months", "2",
                     "--seed", "5")
     assert made.returncode == 0, made.stderr
     return data
@@ -418,8 +419,7 @@ def demo_dir(tmp_path_factory) -> Path:
 def test_a_killed_backup_is_never_listed_and_the_next_run_completes(demo_dir: Path,
                                                                      tmp_path: Path,
                                                                      how: str) -> None:
-    data = tmp_path / "data"
-    shutil.copytree(demo_dir, data)
+    data = demo_dir
     backups = tmp_path / "backups"
     env = {"CDRHOUSE_DATA_DIR": str(data), "CDRHOUSE_BACKUP": str(backups)}
     if how.startswith("kill"):
