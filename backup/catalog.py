@@ -61,6 +61,8 @@ class BackupRecord:
     clickhouse_version: str
     cdrhouse_version: str
     job_id: str = ""
+    #: of `seconds`, the time ClickHouse's BACKUP itself took (the rest: fingerprints)
+    backup_seconds: float = 0.0
 
     @property
     def rows(self) -> int:

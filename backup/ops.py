@@ -188,12 +188,14 @@ def run_backup(db: Database, location: Location, config: BackupConfig, *,
         if config.max_bandwidth:
             settings.append(f"max_backup_bandwidth = {int(config.max_bandwidth)}")
         progress("backup", 0, 0)
+        t_backup = time.monotonic()
         try:
             db.command(f"BACKUP DATABASE `{database}` TO {target} "
                        f"SETTINGS {', '.join(settings)} ASYNC")
         except Exception as exc:
             raise _explain(exc, location) from None
         status = _wait(db, backup_id, progress)
+        backup_seconds = time.monotonic() - t_backup
 
         _fault("backed-up")
         progress("fingerprint tables again", 0, 0)
@@ -223,7 +225,8 @@ def run_backup(db: Database, location: Location, config: BackupConfig, *,
             total_bytes=int(status.get("total_size") or 0), tables=tables,
             schema_version=max(applied_versions(db) or {0: ""}),
             clickhouse_version=str(db.scalar("SELECT version()")),
-            cdrhouse_version=_version(), job_id=job_id)
+            cdrhouse_version=_version(), job_id=job_id,
+            backup_seconds=round(backup_seconds, 3))
         progress("write manifest", 0, 0)
         catalog.write(location, record)          # the commit point
         catalog.mirror(db, record, location.location, state="completed")
