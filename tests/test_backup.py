@@ -406,41 +406,39 @@ def test_restore_over_a_live_database_needs_force_and_keeps_it(populated, tmp_pa
 
 @pytest.fixture
 def demo_dir(tmp_path: Path) -> Path:
-    """A store of its own, for a CLI process to hold (and be killed holding). Made
-    per test: a data directory cannot be copied (its symlinks are absolute)."""
+    """A store of its own, for a CLI process to hold (and be killed holding)."""
     data = tmp_path / "data"
-    made = cdrhouse({"CDRHOUSE_DATA_DIR": str(data)}, "demo", "--rows", "30000", "--months", "2",
+    made = cdrhouse({"CDRHOUSE_DATA_DIR": str(data)}, "demo", "--rows", "20000", "--months", "2",
                     "--seed", "5")
     assert made.returncode == 0, made.stderr
     return data
 
 
-@pytest.mark.parametrize("how", ["kill -9 during BACKUP", "exit after BACKUP, before manifest"])
-def test_a_killed_backup_is_never_listed_and_the_next_run_completes(demo_dir: Path,
-                                                                     tmp_path: Path,
-                                                                     how: str) -> None:
+def test_killed_backups_are_never_listed_and_the_next_run_completes(demo_dir: Path,
+                                                                    tmp_path: Path) -> None:
+    """Killed twice — `kill -9` while ClickHouse writes the backup, then the process
+    ending after BACKUP finished but before the manifest — then a normal run."""
     data = demo_dir
     backups = tmp_path / "backups"
     env = {"CDRHOUSE_DATA_DIR": str(data), "CDRHOUSE_BACKUP": str(backups)}
-    if how.startswith("kill"):
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith("CDRHOUSE_")}
-        proc = subprocess.Popen([sys.executable, "-m", "cdrhouse.api.cli", "backup", "run",
-                                 "--max-bandwidth", "300000"], env={**inherited, **env},
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 120
-        while not any(p.is_file() for p in backups.glob("2*/data/**/*")):
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "the backup never started writing"
-            time.sleep(0.05)
-        proc.kill()  # SIGKILL: the embedded engine dies with the process
-        proc.wait()
-        half = [p.name for p in backups.glob("2*")]
-        assert half and not (backups / half[0] / ".backup").exists()  # truly half-way
-    else:
-        killed = cdrhouse({**env, "CDRHOUSE_BACKUP_FAULT": "backed-up"}, "backup", "run")
-        assert killed.returncode == 70, killed.stderr
-        half = [p.name for p in backups.glob("2*")]
-        assert half and (backups / half[0] / ".backup").exists()  # ClickHouse had finished
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("CDRHOUSE_")}
+    proc = subprocess.Popen([sys.executable, "-m", "cdrhouse.api.cli", "backup", "run",
+                             "--max-bandwidth", "200000"], env={**inherited, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not any(p.is_file() for p in backups.glob("2*/data/**/*")):
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "the backup never started writing"
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL: the embedded engine dies with the process
+    proc.wait()
+    first = [p.name for p in backups.glob("2*")]
+    assert len(first) == 1 and not (backups / first[0] / ".backup").exists()  # half-way
+
+    ended = cdrhouse({**env, "CDRHOUSE_BACKUP_FAULT": "backed-up"}, "backup", "run")
+    assert ended.returncode == 70, ended.stderr
+    second = [p.name for p in backups.glob("2*") if p.name not in first]
+    assert len(second) == 1 and (backups / second[0] / ".backup").exists()  # ClickHouse done
 
     listed = cdrhouse(env, "backup", "list", "--format", "json")
     assert listed.returncode == 0 and listed.stdout.strip() == "", listed.stdout
@@ -450,9 +448,11 @@ def test_a_killed_backup_is_never_listed_and_the_next_run_completes(demo_dir: Pa
 
     rerun = cdrhouse(env, "backup", "run")
     assert rerun.returncode == 0, rerun.stderr
-    assert f"removed the files of {half[0]}, a backup that never finished" in rerun.stderr
+    for half in first + second:
+        assert f"removed the files of {half}, a backup that never finished" in rerun.stderr
+        assert not (backups / half).exists()
     new_id = rerun.stdout.strip()
-    assert "full backup" in rerun.stderr and not (backups / half[0]).exists()
+    assert "full backup" in rerun.stderr  # nothing unfinished was taken as a base
     rows = [json.loads(line) for line in
             cdrhouse(env, "backup", "list", "--format", "json").stdout.splitlines()]
     assert [(r["id"], r["state"]) for r in rows] == [(new_id, "completed")]
@@ -460,7 +460,7 @@ def test_a_killed_backup_is_never_listed_and_the_next_run_completes(demo_dir: Pa
     assert verified.returncode == 0, verified.stderr
     jobs_out = cdrhouse(env, "jobs", "--kind", "backup-run", "--format", "json")
     states = sorted(json.loads(line)["state"] for line in jobs_out.stdout.splitlines())
-    assert states == ["failed", "succeeded"], jobs_out.stdout  # the dead run is closed
+    assert states == ["failed", "failed", "succeeded"], jobs_out.stdout  # the dead runs closed
 
 
 # -- policy, retention, configuration ----------------------------------------------------------
@@ -541,12 +541,8 @@ def test_cli_errors(tmp_path: Path) -> None:
     assert unknown.returncode == 1 and "no backup '20260101T000000Z-0000'" in unknown.stderr
     bad = cdrhouse({**env, "CDRHOUSE_BACKUP_SCHEDULE": "daily"}, "serve")
     assert bad.returncode == 2 and "backup schedule 'daily' is not a crontab" in bad.stderr
-    unreachable = cdrhouse({**env, "CDRHOUSE_BACKUP": "s3://bkt/p",
-                            "CDRHOUSE_S3_ENDPOINT": "http://127.0.0.1:9",
-                            "AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"},
-                           "backup", "run")
-    assert unreachable.returncode == 1
-    assert "cannot reach the S3 endpoint http://127.0.0.1:9" in unreachable.stderr
+    refused = cdrhouse({**env, "CDRHOUSE_BACKUP": "ftp://host/x"}, "backup", "list")
+    assert refused.returncode == 1 and "use a directory, file://… or s3://…" in refused.stderr
 
 
 # -- inside the service ------------------------------------------------------------------------
