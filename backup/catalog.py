@@ -175,23 +175,38 @@ def data_tables(db: Database, database: str) -> dict[str, str]:
         "AND NOT is_temporary ORDER BY name", {"d": database})}
 
 
-def part_sets(db: Database, database: str) -> dict[str, frozenset[str]]:
-    """Active part names per table: unchanged sets mean unchanged contents."""
-    out: dict[str, set[str]] = {}
-    for table, part in db.rows("SELECT table, name FROM system.parts WHERE database = "
-                               "{d:String} AND active", {"d": database}):
-        out.setdefault(table, set()).add(part)
-    return {k: frozenset(v) for k, v in out.items()}
+def part_sets(db: Database, database: str) -> dict[str, dict[str, frozenset[str]]]:
+    """Active part names per table and partition. Parts are immutable (merges and
+    mutations make new names), so an unchanged set means unchanged contents."""
+    out: dict[str, dict[str, set[str]]] = {}
+    for table, pid, part in db.rows("SELECT table, partition_id, name FROM system.parts "
+                                    "WHERE database = {d:String} AND active", {"d": database}):
+        out.setdefault(table, {}).setdefault(pid, set()).add(part)
+    return {t: {p: frozenset(v) for p, v in parts.items()} for t, parts in out.items()}
 
 
-def fingerprint_table(db: Database, database: str, table: str, engine: str) -> TableRecord:
+def fingerprint_table(db: Database, database: str, table: str, engine: str,
+                      partitions: list[str] | None = None) -> TableRecord:
+    """The table's fingerprint; with `partitions`, of those partitions only."""
     final = " FINAL" if _needs_final(engine) else ""
+    where = " WHERE _partition_id IN {p:Array(String)}" if partitions is not None else ""
     rows = db.rows(f"SELECT _partition_id, count(), toString(sum(cityHash64(tuple(*)))) "
-                   f"FROM `{database}`.`{table}`{final} GROUP BY _partition_id")
+                   f"FROM `{database}`.`{table}`{final}{where} GROUP BY _partition_id",
+                   {"p": partitions} if partitions is not None else None)
     parts = {str(p): [int(n), str(c)] for p, n, c in rows}
     total = sum(v[0] for v in parts.values())
     checksum = str(sum(int(v[1]) for v in parts.values()) % (1 << 64))
     return TableRecord(engine=engine, rows=total, checksum=checksum, partitions=parts)
+
+
+def with_partitions(record: TableRecord, fresh: TableRecord, partitions: list[str]
+                    ) -> TableRecord:
+    """`record` with `partitions` replaced by their values in `fresh` (absent: gone)."""
+    merged = {p: v for p, v in record.partitions.items() if p not in partitions}
+    merged.update({p: v for p, v in fresh.partitions.items() if p in partitions})
+    return TableRecord(engine=record.engine, rows=sum(v[0] for v in merged.values()),
+                       checksum=str(sum(int(v[1]) for v in merged.values()) % (1 << 64)),
+                       partitions=merged)
 
 
 def fingerprint_all(db: Database, database: str) -> dict[str, TableRecord]:

@@ -202,11 +202,16 @@ def run_backup(db: Database, location: Location, config: BackupConfig, *,
         parts_after = catalog.part_sets(db, database)
         tables: dict[str, TableRecord] = {}
         for table, rec in before.items():
-            if parts_after.get(table) == parts_before.get(table):
+            old, new = parts_before.get(table, {}), parts_after.get(table, {})
+            touched = sorted(p for p in set(old) | set(new) if old.get(p) != new.get(p))
+            if not touched:
                 tables[table] = rec
                 continue
-            again = catalog.fingerprint_table(db, database, table, rec.engine)
-            changed = sorted(p for p in set(rec.partitions) | set(again.partitions)
+            # parts changed while the backup ran (a merge, or a write): look again at
+            # those partitions only
+            again = catalog.with_partitions(rec, catalog.fingerprint_table(
+                db, database, table, rec.engine, touched), touched)
+            changed = sorted(p for p in touched
                              if rec.partitions.get(p) != again.partitions.get(p))
             if changed:  # written to while the backup ran: the backup holds one of the states
                 again.exact, again.changed = False, changed

@@ -265,6 +265,29 @@ def test_wrong_credentials_are_named_and_nothing_is_catalogued(embedded_db: Data
     assert not (rclone_s3.root / "archive" / "badcreds").exists()
 
 
+def test_writes_during_a_backup_are_flagged_and_merges_are_not(embedded_db: Database,
+                                                               tmp_path: Path) -> None:
+    """A table written to while BACKUP runs has no single right fingerprint: its changed
+    partitions are named and not compared; a merge (new parts, same rows) is not a change."""
+    add_traffic(embedded_db, tmp_path, seed=31, rows=600)
+    add_traffic(embedded_db, tmp_path, seed=32, rows=300)  # a second part per month
+    loc = Location(LocalStore(tmp_path / "b"), str(tmp_path / "b"))
+    done: list[str] = []
+
+    def meanwhile(what: str, _done: int, _total: int) -> None:
+        if what == "backup" and not done:  # ClickHouse is writing the backup now
+            embedded_db.command("OPTIMIZE TABLE cdr_records FINAL")
+            acc.add_account(embedded_db, "acme", "LATE", "customer")
+            done.append(what)
+
+    rec = ops.run_backup(embedded_db, loc, BackupConfig(max_bandwidth=50_000),
+                         progress=meanwhile).record
+    assert done, "the backup finished before it could be written to"
+    assert not rec.tables["accounts"].exact and rec.tables["accounts"].changed == ["all"]
+    assert rec.tables["cdr_records"].exact and not rec.tables["cdr_records"].changed
+    assert ops.verify_backup(embedded_db, loc, rec.backup_id).result.ok
+
+
 # -- verify finds what is wrong ------------------------------------------------------------
 
 def _stored_in(loc: LocalStore, backup_id: str) -> set[str]:
