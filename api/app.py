@@ -21,6 +21,8 @@ from starlette.responses import Response
 from cdrhouse.api import archive, billing, downloads, errors, userdata
 from cdrhouse.api.service import Service, ServiceConfig
 from cdrhouse.api.v1 import health, router
+from cdrhouse.backup import schedule as backup_schedule
+from cdrhouse.backup.location import open_location
 from cdrhouse.engine.migrate import migrate
 from cdrhouse.tiering.policy import Policy
 from cdrhouse.tiering.schedule import start_scheduler
@@ -109,11 +111,20 @@ def create_app(config: ServiceConfig) -> FastAPI:
                                         Policy(keep_months=config.keep_months),
                                         service.pool.acquire)
         app.state.scheduler = scheduler
+        app.state.backup_scheduler = backup_scheduler = None
+        if config.backup_cron:
+            backup_scheduler = backup_schedule.start_scheduler(
+                config.backup_cron, open_location(config.backup, config.archive,
+                                                  config.store.data_dir),
+                config.backup, service.pool.acquire)
+            app.state.backup_scheduler = backup_scheduler
         try:
             yield
         finally:
-            if scheduler is not None:
-                scheduler.shutdown(wait=True)
+            for sched in (scheduler, backup_scheduler):
+                if sched is not None:
+                    sched.shutdown(wait=True)
+            app.state.service = None
             service.close()
 
     app = FastAPI(
@@ -122,6 +133,9 @@ def create_app(config: ServiceConfig) -> FastAPI:
                     "`Authorization: Bearer <key>` (or `X-API-Key`). Errors are "
                     "`application/problem+json`.")
     app.state.metrics = metrics = Metrics()
+    app.state.service = None
+    metrics.registry.register(backup_schedule.BackupCollector(
+        lambda: app.state.service.pool.acquire() if app.state.service else None))
     app.add_exception_handler(errors.Problem, errors.handle_problem)
     app.add_exception_handler(RequestValidationError, errors.handle_validation)
     app.add_exception_handler(StarletteHTTPException, errors.handle_http)

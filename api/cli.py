@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress,
                            TextColumn, TimeElapsedColumn, TimeRemainingColumn)
 
+from cdrhouse.api.cli_backup import backup_app, backup_schedule_options
 from cdrhouse.api.cli_tier import tier_app
 from cdrhouse.api import cli_billing
 from cdrhouse.api.render import FORMATS, render
@@ -42,6 +43,8 @@ from cdrhouse.sql.usersql import UserSQLError
 from cdrhouse.sql.viewer import ViewerError, ViewRequest
 from cdrhouse.tiering.lock import TierLocked
 from cdrhouse.tiering.policy import DEFAULT_KEEP_MONTHS
+from cdrhouse.backup.location import open_location
+from cdrhouse.backup.schedule import DEFAULT_CRON as BACKUP_CRON
 from cdrhouse.tiering.schedule import DEFAULT_CRON, parse_cron
 from cdrhouse.sql.recordings import RecordingPolicy
 from cdrhouse.tiering.store import (DEFAULT_PRESIGN_EXPIRY, MAX_PRESIGN_EXPIRY, ArchiveConfig,
@@ -56,6 +59,7 @@ app.add_typer(accounts_app, name="accounts")
 keys_app = typer.Typer(help="API keys for the HTTP service.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(tier_app, name="tier")
+app.add_typer(backup_app, name="backup")
 
 
 class Failed(Exception):
@@ -238,9 +242,16 @@ def serve(
     keep_months: Annotated[int, typer.Option(
         "--keep-months", envvar="CDRHOUSE_KEEP_MONTHS", min=1,
         help="Full months that stay hot.")] = DEFAULT_KEEP_MONTHS,
+    backup_url: Annotated[Optional[str], typer.Option(
+        "--backup", envvar="CDRHOUSE_BACKUP",
+        help="Where backups go (see `cdrhouse backup --help`).")] = None,
+    backup_cron: Annotated[str, typer.Option(
+        "--backup-schedule", envvar="CDRHOUSE_BACKUP_SCHEDULE",
+        help="When the backup (then its verification) runs (crontab, UTC); 'off' to "
+             "never run it here.")] = BACKUP_CRON,
 ) -> None:
     """Run the HTTP API on the configured store (embedded by default), and the tiering
-    job on its schedule."""
+    and backup jobs on their schedules."""
     import logging
 
     import uvicorn
@@ -261,15 +272,19 @@ def serve(
         recordings = RecordingPolicy.parse(recording_hosts)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--recording-hosts") from None
+    bcron, backup_config = backup_schedule_options(backup_cron, backup_url, s3_endpoint)
     Database(config).close()     # fail fast, with the plain message, if the store is held
     err.print(f"serving {config.dsn if not config.embedded else config.data_dir / 'clickhouse'} "
               f"on http://{host}:{port} (docs at /docs)")
     err.print(f"tiering: {'runs on ' + repr(cron) + ' (UTC)' if cron else 'not scheduled'}, "
               f"keeps {keep_months} full months hot, archive "
               f"{open_archive(archive_config, config.data_dir).location}")
+    err.print(f"backups: {'run on ' + repr(bcron) + ' (UTC), then verified' if bcron else 'not scheduled'}"
+              f", to {open_location(backup_config, archive_config, config.data_dir).location}")
     uvicorn.run(create_app(ServiceConfig(store=config, pool_size=pool, archive=archive_config,
                                          tier_cron=cron, keep_months=keep_months,
-                                         recordings=recordings)),
+                                         recordings=recordings, backup=backup_config,
+                                         backup_cron=bcron)),
                 host=host, port=port, log_level="warning", access_log=False)
 
 

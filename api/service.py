@@ -24,6 +24,7 @@ from fastapi import Request
 
 from cdrhouse.api.auth import Caller, FailureLimiter, authenticate, secret_from
 from cdrhouse.api.errors import Problem
+from cdrhouse.backup.location import BackupConfig
 from cdrhouse.engine import query as q
 from cdrhouse.engine.db import Database, StoreConfig
 from cdrhouse.engine.pool import DatabasePool, PoolExhausted
@@ -52,6 +53,9 @@ class ServiceConfig:
     keep_months: int = DEFAULT_KEEP_MONTHS
     #: which recording URLs /v1/cdrs/{id}/recording redirects to (sql/recordings.py)
     recordings: RecordingPolicy = field(default_factory=RecordingPolicy)
+    #: where backups go (default: beside the archive) and when they run (None: never)
+    backup: BackupConfig = field(default_factory=BackupConfig)
+    backup_cron: str | None = None
 
 
 @dataclass

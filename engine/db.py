@@ -28,6 +28,15 @@ import pyarrow.ipc  # noqa: F401  (pa.ipc)
 from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError
 
 DEFAULT_DATABASE = "cdrhouse"
+
+#: Engine configuration for the embedded engine, given when it starts (the first
+#: client of a process; later clients share that engine and its options).
+#: `backups.allowed_path`: ClickHouse refuses `BACKUP … TO File(…)` without it. It is
+#: "/" because the embedded engine already reads and writes any path the process may
+#: (the `file()` table function is not confined in clickhouse-local), so naming one
+#: directory here would protect nothing; user SQL never reaches BACKUP (the guard
+#: admits one SELECT, run with readonly=1).
+EMBEDDED_OPTIONS: dict[str, str] = {"backups.allowed_path": "/"}
 _DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
@@ -99,6 +108,8 @@ def _holder_message(path: Path) -> str | None:
 def _connect(dsn: str, database: str | None) -> Any:
     """A clickhouse-connect client on `dsn`, with plain errors for the usual failures."""
     kwargs: dict[str, Any] = {"dsn": dsn}
+    if dsn.startswith("chdb:"):
+        kwargs["chdb_options"] = EMBEDDED_OPTIONS
     if database:
         kwargs["database"] = database
     try:

@@ -1,0 +1,615 @@
+"""Backups and restores of the store (issue 20) with ClickHouse's own BACKUP/RESTORE.
+
+Everything is real: the embedded engine (and its HTTP interface), `rclone serve s3`
+(which checks credentials) and directories. A restore into a fresh data directory
+runs in a separate process — the CLI, as an operator runs it — because the embedded
+engine holds one data directory per process; the restored store is then read by
+another process, and served.
+
+Equality is checked independently of the backup code: every table of both stores
+is read sorted (`ORDER BY ALL`, FINAL where the engine merges rows) and hashed in
+Python (`DUMP` below), not with the fingerprints the backup module records.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+import xml.etree.ElementTree as ET
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from cdrhouse.backup import catalog, jobs, ops
+from cdrhouse.backup.catalog import BackupRecord, VerifyRecord
+from cdrhouse.backup.location import (BackupConfig, BackupError, Location, default_url,
+                                      open_location)
+from cdrhouse.engine import accounts as acc
+from cdrhouse.engine import generate, keys, ledger, userdata
+from cdrhouse.engine.db import Database, StoreConfig
+from cdrhouse.tiering.store import ArchiveConfig, ArchiveError, LocalStore, S3Store
+
+END = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(days=1)
+
+#: An independent dump of a database: per table, the row count and a SHA-256 of its
+#: rows sorted, as text. Run in this process and, as source, in a subprocess.
+DUMP = r'''
+import hashlib
+
+def dump(client, database):
+    out = {}
+    for name, engine in client.query(
+            "SELECT name, engine FROM system.tables WHERE database = {d:String} "
+            "AND engine LIKE '%MergeTree'", parameters={"d": database}).result_rows:
+        final = "" if engine == "MergeTree" else " FINAL"
+        raw = client.raw_query(f"SELECT * FROM `{database}`.`{name}`{final} ORDER BY ALL",
+                               fmt="TabSeparated")
+        out[name] = [raw.count(b"\n"), hashlib.sha256(raw).hexdigest()]
+    return out
+'''
+_ns: dict = {}
+exec(DUMP, _ns)
+dump = _ns["dump"]
+
+#: written by the backup machinery itself after its own snapshot, so they differ
+#: from the backup by construction (checked separately)
+BOOKKEEPING = {"jobs", "backups"}
+
+
+def cdrhouse(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    inherited = {k: v for k, v in os.environ.items()
+                 if not k.startswith(("CDRHOUSE_", "AWS_"))}
+    return subprocess.run([sys.executable, "-m", "cdrhouse.api.cli", *args],
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**inherited, "COLUMNS": "200", **env})
+
+
+def dump_in_subprocess(data_dir: Path, database: str = "cdrhouse") -> dict:
+    code = DUMP + (
+        "\nimport json, sys, clickhouse_connect\n"
+        "client = clickhouse_connect.get_client(dsn='chdb://' + sys.argv[1])\n"
+        "print(json.dumps(dump(client, sys.argv[2])))\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(data_dir / "clickhouse"), database],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def add_traffic(db: Database, tmp: Path, seed: int, rows: int = 600) -> None:
+    """New calls through the real ingest path, and a payment (balances refreshed)."""
+    work = tmp / f"gen-{seed}"
+    work.mkdir(exist_ok=True)
+    spec = generate.GenSpec(rows=rows, months=2, seed=seed, end=END,
+                            customers_per_tenant=3, carriers_per_tenant=2)
+    generate.load(db, spec, work)
+    account = acc.find(db, "acme", "customer", generate.account_code("customer", 1))
+    assert account is not None
+    ledger.add_entry(db, account, "payment", Decimal(seed) + Decimal("0.25"), note=f"seed {seed}")
+
+
+@pytest.fixture
+def populated(embedded_db: Database, tmp_path: Path) -> tuple[Database, str]:
+    """A store with CDRs, accounts, rate cards, a payment, balances and an API key."""
+    add_traffic(embedded_db, tmp_path, seed=11, rows=1500)
+    generate.load_rate_cards(embedded_db, generate.GenSpec(customers_per_tenant=3,
+                                                           carriers_per_tenant=2))
+    ledger.refresh(embedded_db, "acme")
+    _, secret = keys.create_key(embedded_db, "admin", "restore drill")
+    return embedded_db, secret
+
+
+def rclone_location(server, prefix: str) -> Location:
+    store = S3Store("archive", prefix, endpoint=server.endpoint,
+                    access_key=server.access_key, secret_key=server.secret_key)
+    return Location(store, f"s3://archive/{prefix}")
+
+
+@pytest.fixture(params=["s3", "directory"])
+def location(request, tmp_path: Path) -> tuple[Location, dict]:
+    """A backup location and the environment naming it for the CLI."""
+    if request.param == "directory":
+        root = tmp_path / "backups"
+        return Location(LocalStore(root), str(root)), {"CDRHOUSE_BACKUP": str(root)}
+    server = request.getfixturevalue("rclone_s3")
+    prefix = f"bk-{uuid.uuid4().hex[:8]}"
+    return rclone_location(server, prefix), {
+        "CDRHOUSE_BACKUP": f"s3://archive/{prefix}", "CDRHOUSE_S3_ENDPOINT": server.endpoint,
+        "AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": server.secret_key}
+
+
+def three_backups(db: Database, loc: Location, tmp: Path) -> list[BackupRecord]:
+    """A full backup and two incrementals, with new calls and payments in between."""
+    config = BackupConfig()
+    made = [jobs.run(db, loc, config).record]
+    for seed in (12, 13):
+        add_traffic(db, tmp, seed=seed)
+        made.append(jobs.run(db, loc, config).record)
+    return made
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, secret: str | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {secret}"}
+                                 if secret else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+# -- the restore drill ------------------------------------------------------------------
+
+def test_full_and_two_incrementals_restore_into_a_fresh_data_dir_and_serve(
+        populated, location, tmp_path: Path) -> None:
+    db, secret = populated
+    loc, env = location
+    full, inc1, inc2 = three_backups(db, loc, tmp_path)
+    assert (full.kind, inc1.kind, inc2.kind) == ("full", "incremental", "incremental")
+    assert (full.base_id, inc1.base_id, inc2.base_id) == (None, full.backup_id, inc1.backup_id)
+    assert {inc1.full_id, inc2.full_id} == {full.backup_id}
+    # incrementals store only what is new (ClickHouse's base_backup at work; how much
+    # smaller depends on merges, measured in benchmarks/backup_bench.py)
+    assert full.size_bytes >= full.total_bytes
+    assert inc1.size_bytes < inc1.total_bytes and inc2.size_bytes < inc2.total_bytes
+    assert inc2.rows > inc1.rows > full.rows
+
+    source = dump(db.client, db.name)
+    assert source["ledger"][0] == 3 and source["balances"][0] > 0 and source["api_keys"][0] == 1
+    new = tmp_path / "restored"
+    restored = cdrhouse(env, "backup", "restore", inc2.backup_id, "--data-dir", str(new))
+    assert restored.returncode == 0, restored.stderr
+    assert f"chain {inc2.backup_id} <- {inc1.backup_id} <- {full.backup_id}" in restored.stderr
+
+    after = dump_in_subprocess(new)
+    for table in set(source) - BOOKKEEPING:
+        assert after[table] == source[table], table
+    assert set(after) == set(source)
+    # the bookkeeping is the store's as it was when inc2 was taken (the two earlier
+    # backups recorded, inc2's job running), brought up to date by the restore
+    check = subprocess.run([sys.executable, "-c", (
+        "import sys, clickhouse_connect\n"
+        "c = clickhouse_connect.get_client(dsn='chdb://' + sys.argv[1], database='cdrhouse')\n"
+        "print(sorted(r[0] for r in c.query('SELECT backup_id FROM backups FINAL').result_rows))\n"
+        "print(c.query(\"SELECT state FROM jobs FINAL WHERE job_id = '" + inc2.job_id
+        + "'\").result_rows[0][0])\n"), str(new / "clickhouse")], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    listed, state = check.stdout.strip().splitlines()
+    assert listed == str(sorted([full.backup_id, inc1.backup_id, inc2.backup_id]))
+    assert state == "succeeded"
+
+    # the service starts on the restored store, and the old API key still works
+    port = _free_port()
+    log = open(tmp_path / "serve.log", "wb")
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("CDRHOUSE_", "AWS_"))}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cdrhouse.api.cli", "--data-dir", str(new), "serve", "--port",
+         str(port), "--tier-schedule", "off", "--backup-schedule", "off"],
+        stdout=log, stderr=subprocess.STDOUT, env=inherited)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if _get(f"http://127.0.0.1:{port}/readyz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, \
+                (tmp_path / "serve.log").read_text()[-2000:]
+            time.sleep(0.3)
+        status, body = _get(f"http://127.0.0.1:{port}/v1/balances?tenant=acme", secret)
+        assert status == 200, body
+        want = ledger.balances(db, "acme")
+        assert sorted(Decimal(b["balance"]) for b in body["balances"]) == \
+            sorted(b.balance for b in want)
+        assert _get(f"http://127.0.0.1:{port}/v1/balances?tenant=acme", "wrong")[0] == 401
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def test_backup_and_restore_on_a_server_database_over_s3(store: Database, rclone_s3,
+                                                         tmp_path: Path) -> None:
+    """Both interfaces (embedded and HTTP): full + incremental to the credential-checking
+    server, verify, then a restore into a new database of the same server."""
+    add_traffic(store, tmp_path, seed=21, rows=400)
+    loc = rclone_location(rclone_s3, f"srv-{uuid.uuid4().hex[:8]}")
+    full = ops.run_backup(store, loc, BackupConfig()).record
+    add_traffic(store, tmp_path, seed=22, rows=200)
+    inc = ops.run_backup(store, loc, BackupConfig()).record
+    assert inc.base_id == full.backup_id
+    assert ops.verify_backup(store, loc, inc.backup_id).result.ok
+
+    # credentials stay out of what ClickHouse records: the base is named by the collection
+    meta = (rclone_s3.root / "archive" / loc.store.prefix / inc.backup_id / ".backup").read_text()
+    assert rclone_s3.secret_key not in meta
+    assert f"<base_backup>S3(cdrhouse_backups, '{full.backup_id}')</base_backup>" in meta
+
+    target = StoreConfig(data_dir=tmp_path, clickhouse=store.config.dsn,
+                         database=f"r_{uuid.uuid4().hex[:10]}")
+    source = dump(store.client, store.name)
+    try:
+        report = ops.restore_backup(target, loc, inc.backup_id)
+        assert report.chain == [inc.backup_id, full.backup_id] and report.set_aside is None
+        after = dump(store.client, target.database)
+        for table in set(source) - BOOKKEEPING:
+            assert after[table] == source[table], table
+    finally:
+        store.command(f"DROP DATABASE IF EXISTS `{target.database}` SYNC")
+
+
+def test_wrong_credentials_are_named_and_nothing_is_catalogued(embedded_db: Database,
+                                                               rclone_s3) -> None:
+    store = S3Store("archive", "badcreds", endpoint=rclone_s3.endpoint, access_key="cdrhouse",
+                    secret_key="not-the-secret")
+    loc = Location(store, "s3://archive/badcreds")
+    with pytest.raises(ArchiveError, match="S3 rejected the credentials"):
+        jobs.run(embedded_db, loc, BackupConfig())
+    failed = userdata.list_jobs(embedded_db, kind=jobs.KIND_RUN)
+    assert failed[0].state == "failed" and "rejected the credentials" in failed[0].error
+    assert not (rclone_s3.root / "archive" / "badcreds").exists()
+
+
+def test_writes_during_a_backup_are_flagged_and_merges_are_not(embedded_db: Database,
+                                                               tmp_path: Path) -> None:
+    """A table written to while BACKUP runs has no single right fingerprint: its changed
+    partitions are named and not compared; a merge (new parts, same rows) is not a change."""
+    add_traffic(embedded_db, tmp_path, seed=31, rows=600)
+    add_traffic(embedded_db, tmp_path, seed=32, rows=300)  # a second part per month
+    loc = Location(LocalStore(tmp_path / "b"), str(tmp_path / "b"))
+    done: list[str] = []
+
+    def meanwhile(what: str, _done: int, _total: int) -> None:
+        if what == "backup" and not done:  # ClickHouse is writing the backup now
+            embedded_db.command("OPTIMIZE TABLE cdr_records FINAL")
+            acc.add_account(embedded_db, "acme", "LATE", "customer")
+            done.append(what)
+
+    rec = ops.run_backup(embedded_db, loc, BackupConfig(max_bandwidth=50_000),
+                         progress=meanwhile).record
+    assert done, "the backup finished before it could be written to"
+    assert not rec.tables["accounts"].exact and rec.tables["accounts"].changed == ["all"]
+    assert rec.tables["cdr_records"].exact and not rec.tables["cdr_records"].changed
+    assert ops.verify_backup(embedded_db, loc, rec.backup_id).result.ok
+
+
+# -- verify finds what is wrong ------------------------------------------------------------
+
+def _stored_in(loc: LocalStore, backup_id: str) -> set[str]:
+    root = ET.fromstring((loc.root / backup_id / ".backup").read_bytes())
+    return {n.findtext("name") for n in root.iter("file")
+            if (n.findtext("use_base") or "") != "true" and int(n.findtext("size") or 0)}
+
+
+def _used_from_base(loc: LocalStore, backup_id: str) -> set[str]:
+    root = ET.fromstring((loc.root / backup_id / ".backup").read_bytes())
+    return {n.findtext("name") for n in root.iter("file") if n.findtext("use_base") == "true"}
+
+
+@pytest.fixture(scope="module")
+def _chain(embedded_dsn: str, engine_dir: Path, tmp_path_factory):
+    """One store and a full + two incrementals in a directory, made once for the module."""
+    from cdrhouse.engine.migrate import migrate
+    tmp = tmp_path_factory.mktemp("chain")
+    db = Database(StoreConfig(data_dir=engine_dir, clickhouse=embedded_dsn,
+                              database=f"t_{uuid.uuid4().hex[:10]}"))
+    migrate(db)
+    add_traffic(db, tmp, seed=11, rows=1500)
+    loc = Location(LocalStore(tmp / "backups"), str(tmp / "backups"))
+    full, inc1, inc2 = three_backups(db, loc, tmp)
+    assert ops.verify_backup(db, loc, inc2.backup_id).result.ok
+    yield db, loc, full, inc1, inc2
+    db.command(f"DROP DATABASE IF EXISTS `{db.name}` SYNC")
+    db.close()
+
+
+@pytest.fixture
+def chain_on_disk(_chain):
+    """The module's chain, put back as it was after each test (same absolute path:
+    a directory backup names its base by path)."""
+    loc = _chain[1]
+    root = loc.store.root
+    saved = root.with_name("backups.saved")
+    shutil.copytree(root, saved)
+    yield _chain
+    shutil.rmtree(root)
+    saved.rename(root)
+
+
+def test_a_corrupted_incremental_fails_verification_and_is_not_built_on(chain_on_disk) -> None:
+    db, loc, full, inc1, inc2 = chain_on_disk
+    store = loc.store
+    assert isinstance(store, LocalStore)
+    # a data file that inc1 stores and inc2 takes from it
+    shared = sorted(f for f in _stored_in(store, inc1.backup_id)
+                    & _used_from_base(store, inc2.backup_id)
+                    if f.startswith("data/") and f.endswith(".bin"))
+    assert shared
+    victim = max((store.root / inc1.backup_id / f for f in shared), key=lambda p: p.stat().st_size)
+    data = bytearray(victim.read_bytes())
+    for i in range(len(data) // 3, len(data) // 3 + 16):
+        data[i] ^= 0x5A
+    victim.write_bytes(bytes(data))  # same size: only reading the rows can tell
+
+    report = ops.verify_backup(db, loc, inc2.backup_id)
+    assert not report.result.ok
+    assert any("table " in p for p in report.result.problems), report.result.problems
+    listing = ops.listing(loc, db)
+    assert listing.state(inc2.backup_id) == "verify_failed"
+    assert listing.last_good().backup_id == inc1.backup_id  # the metric's "last good"
+    row = catalog.mirrored(db)[inc2.backup_id]
+    assert row["state"] == "verify_failed" and "table " in row["error"]
+    # the next run does not build on a chain that failed verification
+    nxt = ops.run_backup(db, loc, BackupConfig()).record
+    assert nxt.kind == "full" and nxt.base_id is None
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("files", "its ClickHouse metadata (.backup) is missing"),
+    ("manifest", "missing from the catalogue: the chain is broken"),
+    ("truncated", "file(s) of the wrong size"),
+    ("one file", "file(s) missing, e.g. data/"),
+])
+def test_a_missing_or_incomplete_incremental_is_named_by_verify(chain_on_disk, damage: str,
+                                                                message: str) -> None:
+    db, loc, full, inc1, inc2 = chain_on_disk
+    store = loc.store
+    assert isinstance(store, LocalStore)
+    data_files = sorted(f for f in _stored_in(store, inc1.backup_id) if f.endswith(".bin"))
+    if damage == "files":
+        shutil.rmtree(store.root / inc1.backup_id)
+    elif damage == "manifest":
+        store.delete(catalog.manifest_key(inc1.backup_id))
+    elif damage == "truncated":
+        path = store.root / inc1.backup_id / data_files[0]
+        path.write_bytes(path.read_bytes()[:-7])
+    else:
+        (store.root / inc1.backup_id / data_files[0]).unlink()
+    report = ops.verify_backup(db, loc, inc2.backup_id)
+    assert not report.result.ok
+    text = "; ".join(report.result.problems)
+    assert message in text and inc1.backup_id in text, text
+    # and a restore refuses before touching anything
+    with pytest.raises(BackupError, match=message.split("(")[0].strip()[:20]):
+        ops.restore_backup(StoreConfig(data_dir=Path("/nonexistent"), clickhouse="http://x:1",
+                                       database="never"), loc, inc2.backup_id)
+
+
+def test_verify_of_an_unknown_backup_names_the_latest(chain_on_disk) -> None:
+    db, loc, *_, inc2 = chain_on_disk
+    with pytest.raises(BackupError, match=f"no backup 'nope'.*{inc2.backup_id}"):
+        ops.verify_backup(db, loc, "nope")
+
+
+# -- restores over a live store --------------------------------------------------------------
+
+def test_restore_over_a_live_database_needs_force_and_keeps_it(populated, tmp_path: Path) -> None:
+    db, _ = populated
+    loc = Location(LocalStore(tmp_path / "backups"), str(tmp_path / "backups"))
+    rec = ops.run_backup(db, loc, BackupConfig()).record
+    before = dump(db.client, db.name)
+    account = acc.find(db, "acme", "customer", generate.account_code("customer", 1))
+    ledger.add_entry(db, account, "payment", "999", note="after the backup")
+    changed = dump(db.client, db.name)
+    with pytest.raises(ops.RestoreRefused, match="needs --force"):
+        ops.restore_backup(db.config, loc, rec.backup_id)
+    assert dump(db.client, db.name) == changed  # refused: untouched
+    report = ops.restore_backup(db.config, loc, rec.backup_id, force=True)
+    try:
+        assert report.set_aside and report.set_aside.startswith(f"{db.name}_before_restore_")
+        fresh = Database(db.config)
+        try:
+            restored = dump(fresh.client, db.name)
+            for table in set(before) - BOOKKEEPING:
+                assert restored[table] == before[table], table
+            kept = dump(fresh.client, report.set_aside)
+            assert kept["ledger"] == changed["ledger"]  # the replaced store is kept, whole
+        finally:
+            fresh.close()
+    finally:
+        db.command(f"DROP DATABASE IF EXISTS `{report.set_aside}` SYNC")
+
+
+# -- crashes ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def demo_dir(tmp_path: Path) -> Path:
+    """A store of its own, for a CLI process to hold (and be killed holding)."""
+    data = tmp_path / "data"
+    made = cdrhouse({"CDRHOUSE_DATA_DIR": str(data)}, "demo", "--rows", "20000", "--months", "2",
+                    "--seed", "5")
+    assert made.returncode == 0, made.stderr
+    return data
+
+
+def test_killed_backups_are_never_listed_and_the_next_run_completes(demo_dir: Path,
+                                                                    tmp_path: Path) -> None:
+    """Killed twice — `kill -9` while ClickHouse writes the backup, then the process
+    ending after BACKUP finished but before the manifest — then a normal run."""
+    data = demo_dir
+    backups = tmp_path / "backups"
+    env = {"CDRHOUSE_DATA_DIR": str(data), "CDRHOUSE_BACKUP": str(backups)}
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("CDRHOUSE_")}
+    proc = subprocess.Popen([sys.executable, "-m", "cdrhouse.api.cli", "backup", "run",
+                             "--max-bandwidth", "200000"], env={**inherited, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not any(p.is_file() for p in backups.glob("2*/data/**/*")):
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "the backup never started writing"
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL: the embedded engine dies with the process
+    proc.wait()
+    first = [p.name for p in backups.glob("2*")]
+    assert len(first) == 1 and not (backups / first[0] / ".backup").exists()  # half-way
+
+    ended = cdrhouse({**env, "CDRHOUSE_BACKUP_FAULT": "backed-up"}, "backup", "run")
+    assert ended.returncode == 70, ended.stderr
+    second = [p.name for p in backups.glob("2*") if p.name not in first]
+    assert len(second) == 1 and (backups / second[0] / ".backup").exists()  # ClickHouse done
+
+    listed = cdrhouse(env, "backup", "list", "--format", "json")
+    assert listed.returncode == 0 and listed.stdout.strip() == "", listed.stdout
+    status = cdrhouse(env, "backup", "status")
+    assert status.returncode == 1 and "no good backup" in status.stderr
+    assert "running" in status.stderr  # the dead run's job, as it was left
+
+    rerun = cdrhouse(env, "backup", "run")
+    assert rerun.returncode == 0, rerun.stderr
+    for half in first + second:
+        assert f"removed the files of {half}, a backup that never finished" in rerun.stderr
+        assert not (backups / half).exists()
+    new_id = rerun.stdout.strip()
+    assert "full backup" in rerun.stderr  # nothing unfinished was taken as a base
+    rows = [json.loads(line) for line in
+            cdrhouse(env, "backup", "list", "--format", "json").stdout.splitlines()]
+    assert [(r["id"], r["state"]) for r in rows] == [(new_id, "completed")]
+    verified = cdrhouse(env, "backup", "verify", new_id)
+    assert verified.returncode == 0, verified.stderr
+    jobs_out = cdrhouse(env, "jobs", "--kind", "backup-run", "--format", "json")
+    states = sorted(json.loads(line)["state"] for line in jobs_out.stdout.splitlines())
+    assert states == ["failed", "failed", "succeeded"], jobs_out.stdout  # the dead runs closed
+
+
+# -- policy, retention, configuration ----------------------------------------------------------
+
+def _rec(backup_id: str, kind: str, base: str | None, full: str, days_ago: float) -> BackupRecord:
+    when = (dt.datetime(2026, 11, 20, tzinfo=dt.UTC) - dt.timedelta(days=days_ago)).isoformat()
+    return BackupRecord(backup_id, kind, base, full, "cdrhouse", when, when, 1.0, 10, 1, 10, {},
+                        8, "26.9", "0.1.0")
+
+
+NOW = dt.datetime(2026, 11, 20, tzinfo=dt.UTC)
+F1 = _rec("f1", "full", None, "f1", 3)
+I1 = _rec("i1", "incremental", "f1", "f1", 2)
+I2 = _rec("i2", "incremental", "i1", "f1", 1)
+OLD = _rec("f0", "full", None, "f0", 9)
+
+
+@pytest.mark.parametrize("records, failed, force, every, base, reason", [
+    ([], set(), False, 7, None, "no backup yet"),
+    ([F1], set(), False, 7, "f1", "incremental on f1"),
+    ([F1, I1, I2], set(), False, 7, "i2", "incremental on i2"),
+    ([F1, I1, I2], set(), True, 7, None, "full backup requested"),
+    ([F1, I1], set(), False, 3, None, "is 3 day(s) old (a full one every 3)"),
+    ([OLD], set(), False, 7, None, "is 9 day(s) old"),
+    ([F1, I1, I2], {"i1"}, False, 7, None, "i1 of the current chain failed verification"),
+    ([OLD, F1], {"f0"}, False, 7, "f1", "incremental on f1"),  # an old chain's failure
+    ([I1], set(), False, 7, None, "the full backup f1 of the last chain is gone"),
+])
+def test_when_a_backup_is_full(records, failed, force, every, base, reason) -> None:
+    verifies = {b: VerifyRecord(b, False, "", 0.0, ["x"]) for b in failed}
+    got, why = ops.plan_kind(records, verifies, BackupConfig(full_every_days=every), NOW, force)
+    assert (got.backup_id if got else None) == base
+    assert reason in why
+
+
+def test_retention_keeps_n_fulls_and_their_incrementals(embedded_db: Database,
+                                                       tmp_path: Path) -> None:
+    loc = Location(LocalStore(tmp_path / "b"), str(tmp_path / "b"))
+    config = BackupConfig(keep_fulls=2)
+    made = []
+    for full in (True, False, True, False, True):
+        made.append(ops.run_backup(embedded_db, loc, config, full=full))
+    ids = [r.record.backup_id for r in made]
+    assert made[-1].pruned == ids[:2]  # the first chain: its full and its incremental
+    assert [r.backup_id for r in catalog.read_all(loc)[0]] == ids[2:]
+    assert sorted(p.name for p in loc.store.root.iterdir()) == sorted(ids[2:] + ["_catalog"])
+    assert {b: r["state"] for b, r in catalog.mirrored(embedded_db).items()} == {
+        ids[0]: "deleted", ids[1]: "deleted", ids[2]: "completed", ids[3]: "completed",
+        ids[4]: "completed"}
+
+
+@pytest.mark.parametrize("archive, expected", [
+    (None, "{data}/backups"),
+    ("s3://bucket/warm", "s3://bucket/backups"),
+    ("s3://bucket/prod/warm", "s3://bucket/prod/backups"),
+    ("s3://bucket", "s3://bucket/backups"),
+    ("/srv/cdr/warm", "/srv/cdr/backups"),
+    ("file:///srv/cdr/warm", "/srv/cdr/backups"),
+])
+def test_the_default_location_is_beside_the_archive(archive, expected, tmp_path: Path) -> None:
+    got = default_url(ArchiveConfig(url=archive), tmp_path)
+    assert got == expected.format(data=tmp_path.resolve())
+
+
+@pytest.mark.parametrize("url, message", [
+    ("s3://", "name a bucket"),
+    ("s3://ab/x", "at least 3 characters"),
+    ("ftp://host/x", "use a directory, file://… or s3://…"),
+])
+def test_bad_locations_are_refused_clearly(url: str, message: str, tmp_path: Path) -> None:
+    with pytest.raises(BackupError, match=message):
+        open_location(BackupConfig(url=url), ArchiveConfig(), tmp_path)
+
+
+def test_cli_errors(tmp_path: Path) -> None:
+    env = {"CDRHOUSE_DATA_DIR": str(tmp_path / "data"), "CDRHOUSE_BACKUP": str(tmp_path / "b")}
+    unknown = cdrhouse(env, "backup", "verify", "20260101T000000Z-0000")
+    assert unknown.returncode == 1 and "no backup '20260101T000000Z-0000'" in unknown.stderr
+    bad = cdrhouse({**env, "CDRHOUSE_BACKUP_SCHEDULE": "daily"}, "serve")
+    assert bad.returncode == 2 and "backup schedule 'daily' is not a crontab" in bad.stderr
+    refused = cdrhouse({**env, "CDRHOUSE_BACKUP": "ftp://host/x"}, "backup", "list")
+    assert refused.returncode == 1 and "use a directory, file://… or s3://…" in refused.stderr
+
+
+# -- inside the service ------------------------------------------------------------------------
+
+def test_serve_schedules_backup_then_verify_shows_jobs_to_admins_and_the_age_metric(
+        embedded_dsn: str, engine_dir: Path, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from cdrhouse.api.app import create_app
+    from cdrhouse.api.service import ServiceConfig
+
+    config = StoreConfig(data_dir=engine_dir, clickhouse=embedded_dsn,
+                         database=f"t_{uuid.uuid4().hex[:10]}")
+    db = Database(config)
+    from cdrhouse.engine.migrate import migrate
+    migrate(db)
+    acc.add_account(db, "acme", "C1", "customer")
+    admin = keys.create_key(db, "admin")[1]
+    operator = keys.create_key(db, "tenant:acme")[1]
+    app = create_app(ServiceConfig(store=config, pool_size=2,
+                                   backup=BackupConfig(url=str(tmp_path / "b")),
+                                   backup_cron="0 1 1 1 *"))
+    try:
+        with TestClient(app) as client:
+            def age() -> float:
+                text = client.get("/metrics").text
+                line = next(x for x in text.splitlines()
+                            if x.startswith("cdrhouse_backup_last_good_age_seconds "))
+                return float(line.split()[1])
+
+            assert age() == float("inf")  # never backed up: an alert fires
+            job = app.state.backup_scheduler.get_job("backup")
+            assert job.next_run_time.hour == 1 and job.next_run_time.month == 1
+            job.func(*job.args)  # what the scheduler does at 01:00 on 1 January
+            assert 0 <= age() < 600
+            seen = client.get("/v1/jobs", headers={"Authorization": f"Bearer {admin}"}).json()
+            kinds = {j["kind"]: j for j in seen["jobs"]}
+            assert kinds["backup-run"]["state"] == "succeeded"
+            assert kinds["backup-run"]["params"]["trigger"] == "schedule"
+            assert kinds["backup-verify"]["state"] == "succeeded"
+            assert kinds["backup-verify"]["result"]["ok"] is True
+            other = client.get("/v1/jobs", headers={"Authorization": f"Bearer {operator}"}).json()
+            assert not [j for j in other["jobs"] if j["kind"].startswith("backup")]
+        assert not app.state.backup_scheduler.running
+    finally:
+        db.command(f"DROP DATABASE IF EXISTS `{db.name}` SYNC")
+        db.close()
