@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-import uuid
 from pathlib import Path
 
 import pytest
