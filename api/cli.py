@@ -530,7 +530,7 @@ def main() -> None:
     except ArchiveError as exc:
         err.print(f"[red]archive error:[/red] {exc}")
         sys.exit(1)
-    except (acc.AccountError, keys.KeyError_, FormatError, IngestError, UserSQLError, ViewerError, BuilderError,
+    except (acc.AccountError, keys.ApiKeyError, FormatError, IngestError, UserSQLError, ViewerError, BuilderError,
             PrincipalError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         sys.exit(2)
