@@ -17,8 +17,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from cdrhouse.engine.formats.asterisk import (
+from cdrhouse.engine.formats.base import (
+    BATCH_ROWS,
     BatchBuilder,
+    FormatError,
+    RawBatch,
     head_rows,
     is_int,
     is_timestamp,
@@ -26,7 +29,6 @@ from cdrhouse.engine.formats.asterisk import (
     none_if_empty,
     read_headerless_csv,
 )
-from cdrhouse.engine.formats.base import BATCH_ROWS, FormatError, RawBatch
 
 #: Q.850 hangup cause -> (disposition, SIP code) for a call that was not answered.
 #:
