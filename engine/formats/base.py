@@ -27,10 +27,11 @@ from typing import Protocol
 import pyarrow as pa
 
 from cdrhouse.sql.errors import UserError
+from cdrhouse.sql import ingest as ingest_sql
 
 #: Columns an adapter may emit besides catalogue fields.
 ACCOUNT_ALIASES: tuple[str, ...] = ("customer_code", "carrier_code")
-LINE = "_line"
+LINE = ingest_sql.LINE
 #: Rows per batch: big enough for ClickHouse to work set-based, small enough
 #: that memory stays flat whatever the file size.
 BATCH_ROWS = 500_000
