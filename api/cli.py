@@ -293,6 +293,7 @@ def ingest(
                             default_customer=customer, default_carrier=carrier,
                             create_accounts=create_accounts, reprice=reprice)
     totals = {"read": 0, "accepted": 0, "duplicates": 0, "rejected": 0}
+    damaged: list[str] = []
     with open_store(ctx) as db:
         ingestor = Ingestor(db, options, rejects_path)
         try:
@@ -315,6 +316,7 @@ def ingest(
                           f"{r.duplicates:,}, rejected {r.rejected:,} in {r.seconds:.1f}s{rate}")
                 for k in totals:
                     totals[k] += getattr(r, k)
+                damaged += [f"{path}: {where}" for where in r.damage]
         finally:
             ingestor.close()
     if len(paths) > 1:
@@ -322,6 +324,10 @@ def ingest(
                   f"duplicate {totals['duplicates']:,}, rejected {totals['rejected']:,}")
     if totals["rejected"]:
         err.print(f"rejected rows, with line numbers and reasons: {rejects_path}")
+    if damaged:
+        shown = damaged[:20] + ([f"… and {len(damaged) - 20:,} more"] if len(damaged) > 20 else [])
+        raise FormatError("the input is damaged (its good rows were stored; the damaged "
+                          f"lines are in {rejects_path}):\n  " + "\n  ".join(shown))
     if totals["accepted"] + totals["duplicates"] == 0:
         raise Failed("nothing usable was read")
 

@@ -77,6 +77,9 @@ class FileReport:
     rejected: int = 0
     created_accounts: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: Where the file itself is broken ("line N: why"): its good rows are stored,
+    #: these lines are in the reject file, and the CLI ends with exit 2.
+    damage: list[str] = field(default_factory=list)
 
     @property
     def usable(self) -> int:
@@ -242,6 +245,8 @@ class Ingestor:
         """Stage and convert a batch and write its rejects; None if nothing is left to store."""
         for rej in batch.rejects:
             self.rejects.write(path, rej.line, rej.reason, rej.raw)
+            if rej.damage:
+                report.damage.append(f"line {rej.line}: {rej.reason}")
         report.rejected += len(batch.rejects)
         report.read += len(batch.rejects) + batch.table.num_rows
         if batch.table.num_rows == 0:
