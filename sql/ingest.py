@@ -127,7 +127,14 @@ def conversion_sql(staged: dict[str, str], norm_table: str, stage_table: str) ->
         ("v_tenant_id IS NOT NULL AND v_tenant_id != {tenant:String}",
          "concat('tenant_id ', toJSONString(v_tenant_id), ' is not the tenant being ingested (', {tenant:String}, ')')"),
         ("v_call_id IS NULL", "'call_id is missing'"),
-        ("length(v_call_id) > 256", "'call_id is longer than 256 characters'"),
+    ]
+    # Text caps (catalogue max_length), checked before anything parses the text.
+    for f in catalogue.FIELDS:
+        if f.max_length is not None:
+            checks.append((f"lengthUTF8(v_{f.name}) > {f.max_length}",
+                           f"concat('{f.name} is longer than {f.max_length} characters (', "
+                           f"toString(lengthUTF8(v_{f.name})), ')')"))
+    checks += [
         ("v_start_time IS NULL", "'start_time is missing'"),
         ("p_start IS NULL", "concat('start_time: cannot read ', toJSONString(toString(v_start_time)))"),
         ("p_start < toDateTime64('1990-01-01', 3, 'UTC') OR p_start > now64(3) + INTERVAL 1 DAY",

@@ -203,8 +203,11 @@ def read_head(path: Path, size: int) -> bytes:
     with open_input(path) as src:
         try:
             return src.read(size)
-        except DamagedFile:
-            return src.read()   # what decoded before the damage
+        except DamagedFile as exc:
+            head = src.read()   # what decoded before the damage, if anything
+            if not head:
+                raise FormatError(f"{exc} (nothing before it could be read)") from None
+            return head
 
 
 @dataclass(frozen=True)

@@ -46,8 +46,12 @@ def check_columns(path: Path, names: list[str]) -> None:
     """Refuse unknown columns and missing required ones, naming them."""
     unknown = [n for n in names if n not in ALLOWED and n != LINE]
     if unknown:
+        # (bounded: a file of noise must not print itself on the terminal)
+        shown = [repr(n if len(n) <= 40 else n[:40] + "…") for n in unknown[:5]]
+        if len(unknown) > 5:
+            shown.append(f"and {len(unknown) - 5} more")
         raise FormatError(
-            f"{path}: unknown column(s) {', '.join(map(repr, unknown))}; "
+            f"{path}: unknown column(s) {', '.join(shown)}; "
             f"columns must be catalogue fields (see `cdrhouse fields`) or customer_code/carrier_code")
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
@@ -139,7 +143,8 @@ class _CsvFeed:
         self.bare_cr = False
         self.closed = False
         self._line = 1               # the last whole line passed on (the header is 1)
-        self._out = b""
+        self._out: list[bytes] = []     # bytes ready for pyarrow, joined on read
+        self._out_len = 0
         self._carry = b""
         self._skipping = False
         self._eof = False
@@ -172,7 +177,7 @@ class _CsvFeed:
         if self._eof:
             return b""
         try:
-            chunk = self.src.read(1 << 20)
+            chunk = self.src.read(4 << 20)
         except DamagedFile as exc:
             # The line being read is cut: it is the damage, and the end of the data.
             self._eof = True
@@ -184,12 +189,19 @@ class _CsvFeed:
         return chunk
 
     def read(self, size: int = -1) -> bytes:
-        while (size < 0 or len(self._out) < size) and not (self._eof and not self._carry):
+        while (size < 0 or self._out_len < size) and not (self._eof and not self._carry):
             self._feed()
+        data = b"".join(self._out)
         if size < 0:
-            size = len(self._out)
-        out, self._out = self._out[:size], self._out[size:]
+            size = len(data)
+        out, rest = data[:size], data[size:]
+        self._out, self._out_len = ([rest] if rest else []), len(rest)
         return out
+
+    def _emit(self, data: bytes) -> None:
+        if data:
+            self._out.append(data)
+            self._out_len += len(data)
 
     def _feed(self) -> None:
         chunk = self._raw()
@@ -209,18 +221,20 @@ class _CsvFeed:
             if end < 0:
                 return                          # still inside the long line
             self._skipping = False
-            self._out += sep
+            self._emit(sep)
             data = data[end + 1:]
-        if sep == b"\n" and b"\r" in data:
-            keep_cr = data.endswith(b"\r") and not self._eof  # may be half a CRLF
-            body = data[:-1] if keep_cr else data
-            if body.count(b"\r") != body.count(b"\r\n"):
-                body = re.sub(rb"\r(?!\n)", b"\x00", body)
-                self.bare_cr = True
-            data = body + (b"\r" if keep_cr else b"")
         arr = np.frombuffer(data, dtype=np.uint8)
         ends = np.flatnonzero(arr == sep[0])
         last = int(ends[-1]) + 1 if len(ends) else 0
+        if sep == b"\n" and last:
+            # (a CR in a whole line always has a next byte: the LF at the latest)
+            cr = np.flatnonzero(arr[:last] == 13)
+            bare = cr[arr[cr + 1] != 10] if len(cr) else cr
+            if len(bare):
+                arr = arr.copy()
+                arr[bare] = 0
+                data = arr.tobytes()
+                self.bare_cr = True
         self._carry = data[last:]
         if len(ends):
             starts = np.concatenate(([0], ends[:-1] + 1))
@@ -240,9 +254,9 @@ class _CsvFeed:
                     at = end + 1
                     self._report_long(int(numbers[i]), data[start:end], end - start)
                 pieces.append(data[at:last])
-                self._out += b"".join(pieces)
+                self._emit(b"".join(pieces))
             else:
-                self._out += data[:last]
+                self._emit(data[:last])
             self._line += len(ends)
         if partial is not None and self._cut is not None:
             self.damage.append(RawReject(self._line + 1, str(self._cut).removeprefix(
@@ -485,8 +499,12 @@ class ParquetReader:
             groups = pf.metadata.num_row_groups
             group_rows = [pf.metadata.row_group(i).num_rows for i in range(groups)]
         except (pa.ArrowException, OSError, ValueError, IndexError) as exc:
-            raise FormatError(f"{path}: not a readable Parquet file: {exc}") from None
+            raise FormatError(f"{path}: not a readable Parquet file: {str(exc).strip()}") from None
         check_columns(path, names)
+        nested = [f.name for f in pf.schema_arrow if pa.types.is_nested(f.type)]
+        if nested:
+            raise FormatError(f"{path}: column(s) {', '.join(nested)} hold lists or structs; "
+                              "every CDR field takes a single value")
         total_rows = max(sum(group_rows), 1)
         size = path.stat().st_size
         done = 0
