@@ -296,6 +296,9 @@ def ingest(
     damaged: list[str] = []
     with open_store(ctx) as db:
         ingestor = Ingestor(db, options, rejects_path)
+        if ingestor.dropped_scratch:
+            err.print(f"removed {len(ingestor.dropped_scratch)} scratch table(s) left by an "
+                      "interrupted ingest")
         try:
             for path in paths:
                 size = path.stat().st_size

@@ -26,7 +26,12 @@ duplicate check sees every earlier batch.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import os
+import re
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -133,10 +138,89 @@ class _RejectWriter:
             self._fh.close()
 
 
+# -- scratch tables and their owners -------------------------------------------------
+#
+# Each batch lives in Memory tables named `_ingest_<kind>_<host>_<pid>_<start>_<rand>`:
+# the owner's host (a hash of its name), process id and process start time (so a
+# reused pid is not mistaken for the owner). A killed ingest cannot drop its own
+# tables, so every Ingestor drops, when it starts, the ones whose owner is gone
+# (`drop_stale_scratch`). The name is the registry: nothing else to keep in sync.
+
+_SCRATCH_RE = re.compile(r"^_ingest_(?:stage|norm|known)_([0-9a-f]{8})_(\d+)_(\d+)_[0-9a-f]{8}$")
+#: Scratch tables of another host (whose processes cannot be seen from here), and
+#: tables named before owners were recorded, are stale after this long: no
+#: batch takes a day.
+FOREIGN_SCRATCH_MAX_AGE = 24 * 3600
+_HOST = hashlib.blake2b(socket.gethostname().encode(), digest_size=4).hexdigest()
+#: Scratch suffixes in use by Ingestors of this process.
+_LIVE: set[str] = set()
+_LIVE_LOCK = threading.Lock()
+
+
+def _process_start(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot), or None if there is none.
+
+    Without /proc (not Linux) the start is 0 for any live process: liveness alone.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        if Path("/proc/self/stat").exists():
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return 0
+        return 0
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])    # field 22, after the command name
+
+
+def _owner() -> str:
+    return f"{_HOST}_{os.getpid()}_{_process_start(os.getpid()) or 0}"
+
+
+def scratch_is_stale(name: str, age_seconds: int) -> bool:
+    """Whether a scratch table's owner is gone (see the comment above)."""
+    m = _SCRATCH_RE.match(name)
+    if m is None or m.group(1) != _HOST:
+        return age_seconds > FOREIGN_SCRATCH_MAX_AGE
+    pid, start = int(m.group(2)), int(m.group(3))
+    if pid == os.getpid() and start == (_process_start(pid) or 0):
+        with _LIVE_LOCK:    # this process's own: stale unless an Ingestor uses it
+            return not any(name.endswith(suffix) for suffix in _LIVE)
+    return _process_start(pid) != start
+
+
+def drop_stale_scratch(db: Database) -> list[str]:
+    """Drop the scratch tables left by ingests that died (kill -9, power loss…)."""
+    rows = db.rows("SELECT name, dateDiff('second', metadata_modification_time, now()) "
+                   "FROM system.tables WHERE database = currentDatabase() "
+                   "AND startsWith(name, '_ingest_')")
+    stale = [name for name, age in rows if scratch_is_stale(name, int(age))]
+    for name in stale:
+        db.command(f"DROP TABLE IF EXISTS `{name}`")
+    return stale
+
+
 @dataclass(frozen=True)
 class _Scratch:
     """The Memory tables of one batch: raw values, converted rows, call ids already stored."""
     suffix: str
+
+    @classmethod
+    def new(cls) -> _Scratch:
+        scratch = cls(f"{_owner()}_{uuid.uuid4().hex[:8]}")
+        with _LIVE_LOCK:
+            _LIVE.add(scratch.suffix)
+        return scratch
+
+    def release(self) -> None:
+        with _LIVE_LOCK:
+            _LIVE.discard(self.suffix)
 
     @property
     def stage(self) -> str:
@@ -165,6 +249,8 @@ class Ingestor:
         _check_zone(options.source_tz)
         self.default_customer = _account_id(db, options.tenant, "customer", options.default_customer)
         self.default_carrier = _account_id(db, options.tenant, "carrier", options.default_carrier)
+        #: Scratch tables of earlier ingests that died, dropped now.
+        self.dropped_scratch = drop_stale_scratch(db)
         self.rejects = _RejectWriter(rejects_path)
         self.version = time.time_ns()
         # Calls are priced on the way in when the tenant has rate cards (engine.rating):
@@ -251,7 +337,7 @@ class Ingestor:
         report.read += len(batch.rejects) + batch.table.num_rows
         if batch.table.num_rows == 0:
             return None
-        scratch = _Scratch(uuid.uuid4().hex[:12])
+        scratch = _Scratch.new()
         table, staged = _stage_table(batch.table)
         try:
             self.db.command(f"CREATE TABLE {scratch.stage} ({_stage_columns(table)}) ENGINE = Memory")
@@ -273,6 +359,7 @@ class Ingestor:
         if scratch is not None:
             for table in scratch.tables:
                 (db or self.db).command(f"DROP TABLE IF EXISTS {table}")
+            scratch.release()
 
     def _write(self, db: Database, scratch: _Scratch, fmt: str) -> tuple[int, int]:
         """Store a prepared batch (in the write thread); (accepted, duplicates)."""
