@@ -26,8 +26,6 @@ their magic bytes, not their names) are read like the plain ones.
 from __future__ import annotations
 
 import csv
-import gzip
-import io
 import re
 import zlib
 from collections.abc import Callable, Iterator
