@@ -74,6 +74,12 @@ CASES: dict[str, tuple[bytes, str, list[int], dict[int, str]]] = {
     "csv CR-only line ends": (
         (HEADER + good(1) + good(2) + good(3)).replace("\n", "\r").encode(), "csv",
         [2, 3, 4], {}),
+    # ... where a lone LF is then the damage (and CRLF / blank lines still count right)
+    "csv CR-only line ends, a lone LF in a field": (
+        (HEADER.replace("\n", "\r") + good(1).replace("\n", "\r")
+         + "b,2026-03-01 10:00:00,5,bad\nreason\r" + good(2).replace("\n", "\r") + "\r\n"
+         + good(3).replace("\n", "\r") + "\n\r" + good(4).replace("\n", "\r")).encode(),
+        "csv", [2, 4, 6, 8], {3: "line feed (LF) inside"}),
     # blank lines (LF and CRLF) keep the numbering of the lines after them
     "csv blank lines and a short row": (
         (HEADER + good(1) + "\n" + "x,y\n" + "\r\n" + good(2)).encode(), "csv", [2, 6], {}),

@@ -323,6 +323,8 @@ def _decode(raw: bytes) -> str:
 
 BARE_CR = ("a carriage return (CR) inside an unquoted field: only CRLF or LF may end a "
            "line in this file")
+BARE_LF = ("a line feed (LF) inside an unquoted field: lines in this file end in a "
+           "carriage return (CR)")
 
 
 def iter_csv_lines(path: Path) -> Iterator[CsvLine]:

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from cdrhouse.engine.formats.base import (
     ACCOUNT_ALIASES,
     BARE_CR,
+    BARE_LF,
     BATCH_ROWS,
     LINE,
     MAX_LINE_BYTES,
@@ -235,6 +236,16 @@ class _CsvFeed:
                 arr[bare] = 0
                 data = arr.tobytes()
                 self.bare_cr = True
+        elif last:
+            # In a CR file a lone LF is data the same way (a CRLF is still one line
+            # end; a line here always starts right after a CR, so index 0 is not lone)
+            lf = np.flatnonzero(arr[1:last] == 10) + 1
+            bare = lf[arr[lf - 1] != 13] if len(lf) else lf
+            if len(bare):
+                arr = arr.copy()
+                arr[bare] = 0
+                data = arr.tobytes()
+                self.bare_cr = True
         self._carry = data[last:]
         if len(ends):
             starts = np.concatenate(([0], ends[:-1] + 1))
@@ -243,6 +254,10 @@ class _CsvFeed:
                 crlf = lengths > 0
                 crlf[crlf] = arr[ends[crlf] - 1] == 13
                 lengths = lengths - crlf
+            else:              # nor, in a CR file, the LF of a CRLF
+                lead = lengths > 0
+                lead[lead] = arr[starts[lead]] == 10
+                lengths = lengths - lead
             numbers = np.arange(self._line + 1, self._line + 1 + len(ends), dtype=np.int64)
             self.blank.extend(numbers[lengths == 0].tolist())
             long = np.flatnonzero(lengths > self.max_line)
@@ -312,7 +327,7 @@ class DelimitedReader:
 
         def on_invalid(row: pacsv.InvalidRow) -> str:
             invalid.append(row.number)
-            text = row.text.replace("\x00", "\r")
+            text = row.text.replace("\x00", "\r" if feed.sep == b"\n" else "\n")
             rejects.append(RawReject(row.number, f"expected {row.expected_columns} columns, "
                                                  f"found {row.actual_columns}", text))
             return "skip"
@@ -350,7 +365,7 @@ class DelimitedReader:
             rows_done += table.num_rows
             table = table.append_column(LINE, pa.array(lines, type=pa.int64()))
             if feed.bare_cr and table.num_rows:
-                table, bad = _split_bare_cr(table, self.delimiter)
+                table, bad = _split_bare_cr(table, self.delimiter, feed.sep)
                 out_rejects += bad
             out = RawBatch(_stage_types(table, source_tz), out_rejects + feed.take_damage(),
                            bytes_read=feed.src.consumed)
@@ -376,8 +391,9 @@ class DelimitedReader:
             yield flush()
 
 
-def _split_bare_cr(table: pa.Table, delimiter: str) -> tuple[pa.Table, list[RawReject]]:
-    """Take out the rows where a bare CR (staged as NUL by _CsvFeed) sits in a field."""
+def _split_bare_cr(table: pa.Table, delimiter: str,
+                   sep: bytes) -> tuple[pa.Table, list[RawReject]]:
+    """Take out the rows where a lone CR (LF in a CR file), staged as NUL by _CsvFeed, sits."""
     bad = None
     for name in table.column_names:
         if name == LINE:
@@ -388,9 +404,9 @@ def _split_bare_cr(table: pa.Table, delimiter: str) -> tuple[pa.Table, list[RawR
         return table, []
     rows = table.filter(bad).to_pylist()
     rejects = [RawReject(
-        row[LINE], BARE_CR,
+        row[LINE], BARE_CR if sep == b"\n" else BARE_LF,
         delimiter.join((v or b"").decode("utf-8", errors="replace")
-                       for k, v in row.items() if k != LINE).replace("\x00", "\r"),
+                       for k, v in row.items() if k != LINE).replace("\x00", "\r" if sep == b"\n" else "\n"),
         damage=True) for row in rows]
     return table.filter(pc.invert(bad)), rejects
 
