@@ -240,10 +240,11 @@ def iter_lines(src: InputStream, max_bytes: int = MAX_LINE_BYTES) -> Iterator[Li
     while True:
         try:
             chunk = src.read(_RAW_CHUNK)
-        except DamagedFile as exc:
-            if buf or not skipping:
+        except DamagedFile as exc:   # the line being read is cut off: that line is the damage
+            if not skipping:
                 number += 1
-                yield Line(number, buf[:PREVIEW_BYTES], src.consumed, str(exc))
+            yield Line(number, buf[:PREVIEW_BYTES], src.consumed,
+                       str(exc).removeprefix(f"{src.path}: "))
             return
         if not chunk:
             break

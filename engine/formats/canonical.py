@@ -219,8 +219,12 @@ class _CsvFeed:
                 data += sep
         if self._skipping:
             end = data.find(sep)
-            if end < 0:
-                return                          # still inside the long line
+            if end < 0:                         # still inside the long line
+                if self._cut is not None:       # ... and the data breaks off in it
+                    self.damage.append(RawReject(self._line, str(self._cut).removeprefix(
+                        f"{self.path}: "), "", damage=True))
+                    self._cut = None
+                return
             self._skipping = False
             self._emit(sep)
             data = data[end + 1:]

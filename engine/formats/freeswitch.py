@@ -412,7 +412,7 @@ def _iter_json_stream(path: Path) -> Iterator[_Item]:
                 if refill():
                     continue
                 if damage is not None:
-                    yield line, None, _DAMAGED + str(damage), "", consumed
+                    yield line, None, _DAMAGED + str(damage).removeprefix(f"{path}: "), "", consumed
                 return
             try:
                 record, end = decoder.raw_decode(buf, pos)
@@ -420,7 +420,7 @@ def _iter_json_stream(path: Path) -> Iterator[_Item]:
                 if not eof and len(buf) - pos < _MAX_RECORD_CHARS:
                     refill()
                     continue
-                reason = (str(damage) if damage is not None
+                reason = (str(damage).removeprefix(f"{path}: ") if damage is not None
                           else f"invalid JSON (rest of file skipped): {exc}")
                 yield line, None, _DAMAGED + reason, buf[pos:pos + _RAW_MAX], consumed
                 return
