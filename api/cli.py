@@ -328,8 +328,12 @@ def ingest(
                             default_customer=customer, default_carrier=carrier,
                             create_accounts=create_accounts, reprice=reprice)
     totals = {"read": 0, "accepted": 0, "duplicates": 0, "rejected": 0}
+    damaged: list[str] = []
     with open_store(ctx) as db:
         ingestor = Ingestor(db, options, rejects_path)
+        if ingestor.dropped_scratch:
+            err.print(f"removed {len(ingestor.dropped_scratch)} scratch table(s) left by an "
+                      "interrupted ingest")
         try:
             for path in paths:
                 size = path.stat().st_size
@@ -350,6 +354,7 @@ def ingest(
                           f"{r.duplicates:,}, rejected {r.rejected:,} in {r.seconds:.1f}s{rate}")
                 for k in totals:
                     totals[k] += getattr(r, k)
+                damaged += [f"{path}: {where}" for where in r.damage]
         finally:
             ingestor.close()
     if len(paths) > 1:
@@ -357,6 +362,10 @@ def ingest(
                   f"duplicate {totals['duplicates']:,}, rejected {totals['rejected']:,}")
     if totals["rejected"]:
         err.print(f"rejected rows, with line numbers and reasons: {rejects_path}")
+    if damaged:
+        shown = damaged[:20] + ([f"… and {len(damaged) - 20:,} more"] if len(damaged) > 20 else [])
+        raise FormatError("the input is damaged (its good rows were stored; the damaged "
+                          f"lines are in {rejects_path}):\n  " + "\n  ".join(shown))
     if totals["accepted"] + totals["duplicates"] == 0:
         raise Failed("nothing usable was read")
 
@@ -572,7 +581,7 @@ def main() -> None:
     except ArchiveError as exc:
         err.print(f"[red]archive error:[/red] {exc}")
         sys.exit(1)
-    except (acc.AccountError, keys.KeyError_, FormatError, IngestError, UserSQLError, ViewerError, BuilderError,
+    except (acc.AccountError, keys.ApiKeyError, FormatError, IngestError, UserSQLError, ViewerError, BuilderError,
             PrincipalError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         sys.exit(2)

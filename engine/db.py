@@ -14,7 +14,10 @@ import contextlib
 import fcntl
 import os
 import re
+import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -91,6 +94,8 @@ def _holder_message(path: Path) -> str | None:
         except OSError:
             text = ""
         pid = re.search(r"PID:\s*(\d+)", text)
+        if pid and int(pid.group(1)) == os.getpid():
+            return None     # this process's own engine holds it: not a conflict
         who = f"process {pid.group(1)}" if pid else "another process"
         return (
             f"The data directory {path} is in use by {who} "
@@ -105,6 +110,42 @@ def _holder_message(path: Path) -> str | None:
         os.close(fd)
 
 
+#: Embedded paths this process has open (a count of clients per path): a client
+#: on a path already open here cannot meet another process's lock.
+_OPEN_HERE: dict[Path, int] = {}
+_OPEN_LOCK = threading.Lock()
+#: How often a connect that lost the lock race is tried again (the holder may
+#: have just let go: then the next try opens the store).
+_LOCK_RETRIES = 5
+_LOCK_NOISE = re.compile(r"Cannot lock file|Another server instance in same directory")
+
+
+@contextmanager
+def _engine_stderr_quiet() -> Iterator[None]:
+    """Hold back what the embedded engine writes to fd 2 while it opens a directory.
+
+    The engine prints its own "Code: 76 … Cannot lock file" line on stderr
+    before failing; cdrhouse says the same thing better (which process holds
+    the directory). Whatever else is written in that moment is passed on.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            other = [line for line in sink.read().decode(errors="replace").splitlines(True)
+                     if not _LOCK_NOISE.search(line)]
+            if other:
+                sys.stderr.write("".join(other))
+                sys.stderr.flush()
+
+
 def _connect(dsn: str, database: str | None) -> Any:
     """A clickhouse-connect client on `dsn`, with plain errors for the usual failures."""
     kwargs: dict[str, Any] = {"dsn": dsn}
@@ -112,11 +153,29 @@ def _connect(dsn: str, database: str | None) -> Any:
         kwargs["chdb_options"] = EMBEDDED_OPTIONS
     if database:
         kwargs["database"] = database
-    try:
-        return clickhouse_connect.get_client(**kwargs)
-    except ClickHouseError as exc:
-        if dsn.startswith("chdb:"):
-            path = _embedded_path(dsn)
+    if not dsn.startswith("chdb:"):
+        try:
+            return clickhouse_connect.get_client(**kwargs)
+        except ClickHouseError as exc:
+            raise StoreError(f"Cannot connect to ClickHouse at {_redact(dsn)}: {exc}") from None
+    path = _embedded_path(dsn)
+    with _OPEN_LOCK:
+        open_here = _OPEN_HERE.get(path, 0) > 0
+    if open_here:   # (this process holds the directory: no other can)
+        try:
+            return clickhouse_connect.get_client(**kwargs)
+        except ClickHouseError as exc:
+            raise StoreError(f"Cannot connect to ClickHouse at {_redact(dsn)}: {exc}") from None
+    for attempt in range(_LOCK_RETRIES):
+        # Ask the lock first: a held directory is reported without the engine
+        # ever trying (and complaining on stderr).
+        held = _holder_message(path)
+        if held:
+            raise StoreLocked(held)
+        try:
+            with _engine_stderr_quiet():
+                return clickhouse_connect.get_client(**kwargs)
+        except ClickHouseError as exc:
             held = _holder_message(path)
             if held:
                 raise StoreLocked(held) from None
@@ -125,7 +184,14 @@ def _connect(dsn: str, database: str | None) -> Any:
                     f"This process already has the embedded engine open on another "
                     f"directory; cannot also open {path}. {exc}"
                 ) from None
-        raise StoreError(f"Cannot connect to ClickHouse at {_redact(dsn)}: {exc}") from None
+            # Lost a race with another process that held the lock a moment ago
+            # (the engine then says only "Error initializing EmbeddedServer");
+            # it has let go, so try again.
+            if attempt + 1 < _LOCK_RETRIES and "EmbeddedServer" in str(exc):
+                time.sleep(0.1 * (attempt + 1))
+                continue
+            raise StoreError(f"Cannot connect to ClickHouse at {_redact(dsn)}: {exc}") from None
+    raise AssertionError("unreachable")
 
 
 def _redact(dsn: str) -> str:
@@ -157,6 +223,10 @@ class Database:
             raise
         self.client = client
         self.name = config.database
+        self._path = _embedded_path(config.dsn) if config.embedded else None
+        if self._path is not None:
+            with _OPEN_LOCK:
+                _OPEN_HERE[self._path] = _OPEN_HERE.get(self._path, 0) + 1
 
     # -- running SQL -----------------------------------------------------
 
@@ -253,6 +323,14 @@ class Database:
 
     def close(self) -> None:
         self.client.close()
+        if self._path is not None:
+            with _OPEN_LOCK:
+                left = _OPEN_HERE.get(self._path, 0) - 1
+                if left > 0:
+                    _OPEN_HERE[self._path] = left
+                else:
+                    _OPEN_HERE.pop(self._path, None)
+            self._path = None
 
     def __enter__(self) -> Database:
         return self

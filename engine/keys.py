@@ -21,7 +21,7 @@ from cdrhouse.sql.principal import PrincipalRef
 SECRET_PREFIX = "cdrh_"
 
 
-class KeyError_(UserError):
+class ApiKeyError(UserError):
     """A key request that cannot be honoured."""
 
 
@@ -64,10 +64,10 @@ def revoke_key(db: Database, key_id: str) -> ApiKey:
     rows = db.rows("SELECT key_id, secret_hash, principal, name, created_at, revoked_at "
                    "FROM api_keys FINAL WHERE key_id = {k:String}", {"k": key_id})
     if not rows:
-        raise KeyError_(f"no API key with id {key_id!r}")
+        raise ApiKeyError(f"no API key with id {key_id!r}")
     kid, h, principal, name, created, revoked = rows[0]
     if revoked is not None:
-        raise KeyError_(f"API key {key_id!r} was already revoked at {revoked:%Y-%m-%d %H:%M:%S} UTC")
+        raise ApiKeyError(f"API key {key_id!r} was already revoked at {revoked:%Y-%m-%d %H:%M:%S} UTC")
     now = dt.datetime.now(dt.timezone.utc)
     db.insert_rows("api_keys", [(kid, h, principal, name, created, now, time.time_ns())],
                    ["key_id", "secret_hash", "principal", "name", "created_at", "revoked_at",

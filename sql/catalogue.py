@@ -42,6 +42,10 @@ class Field:
     #: Value stored when a record does not carry the field (documented in the README).
     default: str | None = None
     enum_values: tuple[str, ...] = field(default_factory=tuple)
+    #: Longest text ingest accepts for a string or ip field (characters); a longer
+    #: value rejects its row. Generous for real CDRs, small enough that a runaway
+    #: field cannot bloat the table (documented in the README's Ingest section).
+    max_length: int | None = None
 
     @property
     def nullable(self) -> bool:
@@ -57,9 +61,9 @@ _MONEY = "Nullable(Decimal(18, 6))"
 FIELDS: tuple[Field, ...] = (
     Field("call_id", "String", "string", "Call ID",
           "Identifier of the call leg as the switch wrote it (unique within a tenant).",
-          required=True),
+          required=True, max_length=256),
     Field("tenant_id", "LowCardinality(String)", "string", "Tenant",
-          "The carrier company that owns the record.", roles=frozenset({"admin"})),
+          "The carrier company that owns the record.", roles=frozenset({"admin"}), max_length=64),
     Field("start_time", _DT, "datetime", "Start",
           "When the call was set up (UTC).", required=True),
     Field("answer_time", f"Nullable({_DT})", "datetime", "Answered",
@@ -86,27 +90,28 @@ FIELDS: tuple[Field, ...] = (
           "How the call ended. Derived from billsec when absent (ANSWERED or NO ANSWER).",
           enum_values=DISPOSITIONS),
     Field("src_number", "String", "string", "Source",
-          "Calling number (A-number), digits only where the switch gave E.164.", default=""),
+          "Calling number (A-number), digits only where the switch gave E.164.", default="",
+          max_length=128),
     Field("dst_number", "String", "string", "Destination",
-          "Called number (B-number).", default=""),
+          "Called number (B-number).", default="", max_length=128),
     Field("dst_prefix", "LowCardinality(String)", "string", "Prefix",
-          "Destination prefix the call was routed or rated on.", default=""),
+          "Destination prefix the call was routed or rated on.", default="", max_length=32),
     Field("country", "LowCardinality(String)", "string", "Country",
-          "ISO 3166 alpha-2 country of the destination.", default=""),
+          "ISO 3166 alpha-2 country of the destination.", default="", max_length=8),
     Field("release_reason", "LowCardinality(String)", "string", "Release reason",
           "Why the call was released (switch hangup cause, e.g. NORMAL_CLEARING).",
-          default=""),
+          default="", max_length=128),
     Field("sip_code", "UInt16", "int", "SIP code", "Final SIP response code.", default="0"),
     Field("sip_reason", "LowCardinality(String)", "string", "SIP reason",
-          "Final SIP reason phrase.", default=""),
+          "Final SIP reason phrase.", default="", max_length=256),
     Field("pdd_ms", "UInt32", "int", "PDD (ms)", "Post-dial delay in milliseconds.",
           default="0"),
     Field("src_ip", "String", "ip", "Source IP", "Signalling IP of the originating side.",
-          roles=NOT_CARRIER, default=""),
+          roles=NOT_CARRIER, default="", max_length=64),
     Field("dst_ip", "String", "ip", "Destination IP",
-          "Signalling IP of the terminating side.", roles=NOT_CUSTOMER, default=""),
+          "Signalling IP of the terminating side.", roles=NOT_CUSTOMER, default="", max_length=64),
     Field("codec", "LowCardinality(String)", "string", "Codec", "Negotiated audio codec.",
-          default=""),
+          default="", max_length=64),
     Field("customer_rate", _MONEY, "decimal", "Customer rate",
           "Price per minute charged to the customer; empty when not rated.",
           roles=NOT_CARRIER),
@@ -120,10 +125,10 @@ FIELDS: tuple[Field, ...] = (
           "What the carrier is paid for the call; empty when not rated.",
           roles=NOT_CUSTOMER),
     Field("currency", "LowCardinality(String)", "string", "Currency",
-          "ISO 4217 currency of the money fields.", default="USD"),
+          "ISO 4217 currency of the money fields.", default="USD", max_length=8),
     Field("recording_url", "String", "string", "Recording",
           "Where the call's recording can be fetched; empty when none.", default="",
-          sortable=False),
+          sortable=False, max_length=4096),
 )
 
 BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -71,6 +73,47 @@ def test_accounts_add_and_list(tmp_path: Path) -> None:
     assert dup.returncode == 2 and "already exists" in dup.stderr
     listed = run(tmp_path, "accounts", "list", "--format", "csv", check=True)
     assert listed.stdout.splitlines()[1] == "acme,1,C9,customer,Nine,USD"
+
+
+_HDR = "call_id,start_time,duration,sip_reason\n"
+_GOOD = "".join(f"g{i},2026-03-01 10:00:0{i},{i},ok\n" for i in range(1, 4))
+
+
+def _cut_zstd() -> bytes:
+    import random
+
+    import zstandard
+    body = _HDR + "".join(f"z{i},2026-03-01 10:00:00,{i},{random.Random(i).getrandbits(64)}\n"
+                          for i in range(40_000))
+    return zstandard.ZstdCompressor().compress(body.encode())[:60_000]
+
+
+@pytest.mark.parametrize("name, content, line, words", [
+    ("bare-cr.csv", (_HDR + "g0,2026-03-01 10:00:00,5,bad\rreason\n" + _GOOD).encode(), 2,
+     "carriage return"),
+    ("runaway.csv", (_HDR + _GOOD + "big,2026-03-01 10:00:00,5," + "x" * 3_000_000 + "\n"
+                     + "g9,2026-03-01 10:00:09,9,ok\n").encode(), 5, "longer than 1,048,576"),
+    ("cut.csv.zst", _cut_zstd(), None, "zstd data ends early"),
+], ids=["bare-cr", "runaway", "cut-zstd"])
+def test_damaged_input_is_one_error_naming_file_and_line(tmp_path: Path, name: str,
+                                                         content: bytes, line: int | None,
+                                                         words: str) -> None:
+    # (issue 12.9: these gave stack traces, or stored a truncated row)
+    path = tmp_path / name
+    path.write_bytes(content)
+    rejects = tmp_path / "rej.csv"
+    proc = run(tmp_path, "ingest", str(path), "--tenant", "acme", "--rejects", str(rejects))
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "pyarrow" not in proc.stderr
+    damaged = [ln for ln in proc.stderr.splitlines() if ln.strip().startswith(f"{path}: line ")]
+    assert len(damaged) == 1 and words in damaged[0], proc.stderr
+    at = int(damaged[0].split(": line ")[1].split(":")[0])
+    assert line is None or at == line
+    with open(rejects, newline="") as fh:
+        assert [int(r["line"]) for r in csv.DictReader(fh)] == [at]
+    accepted = int(re.search(r"accepted ([\d,]+), duplicate", proc.stderr).group(1)
+                   .replace(",", ""))
+    assert accepted == (at - 2 if line is None else len(_GOOD.splitlines()) + (name == "runaway.csv"))
 
 
 def test_ingest_reports_counts_rejects_and_exit_codes(tmp_path: Path) -> None:

@@ -567,8 +567,8 @@ def test_a_client_leaving_mid_download_cancels_the_query(served: Served) -> None
             qid = r.headers["x-query-id"]
             chunks = r.iter_raw()  # (a dropped iterator would close the response)
             first = next(chunks)
-            time.sleep(0.3)
-            assert served.processes(f"%:{qid}")  # still streaming, paused on the client
+            # still streaming, paused on the client (polled: it may not be listed yet)
+            assert served.wait_processes(f"%:{qid}", present=True)
             assert re.fullmatch(r'"call_id","b.call_id"\n("f\d+","f\d+"\n)+"?[f0-9",]*',
                                 first.decode())
         # the header names the columns as the JSON endpoint does
@@ -713,8 +713,7 @@ def test_downloads_from_a_clickhouse_server(served_http: Served) -> None:
             qid = r.headers["x-query-id"]
             chunks = r.iter_raw()
             next(chunks)
-            time.sleep(0.3)
-            assert s.processes(f"%:{qid}")
+            assert s.wait_processes(f"%:{qid}", present=True)
     assert s.wait_processes(f"%:{qid}", present=False) == []
     _pool_is_whole(s)
     with s.client("tenant:fail") as c:

@@ -108,3 +108,52 @@ def test_a_held_data_directory_is_reported_plainly(tmp_path: Path) -> None:
         holder.stdin.write("\n")
         holder.stdin.flush()
         holder.wait(timeout=30)
+
+
+def _cli(data_dir: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cdrhouse.api.cli", "--data-dir", str(data_dir),
+                             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _only_the_plain_lock_message(proc: subprocess.Popen, holder: int | None = None) -> int:
+    """Exit 0, or exit 3 with cdrhouse's one message; never the engine's own text."""
+    out, err = proc.communicate(timeout=300)
+    for raw in ("Code: 76", "DB::Exception", "Cannot lock file", "BAD_ARGUMENTS",
+                "EmbeddedServer", "Traceback"):
+        assert raw not in out + err, (proc.returncode, err)
+    if proc.returncode == 3:
+        assert err.startswith("error: The data directory "), err
+        assert "is in use by process " + (str(holder) if holder else "") in err, err
+    else:
+        assert proc.returncode == 0, err
+    return proc.returncode
+
+
+def test_the_cli_reports_a_held_directory_in_one_plain_message(tmp_path: Path) -> None:
+    # (issue 12.12: the engine printed "Code: 76. DB::Exception: Cannot lock file" first)
+    data = tmp_path / "clickhouse"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, clickhouse_connect
+        c = clickhouse_connect.get_client(dsn="chdb://{data}")
+        print("ready", flush=True)
+        sys.stdin.readline()
+    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        assert _only_the_plain_lock_message(_cli(tmp_path, "accounts", "list"), holder.pid) == 3
+    finally:
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.wait(timeout=30)
+    # and once the holder is gone the same command works
+    assert _only_the_plain_lock_message(_cli(tmp_path, "accounts", "list")) == 0
+
+
+def test_concurrent_commands_either_run_or_get_the_plain_message(tmp_path: Path) -> None:
+    # Commands racing for one directory: a loser used to get the engine's bare
+    # "Error initializing EmbeddedServer: . (BAD_ARGUMENTS)" when the winner let go
+    # between its failure and the lock check. Every one must run or be told plainly.
+    assert _only_the_plain_lock_message(_cli(tmp_path, "init")) == 0
+    procs = [_cli(tmp_path, "accounts", "list") for _ in range(6)]
+    codes = [_only_the_plain_lock_message(p) for p in procs]
+    assert 0 in codes

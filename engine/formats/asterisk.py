@@ -12,23 +12,27 @@ answer times written as `""` or left bare-empty, bytes that are not UTF-8
 (decoded with U+FFFD replacements, never fatal), CRLF line endings, blank
 trailing lines, and several CDR legs sharing one uniqueid (the call_id adds
 the `sequence` column when the layout has one).
-
-This module also holds the small headerless-CSV plumbing (`iter_csv_lines`,
-`BatchBuilder`) that the FreeSWITCH CSV reader reuses, so quoting and
-line-numbering behave the same for both switches.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import re
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cdrhouse.engine.formats.base import BATCH_ROWS, FormatError, RawBatch, RawReject, columns_to_table
+from cdrhouse.engine.formats.base import (
+    BATCH_ROWS,
+    FormatError,
+    RawBatch,
+    head_rows,
+    is_int,
+    is_timestamp,
+    none_if_empty,
+    read_headerless_csv,
+    iter_csv_lines,
+)
 
 #: Asterisk disposition -> (Q.850 release reason, SIP code).
 #:
@@ -92,154 +96,8 @@ OUTPUT_COLUMNS: tuple[str, ...] = (
     "codec", "customer_code",
 )
 
-#: Local timestamps as switches write them: `2024-01-27 15:07:24`,
-#: `2020/2/10 22:41`, optionally with a `T` and fractional seconds.
-TIMESTAMP_RE = re.compile(r"\d{4}[-/]\d{1,2}[-/]\d{1,2}[ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?")
-_INT_RE = re.compile(r"\d+")
 #: How many non-blank lines layout detection looks at.
 _DETECT_LINES = 50
-
-
-# --- headerless CSV plumbing (shared with freeswitch.py) ---------------------------
-
-
-@dataclass(frozen=True)
-class CsvLine:
-    """One non-blank physical line: its fields, or why they could not be read."""
-
-    number: int
-    text: str
-    fields: list[str] | None
-    error: str | None
-    bytes_read: int
-
-
-def _decode(raw: bytes) -> str:
-    """UTF-8 when it is; otherwise replace the bad bytes, so one odd CLID costs nothing."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("utf-8", errors="replace")
-
-
-def iter_csv_lines(path: Path) -> Iterator[CsvLine]:
-    """Stream a headerless CSV file line by line, skipping blank lines.
-
-    Each physical line is parsed on its own: switch CDRs never span lines, and
-    a broken quote must cost that one row, not swallow the rest of the file as
-    a multi-line field.
-    """
-    consumed = 0
-    with path.open("rb") as f:
-        for number, raw in enumerate(f, start=1):
-            consumed += len(raw)
-            text = _decode(raw.rstrip(b"\r\n"))
-            if number == 1:
-                text = text.removeprefix("\ufeff")
-            if not text.strip():
-                continue
-            try:
-                fields = next(csv.reader([text], strict=True))
-            except csv.Error as exc:
-                yield CsvLine(number, text, None, f"broken quoting: {exc}", consumed)
-                continue
-            yield CsvLine(number, text, fields, None, consumed)
-
-
-def head_rows(head: bytes, limit: int = 10) -> list[list[str] | None]:
-    """The first parsed non-blank rows of a file head (None where quoting is broken)."""
-    rows: list[list[str] | None] = []
-    text = head.decode("utf-8", errors="replace").removeprefix("\ufeff")
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        try:
-            rows.append(next(csv.reader([line], strict=True)))
-        except csv.Error:
-            rows.append(None)
-        if len(rows) >= limit:
-            break
-    return rows
-
-
-def is_timestamp(value: str) -> bool:
-    return TIMESTAMP_RE.fullmatch(value.strip()) is not None
-
-
-def is_int(value: str) -> bool:
-    return _INT_RE.fullmatch(value.strip()) is not None
-
-
-def none_if_empty(value: str | None) -> str | None:
-    return value if value else None
-
-
-class BatchBuilder:
-    """Accumulates rows and rejects and turns them into RawBatches of bounded size."""
-
-    def __init__(self, columns: tuple[str, ...], batch_rows: int) -> None:
-        self.columns = columns
-        self.batch_rows = max(1, batch_rows)
-        self._reset()
-
-    def _reset(self) -> None:
-        self._values: dict[str, list[str | None]] = {c: [] for c in self.columns}
-        self._lines: list[int] = []
-        self._rejects: list[RawReject] = []
-
-    def add(self, line: int, row: dict[str, str | None]) -> None:
-        for column in self.columns:
-            self._values[column].append(row.get(column))
-        self._lines.append(line)
-
-    def reject(self, line: int, reason: str, raw: str) -> None:
-        self._rejects.append(RawReject(line, reason, raw))
-
-    @property
-    def full(self) -> bool:
-        return len(self._lines) >= self.batch_rows or len(self._rejects) >= self.batch_rows
-
-    @property
-    def pending(self) -> bool:
-        return bool(self._lines or self._rejects)
-
-    def flush(self, bytes_read: int) -> RawBatch:
-        batch = RawBatch(columns_to_table(self._values, self._lines), self._rejects, bytes_read)
-        self._reset()
-        return batch
-
-
-def read_headerless_csv(
-    path: Path,
-    batch_rows: int,
-    columns: tuple[str, ...],
-    width: int,
-    describe: str,
-    to_row: Callable[[list[str]], dict[str, str | None] | str],
-) -> Iterator[RawBatch]:
-    """Turn each line of `width` fields into a row via `to_row` (a str result is a reject reason)."""
-    builder = BatchBuilder(columns, batch_rows)
-    bytes_read = 0
-    for line in iter_csv_lines(path):
-        bytes_read = line.bytes_read
-        if line.fields is None:
-            builder.reject(line.number, line.error or "unreadable line", line.text)
-        elif len(line.fields) != width:
-            builder.reject(
-                line.number,
-                f"expected {width} columns for {describe}, found {len(line.fields)}",
-                line.text,
-            )
-        else:
-            row = to_row(line.fields)
-            if isinstance(row, str):
-                builder.reject(line.number, row, line.text)
-            else:
-                builder.add(line.number, row)
-        if builder.full:
-            yield builder.flush(bytes_read)
-    if builder.pending:
-        yield builder.flush(bytes_read)
 
 
 # --- Asterisk ------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cdrhouse.engine.formats import asterisk, canonical, freeswitch
-from cdrhouse.engine.formats.base import FormatError, RawBatch
+from cdrhouse.engine.formats.base import FormatError, RawBatch, read_head
 
 SNIFF_BYTES = 64 * 1024
 
@@ -41,11 +41,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
 
 def detect(path: Path) -> str:
     """The format name for `path`, or FormatError saying the file is not CDRs."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(SNIFF_BYTES)
-    except OSError as exc:
-        raise FormatError(f"{path}: cannot read: {exc.strerror}") from None
+    head = read_head(path, SNIFF_BYTES)   # (decompressed: a .zst or .gz file is sniffed inside)
     if not head.strip():
         raise FormatError(f"{path}: the file is empty")
     if head.startswith(b"PAR1"):

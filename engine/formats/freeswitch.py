@@ -17,16 +17,23 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from cdrhouse.engine.formats.asterisk import (
+from cdrhouse.engine.formats.base import (
+    BATCH_ROWS,
     BatchBuilder,
+    DamagedFile,
+    FormatError,
+    RawBatch,
     head_rows,
     is_int,
     is_timestamp,
     iter_csv_lines,
+    iter_lines,
     none_if_empty,
+    open_input,
+    preview,
+    read_head,
     read_headerless_csv,
 )
-from cdrhouse.engine.formats.base import BATCH_ROWS, FormatError, RawBatch
 
 #: Q.850 hangup cause -> (disposition, SIP code) for a call that was not answered.
 #:
@@ -210,6 +217,8 @@ _MODE_LINES = 5
 _MAX_RECORD_CHARS = 64 << 20
 #: Rejected JSON records keep at most this much of their text.
 _RAW_MAX = 8192
+#: Marks a reject reason as damage to the file (the rest of a stream is lost).
+_DAMAGED = "\x00damage:"
 
 
 def _text(value: Any) -> str | None:
@@ -350,20 +359,21 @@ _Item = tuple[int, Any, str | None, str, int]
 
 def _iter_json_lines(path: Path) -> Iterator[_Item]:
     """JSON lines: each line stands alone, so a broken one is just that line's reject."""
-    consumed = 0
-    with path.open("rb") as f:
-        for number, raw in enumerate(f, start=1):
-            consumed += len(raw)
-            text = raw.decode("utf-8", errors="replace").removeprefix("\ufeff").strip()
+    with open_input(path) as src:
+        for line in iter_lines(src):
+            if line.problem:
+                yield line.number, None, line.problem, preview(line.data), line.consumed
+                continue
+            text = line.data.decode("utf-8", errors="replace").removeprefix("\ufeff").strip()
             if not text:
                 continue
             try:
                 value = json.loads(text)
             except ValueError as exc:
-                yield number, None, f"invalid JSON: {exc}", text, consumed
+                yield line.number, None, f"invalid JSON: {exc}", text, line.consumed
                 continue
             for record in value if isinstance(value, list) else [value]:
-                yield number, record, None, text, consumed
+                yield line.number, record, None, text, line.consumed
 
 
 def _iter_json_stream(path: Path) -> Iterator[_Item]:
@@ -376,12 +386,16 @@ def _iter_json_stream(path: Path) -> Iterator[_Item]:
     decoder = json.JSONDecoder()
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
     buf, pos, line, consumed, eof = "", 0, 1, 0, False
-    with path.open("rb") as f:
+    damage: DamagedFile | None = None
+    with open_input(path) as f:
 
         def refill() -> bool:
-            nonlocal buf, pos, consumed, eof
-            chunk = f.read(_CHUNK)
-            consumed += len(chunk)
+            nonlocal buf, pos, consumed, eof, damage
+            try:
+                chunk = f.read(_CHUNK)
+            except DamagedFile as exc:
+                damage, chunk = exc, b""
+            consumed = f.consumed
             eof = not chunk
             buf = buf[pos:] + utf8.decode(chunk, final=eof)
             pos = 0
@@ -397,6 +411,8 @@ def _iter_json_stream(path: Path) -> Iterator[_Item]:
             if pos >= len(buf):
                 if refill():
                     continue
+                if damage is not None:
+                    yield line, None, _DAMAGED + str(damage).removeprefix(f"{path}: "), "", consumed
                 return
             try:
                 record, end = decoder.raw_decode(buf, pos)
@@ -404,8 +420,9 @@ def _iter_json_stream(path: Path) -> Iterator[_Item]:
                 if not eof and len(buf) - pos < _MAX_RECORD_CHARS:
                     refill()
                     continue
-                reason = f"invalid JSON (rest of file skipped): {exc}"
-                yield line, None, reason, buf[pos:pos + _RAW_MAX], consumed
+                reason = (str(damage).removeprefix(f"{path}: ") if damage is not None
+                          else f"invalid JSON (rest of file skipped): {exc}")
+                yield line, None, _DAMAGED + reason, buf[pos:pos + _RAW_MAX], consumed
                 return
             yield line, record, None, buf[pos:end], consumed
             line += buf.count("\n", pos, end)
@@ -419,8 +436,7 @@ def _json_mode(path: Path) -> str | None:
     lines are nothing else; looking at a few lines lets a broken first line
     still be read as JSON lines. None means the file is empty.
     """
-    with path.open("rb") as f:
-        head = f.read(_CHUNK)
+    head = read_head(path, _CHUNK)
     text = head.decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
     if not text:
         return None
@@ -460,7 +476,8 @@ class FreeSwitchJsonReader:
                 checked = True
             row = error if error is not None else _json_to_row(record)
             if isinstance(row, str):
-                builder.reject(line, row, raw[:_RAW_MAX])
+                damage = row.startswith(_DAMAGED) or row.startswith("line is longer")
+                builder.reject(line, row.removeprefix(_DAMAGED), raw[:_RAW_MAX], damage)
             else:
                 builder.add(line, row)
             if builder.full:
