@@ -15,8 +15,11 @@ import decimal
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+import json
+
 import anyio
 from fastapi import Query, Request
+from fastapi.responses import Response
 
 from cdrhouse.api.auth import Caller
 from cdrhouse.api.errors import Problem
@@ -28,6 +31,7 @@ from cdrhouse.engine.db import Database
 from cdrhouse.engine.pool import PoolExhausted
 from cdrhouse.sql import catalogue
 from cdrhouse.sql.errors import UserError
+from cdrhouse.sql.limits import limits_for
 from cdrhouse.sql.usersql import UserSQLError
 from cdrhouse.sql.viewer import RANGES, ViewerError, ViewRequest, resolve_columns, resolve_range
 from cdrhouse.tiering.reader import WarmSources
@@ -173,6 +177,34 @@ def page_response(res: q.ViewResult, wanted: bool = False,
     }
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
+
+
+def response_cap(request: Request, who: Caller) -> int:
+    """The largest JSON answer to a query: configured, else twice the role's result-bytes
+    limit (JSON spells values out: numbers, quotes, keys)."""
+    configured = service(request).config.max_response_bytes
+    return configured or 2 * limits_for(who.principal.role)["max_result_bytes"]
+
+
+async def capped_json(request: Request, who: Caller, body: dict) -> Response:
+    """`body` as JSON, refused (422) past `response_cap` — encoded piece by piece in a
+    worker thread, so an oversized answer stops at the cap instead of being built whole."""
+    cap = response_cap(request, who)
+
+    def encode() -> bytes:
+        size, parts = 0, []
+        for piece in _ENCODER.iterencode(body):
+            size += len(piece)  # ASCII-only: characters are bytes
+            if size > cap:
+                raise Problem("limit-exceeded", f"the response would be larger than allowed "
+                                                f"(at most {cap:,} bytes of JSON); select fewer "
+                                                "or smaller values, add LIMIT, or aggregate")
+            parts.append(piece)
+        return "".join(parts).encode("ascii")
+    return Response(await anyio.to_thread.run_sync(encode), media_type="application/json")
+
+
 async def run_view(request: Request, who: Caller, p: ViewParams, rules: dict | None) -> dict:
     def work(db: Database, qid: str) -> tuple[q.ViewResult, WarmSources]:
         try:
@@ -204,6 +236,11 @@ async def run_sql(request: Request, who: Caller, body: SQLBody) -> dict:
             "rows": [[jsonable(v) for v in row] for row in res.rows],
             "row_count": len(res.rows),
             "archive": archive_json(body.include_archive, sources)}
+
+
+async def sql_response(request: Request, who: Caller, body: SQLBody) -> Response:
+    """`run_sql` as the HTTP answer, within the response cap."""
+    return await capped_json(request, who, await run_sql(request, who, body))
 
 
 async def one_record(request: Request, who: Caller, call_id: str) -> dict:

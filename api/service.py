@@ -49,6 +49,10 @@ class ServiceConfig:
     #: when the tiering job runs inside the service (cron, UTC); None: never
     tier_cron: str | None = None
     keep_months: int = DEFAULT_KEEP_MONTHS
+    #: cap on a JSON query answer (None: twice the role's max_result_bytes, sql/limits.py)
+    max_response_bytes: int | None = None
+    #: proxies whose X-Forwarded-For / -Proto are believed (addresses or networks; "*": any)
+    forwarded_allow_ips: tuple[str, ...] = ()
 
 
 @dataclass

@@ -208,7 +208,7 @@ async def delete_query(request: Request, query_id: str,
 
 @router.post("/queries/{query_id}/run", summary="Run a saved query as this key's principal")
 async def run_query(request: Request, query_id: str, run: RunIn | None = Body(None),
-                    who: Caller = Depends(caller)) -> dict:
+                    who: Caller = Depends(caller)):
     """The answer of the query's endpoint (same shape), guarded for the caller, not the owner."""
     q = await _visible(request, who, query_id)
     run = run or RunIn()
@@ -218,7 +218,7 @@ async def run_query(request: Request, query_id: str, run: RunIn | None = Body(No
             raise Problem("invalid-request", "cursor: an SQL query has no pages")
         if run.params:
             body = body.model_copy(update={"params": {**body.params, **run.params}})
-        return await deps.run_sql(request, who, body)
+        return await deps.sql_response(request, who, body)
     assert isinstance(body, ViewParams)
     if run.params:
         raise Problem("invalid-request", f"params: a {q.kind} query takes no parameters")

@@ -24,7 +24,7 @@ from cdrhouse.engine.db import Database, StoreConfig
 from cdrhouse.engine.migrate import migrate
 from cdrhouse.sql import functions
 from cdrhouse.sql.guard import CompiledSQL, GuardError, compile_user_sql
-from cdrhouse.sql.limits import FIXED, explain_limit_error, limits_for
+from cdrhouse.sql.limits import FIXED, SETTING_NAMES, explain_limit_error, limits_for
 from cdrhouse.sql.principal import Principal
 from cdrhouse.sql.usersql import UserSQLError, expand_logical_tables
 
@@ -598,8 +598,10 @@ def test_limits_per_role() -> None:
     assert limits_for("customer") == {
         "max_execution_time": 30, "max_rows_to_read": 500_000_000,
         "max_bytes_to_read": 50 * 1024 ** 3, "max_result_rows": 100_000,
+        "max_result_bytes": 64 * 1024 ** 2,
         "max_memory_usage": 2 * 1024 ** 3, "readonly": 1, "result_overflow_mode": "throw",
         "use_query_condition_cache": 0, "do_not_merge_across_partitions_select_final": 1,
+        "function_range_max_elements_in_block": 10_000_000,
         "use_text_index_like_evaluation_by_dictionary_scan": 0}
     assert limits_for("carrier") == limits_for("customer")
     for looser in ("admin", "tenant"):
@@ -615,27 +617,31 @@ def test_limits_per_role() -> None:
 
 @pytest.mark.parametrize("message, expected", [
     ("Code: 159. DB::Exception: Timeout exceeded: elapsed 1005.4 ms, maximum: 1000.000 ms. "
-     "(TIMEOUT_EXCEEDED)", "the query ran longer than allowed (max_execution_time = 30, "
+     "(TIMEOUT_EXCEEDED)", "the query ran longer than allowed (at most 30 seconds; "
      "ClickHouse TIMEOUT_EXCEEDED); narrow the query: use a shorter time range"),
     ("Received ClickHouse exception, code: 158, server response: Code: 158. DB::Exception: "
      "Limit for rows (controlled by 'max_rows_to_read' setting) exceeded. (TOO_MANY_ROWS)",
-     "the query would read more rows than allowed (max_rows_to_read = 500,000,000, "
+     "the query would read more rows than allowed (at most 500,000,000 rows read; "
      "ClickHouse TOO_MANY_ROWS)"),
     ("Code: 307. DB::Exception: Limit for rows or bytes to read exceeded, max bytes: 10.00 B. "
-     "(TOO_MANY_BYTES)", "(max_bytes_to_read = 53,687,091,200, ClickHouse TOO_MANY_BYTES); "
+     "(TOO_MANY_BYTES)", "(at most 50 GiB read; ClickHouse TOO_MANY_BYTES); "
      "narrow the query: select fewer columns"),
     ("Code: 396. DB::Exception: Limit for result exceeded, max rows: 10.00. "
-     "(TOO_MANY_ROWS_OR_BYTES)", "the result has more rows than allowed (max_result_rows = "
-     "100,000, ClickHouse TOO_MANY_ROWS_OR_BYTES); add LIMIT, aggregate (GROUP BY)"),
+     "(TOO_MANY_ROWS_OR_BYTES)", "the result has more rows than allowed (at most "
+     "100,000 rows; ClickHouse TOO_MANY_ROWS_OR_BYTES); add LIMIT, aggregate (GROUP BY)"),
+    ("Code: 396. DB::Exception: Limit for result exceeded, max bytes: 64.00 MiB, current bytes: "
+     "229 MiB. (TOO_MANY_ROWS_OR_BYTES)", "the result is larger than allowed (at most 64 MiB; "
+     "ClickHouse TOO_MANY_ROWS_OR_BYTES); select fewer or smaller values"),
     ("Code: 241. DB::Exception: Query memory limit exceeded. (MEMORY_LIMIT_EXCEEDED)",
-     "more memory than allowed (max_memory_usage = 2,147,483,648, ClickHouse "
+     "more memory than allowed (at most 2 GiB of memory; ClickHouse "
      "MEMORY_LIMIT_EXCEEDED); aggregate on fewer keys"),
     ("Code: 394. DB::Exception: Query was cancelled. (QUERY_WAS_CANCELLED)",
-     "the query was cancelled (max_execution_time = 30, ClickHouse QUERY_WAS_CANCELLED)"),
+     "the query was cancelled (at most 30 seconds; ClickHouse QUERY_WAS_CANCELLED)"),
 ])
 def test_limit_errors_are_explained(message: str, expected: str) -> None:
     explained = explain_limit_error(DatabaseError(message), limits_for("customer"))
     assert explained is not None and expected in explained
+    assert not any(name in explained for name in SETTING_NAMES)  # no internal setting names
 
 
 def test_other_errors_are_not_limit_errors() -> None:
@@ -643,7 +649,7 @@ def test_other_errors_are_not_limit_errors() -> None:
                                              "(SYNTAX_ERROR)")) is None
     assert explain_limit_error(ValueError("sip_code 396 is odd")) is None
     assert explain_limit_error(DatabaseError("x", code=158)) == (
-        "the query would read more rows than allowed (max_rows_to_read, ClickHouse "
+        "the query would read more rows than allowed (ClickHouse "
         "TOO_MANY_ROWS); narrow the query: use a shorter time range (WHERE start_time >= …), "
         "filter on more columns, select fewer columns, or aggregate.")
 
@@ -665,7 +671,7 @@ def test_reading_too_many_rows_gives_the_clear_message(loaded: Database) -> None
     with _own_client(loaded) as db, pytest.raises(DatabaseError) as info:
         db.query(compiled.sql, parameters=compiled.parameters, settings=limits)
     assert explain_limit_error(info.value, limits) == (
-        "the query would read more rows than allowed (max_rows_to_read = 3, ClickHouse "
+        "the query would read more rows than allowed (at most 3 rows read; ClickHouse "
         "TOO_MANY_ROWS); narrow the query: use a shorter time range (WHERE start_time >= …), "
         "filter on more columns, select fewer columns, or aggregate.")
 
@@ -676,7 +682,7 @@ def test_too_many_result_rows_throws_instead_of_truncating(loaded: Database) -> 
     with _own_client(loaded) as db, pytest.raises(DatabaseError) as info:
         db.query(compiled.sql, parameters=compiled.parameters, settings=limits)
     assert explain_limit_error(info.value, limits).startswith(
-        "the result has more rows than allowed (max_result_rows = 1, ClickHouse "
+        "the result has more rows than allowed (at most 1 rows; ClickHouse "
         "TOO_MANY_ROWS_OR_BYTES); add LIMIT")
 
 
