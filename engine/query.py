@@ -189,7 +189,7 @@ _SIZE_LIMITS = ("TOO_LARGE_ARRAY_SIZE", "TOO_LARGE_STRING_SIZE", "ARGUMENT_OUT_O
 _CONTEXT = re.compile(r"(?::|\.)?\s*(?:In scope|In query|[Ww]hile executing|While processing|"
                       r"while processing|\(for url)\b.*$", re.S)
 _TRAILER = re.compile(r"\s*\(version [^)]*\)\s*$")
-_CODE_NAME = re.compile(r"[.:]?\s*\(([A-Z][A-Z0-9_]+)\)\s*$")
+_ERROR_NAME = re.compile(r"[.:]?\s*\(([A-Z][A-Z0-9]*_[A-Z0-9_]+)\)")
 _QUOTED = re.compile(r"'((?:[^'\\]|\\.)*)'|`([^`]*)`")
 _TYPE_NAME = re.compile(
     r"^(?:(?:Nullable|LowCardinality|Array)\()*"
@@ -274,16 +274,19 @@ def user_message(exc: BaseException, sql: str | None = None, user_sql: str | Non
     are given.
     """
     text = str(exc).strip().split("\n")[0]
+    text = re.sub(r"\s*\(for url [^)]*\)", "", text)
     text = _TRAILER.sub("", text)
+    names = list(_ERROR_NAME.finditer(text))
+    name = names[-1].group(1) if names else None
+    if names:
+        text = text[:names[-1].start()]
     text = re.sub(r"^.*?DB::Exception:\s*", "", text)
     text = re.sub(r"^Code: \d+\.\s*", "", text)
-    m = _CODE_NAME.search(text)
-    name = m.group(1) if m else None
-    if m:
-        text = text[:m.start()]
+    code = error_code(exc)
     if name is None:
-        code = error_code(exc)
         name = f"code {code}" if code is not None else None
+    if code == 62:
+        name = "SYNTAX_ERROR"
     text = _CONTEXT.sub("", text).strip().rstrip(":;,. ")
     known = user_sql if user_sql is not None else (sql or "")
 

@@ -43,8 +43,8 @@ _GEN = {"dialect": "clickhouse", "comments": False}
 
 
 class ArchiveSourceError(RuntimeError):
-    """The query has no hot read to extend, or the substitution would change what was
-    checked: fail closed rather than guess (an internal error, never the user's)."""
+    """The query reads the hot table in an unexpected form, or the substitution would
+    change what was checked: fail closed rather than guess (an internal error)."""
 
 
 def union_sql(archive_selects: Sequence[str]) -> str:
@@ -90,7 +90,9 @@ def _union_subquery(union: exp.Expression) -> exp.Subquery:
 
 def with_archive(sql: str, archive_selects: Sequence[str]) -> str:
     """`sql` (a compiled, guarded query) reading the archive too; unchanged without
-    archive SELECTs. Raises ArchiveSourceError if `sql` has no hot read to extend."""
+    archive SELECTs or without a CDR read (user SQL over `daily_summary` or constants
+    only). Raises ArchiveSourceError if the hot table is read in any other form than
+    the guard's `cdr_records FINAL` (fail closed: never silently skip the archive)."""
     if not archive_selects:
         return sql
     original = _parse(sql, "the compiled query")
@@ -98,8 +100,7 @@ def with_archive(sql: str, archive_selects: Sequence[str]) -> str:
     tree = original.copy()
     reads = _hot_reads(tree)
     if not reads:
-        raise ArchiveSourceError("internal error: the compiled query has no hot CDR read "
-                                 "to extend with the archive")
+        return sql
     union = _parse(union_sql(archive_selects), "the archive SELECTs")
     union_text = union.sql(**_GEN)
     for final in reads:

@@ -3,13 +3,16 @@ errors may say, result size limits — on both engine interfaces (`store`)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from cdrhouse.engine.db import Database
-from cdrhouse.engine.query import run_sql
+from cdrhouse.engine.query import QueryFailed, run_sql
 from cdrhouse.sql import catalogue
 from cdrhouse.sql.archive import with_archive
 from cdrhouse.sql.guard import compile_user_sql
+from cdrhouse.sql.logical import PHYSICAL_TABLES
 from cdrhouse.sql.principal import Principal
 
 CUSTOMER = Principal.customer("acme", 1)
@@ -73,3 +76,112 @@ def test_archive_splice_is_an_ast_substitution(sql: str, columns: list, rows: li
         assert out.count(word) == compiled.count(word)
     # nothing of the archive's branch leaks into names or literals
     assert HOT_WORDS + " UNION" not in out.split("FROM (SELECT")[0]
+
+
+# -- 2. engine errors say nothing internal -------------------------------------------------
+
+#: every physical table, the guard predicate, any setting name, server paths, the tag
+INTERNAL = re.compile("|".join([
+    *(re.escape(t) for t in sorted(PHYSICAL_TABLES)), "warm_rows", r"tenant_id\s*=",
+    r"__guard", r"__table", r"\bmax_\w+", r"readonly", r"log_comment", r"cdrhouse-query",
+    r"SETTINGS", r"result_overflow_mode", r"function_range", r"/tmp/", r"/work/", r"/root/",
+    r"\bFINAL\b", r"\bacme\b", r"DB::", r"In scope",
+]), re.IGNORECASE)
+
+#: (user SQL that parses and passes the guard but fails in ClickHouse, words the answer has)
+FAILING = [
+    ("SELECT src_number + 1 FROM cdrs", "Illegal types String and UInt8 of arguments of "
+                                        "function plus (ClickHouse ILLEGAL_TYPE_OF_ARGUMENT)"),
+    ("SELECT nosuchcol FROM cdrs", "Unknown expression identifier `nosuchcol` (line 1, column 8"),
+    ("SELECT billsec\nFROM cdrs\nORDER BY nosuch", "`nosuch` (line 3, column 10 of the query)"),
+    ("SELECT toDate('nope') FROM cdrs", "Cannot parse date"),
+    ("SELECT intDiv(billsec, 0) FROM cdrs", "Division by zero (ClickHouse ILLEGAL_DIVISION)"),
+    ("SELECT toInt64('abc') FROM cdrs", "Cannot parse string 'abc' as Int64"),
+    # a stored value the user did not write is not repeated (it could be anyone's)
+    ("SELECT CAST(call_id AS UInt32) FROM cdrs", "Cannot parse string '…' as UInt32"),
+    ("SELECT substring(call_id) FROM cdrs", "the query failed: ClickHouse could not read"),
+    ("SELECT count(),\n  sum(call_id) FROM cdrs", "Illegal type String of argument for "
+                                                  "aggregate function sum (line 2, column 3"),
+    ("SELECT call_id, count() FROM cdrs", "not under aggregate function"),
+    ("SELECT toDecimal32(1e20, 2) FROM cdrs", "DECIMAL_OVERFLOW"),
+    ("SELECT arrayElement([1, 2], 'x') FROM cdrs", "function 'arrayElement' must be integer"),
+    ("SELECT 1 FROM cdrs WHERE start_time > 'notadate'", "while converting 'notadate'"),
+    ("SELECT multiIf(billsec) FROM cdrs", "NUMBER_OF_ARGUMENTS_DOESNT_MATCH"),
+    ("SELECT [1, 'a'] FROM cdrs", "NO_COMMON_TYPE"),
+    ("SELECT toDecimal64(customer_charge, 20) FROM cdrs", "Scale 20 is out of bounds"),
+    ("SELECT a FROM (SELECT 1 AS a, 2 AS a FROM cdrs)", "for alias a"),
+    ("SELECT toUInt8(billsec) + toInt256('x') FROM cdrs", "CANNOT_PARSE"),
+    ("SELECT parseDateTimeBestEffort(call_id) FROM cdrs", "Cannot read DateTime"),
+    ("SELECT range(60000000)", "would produce 60000000 array elements, which is greater than "
+                               "the allowed maximum of 10000000"),
+    ("SELECT repeat('x', 3000000000) FROM cdrs", "TOO_LARGE_STRING_SIZE"),
+    ("SELECT length(arrayResize([1], 2000000000)) FROM cdrs", "TOO_LARGE_ARRAY_SIZE"),
+]
+#: limit hits (run with tiny limits): the limit in words, never the setting
+LIMIT_HITS = [
+    ("SELECT count() FROM cdrs", {"max_rows_to_read": 2}, "at most 2 rows read"),
+    ("SELECT call_id FROM cdrs", {"max_result_rows": 1}, "at most 1 rows"),
+    ("SELECT range(1000) FROM cdrs", {"max_result_bytes": 1000}, "at most 1,000 bytes"),
+]
+
+
+@pytest.mark.parametrize("sql, expected", FAILING)
+def test_engine_errors_speak_of_the_users_query_only(store: Database, sql: str,
+                                                     expected: str) -> None:
+    _load(store)
+    for archive in ((), WARM):
+        with pytest.raises(QueryFailed) as info:
+            run_sql(store, CUSTOMER, sql, archive=archive)
+        message = str(info.value)
+        assert expected in message
+        assert not INTERNAL.search(message), message
+
+
+@pytest.mark.parametrize("sql, overrides, expected", LIMIT_HITS)
+def test_limit_errors_name_the_limit_not_the_setting(store: Database, sql: str,
+                                                     overrides: dict, expected: str) -> None:
+    _load(store)
+    runner = Database(store.config, create=False)  # a failed stream must not poison `store`
+    try:
+        with pytest.raises(QueryFailed) as info:
+            run_sql(runner, CUSTOMER, sql, limit_overrides=overrides)
+    finally:
+        runner.close()
+    assert info.value.kind == "limit" and expected in str(info.value)
+    assert not INTERNAL.search(str(info.value)), str(info.value)
+
+
+# -- 7. result size -------------------------------------------------------------------------
+
+def test_a_constant_on_every_row_counts_against_the_result_bytes(store: Database) -> None:
+    """ClickHouse counts a constant column once per block: without materializing, 5 rows
+    of a 40 kB array pass a 100 kB limit (and 100,000 rows would too)."""
+    _load(store)
+    runner = Database(store.config, create=False)
+    try:
+        with pytest.raises(QueryFailed, match="the result is larger than allowed") as info:
+            run_sql(runner, CUSTOMER, "SELECT range(20000) AS r, call_id FROM cdrs",
+                    limit_overrides={"max_result_bytes": 100_000}, archive=WARM)
+        assert info.value.kind == "limit"
+        # the same query under the limit keeps its column names and values
+        res = run_sql(runner, CUSTOMER, "SELECT range(3), call_id AS c, 1 + 1 FROM cdrs "
+                                        "ORDER BY c LIMIT 2")
+    finally:
+        runner.close()
+    assert res.columns == ["range(3)", "c", "plus(1, 1)"]
+    assert res.rows == [([0, 1, 2], "h1-0", 2), ([0, 1, 2], "h1-1", 2)]
+
+
+def test_one_huge_value_is_refused_before_it_is_built(store: Database) -> None:
+    _load(store)
+    with pytest.raises(QueryFailed, match="allowed maximum of 10000000") as info:
+        run_sql(store, CUSTOMER, "SELECT range(60000000)")      # the issue's 529 MB answer
+    assert info.value.kind == "limit"
+    runner = Database(store.config, create=False)
+    try:
+        with pytest.raises(QueryFailed, match="the result is larger than allowed") as info:
+            run_sql(runner, CUSTOMER, "SELECT range(9000000)",   # 36 MB in one value
+                    limit_overrides={"max_result_bytes": 1_000_000})
+    finally:
+        runner.close()
+    assert info.value.kind == "limit"
