@@ -4,10 +4,18 @@ errors may say, result size limits — on both engine interfaces (`store`)."""
 from __future__ import annotations
 
 import re
+import uuid
+from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
-from cdrhouse.engine.db import Database
+from cdrhouse.api.app import create_app
+from cdrhouse.api.service import ServiceConfig
+from cdrhouse.engine import accounts as acc
+from cdrhouse.engine import keys
+from cdrhouse.engine.db import Database, StoreConfig
+from cdrhouse.engine.migrate import migrate
 from cdrhouse.engine.query import QueryFailed, run_sql
 from cdrhouse.sql import catalogue
 from cdrhouse.sql.archive import with_archive
@@ -185,3 +193,83 @@ def test_one_huge_value_is_refused_before_it_is_built(store: Database) -> None:
     finally:
         runner.close()
     assert info.value.kind == "limit"
+
+
+# -- over HTTP and on the command line ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def api(embedded_dsn: str, engine_dir: Path):
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    config = StoreConfig(data_dir=engine_dir, clickhouse=embedded_dsn, database=name)
+    db = Database(config)
+    migrate(db)
+    acc.add_account(db, "acme", "C1", "customer")     # 1
+    acc.add_account(db, "acme", "C2", "customer")     # 2
+    acc.add_account(db, "globex", "G1", "customer")   # 1
+    _load(db)
+    secrets = {who: keys.create_key(db, who)[1] for who in (
+        "admin", "tenant:acme", "tenant:acme/customer:C1", "tenant:globex")}
+    app = create_app(ServiceConfig(store=config, pool_size=2, auth_failures_per_minute=1000))
+    with TestClient(app) as client:
+        yield client, secrets, db
+    db.command(f"DROP DATABASE `{name}`")
+    db.close()
+
+
+def _h(secrets: dict, who: str) -> dict:
+    return {"Authorization": f"Bearer {secrets[who]}"}
+
+
+@pytest.mark.parametrize("sql, expected", FAILING)
+def test_http_error_bodies_show_nothing_internal(api, sql: str, expected: str) -> None:
+    client, secrets, _ = api
+    for who in ("tenant:acme/customer:C1", "tenant:acme"):
+        for archive in (False, True):
+            r = client.post("/v1/sql", json={"sql": sql, "include_archive": archive},
+                            headers=_h(secrets, who))
+            assert r.status_code in (400, 422), r.text
+            assert expected in r.json()["detail"]
+            assert not INTERNAL.search(r.text), r.text
+            csv = client.post("/v1/sql.csv", json={"sql": sql}, headers=_h(secrets, who))
+            assert not INTERNAL.search(csv.text), csv.text
+
+
+def test_http_range_of_sixty_million_is_a_limit_error(api) -> None:
+    client, secrets, _ = api
+    r = client.post("/v1/sql", json={"sql": "SELECT range(60000000)"},
+                    headers=_h(secrets, "tenant:acme/customer:C1"))
+    assert r.status_code == 422, r.text
+    assert r.json()["type"] == "/problems/limit-exceeded"
+    assert "allowed maximum of 10000000" in r.json()["detail"]
+    assert len(r.content) < 2000  # the answer is the error, not the array
+
+
+def test_http_answers_are_capped(api) -> None:
+    client, secrets, _ = api
+    service = client.app.state.service
+    sql = {"sql": "SELECT range(5000) AS r FROM cdrs"}                  # 3 rows, ~70 kB of JSON
+    assert client.post("/v1/sql", json=sql, headers=_h(secrets, "tenant:acme/customer:C1")
+                       ).status_code == 200
+    service.config.max_response_bytes = 50_000
+    try:
+        r = client.post("/v1/sql", json=sql, headers=_h(secrets, "tenant:acme/customer:C1"))
+    finally:
+        service.config.max_response_bytes = None
+    assert r.status_code == 422 and r.json()["type"] == "/problems/limit-exceeded"
+    assert "at most 50,000 bytes of JSON" in r.json()["detail"]
+
+
+def test_cli_errors_show_nothing_internal(tmp_path: Path) -> None:
+    """The CLI prints the same messages (its own process, its own store)."""
+    from test_cli import run
+
+    data = tmp_path / "data"
+    run(data, "accounts", "add", "--tenant", "acme", "--code", "C1", "--kind", "customer",
+        check=True)
+    for sql, expected in [FAILING[0], FAILING[1], FAILING[7], FAILING[19]]:
+        proc = run(data, "sql", sql, "--as", "tenant:acme/customer:C1")
+        assert proc.returncode == 1, proc.stderr
+        out = proc.stdout + proc.stderr
+        assert expected.split(" (")[0] in " ".join(out.split()), out
+        assert not INTERNAL.search(out.replace(str(data), "")), out
+        assert str(data) not in out
