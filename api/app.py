@@ -12,13 +12,14 @@ import logging
 import time
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from cdrhouse.api import archive, billing, downloads, errors, userdata
+from cdrhouse.api.deps import reject_unknown_query_params
 from cdrhouse.api.service import Service, ServiceConfig
 from cdrhouse.api.v1 import health, router
 from cdrhouse.engine.migrate import migrate
@@ -127,11 +128,13 @@ def create_app(config: ServiceConfig) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, errors.handle_http)
     app.add_exception_handler(Exception, errors.handle_unexpected)
     app.include_router(health)
-    app.include_router(downloads.router)  # before router: its paths are never taken for /v1/cdrs/{call_id}
-    app.include_router(router)
-    app.include_router(userdata.router)
-    app.include_router(archive.router)
-    app.include_router(billing.router)
+    # every /v1 endpoint: a query parameter it does not take is a 400, not ignored
+    strict = [Depends(reject_unknown_query_params)]
+    app.include_router(downloads.router, dependencies=strict)  # before router: its paths are
+    app.include_router(router, dependencies=strict)            # never taken for /v1/cdrs/{id}
+    app.include_router(userdata.router, dependencies=strict)
+    app.include_router(archive.router, dependencies=strict)
+    app.include_router(billing.router, dependencies=strict)
 
     app.add_middleware(Observe, metrics=metrics)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import difflib
 import decimal
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -90,6 +91,36 @@ def view_params(
                       cursor=cursor, range=range, date_from=date_from, date_to=date_to, tz=tz,
                       connected_only=connected_only, number=number, tenant=tenant,
                       customer=customer, carrier=carrier, include_archive=include_archive)
+
+
+def _query_names(dependant: Any) -> set[str]:
+    """The query parameters an endpoint declares, its dependencies' included."""
+    names = {getattr(f, "alias", None) or f.name for f in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def reject_unknown_query_params(request: Request) -> None:
+    """400 for a query parameter the endpoint does not take, naming it and the accepted ones.
+
+    A misspelt parameter silently ignored changes the answer (`preset=` for `range=`
+    listed today's calls instead of the week's); saying so costs nothing. A router
+    dependency: every /v1 endpoint gets it (app.py).
+    """
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    accepted = _query_names(dependant)
+    unknown = sorted(set(request.query_params.keys()) - accepted)
+    if not unknown:
+        return
+    hints = [f"{u!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(
+        u, accepted, n=1)) else repr(u) for u in unknown]
+    raise Problem("invalid-request",
+                  f"unknown query parameter{'s' if len(unknown) > 1 else ''} {', '.join(hints)}; "
+                  f"{request.url.path} accepts: {', '.join(sorted(accepted)) or 'none'}")
 
 
 def narrowing_rules(db: Database, who: Caller, p: ViewParams) -> list[dict]:
@@ -243,14 +274,30 @@ async def sql_response(request: Request, who: Caller, body: SQLBody) -> Response
     return await capped_json(request, who, await run_sql(request, who, body))
 
 
-async def one_record(request: Request, who: Caller, call_id: str) -> dict:
+#: how many tenants an ambiguous call id is listed with (admin, no tenant=)
+_AMBIGUOUS_LISTED = 100
+
+
+async def one_record(request: Request, who: Caller, call_id: str,
+                     tenant: str | None = None) -> dict:
+    """One call visible to the caller. A call id is unique per tenant only: an admin
+    without `tenant=` whose id exists in several tenants gets 409 naming them, never
+    one of them picked arbitrarily."""
     cols = [f.name for f in catalogue.visible_fields(who.principal.role)]
-    p = ViewParams(columns=cols, range="all", limit=2)
+    ambiguous_possible = who.principal.role == "admin" and not tenant
+    p = ViewParams(columns=cols, range="all", limit=_AMBIGUOUS_LISTED if ambiguous_possible
+                   else 2, tenant=tenant)
     rules = {"condition": "AND", "rules": [{"field": "call_id", "operator": "equal", "value": call_id}]}
     page = await run_view(request, who, p, rules)
     if not page["rows"]:
         # the same answer whether the call does not exist or belongs to someone else
         raise Problem("not-found", f"no call {call_id!r} visible to this key")
+    tenants = sorted({r.get("tenant_id") for r in page["rows"]} - {None})
+    if ambiguous_possible and len(tenants) > 1:
+        more = " and more" if page["next_cursor"] else ""
+        raise Problem("conflict", f"call {call_id!r} exists in {len(tenants)}{more} tenants "
+                                  f"({', '.join(tenants)}{more}); add tenant=… to choose one",
+                      tenants=tenants)
     return page["rows"][0]
 
 
