@@ -14,6 +14,7 @@ from cdrhouse.api.app import create_app
 from cdrhouse.api.service import ServiceConfig
 from cdrhouse.engine import accounts as acc
 from cdrhouse.engine import keys
+from cdrhouse.engine import userdata as ud
 from cdrhouse.engine.db import Database, StoreConfig
 from cdrhouse.engine.migrate import migrate
 from cdrhouse.engine.query import QueryFailed, run_sql
@@ -273,3 +274,73 @@ def test_cli_errors_show_nothing_internal(tmp_path: Path) -> None:
         assert expected.split(" (")[0] in " ".join(out.split()), out
         assert not INTERNAL.search(out.replace(str(data), "")), out
         assert str(data) not in out
+
+
+# -- 16. unknown query parameters -----------------------------------------------------------
+
+@pytest.mark.parametrize("path, params, unknown", [
+    ("/v1/cdrs", {"preset": "last_7_days"}, "'preset'"),          # the case
+    ("/v1/cdrs", {"range": "all", "limt": "5"}, "'limt' (did you mean 'limit'?)"),
+    ("/v1/cdrs", {"range": "all", "tenant_id": "globex"}, "'tenant_id' (did you mean 'tenant'?)"),
+    ("/v1/fields", {"role": "admin"}, "'role'"),
+    ("/v1/jobs", {"stat": "running"}, "'stat' (did you mean 'state'?)"),
+    ("/v1/cdrs.csv", {"range": "all", "compresion": "zstd"}, "'compresion'"),
+    ("/v1/cdrs/h1-0", {"as": "admin"}, "'as'"),
+])
+def test_unknown_query_parameters_are_refused_by_name(api, path: str, params: dict,
+                                                      unknown: str) -> None:
+    client, secrets, _ = api
+    r = client.get(path, params=params, headers=_h(secrets, "tenant:acme/customer:C1"))
+    assert r.status_code == 400, r.text
+    detail = r.json()["detail"]
+    assert f"unknown query parameter {unknown}" in detail
+    assert f"{path} accepts: " in detail
+
+
+def test_known_query_parameters_still_work(api) -> None:
+    client, secrets, _ = api
+    r = client.get("/v1/cdrs", params={"range": "all", "limit": 2, "columns": "call_id"},
+                   headers=_h(secrets, "tenant:acme/customer:C1"))
+    assert r.status_code == 200 and len(r.json()["rows"]) == 2
+    accepts = client.get("/v1/cdrs", params={"x": 1}, headers=_h(
+        secrets, "tenant:acme")).json()["detail"].split("accepts: ")[1].split(", ")
+    assert {"range", "from", "to", "limit", "cursor", "columns", "include_archive"} <= set(accepts)
+
+
+# -- 13. a call id in two tenants -------------------------------------------------------------
+
+def test_admin_call_lookup_is_not_arbitrary_across_tenants(api) -> None:
+    client, secrets, _ = api
+    admin = _h(secrets, "admin")
+    # h1-0 exists in acme and in globex (the fixture loads both)
+    r = client.get("/v1/cdrs/h1-0", headers=admin)
+    assert r.status_code == 409, r.text
+    assert r.json()["tenants"] == ["acme", "globex"]
+    assert "add tenant=" in r.json()["detail"]
+    for tenant in ("acme", "globex"):
+        one = client.get("/v1/cdrs/h1-0", params={"tenant": tenant}, headers=admin)
+        assert one.status_code == 200 and one.json()["tenant_id"] == tenant
+    rec = client.get("/v1/cdrs/h1-0/recording", headers=admin, follow_redirects=False)
+    assert rec.status_code == 409
+    # an id in one tenant needs no tenant=; operators are scoped by their key anyway
+    assert client.get("/v1/cdrs/h2-0", headers=admin).json()["tenant_id"] == "acme"
+    assert client.get("/v1/cdrs/h1-0", headers=_h(secrets, "tenant:globex")).status_code == 200
+    assert client.get("/v1/cdrs/h1-0", params={"tenant": "acme"},
+                      headers=_h(secrets, "tenant:globex")).status_code == 403
+
+
+# -- 3. where a job runs is for admins ----------------------------------------------------------
+
+def test_job_host_and_pid_are_for_admins_only(api) -> None:
+    client, secrets, db = api
+    job = ud.create_job(db, kind="recalc", principal="tenant:acme", params={"op": "rerate"})
+    ud.update_job(db, job.job_id, state="running",
+                  result={"pid": 4242, "host": "db-host-7", "phase": "write"})
+    for who, sees in (("tenant:acme", False), ("admin", True)):
+        one = client.get(f"/v1/jobs/{job.job_id}", headers=_h(secrets, who))
+        listed = [j for j in client.get("/v1/jobs", headers=_h(secrets, who)).json()["jobs"]
+                  if j["id"] == job.job_id]
+        for body in (one.json(), listed[0]):
+            assert body["result"]["phase"] == "write"
+            assert ("pid" in body["result"], "host" in body["result"]) == (sees, sees)
+        assert ("db-host-7" in one.text) == sees
