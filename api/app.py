@@ -20,6 +20,7 @@ from starlette.responses import Response
 
 from cdrhouse.api import archive, billing, downloads, errors, userdata
 from cdrhouse.api.deps import reject_unknown_query_params
+from cdrhouse.api.forwarded import ForwardedClient, TrustedProxies
 from cdrhouse.api.service import Service, ServiceConfig
 from cdrhouse.api.v1 import health, router
 from cdrhouse.engine.migrate import migrate
@@ -94,7 +95,8 @@ class Observe:
             "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "method": method, "route": path, "status": status,
             "ms": round(elapsed * 1000, 1), "rows": rows, "principal": state.get("principal"),
-            "client": client[0] if client else None, "error": kind}))
+            "client": client[0] if client else None, "peer": state.get("peer"),
+            "error": kind}))
 
 
 def create_app(config: ServiceConfig) -> FastAPI:
@@ -137,6 +139,8 @@ def create_app(config: ServiceConfig) -> FastAPI:
     app.include_router(billing.router, dependencies=strict)
 
     app.add_middleware(Observe, metrics=metrics)
+    # outermost: the client address every later part sees (the auth limiter, the log)
+    app.add_middleware(ForwardedClient, trusted=TrustedProxies(config.forwarded_allow_ips))
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:

@@ -223,6 +223,11 @@ def serve(
     keep_months: Annotated[int, typer.Option(
         "--keep-months", envvar="CDRHOUSE_KEEP_MONTHS", min=1,
         help="Full months that stay hot.")] = DEFAULT_KEEP_MONTHS,
+    forwarded_allow_ips: Annotated[Optional[str], typer.Option(
+        "--forwarded-allow-ips", envvar="CDRHOUSE_FORWARDED_ALLOW_IPS",
+        help="Reverse proxies whose X-Forwarded-For/-Proto are believed: addresses or "
+             "networks, comma-separated, or '*'. Default: none (the TCP peer is the client).")]
+    = None,
 ) -> None:
     """Run the HTTP API on the configured store (embedded by default), and the tiering
     job on its schedule."""
@@ -231,6 +236,7 @@ def serve(
     import uvicorn
 
     from cdrhouse.api.app import create_app
+    from cdrhouse.api.forwarded import TrustedProxies
     from cdrhouse.api.service import ServiceConfig
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -242,15 +248,25 @@ def serve(
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--tier-schedule") from None
     archive_config = ArchiveConfig.from_env(archive_url, s3_endpoint)
+    proxies = tuple(p.strip() for p in (forwarded_allow_ips or "").split(",") if p.strip())
+    try:
+        TrustedProxies(proxies)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--forwarded-allow-ips") from None
     Database(config).close()     # fail fast, with the plain message, if the store is held
     err.print(f"serving {config.dsn if not config.embedded else config.data_dir / 'clickhouse'} "
               f"on http://{host}:{port} (docs at /docs)")
     err.print(f"tiering: {'runs on ' + repr(cron) + ' (UTC)' if cron else 'not scheduled'}, "
               f"keeps {keep_months} full months hot, archive "
               f"{open_archive(archive_config, config.data_dir).location}")
+    err.print(f"forwarded headers: {'believed from ' + ', '.join(proxies) if proxies else 'ignored'}")
+    # uvicorn's own proxy handling is off (it trusts 127.0.0.1 by default and drops the
+    # real peer): api/forwarded.py applies --forwarded-allow-ips and logs both addresses
     uvicorn.run(create_app(ServiceConfig(store=config, pool_size=pool, archive=archive_config,
-                                         tier_cron=cron, keep_months=keep_months)),
-                host=host, port=port, log_level="warning", access_log=False)
+                                         tier_cron=cron, keep_months=keep_months,
+                                         forwarded_allow_ips=proxies)),
+                host=host, port=port, log_level="warning", access_log=False,
+                proxy_headers=False)
 
 
 # -- ingest -------------------------------------------------------------------------

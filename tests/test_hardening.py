@@ -3,14 +3,22 @@ errors may say, result size limits — on both engine interfaces (`store`)."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import socket
+import subprocess
+import sys
+import threading
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from cdrhouse.api.app import create_app
+from cdrhouse.api.forwarded import TrustedProxies, forwarded_client
 from cdrhouse.api.service import ServiceConfig
 from cdrhouse.engine import accounts as acc
 from cdrhouse.engine import keys
@@ -344,3 +352,122 @@ def test_job_host_and_pid_are_for_admins_only(api) -> None:
             assert body["result"]["phase"] == "write"
             assert ("pid" in body["result"], "host" in body["result"]) == (sees, sees)
         assert ("db-host-7" in one.text) == sees
+
+
+# -- 8. forwarded headers ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("trusted, peer, header, client", [
+    ((), "203.0.113.9", "1.2.3.4", "203.0.113.9"),                       # default: ignored
+    ((), "127.0.0.1", "1.2.3.4", "127.0.0.1"),                           # loopback is not trusted
+    (("10.0.0.1",), "203.0.113.9", "1.2.3.4", "203.0.113.9"),            # peer is not the proxy
+    (("10.0.0.1",), "10.0.0.1", "1.2.3.4", "1.2.3.4"),
+    (("10.0.0.0/8",), "10.0.0.1", "6.6.6.6, 1.2.3.4, 10.0.0.2", "1.2.3.4"),  # rightmost untrusted
+    (("10.0.0.1",), "10.0.0.1", "6.6.6.6,1.2.3.4", "1.2.3.4"),           # prepended is ignored
+    (("*",), "198.51.100.1", "1.2.3.4", "1.2.3.4"),
+    (("10.0.0.1",), "10.0.0.1", None, "10.0.0.1"),
+])
+def test_forwarded_client(trusted: tuple, peer: str, header: str | None, client: str) -> None:
+    assert forwarded_client(peer, header, TrustedProxies(trusted)) == client
+
+
+def test_bad_forwarded_allow_ips_are_named() -> None:
+    with pytest.raises(ValueError, match="'10.0.0.300' is not an IP address or network"):
+        TrustedProxies(["10.0.0.1, 10.0.0.300"])
+
+
+def _bad_auth(client: TestClient, xff: str | None = None) -> int:
+    headers = {"Authorization": "Bearer nope"}
+    if xff is not None:
+        headers["X-Forwarded-For"] = xff
+    return client.get("/v1/fields", headers=headers).status_code
+
+
+def test_spoofed_forwarded_for_neither_bypasses_nor_locks_out(api) -> None:
+    _, _, db = api
+    app = create_app(ServiceConfig(store=db.config, pool_size=1, auth_failures_per_minute=3))
+    with TestClient(app, client=("203.0.113.9", 1)) as attacker:
+        victim = TestClient(app, client=("198.51.100.7", 1))
+        # rotating the header does not reset the attacker's count…
+        assert [_bad_auth(attacker, f"10.9.9.{i}") for i in range(4)] == [401, 401, 401, 429]
+        # …and naming the victim's address does not lock the victim out
+        assert [_bad_auth(attacker, "198.51.100.7") for _ in range(3)] == [429] * 3
+        assert _bad_auth(victim) == 401
+
+
+def test_a_trusted_proxy_forwards_each_client_separately(api, caplog) -> None:
+    _, secrets, db = api
+    app = create_app(ServiceConfig(store=db.config, pool_size=1, auth_failures_per_minute=3,
+                                   forwarded_allow_ips=("10.0.0.1",)))
+    with TestClient(app, client=("10.0.0.1", 1)) as proxy, caplog.at_level(
+            "INFO", logger="cdrhouse.access"):
+        assert [_bad_auth(proxy, "203.0.113.9") for _ in range(4)] == [401, 401, 401, 429]
+        # a client may prepend anything: the proxy's own entry (rightmost) is what counts
+        assert _bad_auth(proxy, "198.51.100.7, 203.0.113.9") == 429
+        assert _bad_auth(proxy, "203.0.113.9, 198.51.100.7") == 401
+        ok = proxy.get("/v1/fields", headers={**_h(secrets, "tenant:acme"),
+                                               "X-Forwarded-For": "198.51.100.8"})
+        assert ok.status_code == 200
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "cdrhouse.access"]
+    assert {"client": "198.51.100.8", "peer": "10.0.0.1"}.items() <= lines[-1].items()
+
+
+def _serve(data: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "CDRHOUSE_DATA_DIR": str(data)}
+    env.pop("CDRHOUSE_CLICKHOUSE", None)
+    env.pop("FORWARDED_ALLOW_IPS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "cdrhouse.api.cli", "serve", "--port",
+                             str(port), "--tier-schedule", "off", "--pool", "1", *extra],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None:
+            raise AssertionError(proc.stderr.read().decode())
+        threading.Event().wait(0.1)
+    proc.kill()
+    raise AssertionError("cdrhouse serve did not start")
+
+
+def _stop(proc: subprocess.Popen) -> str:
+    proc.terminate()
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return err.decode()
+
+
+def test_serve_ignores_forwarded_for_from_loopback_by_default(tmp_path: Path) -> None:
+    """uvicorn alone trusts X-Forwarded-For from 127.0.0.1; `cdrhouse serve` must not."""
+    proc, base = _serve(tmp_path / "data")
+    try:
+        codes = [httpx.get(f"{base}/v1/fields", headers={
+            "Authorization": "Bearer nope", "X-Forwarded-For": f"10.1.1.{i}"}).status_code
+            for i in range(11)]
+    finally:
+        log = _stop(proc)
+    assert codes == [401] * 10 + [429]
+    assert "forwarded headers: ignored" in log
+    assert '"client": "127.0.0.1", "peer": "127.0.0.1"' in log
+
+
+def test_serve_believes_a_configured_proxy(tmp_path: Path) -> None:
+    proc, base = _serve(tmp_path / "data", "--forwarded-allow-ips", "127.0.0.1")
+    try:
+        bad = {"Authorization": "Bearer nope"}
+        codes = [httpx.get(f"{base}/v1/fields", headers={**bad, "X-Forwarded-For": "203.0.113.9"}
+                           ).status_code for _ in range(11)]
+        other = httpx.get(f"{base}/v1/fields", headers={**bad, "X-Forwarded-For": "198.51.100.7"})
+    finally:
+        log = _stop(proc)
+    assert codes == [401] * 10 + [429]
+    assert other.status_code == 401                   # another client behind the proxy
+    assert '"client": "203.0.113.9", "peer": "127.0.0.1"' in log
