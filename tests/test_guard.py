@@ -277,6 +277,18 @@ CORPUS: list[Case] = [
          "SELECT call_id FROM cdrs WHERE src_number != 'INTO OUTFILE' -- KILL QUERY", "own"),
     Case("statement-word-as-alias", "acme/c1",
          "SELECT call_id AS `into` FROM cdrs WHERE billsec >= 0", "own"),
+    # -- the physical read's words in user text (the archive splice must not touch them;
+    #    with the archive: tests/test_hardening.py) ----------------------------------------
+    Case("hot-words-alias", "acme/c1", 'SELECT call_id AS "FROM cdr_records FINAL" FROM cdrs',
+         "own"),
+    Case("hot-words-literal", "acme/c1",
+         "SELECT call_id FROM cdrs WHERE 'FROM cdr_records FINAL' != src_number", "own"),
+    Case("hot-words-comment", "acme/c1",
+         "SELECT call_id /* FROM cdr_records FINAL */ FROM cdrs -- FROM cdr_records FINAL", "own"),
+    Case("hot-words-bare", "acme/c1", "SELECT call_id FROM cdrs, cdr_records FINAL",
+         "refused: FINAL is only accepted on a logical table"),
+    Case("hot-table-bare", "acme/c1", "SELECT call_id FROM cdrs, cdr_records",
+         "refused: unknown table 'cdr_records': cdr_records " + PHYS),
     # -- table functions, wherever they appear --------------------------------------------
     Case("tf-file", "acme/c1", "SELECT * FROM file('/etc/passwd', 'LineAsString')", TF + "file"),
     Case("tf-url", "acme/c1", "SELECT * FROM url('http://169.254.169.254/', CSV)", TF + "url"),
