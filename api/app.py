@@ -12,13 +12,15 @@ import logging
 import time
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from cdrhouse.api import archive, billing, downloads, errors, userdata
+from cdrhouse.api.deps import reject_unknown_query_params
+from cdrhouse.api.forwarded import ForwardedClient, TrustedProxies
 from cdrhouse.api.service import Service, ServiceConfig
 from cdrhouse.api.v1 import health, router
 from cdrhouse.backup import schedule as backup_schedule
@@ -95,7 +97,8 @@ class Observe:
             "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "method": method, "route": path, "status": status,
             "ms": round(elapsed * 1000, 1), "rows": rows, "principal": state.get("principal"),
-            "client": client[0] if client else None, "error": kind}))
+            "client": client[0] if client else None, "peer": state.get("peer"),
+            "error": kind}))
 
 
 def create_app(config: ServiceConfig) -> FastAPI:
@@ -141,13 +144,17 @@ def create_app(config: ServiceConfig) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, errors.handle_http)
     app.add_exception_handler(Exception, errors.handle_unexpected)
     app.include_router(health)
-    app.include_router(downloads.router)  # before router: its paths are never taken for /v1/cdrs/{call_id}
-    app.include_router(router)
-    app.include_router(userdata.router)
-    app.include_router(archive.router)
-    app.include_router(billing.router)
+    # every /v1 endpoint: a query parameter it does not take is a 400, not ignored
+    strict = [Depends(reject_unknown_query_params)]
+    app.include_router(downloads.router, dependencies=strict)  # before router: its paths are
+    app.include_router(router, dependencies=strict)            # never taken for /v1/cdrs/{id}
+    app.include_router(userdata.router, dependencies=strict)
+    app.include_router(archive.router, dependencies=strict)
+    app.include_router(billing.router, dependencies=strict)
 
     app.add_middleware(Observe, metrics=metrics)
+    # outermost: the client address every later part sees (the auth limiter, the log)
+    app.add_middleware(ForwardedClient, trusted=TrustedProxies(config.forwarded_allow_ips))
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:

@@ -198,6 +198,7 @@ async def _filtered_parquet(request: Request, who: Caller, tenant: str, month: i
         plan = export.view_export(who.principal, _month_request(who, month), now,
                                   [_reader(request).select(db, manifest)])
         settings = {**limits_for(who.principal.role, warm=True), "max_result_rows": 0,
+                    "max_result_bytes": 0,
                     "output_format_parquet_compression_method": "zstd"}
         fd, path = tempfile.mkstemp(prefix="cdrhouse-archive-", suffix=".parquet")
         try:
@@ -208,7 +209,7 @@ async def _filtered_parquet(request: Request, who: Caller, tenant: str, month: i
                     out.write(chunk)
         except ClickHouseError as exc:
             os.unlink(path)
-            raise q.query_failed(exc, settings) from None
+            raise q.query_failed(exc, settings, plan.sql) from None
         except BaseException:
             os.unlink(path)
             raise

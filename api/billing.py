@@ -185,7 +185,7 @@ async def _start(request: Request, response: Response, who: Caller,
     _launch(service(request).pool, job.job_id)
     response.status_code = 202
     response.headers["Location"] = f"/v1/jobs/{job.job_id}"
-    return job_json(job)
+    return job_json(job, who)
 
 
 @router.post("/recalc", status_code=202, summary="Start a recalc job (operators and admins)")
@@ -231,5 +231,5 @@ async def post_resume(request: Request, response: Response, job_id: str,
     _launch(service(request).pool, job.job_id)
     response.status_code = 202
     response.headers["Location"] = f"/v1/jobs/{job.job_id}"
-    return job_json(job)
+    return job_json(job, who)
 

@@ -249,6 +249,11 @@ def serve(
         "--backup-schedule", envvar="CDRHOUSE_BACKUP_SCHEDULE",
         help="When the backup (then its verification) runs (crontab, UTC); 'off' to "
              "never run it here.")] = BACKUP_CRON,
+    forwarded_allow_ips: Annotated[Optional[str], typer.Option(
+        "--forwarded-allow-ips", envvar="CDRHOUSE_FORWARDED_ALLOW_IPS",
+        help="Reverse proxies whose X-Forwarded-For/-Proto are believed: addresses or "
+             "networks, comma-separated, or '*'. Default: none (the TCP peer is the client).")]
+    = None,
 ) -> None:
     """Run the HTTP API on the configured store (embedded by default), and the tiering
     and backup jobs on their schedules."""
@@ -257,6 +262,7 @@ def serve(
     import uvicorn
 
     from cdrhouse.api.app import create_app
+    from cdrhouse.api.forwarded import TrustedProxies
     from cdrhouse.api.service import ServiceConfig
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -273,6 +279,11 @@ def serve(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--recording-hosts") from None
     bcron, backup_config = backup_schedule_options(backup_cron, backup_url, s3_endpoint)
+    proxies = tuple(p.strip() for p in (forwarded_allow_ips or "").split(",") if p.strip())
+    try:
+        TrustedProxies(proxies)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--forwarded-allow-ips") from None
     Database(config).close()     # fail fast, with the plain message, if the store is held
     err.print(f"serving {config.dsn if not config.embedded else config.data_dir / 'clickhouse'} "
               f"on http://{host}:{port} (docs at /docs)")
@@ -281,11 +292,15 @@ def serve(
               f"{open_archive(archive_config, config.data_dir).location}")
     err.print(f"backups: {'run on ' + repr(bcron) + ' (UTC), then verified' if bcron else 'not scheduled'}"
               f", to {open_location(backup_config, archive_config, config.data_dir).location}")
+    err.print(f"forwarded headers: {'believed from ' + ', '.join(proxies) if proxies else 'ignored'}")
+    # uvicorn's own proxy handling is off (it trusts 127.0.0.1 by default and drops the
+    # real peer): api/forwarded.py applies --forwarded-allow-ips and logs both addresses
     uvicorn.run(create_app(ServiceConfig(store=config, pool_size=pool, archive=archive_config,
                                          tier_cron=cron, keep_months=keep_months,
                                          recordings=recordings, backup=backup_config,
-                                         backup_cron=bcron)),
-                host=host, port=port, log_level="warning", access_log=False)
+                                         backup_cron=bcron, forwarded_allow_ips=proxies)),
+                host=host, port=port, log_level="warning", access_log=False,
+                proxy_headers=False)
 
 
 # -- ingest -------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
@@ -246,10 +247,28 @@ def _run(ctx: typer.Context, principal: str, req: rec.RecalcRequest | None,
         else:
             assert req is not None
             job = rec.run(db, req, principal, progress)
-    _report(job)
+        target_id = (job.params or {}).get("target_job")
+        target = ud.get_job(db, target_id) if target_id else None
+    _report(job, target)
 
 
-def _report(job: ud.Job) -> None:
+def _command_of(job: ud.Job) -> str:
+    """The `cdrhouse recalc …` command that runs `job`'s operation again."""
+    p = job.params or {}
+    words = ["cdrhouse", "recalc", str(p.get("op")), "--as", job.principal]
+    if job.principal == "admin":
+        words += ["--tenant", job.tenant_id]
+    for flag, key in (("--from", "date_from"), ("--to", "date_to"), ("--account", "account"),
+                      ("--min-duration", "min_duration"), ("--new-duration", "new_duration")):
+        if p.get(key) is not None:
+            words += [flag, str(p[key])]
+    for flag, key in (("--release-reason", "release_reasons"), ("--call-id", "call_ids")):
+        for value in p.get(key) or ():
+            words += [flag, str(value)]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def _report(job: ud.Job, target: ud.Job | None = None) -> None:
     r = job.result or {}
     p = job.params or {}
     what = "preview of " if p.get("dry_run") else ""
@@ -267,6 +286,13 @@ def _report(job: ud.Job) -> None:
             err.print(f"{label}: {r[key]}")
     if p.get("dry_run"):
         err.print("nothing was changed (dry run)")
+    elif p.get("op") == "undo":
+        # not "undo the undo": say what was restored, and how the change is made again
+        err.print(f"job {p.get('target_job')} is undone: its calls, summaries and balances "
+                  "are as they were before it")
+        if target is not None and (target.params or {}).get("op") in rec.CHANGING - {"undo"}:
+            err.print(f"to apply it again, run it again: {_command_of(target)}",
+                      markup=False, highlight=False, soft_wrap=True)
     elif p.get("op") in rec.CHANGING:
         err.print(f"undo with: cdrhouse recalc undo {job.job_id} --as {job.principal}")
 

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import difflib
 import decimal
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+import json
+
 import anyio
 from fastapi import Query, Request
+from fastapi.responses import Response
 
 from cdrhouse.api.auth import Caller
 from cdrhouse.api.errors import Problem
@@ -28,6 +32,7 @@ from cdrhouse.engine.db import Database
 from cdrhouse.engine.pool import PoolExhausted
 from cdrhouse.sql import catalogue
 from cdrhouse.sql.errors import UserError
+from cdrhouse.sql.limits import limits_for
 from cdrhouse.sql.usersql import UserSQLError
 from cdrhouse.sql.viewer import RANGES, ViewerError, ViewRequest, resolve_columns, resolve_range
 from cdrhouse.tiering.reader import WarmSources
@@ -86,6 +91,36 @@ def view_params(
                       cursor=cursor, range=range, date_from=date_from, date_to=date_to, tz=tz,
                       connected_only=connected_only, number=number, tenant=tenant,
                       customer=customer, carrier=carrier, include_archive=include_archive)
+
+
+def _query_names(dependant: Any) -> set[str]:
+    """The query parameters an endpoint declares, its dependencies' included."""
+    names = {getattr(f, "alias", None) or f.name for f in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def reject_unknown_query_params(request: Request) -> None:
+    """400 for a query parameter the endpoint does not take, naming it and the accepted ones.
+
+    A misspelt parameter silently ignored changes the answer (`preset=` for `range=`
+    listed today's calls instead of the week's); saying so costs nothing. A router
+    dependency: every /v1 endpoint gets it (app.py).
+    """
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    accepted = _query_names(dependant)
+    unknown = sorted(set(request.query_params.keys()) - accepted)
+    if not unknown:
+        return
+    hints = [f"{u!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(
+        u, accepted, n=1)) else repr(u) for u in unknown]
+    raise Problem("invalid-request",
+                  f"unknown query parameter{'s' if len(unknown) > 1 else ''} {', '.join(hints)}; "
+                  f"{request.url.path} accepts: {', '.join(sorted(accepted)) or 'none'}")
 
 
 def narrowing_rules(db: Database, who: Caller, p: ViewParams) -> list[dict]:
@@ -173,6 +208,34 @@ def page_response(res: q.ViewResult, wanted: bool = False,
     }
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
+
+
+def response_cap(request: Request, who: Caller) -> int:
+    """The largest JSON answer to a query: configured, else twice the role's result-bytes
+    limit (JSON spells values out: numbers, quotes, keys)."""
+    configured = service(request).config.max_response_bytes
+    return configured or 2 * limits_for(who.principal.role)["max_result_bytes"]
+
+
+async def capped_json(request: Request, who: Caller, body: dict) -> Response:
+    """`body` as JSON, refused (422) past `response_cap` — encoded piece by piece in a
+    worker thread, so an oversized answer stops at the cap instead of being built whole."""
+    cap = response_cap(request, who)
+
+    def encode() -> bytes:
+        size, parts = 0, []
+        for piece in _ENCODER.iterencode(body):
+            size += len(piece)  # ASCII-only: characters are bytes
+            if size > cap:
+                raise Problem("limit-exceeded", f"the response would be larger than allowed "
+                                                f"(at most {cap:,} bytes of JSON); select fewer "
+                                                "or smaller values, add LIMIT, or aggregate")
+            parts.append(piece)
+        return "".join(parts).encode("ascii")
+    return Response(await anyio.to_thread.run_sync(encode), media_type="application/json")
+
+
 async def run_view(request: Request, who: Caller, p: ViewParams, rules: dict | None) -> dict:
     def work(db: Database, qid: str) -> tuple[q.ViewResult, WarmSources]:
         try:
@@ -206,14 +269,35 @@ async def run_sql(request: Request, who: Caller, body: SQLBody) -> dict:
             "archive": archive_json(body.include_archive, sources)}
 
 
-async def one_record(request: Request, who: Caller, call_id: str) -> dict:
+async def sql_response(request: Request, who: Caller, body: SQLBody) -> Response:
+    """`run_sql` as the HTTP answer, within the response cap."""
+    return await capped_json(request, who, await run_sql(request, who, body))
+
+
+#: how many tenants an ambiguous call id is listed with (admin, no tenant=)
+_AMBIGUOUS_LISTED = 100
+
+
+async def one_record(request: Request, who: Caller, call_id: str,
+                     tenant: str | None = None) -> dict:
+    """One call visible to the caller. A call id is unique per tenant only: an admin
+    without `tenant=` whose id exists in several tenants gets 409 naming them, never
+    one of them picked arbitrarily."""
     cols = [f.name for f in catalogue.visible_fields(who.principal.role)]
-    p = ViewParams(columns=cols, range="all", limit=2)
+    ambiguous_possible = who.principal.role == "admin" and not tenant
+    p = ViewParams(columns=cols, range="all", limit=_AMBIGUOUS_LISTED if ambiguous_possible
+                   else 2, tenant=tenant)
     rules = {"condition": "AND", "rules": [{"field": "call_id", "operator": "equal", "value": call_id}]}
     page = await run_view(request, who, p, rules)
     if not page["rows"]:
         # the same answer whether the call does not exist or belongs to someone else
         raise Problem("not-found", f"no call {call_id!r} visible to this key")
+    tenants = sorted({r.get("tenant_id") for r in page["rows"]} - {None})
+    if ambiguous_possible and len(tenants) > 1:
+        more = " and more" if page["next_cursor"] else ""
+        raise Problem("conflict", f"call {call_id!r} exists in {len(tenants)}{more} tenants "
+                                  f"({', '.join(tenants)}{more}); add tenant=… to choose one",
+                      tenants=tenants)
     return page["rows"][0]
 
 

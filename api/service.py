@@ -56,6 +56,10 @@ class ServiceConfig:
     #: where backups go (default: beside the archive) and when they run (None: never)
     backup: BackupConfig = field(default_factory=BackupConfig)
     backup_cron: str | None = None
+    #: cap on a JSON query answer (None: twice the role's max_result_bytes, sql/limits.py)
+    max_response_bytes: int | None = None
+    #: proxies whose X-Forwarded-For / -Proto are believed (addresses or networks; "*": any)
+    forwarded_allow_ips: tuple[str, ...] = ()
 
 
 @dataclass

@@ -208,7 +208,7 @@ async def delete_query(request: Request, query_id: str,
 
 @router.post("/queries/{query_id}/run", summary="Run a saved query as this key's principal")
 async def run_query(request: Request, query_id: str, run: RunIn | None = Body(None),
-                    who: Caller = Depends(caller)) -> dict:
+                    who: Caller = Depends(caller)):
     """The answer of the query's endpoint (same shape), guarded for the caller, not the owner."""
     q = await _visible(request, who, query_id)
     run = run or RunIn()
@@ -218,7 +218,7 @@ async def run_query(request: Request, query_id: str, run: RunIn | None = Body(No
             raise Problem("invalid-request", "cursor: an SQL query has no pages")
         if run.params:
             body = body.model_copy(update={"params": {**body.params, **run.params}})
-        return await deps.run_sql(request, who, body)
+        return await deps.sql_response(request, who, body)
     assert isinstance(body, ViewParams)
     if run.params:
         raise Problem("invalid-request", f"params: a {q.kind} query takes no parameters")
@@ -276,10 +276,19 @@ async def put_preferences(request: Request, data: PreferencesIn,
 
 # -- jobs ---------------------------------------------------------------------------------
 
-def job_json(j: ud.Job) -> dict[str, Any]:
+#: Where a job runs (its server's host name and process id): for admins only.
+_RUNNER_KEYS = frozenset({"host", "pid"})
+
+
+def job_json(j: ud.Job, who: Caller | None = None) -> dict[str, Any]:
+    """A job as the API shows it. The runner's host and pid (kept in the result so a
+    dead job can be resumed) are internals of the server: only an admin `who` sees them."""
+    result = j.result
+    if isinstance(result, dict) and not (who is not None and who.principal.role == "admin"):
+        result = {k: v for k, v in result.items() if k not in _RUNNER_KEYS}
     return {
         "id": j.job_id, "kind": j.kind, "tenant": j.tenant_id or None, "principal": j.principal,
-        "state": j.state, "progress": j.progress, "params": j.params, "result": j.result,
+        "state": j.state, "progress": j.progress, "params": j.params, "result": result,
         "error": j.error or None, "created_at": _iso(j.created_at),
         "updated_at": _iso(j.updated_at),
     }
@@ -298,7 +307,7 @@ async def list_jobs(request: Request, who: Caller = Depends(caller),
     found = await store(request, lambda db: ud.list_jobs(
         db, tenant=scope.get("tenant"), principal=scope.get("principal"), state=state,
         kind=kind, limit=limit))
-    return {"jobs": [job_json(j) for j in found]}
+    return {"jobs": [job_json(j, who) for j in found]}
 
 
 @router.get("/jobs/{job_id}", summary="One job")
@@ -306,4 +315,4 @@ async def get_job(request: Request, job_id: str, who: Caller = Depends(caller)) 
     job = await store(request, lambda db: ud.get_job(db, job_id))
     if job is None or not ud.job_visible_to(job, who.principal_text):
         raise Problem("not-found", f"no job {job_id!r} visible to this key")
-    return job_json(job)
+    return job_json(job, who)

@@ -9,7 +9,7 @@ drilling into an account); for anyone else those parameters are refused.
 from __future__ import annotations
 
 import anyio
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import RedirectResponse
 
 from cdrhouse.api import deps
@@ -59,13 +59,19 @@ async def search_cdrs(request: Request, body: SearchBody, who: Caller = Depends(
 
 @router.post("/sql", summary="User SQL over the logical tables, guarded for this key",
              response_model=SQLOut)
-async def run_sql(request: Request, body: SQLBody, who: Caller = Depends(caller)) -> dict:
-    return await deps.run_sql(request, who, body)
+async def run_sql(request: Request, body: SQLBody, who: Caller = Depends(caller)):
+    # within the response cap (deps.capped_json): one huge value must not build a huge body
+    return await deps.sql_response(request, who, body)
+
+
+_TENANT = Query(None, description="Admins: the tenant of the call (required when the id "
+                                   "exists in several tenants: 409 lists them).")
 
 
 @router.get("/cdrs/{call_id}", summary="One CDR")
-async def get_cdr(request: Request, call_id: str, who: Caller = Depends(caller)) -> dict:
-    return await deps.one_record(request, who, call_id)
+async def get_cdr(request: Request, call_id: str, tenant: str | None = _TENANT,
+                  who: Caller = Depends(caller)) -> dict:
+    return await deps.one_record(request, who, call_id, tenant)
 
 
 @router.get("/cdrs/{call_id}/recording", summary="Redirect to the call's recording",
@@ -73,8 +79,9 @@ async def get_cdr(request: Request, call_id: str, who: Caller = Depends(caller))
                                              "presigned (SigV4) URL for s3://"},
                        403: {"description": "The stored URL is not allowed (README, "
                                             "Security)"}})
-async def get_recording(request: Request, call_id: str, who: Caller = Depends(caller)):
-    record = await deps.one_record(request, who, call_id)
+async def get_recording(request: Request, call_id: str, tenant: str | None = _TENANT,
+                        who: Caller = Depends(caller)):
+    record = await deps.one_record(request, who, call_id, tenant)
     url = record.get("recording_url") or ""
     if not url:
         raise Problem("not-found", f"call {call_id!r} has no recording")

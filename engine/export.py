@@ -8,8 +8,8 @@ flat whatever the size.
 Decisions worth knowing:
 
 - **Limits.** A download runs with its role's limits (sql/limits.py: time,
-  rows and bytes read, memory, readonly) *except* `max_result_rows`: a month
-  of CDRs is legitimately millions of rows, and the cost of a download is
+  rows and bytes read, memory, readonly) *except* `max_result_rows` and
+  `max_result_bytes`: a month of CDRs is legitimately millions of rows and gigabytes, and the cost of a download is
   bounded by what it reads and how long it runs, not by how many rows it
   returns. `max_execution_time` stays the role's and counts the transfer
   too (a slow client holds the query open), so a download must finish
@@ -195,27 +195,28 @@ def sql_export(db: Database, principal: Principal, sql: str, params: Mapping[str
     compiled = compile_user_sql(sql, principal, dict(params or {}))
     text = with_archive(compiled.sql, archive)
     columns, types = describe(db, principal, text, compiled.parameters, query_id,
-                              limit_overrides, warm=bool(archive))
+                              limit_overrides, warm=bool(archive), user_sql=sql)
     return Export(text, dict(compiled.parameters), columns, warm=bool(archive), types=types)
 
 
 def column_names(db: Database, principal: Principal, sql: str, parameters: Mapping[str, Any],
                  query_id: str, limit_overrides: Mapping[str, int] | None = None,
-                 warm: bool = False) -> tuple[str, ...]:
+                 warm: bool = False, user_sql: str | None = None) -> tuple[str, ...]:
     """The result columns of `sql`, from ClickHouse's analysis of it (nothing is read)."""
-    return describe(db, principal, sql, parameters, query_id, limit_overrides, warm)[0]
+    return describe(db, principal, sql, parameters, query_id, limit_overrides, warm, user_sql)[0]
 
 
 def describe(db: Database, principal: Principal, sql: str, parameters: Mapping[str, Any],
              query_id: str, limit_overrides: Mapping[str, int] | None = None,
-             warm: bool = False) -> tuple[tuple[str, ...], tuple[str, ...]]:
+             warm: bool = False, user_sql: str | None = None
+             ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Names and types of the result columns of `sql` (ClickHouse analyses it, reads
-    nothing)."""
+    nothing). `user_sql`: what the user wrote, for error messages about their text."""
     settings = download_settings(principal, query_id, limit_overrides, warm)
     try:
         rows = db.rows(f"DESCRIBE TABLE (\n{sql}\n)", parameters, settings)
     except ClickHouseError as exc:
-        raise q.query_failed(exc, settings) from None
+        raise q.query_failed(exc, settings, sql, user_sql) from None
     return tuple(row[0] for row in rows), tuple(row[1] for row in rows)
 
 
@@ -225,8 +226,9 @@ def download_settings(principal: Principal, query_id: str,
     """The ClickHouse settings of a download: the role's limits without the result-rows cap."""
     overrides = dict(limit_overrides or {})
     limits = limits_for(principal.role, warm, **overrides)
-    if "max_result_rows" not in overrides:
-        limits["max_result_rows"] = 0  # 0: no cap (see the module docstring)
+    for name in ("max_result_rows", "max_result_bytes"):
+        if name not in overrides:
+            limits[name] = 0  # 0: no cap (see the module docstring)
     # the tag and output format first, the role's limits and the fixed settings
     # (readonly last) after them
     return {"log_comment": q.query_tag(principal, query_id), **CSV_SETTINGS, **limits}
@@ -310,7 +312,7 @@ def stream_csv(db: Database, principal: Principal, sql: str, parameters: Mapping
     except q.QueryFailed:
         raise
     except (ClickHouseError, StreamBroken) as exc:
-        raise q.query_failed(exc, settings) from None
+        raise q.query_failed(exc, settings, sql) from None
     except Exception as exc:
         # the HTTP driver's own errors (urllib3, http.client, sockets) for a broken transfer
         if isinstance(exc, OSError) or type(exc).__module__.startswith(("urllib3", "http.")):

@@ -13,6 +13,7 @@ has the same principal, on the embedded engine and on a server alike.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -25,11 +26,13 @@ from cdrhouse.engine.db import Database
 from cdrhouse.sql.errors import UserError
 from cdrhouse.sql.archive import with_archive
 from cdrhouse.sql.guard import compile_user_sql
-from cdrhouse.sql.limits import explain_limit_error, limits_for
+from cdrhouse.sql.limits import SETTING_NAMES, error_code, explain_limit_error, limits_for
+from cdrhouse.sql.logical import PHYSICAL_TABLES, TABLES
 from cdrhouse.sql.principal import Principal
 from cdrhouse.sql.viewer import CompiledQuery, ViewRequest, compile_view, time_slices
 
 _TAG_SAFE = re.compile(r"[^A-Za-z0-9:#/_.-]")
+log = logging.getLogger("cdrhouse.query")
 
 
 class QueryFailed(UserError):
@@ -62,7 +65,7 @@ def _tag(principal: Principal, query_id: str) -> str:
 
 def _run(db: Database, principal: Principal, sql: str, parameters: Mapping[str, Any],
          query_id: str | None, limit_overrides: Mapping[str, int] | None,
-         warm: bool = False) -> tuple[Any, str]:
+         warm: bool = False, user_sql: str | None = None) -> tuple[Any, str]:
     query_id = query_id or uuid.uuid4().hex
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", query_id):
         raise ValueError("query id: use 1-64 letters, digits, '-' or '_'")
@@ -74,15 +77,21 @@ def _run(db: Database, principal: Principal, sql: str, parameters: Mapping[str, 
     try:
         return db.query(sql, parameters, settings), query_id
     except ClickHouseError as exc:
-        raise query_failed(exc, settings) from None
+        raise query_failed(exc, settings, sql, user_sql) from None
 
 
-def _user_message(exc: Exception) -> str:
-    """ClickHouse's own message, first line, without the engine's stack or version trailer."""
-    text = str(exc).strip().split("\n")[0]
-    text = re.sub(r"\s*\(version [^)]*\)\s*$", "", text)
-    text = re.sub(r"^.*?DB::Exception:\s*", "", text)
-    return text[:1000]
+#: Every column of user SQL's result is materialized before it leaves ClickHouse:
+#: `max_result_bytes` counts a constant column once per block, so `SELECT
+#: range(1000) FROM cdrs` (the same array on every row) would otherwise pass it
+#: at any size. The wrapper renames each column `materialize(<name>)`;
+#: `_unwrapped` gives the names back.
+_MATERIALIZE = "SELECT * APPLY(materialize) FROM (\n{}\n)"
+_MATERIALIZED_NAME = re.compile(r"^materialize\((.*)\)$", re.S)
+
+
+def _unwrapped(name: str) -> str:
+    m = _MATERIALIZED_NAME.match(name)
+    return m.group(1) if m else name
 
 
 def run_sql(db: Database, principal: Principal, sql: str,
@@ -92,9 +101,10 @@ def run_sql(db: Database, principal: Principal, sql: str,
     """User SQL, guarded for `principal` (GuardError if refused, QueryFailed if it fails).
     `archive`: SELECTs of archived months the `cdrs` table includes (sql/archive.py)."""
     compiled = compile_user_sql(sql, principal, dict(params or {}))
-    res, qid = _run(db, principal, with_archive(compiled.sql, archive), compiled.parameters,
-                    query_id, limit_overrides, warm=bool(archive))
-    return Result(list(res.column_names), [t.name for t in res.column_types],
+    text = _MATERIALIZE.format(with_archive(compiled.sql, archive))
+    res, qid = _run(db, principal, text, compiled.parameters, query_id, limit_overrides,
+                    warm=bool(archive), user_sql=sql)
+    return Result([_unwrapped(n) for n in res.column_names], [t.name for t in res.column_types],
                   list(res.result_rows), qid)
 
 
@@ -149,12 +159,153 @@ def query_tag(principal: Principal, query_id: str) -> str:
     return _tag(principal, query_id)
 
 
-def query_failed(exc: BaseException, settings: Mapping[str, Any]) -> QueryFailed:
-    """A ClickHouse error as the QueryFailed users see, as `_run` words it (limits explained).
+def query_failed(exc: BaseException, settings: Mapping[str, Any], sql: str | None = None,
+                 user_sql: str | None = None) -> QueryFailed:
+    """A ClickHouse error as the QueryFailed users see (limits explained).
 
-    Without the server's address the HTTP driver appends ("(for url …)").
+    ClickHouse's messages quote the query *as it ran*: the guard predicate with
+    its values, physical tables, every setting, archive paths. None of that may
+    reach the user, so the message is rebuilt from ClickHouse's first sentence
+    (`user_message`) and the full text is logged here, server-side only.
+    `sql` is the text that ran (before parameters), `user_sql` what the user wrote.
     """
+    log.info("query failed (%s): %s", settings.get("log_comment", ""), str(exc).strip())
     limit = explain_limit_error(exc, settings)
     if limit:
         return QueryFailed(limit, "cancelled" if "cancelled" in limit.lower() else "limit")
-    return QueryFailed(re.sub(r"\s*\(for url [^)]*\)", "", _user_message(exc)))
+    message = user_message(exc, sql, user_sql)
+    # values too large to build (range() past its cap, huge arrays or strings) are limits too
+    size = any(f"ClickHouse {n})" in message for n in _SIZE_LIMITS) and (
+        "ARGUMENT_OUT_OF_BOUND" not in message or "allowed maximum" in message)
+    return QueryFailed(message, "limit" if size else "query")
+
+
+_SIZE_LIMITS = ("TOO_LARGE_ARRAY_SIZE", "TOO_LARGE_STRING_SIZE", "ARGUMENT_OUT_OF_BOUND")
+
+
+# -- engine errors in the user's terms ---------------------------------------------------
+
+#: Where ClickHouse starts quoting the query as it ran, or its execution plan.
+_CONTEXT = re.compile(r"(?::|\.)?\s*(?:In scope|In query|[Ww]hile executing|While processing|"
+                      r"while processing|\(for url)\b.*$", re.S)
+_TRAILER = re.compile(r"\s*\(version [^)]*\)\s*$")
+_ERROR_NAME = re.compile(r"[.:]?\s*\(([A-Z][A-Z0-9]*_[A-Z0-9_]+)\)")
+_QUOTED = re.compile(r"'((?:[^'\\]|\\.)*)'|`([^`]*)`")
+_TYPE_NAME = re.compile(
+    r"^(?:(?:Nullable|LowCardinality|Array)\()*"
+    r"(?:U?Int\d+|Float\d+|BFloat16|String|FixedString\(\d+\)|Date|Date32|DateTime"
+    r"|DateTime64\(\d+(?:, ?'[A-Za-z_/+-]+')?\)|Decimal\d*\(\d+(?:, ?\d+)?\)|UUID|IPv4|IPv6"
+    r"|Bool|Nothing|Enum(?:8|16)?\(.*\)|Map\(.*\)|Tuple\(.*\))\)*$")
+_FUNCTION = re.compile(r"\bfunction '?`?([A-Za-z_][A-Za-z0-9_]*)")
+#: Text that must never reach a user, whatever the message; its presence means "say less".
+_INTERNAL = re.compile("|".join([
+    *(rf"\b{re.escape(t)}\b" for t in sorted(PHYSICAL_TABLES | {t.physical for t in
+                                                                   TABLES.values()})),
+    *(rf"\b{re.escape(s)}\b" for s in sorted(SETTING_NAMES)),
+    r"__guard", r"__table\d", r"\b_CAST\(", r"tenant_id\s*=", r"\bmax_\w+",
+    r"\bSETTINGS\b", r"cdrhouse-query", r"\bFINAL\b", r"\b(?:file|s3|url|remote)\s*\(",
+    r"(?<![\w.])/(?:[\w.+@-]+/)+", r"\bIn scope\b", r"DB::",
+]), re.IGNORECASE)
+
+#: ClickHouse error name → what to tell the user when its own words cannot be shown.
+_HINTS: list[tuple[frozenset[str], str]] = [
+    (frozenset({"ILLEGAL_TYPE_OF_ARGUMENT", "NUMBER_OF_ARGUMENTS_DOESNT_MATCH", "TYPE_MISMATCH",
+                "NO_COMMON_TYPE", "ILLEGAL_COLUMN", "BAD_ARGUMENTS", "TOO_FEW_ARGUMENTS_FOR_FUNCTION",
+                "TOO_MANY_ARGUMENTS_FOR_FUNCTION", "CANNOT_CONVERT_TYPE"}),
+     "a function got arguments of the wrong type or number; check the functions in your query"),
+    (frozenset({"CANNOT_PARSE_TEXT", "CANNOT_PARSE_INPUT_ASSERTION_FAILED", "CANNOT_PARSE_DATETIME",
+                "CANNOT_PARSE_NUMBER", "CANNOT_PARSE_DATE", "CANNOT_PARSE_UUID",
+                "CANNOT_READ_ARRAY_FROM_TEXT", "CANNOT_PARSE_ESCAPE_SEQUENCE"}),
+     "a value could not be converted; the OrNull/OrZero variants (toInt64OrNull, "
+     "parseDateTimeBestEffortOrNull, …) skip values that do not convert"),
+    (frozenset({"UNKNOWN_IDENTIFIER", "NOT_FOUND_COLUMN_IN_BLOCK", "NO_SUCH_COLUMN_IN_TABLE",
+                "AMBIGUOUS_COLUMN_NAME", "AMBIGUOUS_IDENTIFIER", "MULTIPLE_EXPRESSIONS_FOR_ALIAS",
+                "THERE_IS_NO_COLUMN"}),
+     "a column or alias is unknown or ambiguous; check the names (`cdrhouse fields` and "
+     "GET /v1/fields list the fields)"),
+    (frozenset({"NOT_AN_AGGREGATE", "ILLEGAL_AGGREGATION", "UNKNOWN_AGGREGATE_FUNCTION"}),
+     "every selected column must be aggregated or in GROUP BY"),
+    (frozenset({"ILLEGAL_DIVISION", "DECIMAL_OVERFLOW", "ARGUMENT_OUT_OF_BOUND",
+                "VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE", "TOO_LARGE_ARRAY_SIZE",
+                "TOO_LARGE_STRING_SIZE"}),
+     "a value is out of range (division by zero, an overflow or a size too large)"),
+    (frozenset({"SYNTAX_ERROR"}),
+     "ClickHouse could not read an expression of the query; check function calls and "
+     "their arguments"),
+]
+
+
+def _hint(name: str | None) -> str:
+    for names, hint in _HINTS:
+        if name in names:
+            return hint
+    return "check the query"
+
+
+def _position(word: str, user_sql: str) -> str:
+    """` (line L, column C)` of `word` as a whole name in the user's SQL, or ''."""
+    m = re.search(rf"(?<![\w.]){re.escape(word)}(?![\w])", user_sql)
+    if not m:
+        return ""
+    line = user_sql.count("\n", 0, m.start()) + 1
+    col = m.start() - (user_sql.rfind("\n", 0, m.start()) + 1) + 1
+    return f" (line {line}, column {col} of the query)"
+
+
+def _written(value: str, known: str) -> bool:
+    """Whether the user wrote `value`: a name (each part of a dotted one) as a whole
+    word, anything else as a whole quoted literal."""
+    if re.fullmatch(r"[\w.]+", value):
+        return all(p and re.search(rf"(?<!\w){re.escape(p)}(?!\w)", known)
+                   for p in value.split("."))
+    return f"'{value}'" in known or f"`{value}`" in known
+
+
+def user_message(exc: BaseException, sql: str | None = None, user_sql: str | None = None) -> str:
+    """What a user may read of a ClickHouse error: its first sentence about *their* query.
+
+    Kept: ClickHouse's head sentence ("Illegal types String and UInt8 of arguments of
+    function plus"), quoted names and values that the user's SQL contains (or type
+    names), the error name, and where in the user's text a named identifier or
+    function is. Dropped: everything from "In scope" / "while executing" on (the
+    rewritten query, the guard values, the settings). A quoted value the user did
+    not write (it may come from stored rows ClickHouse read before filtering) is
+    shown as '…'. If anything internal still shows, only the error name and a hint
+    are given.
+    """
+    text = str(exc).strip().split("\n")[0]
+    text = re.sub(r"\s*\(for url [^)]*\)", "", text)
+    text = _TRAILER.sub("", text)
+    names = list(_ERROR_NAME.finditer(text))
+    name = names[-1].group(1) if names else None
+    if names:
+        text = text[:names[-1].start()]
+    text = re.sub(r"^.*?DB::Exception:\s*", "", text)
+    text = re.sub(r"^Code: \d+\.\s*", "", text)
+    code = error_code(exc)
+    if name is None:
+        name = f"code {code}" if code is not None else None
+    if code == 62:
+        name = "SYNTAX_ERROR"
+    text = _CONTEXT.sub("", text).strip().rstrip(":;,. ")
+    known = user_sql if user_sql is not None else (sql or "")
+
+    where = ""
+    def keep(q: re.Match) -> str:
+        nonlocal where
+        value = q.group(1) if q.group(1) is not None else q.group(2)
+        mark = "'" if q.group(1) is not None else "`"
+        if value and (_written(value, known) or _TYPE_NAME.match(value)):
+            if user_sql and not where and mark == "`":
+                where = _position(value, user_sql)
+            return f"{mark}{value}{mark}"
+        return f"{mark}…{mark}"
+    text = _QUOTED.sub(keep, text)
+    if user_sql and not where:
+        f = _FUNCTION.search(text)
+        if f:
+            where = _position(f.group(1), user_sql)
+    suffix = f" (ClickHouse {name})" if name else ""
+    if name == "SYNTAX_ERROR" or not text or _INTERNAL.search(text):
+        return f"the query failed: {_hint(name)}{suffix}"
+    return f"{text[:500]}{where}{suffix}"

@@ -8,8 +8,12 @@ store through the API and share it with everyone else.
 
 - `readonly=1`: the session cannot write or change settings, whatever slips
   through (the guard refuses SETTINGS clauses anyway).
-- `result_overflow_mode='throw'`: a result over `max_result_rows` is an error
-  the user sees, never a silently truncated answer.
+- `result_overflow_mode='throw'`: a result over `max_result_rows` or
+  `max_result_bytes` is an error the user sees, never a silently truncated answer.
+  ClickHouse counts a *constant* column once per block, not once per row, so
+  `SELECT range(1000) FROM cdrs` would slip under `max_result_bytes`: user SQL
+  therefore runs with its columns materialized (engine.query.run_sql), and
+  `range()` is capped (`function_range_max_elements_in_block`).
 - `use_query_condition_cache=0`: that cache is shared by every query on the
   server and keyed on predicates; user-shaped predicates have poisoned it in
   released ClickHouse versions (wrong results for *later* queries, e.g.
@@ -25,6 +29,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+_MIB = 1024 ** 2
 _GIB = 1024 ** 3
 
 #: role → ClickHouse settings. Customer and carrier share the tightest set.
@@ -33,6 +38,7 @@ _OPERATOR_LIMITS: dict[str, Any] = {
     "max_rows_to_read": 20_000_000_000,
     "max_bytes_to_read": 2_000 * _GIB,
     "max_result_rows": 1_000_000,
+    "max_result_bytes": 1 * _GIB,
     "max_memory_usage": 16 * _GIB,
 }
 _TENANT_LIMITS: dict[str, Any] = {
@@ -40,6 +46,7 @@ _TENANT_LIMITS: dict[str, Any] = {
     "max_rows_to_read": 5_000_000_000,
     "max_bytes_to_read": 500 * _GIB,
     "max_result_rows": 500_000,
+    "max_result_bytes": 256 * _MIB,
     "max_memory_usage": 8 * _GIB,
 }
 _ACCOUNT_LIMITS: dict[str, Any] = {
@@ -47,6 +54,7 @@ _ACCOUNT_LIMITS: dict[str, Any] = {
     "max_rows_to_read": 500_000_000,
     "max_bytes_to_read": 50 * _GIB,
     "max_result_rows": 100_000,
+    "max_result_bytes": 64 * _MIB,
     "max_memory_usage": 2 * _GIB,
 }
 ROLE_LIMITS: dict[str, dict[str, Any]] = {
@@ -60,6 +68,9 @@ FIXED: dict[str, Any] = {
     "readonly": 1,
     "result_overflow_mode": "throw",
     "use_query_condition_cache": 0,
+    # range() is the one array generator with its own engine cap (default 500M
+    # elements per block); a CDR query never needs more than this
+    "function_range_max_elements_in_block": 10_000_000,
     # FINAL need not merge across partitions: a call's copies share start_time,
     # hence its month, hence its partition (measured: viewer page 37 -> 26 ms on 5M rows)
     "do_not_merge_across_partitions_select_final": 1,
@@ -121,7 +132,8 @@ def limits_for(role: str, warm: bool = False, **overrides: int) -> dict[str, Any
 _NARROW_READ = ("narrow the query: use a shorter time range (WHERE start_time >= …), "
                 "filter on more columns, select fewer columns, or aggregate")
 
-#: ClickHouse error code → (name, the setting behind it, what it means, what to do)
+#: ClickHouse error code → (name, the setting behind it, what it means, what to do).
+#: Messages name the limit in words and its value, never the setting (an internal name).
 LIMIT_ERRORS: dict[int, tuple[str, str, str, str]] = {
     159: ("TIMEOUT_EXCEEDED", "max_execution_time", "the query ran longer than allowed",
           _NARROW_READ),
@@ -138,6 +150,17 @@ LIMIT_ERRORS: dict[int, tuple[str, str, str, str]] = {
     394: ("QUERY_WAS_CANCELLED", "max_execution_time", "the query was cancelled",
           "run it again with a shorter time range or fewer columns; it may have hit a time limit"),
 }
+#: TOO_MANY_ROWS_OR_BYTES about bytes (ClickHouse: "Limit for result exceeded, max bytes: …")
+_RESULT_BYTES = ("max_result_bytes", "the result is larger than allowed",
+                 "select fewer or smaller values (large arrays or long strings), add LIMIT, "
+                 "or aggregate")
+_UNITS = {"max_execution_time": "seconds", "max_rows_to_read": "rows read",
+          "max_bytes_to_read": "read", "max_result_rows": "rows",
+          "max_result_bytes": "", "max_memory_usage": "of memory"}
+#: every setting a user query runs with may be named in engine errors; none may be shown
+SETTING_NAMES: frozenset[str] = frozenset(
+    {name for limits in (*ROLE_LIMITS.values(), *WARM_LIMITS.values(), FIXED) for name in limits}
+    | {"log_comment", "readonly"})
 _BY_NAME = {name: code for code, (name, *_rest) in LIMIT_ERRORS.items()}
 _CODE = re.compile(r"\bcode:?\s*(\d+)", re.IGNORECASE)
 _NAME = re.compile(r"\(([A-Z_]+)\)")
@@ -158,15 +181,28 @@ def error_code(exc: BaseException) -> int | None:
     return None
 
 
+def _amount(setting: str, value: int) -> str:
+    unit = _UNITS.get(setting, "")
+    if setting in ("max_bytes_to_read", "max_result_bytes", "max_memory_usage"):
+        for size, name in ((_GIB, "GiB"), (_MIB, "MiB"), (1024, "KiB")):
+            if value >= size and value % size == 0:
+                return f"{value // size:,} {name}" + (f" {unit}" if unit else "")
+        return f"{value:,} bytes" + (f" {unit}" if unit else "")
+    return f"{value:,} {unit}"
+
+
 def explain_limit_error(exc: BaseException, limits: Mapping[str, Any] | None = None) -> str | None:
-    """A message naming the limit `exc` hit and how to narrow the query, or None.
+    """A message naming the limit `exc` hit (in words) and how to narrow the query, or None.
 
     None means `exc` is not a limit error: report it some other way. Pass the
-    `limits` the query ran with to name the value too.
+    `limits` the query ran with to state the value too.
     """
     code = error_code(exc)
     if code not in LIMIT_ERRORS:
         return None
     name, setting, what, hint = LIMIT_ERRORS[code]
-    value = f" = {limits[setting]:,}" if limits and isinstance(limits.get(setting), int) else ""
-    return f"{what} ({setting}{value}, ClickHouse {name}); {hint}."
+    if code == 396 and "max bytes" in str(exc).lower():
+        setting, what, hint = _RESULT_BYTES
+    value = limits.get(setting) if limits else None
+    bound = f"at most {_amount(setting, value)}; " if isinstance(value, int) and value else ""
+    return f"{what} ({bound}ClickHouse {name}); {hint}."

@@ -31,7 +31,7 @@ from cdrhouse.engine import keys
 from cdrhouse.engine.db import Database, StoreConfig
 from cdrhouse.engine.migrate import migrate
 from cdrhouse.sql import catalogue
-from cdrhouse.sql.archive import ArchiveSourceError, union_read, with_archive
+from cdrhouse.sql.archive import ArchiveSourceError, union_sql, with_archive
 from cdrhouse.sql.limits import limits_for
 from cdrhouse.tiering import layout, verify, warm
 from cdrhouse.tiering.archive import Tiering
@@ -126,23 +126,37 @@ def served(request, tmp_path_factory, embedded_dsn: str, engine_dir: Path):
 
 # -- the pure parts ------------------------------------------------------------------------
 
+def _union(selects: tuple) -> str:
+    return f"(SELECT {', '.join(catalogue.NAMES)} FROM cdr_records FINAL UNION ALL " + \
+        " UNION ALL ".join(selects) + ") AS cdr_records"
+
+
 @pytest.mark.parametrize("sql, selects, expected", [
     ("SELECT 1 FROM cdr_records FINAL WHERE x", (), "SELECT 1 FROM cdr_records FINAL WHERE x"),
     ("SELECT 1 FROM cdr_records FINAL WHERE x", ("SELECT w",),
-     f"SELECT 1 {union_read(('SELECT w',))} WHERE x"),
-    ("SELECT * FROM (SELECT a FROM cdr_records FINAL) JOIN (SELECT b FROM cdr_records FINAL)",
-     ("SELECT w",), f"SELECT * FROM (SELECT a {union_read(('SELECT w',))}) JOIN "
-                    f"(SELECT b {union_read(('SELECT w',))})"),
+     f"SELECT 1 FROM {_union(('SELECT w',))} WHERE x"),
+    ("SELECT * FROM (SELECT a FROM cdr_records FINAL) JOIN (SELECT b FROM cdr_records FINAL) "
+     "USING (a)", ("SELECT w",), f"SELECT * FROM (SELECT a FROM {_union(('SELECT w',))}) JOIN "
+                                  f"(SELECT b FROM {_union(('SELECT w',))}) USING (a)"),
 ])
 def test_with_archive_extends_every_hot_read(sql: str, selects: tuple, expected: str) -> None:
     assert with_archive(sql, selects) == expected
 
 
-def test_with_archive_fails_closed_without_a_hot_read() -> None:
+@pytest.mark.parametrize("sql", ["SELECT 1", "SELECT 'FROM cdr_records FINAL' AS x"])
+def test_with_archive_leaves_a_query_without_a_cdr_read_alone(sql: str) -> None:
+    assert with_archive(sql, ("SELECT w",)) == sql
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT 1 FROM cdr_records",                            # the table without FINAL
+    "SELECT 1 FROM other.cdr_records FINAL",                # another database
+])
+def test_with_archive_fails_closed_without_a_plain_hot_read(sql: str) -> None:
     with pytest.raises(ArchiveSourceError):
-        with_archive("SELECT 1", ("SELECT w",))
-    assert union_read(("SELECT w",)).startswith(
-        f"FROM (SELECT {', '.join(catalogue.NAMES)} FROM cdr_records FINAL UNION ALL SELECT w)")
+        with_archive(sql, ("SELECT w",))
+    assert union_sql(("SELECT w",)) == \
+        f"SELECT {', '.join(catalogue.NAMES)} FROM cdr_records FINAL UNION ALL SELECT w"
 
 
 @pytest.mark.parametrize("role", ["admin", "tenant", "customer", "carrier"])

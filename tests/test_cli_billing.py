@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from test_cli import run
@@ -35,12 +36,23 @@ def test_rates_recalc_undo_balance_jobs(tmp_path: Path) -> None:
     done = run(data, *args, check=True)
     assert "calls changed: 1; charge 0.360000 -> 0.006000" in done.stderr
     job_id = done.stderr.split("cdrhouse recalc undo ")[1].split()[0]
-    run(data, "recalc", "undo", job_id, "--as", "tenant:acme", check=True)
+    undone = run(data, "recalc", "undo", job_id, "--as", "tenant:acme", check=True)
+    # it says what was restored and what can be done next: run the job again, which works
+    # (not "undo with: cdrhouse recalc undo <the undo>", issue 12)
+    assert f"job {job_id} is undone" in undone.stderr
+    assert "cdrhouse recalc undo" not in undone.stderr
+    again_cmd = undone.stderr.split("to apply it again, run it again: ")[1].split("\n")[0]
+    assert again_cmd == ("cdrhouse recalc adjust-duration --as tenant:acme --from 2026-03-01 "
+                         "--to 2026-03-31 --min-duration 3600 --new-duration 60")
     again = run(data, "recalc", "undo", job_id, "--as", "tenant:acme")
     assert again.returncode == 2 and "already undone" in again.stderr
+    redone = run(data, *shlex.split(again_cmd)[1:], check=True)
+    assert "calls changed: 1; charge 0.360000 -> 0.006000" in redone.stderr
+    redo_id = redone.stderr.split("cdrhouse recalc undo ")[1].split()[0]
+    run(data, "recalc", "undo", redo_id, "--as", "tenant:acme", check=True)
     customer = run(data, *args[:2], "--as", "tenant:acme/customer:C1", *args[4:])
     assert customer.returncode == 2 and "only tenant operators and admins" in customer.stderr
     bal = run(data, "balance", "--tenant", "acme", "--format", "csv", check=True)
     assert "acme,customer,C1,USD,0.000000,0.360000,-0.360000,1," in bal.stdout
     jobs = run(data, "jobs", "--as", "tenant:acme", "--format", "csv", check=True)
-    assert jobs.stdout.count(",recalc,") == 3
+    assert jobs.stdout.count(",recalc,") == 5

@@ -516,7 +516,7 @@ def test_a_limit_reached_mid_stream_says_which(served: Served) -> None:
         served.app.state.download_limit_overrides = None
     assert lines[0] == '"call_id","start_time"'
     assert lines[-2] == (
-        "#ERROR: the result has more rows than allowed (max_result_rows = 500,000, ClickHouse "
+        "#ERROR: the result has more rows than allowed (at most 500,000 rows; ClickHouse "
         "TOO_MANY_ROWS_OR_BYTES); add LIMIT, aggregate (GROUP BY), or use a shorter time range.")
     rows = lines[1:-2]
     assert 0 < len(rows) <= 500_000
@@ -548,7 +548,7 @@ def test_failures_before_the_first_byte_are_problems(served: Served) -> None:
             body = problem(c.get("/v1/cdrs.csv", params={"range": "all"}), 422, "limit-exceeded")
         finally:
             served.app.state.download_limit_overrides = None
-        assert "max_rows_to_read = 10" in body["detail"]
+        assert "at most 10 rows read" in body["detail"]
 
 
 # -- cancellation -----------------------------------------------------------------------------
