@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from cdrhouse.backup.location import BackupError, Location
@@ -78,7 +78,12 @@ class BackupRecord:
     @classmethod
     def from_json(cls, raw: bytes) -> BackupRecord:
         data = json.loads(raw)
-        data["tables"] = {k: TableRecord(**v) for k, v in data["tables"].items()}
+        # a newer cdrhouse may add fields: keep what this version knows
+        known = {f.name for f in fields(cls)}
+        table_known = {f.name for f in fields(TableRecord)}
+        data = {k: v for k, v in data.items() if k in known}
+        data["tables"] = {k: TableRecord(**{a: b for a, b in v.items() if a in table_known})
+                          for k, v in data["tables"].items()}
         return cls(**data)
 
 

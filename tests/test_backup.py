@@ -613,3 +613,16 @@ def test_serve_schedules_backup_then_verify_shows_jobs_to_admins_and_the_age_met
     finally:
         db.command(f"DROP DATABASE IF EXISTS `{db.name}` SYNC")
         db.close()
+
+
+def test_the_catalogue_reads_newer_manifests_and_names_a_broken_one(tmp_path: Path) -> None:
+    loc = Location(LocalStore(tmp_path / "b"), str(tmp_path / "b"))
+    rec = _rec("20261101T010000Z-00aa", "full", None, "20261101T010000Z-00aa", 1)
+    newer = json.loads(rec.to_json())
+    newer["written_by_a_future_version"] = {"x": 1}
+    loc.store.put_bytes(catalog.manifest_key(rec.backup_id), json.dumps(newer).encode())
+    assert [r.backup_id for r in catalog.read_all(loc)[0]] == [rec.backup_id]
+    loc.store.put_bytes(catalog.manifest_key("20261102T010000Z-00bb"), b"{not json")
+    with pytest.raises(BackupError, match=r"_catalog/20261102T010000Z-00bb.json .* is "
+                                          r"unreadable .* move it aside"):
+        catalog.read_all(loc)
