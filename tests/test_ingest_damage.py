@@ -329,3 +329,13 @@ def test_damage_is_reported_and_good_rows_stored(store: Database, tmp_path: Path
         assert count == line - 2 > 1000
     else:
         assert (line, sorted(stored(store))) == (3, ["g1", "g2"])
+
+
+def test_the_conversion_sql_checks_every_cap_without_a_database() -> None:
+    # sql/ingest.py is pure: the statement names every capped field's limit
+    from cdrhouse.sql import ingest as conversion
+    sql = conversion.conversion_sql({"call_id": "string", "sip_reason": "binary"}, "n", "s")
+    for f in catalogue.FIELDS:
+        if f.max_length:
+            assert f"lengthUTF8(v_{f.name}) > {f.max_length}" in sql
+    assert sql.startswith("INSERT INTO n (") and "FROM s)" in sql
