@@ -1,8 +1,8 @@
 """User SQL: parse a ClickHouse SELECT and rewrite logical table names into real reads.
 
 `parse_one_select` is the shared front door (one SELECT/UNION statement, or a
-UserSQLError); the rewrite itself lives in sql/guard.py, and
-`expand_logical_tables` is the operator (`--as admin`) path through it.
+UserSQLError); the rewrite itself lives in sql/guard.py, which imports this module
+(never the other way round: the admin path is `compile_user_sql(sql, Principal.admin())`).
 Parsing uses sqlglot's ClickHouse dialect; the rewrite is a pass over the
 AST, not text surgery, so a table name inside a string literal or a comment
 is never touched.
@@ -92,15 +92,3 @@ def parse_one_select(sql: str) -> exp.Expression:
         raise UserSQLError(f"only SELECT queries are allowed, not {kind.upper()}")
     return tree
 
-
-def expand_logical_tables(sql: str) -> str:
-    """Rewrite every reference to a logical table into its subquery (operator path).
-
-    Delegates to the tenant guard as the platform admin: no tenant predicate, every
-    field visible, and all the guard's refusals (table functions, system tables,
-    settings, …) still apply. Raises UserSQLError.
-    """
-    from cdrhouse.sql.guard import compile_user_sql  # the guard imports this module
-    from cdrhouse.sql.principal import Principal
-
-    return compile_user_sql(sql, Principal.admin()).sql

@@ -25,7 +25,7 @@ from cdrhouse.sql import functions
 from cdrhouse.sql.guard import CompiledSQL, GuardError, compile_user_sql
 from cdrhouse.sql.limits import FIXED, SETTING_NAMES, explain_limit_error, limits_for
 from cdrhouse.sql.principal import Principal
-from cdrhouse.sql.usersql import UserSQLError, expand_logical_tables
+from cdrhouse.sql.usersql import UserSQLError
 
 # -- principals and the data every ClickHouse test loads -----------------------------------
 
@@ -184,7 +184,10 @@ def test_parameters_are_user_plus_guard() -> None:
         "__guard_tenant": "acme"}
 
 
-def test_admin_cli_path_delegates_to_the_guard() -> None:
+def test_admin_path_is_the_guard_without_a_tenant_predicate() -> None:
+    def expand_logical_tables(sql: str) -> str:
+        return compile_user_sql(sql, WHO["admin"]).sql
+
     sql = "SELECT tenant_id, count() FROM cdrs GROUP BY tenant_id"
     assert expand_logical_tables(sql) == f"SELECT tenant_id, count() FROM {ADMIN_G} AS cdrs " \
                                          "GROUP BY tenant_id"
