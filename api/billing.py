@@ -30,6 +30,7 @@ from cdrhouse.engine import ratecards as rc
 from cdrhouse.engine import recalc as rec
 from cdrhouse.engine.db import Database
 from cdrhouse.engine.pool import DatabasePool
+from cdrhouse.sql.principal import NotPermitted, TenantNeeded
 
 router = APIRouter(prefix="/v1")
 log = logging.getLogger("cdrhouse.billing")
@@ -48,18 +49,13 @@ def balance_json(b: ledger.Balance) -> dict[str, Any]:
 
 
 def _operator_tenant(who: Caller, tenant: str | None) -> str:
-    """The tenant an operator request acts on; 403 for customers and carriers."""
-    p = who.principal
-    if p.role == "admin":
-        if not tenant:
-            raise Problem("invalid-request", "tenant: an admin names the tenant")
-        return tenant
-    if p.role != "tenant":
-        raise Problem("forbidden", f"{who.principal_text}: only tenant operators and admins "
-                                   "may do this")
-    if tenant and tenant != p.tenant:
-        raise Problem("forbidden", f"tenant: this key cannot act on tenant {tenant!r}")
-    return p.tenant or ""
+    """Principal.operator_tenant as problems: 400 without a tenant, 403 when not allowed."""
+    try:
+        return who.principal.operator_tenant(tenant)
+    except TenantNeeded:
+        raise Problem("invalid-request", "tenant: an admin names the tenant") from None
+    except NotPermitted as exc:
+        raise Problem("forbidden", f"tenant: {exc}") from None
 
 
 @router.get("/balances", summary="Account balances (ledger minus usage, as last refreshed)")
@@ -174,7 +170,7 @@ async def _start(request: Request, response: Response, who: Caller,
                  req: rec.RecalcRequest) -> dict:
     def work(db: Database):
         try:
-            job = rec.start(db, req, who.principal_text)
+            job = rec.start(db, req, who.principal)
             rec.claim(db, job)
             return job
         except rec.RecalcBusy as exc:

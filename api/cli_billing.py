@@ -9,6 +9,7 @@ is held by someone else.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import shlex
@@ -26,7 +27,7 @@ from cdrhouse.engine import ledger as led
 from cdrhouse.engine import ratecards as rc
 from cdrhouse.engine import recalc as rec
 from cdrhouse.engine import userdata as ud
-from cdrhouse.sql.principal import PrincipalError, PrincipalRef
+from cdrhouse.sql.principal import Principal, PrincipalError, TenantNeeded
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -82,16 +83,13 @@ def _date(value: Optional[str], option: str) -> Optional[dt.date]:
                                  param_hint=option) from None
 
 
-def _tenant_of(principal: str, tenant: Optional[str]) -> str:
-    ref = PrincipalRef.parse(principal)
-    if ref.role == "admin":
-        if not tenant:
-            raise typer.BadParameter("an admin names the tenant: --tenant T", param_hint="--tenant")
-        return tenant
-    if tenant and tenant != ref.tenant:
-        raise typer.BadParameter(f"{principal} cannot act on tenant {tenant!r}",
-                                 param_hint="--tenant")
-    return ref.tenant or ""
+def _tenant_of(principal: Principal, tenant: Optional[str]) -> str:
+    """Principal.operator_tenant, with the admin's missing --tenant as a usage error."""
+    try:
+        return principal.operator_tenant(tenant)
+    except TenantNeeded:
+        raise typer.BadParameter("an admin names the tenant: --tenant T",
+                                 param_hint="--tenant") from None
 
 
 # -- rates ----------------------------------------------------------------------------
@@ -234,9 +232,13 @@ def _progress_bar() -> Progress:
         "{task.percentage:>3.0f}%"), TimeElapsedColumn(), console=err, transient=True)
 
 
-def _run(ctx: typer.Context, principal: str, req: rec.RecalcRequest | None,
-         resume: str | None = None) -> None:
+def _run(ctx: typer.Context, as_: str, req: rec.RecalcRequest | None,
+         resume: str | None = None, tenant: Optional[str] = None) -> None:
+    """Run `req` (its tenant filled in from --as and --tenant) or resume a job, with a bar."""
     with open_store(ctx) as db, _progress_bar() as bar:
+        principal = acc.resolve_principal(db, as_)
+        if req is not None:
+            req = dataclasses.replace(req, tenant=_tenant_of(principal, tenant))
         task = bar.add_task("starting", total=100)
 
         def progress(fraction: float, phase: str) -> None:
@@ -297,13 +299,14 @@ def _report(job: ud.Job, target: ud.Job | None = None) -> None:
         err.print(f"undo with: cdrhouse recalc undo {job.job_id} --as {job.principal}")
 
 
-def _request(op: str, as_: str, tenant: Optional[str], date_from: Optional[str],
+def _request(op: str, date_from: Optional[str],
              date_to: Optional[str], account: Optional[str], dry_run: bool,
              reasons: Optional[list[str]] = None, call_ids: Optional[list[str]] = None,
              min_duration: Optional[int] = None, new_duration: Optional[int] = None,
              ) -> rec.RecalcRequest:
+    """The request from the options; `_run` fills in the tenant once --as is resolved."""
     return rec.RecalcRequest(
-        tenant=_tenant_of(as_, tenant), op=op, date_from=_date(date_from, "--from"),
+        tenant="", op=op, date_from=_date(date_from, "--from"),
         date_to=_date(date_to, "--to"), account=account,
         release_reasons=tuple(reasons or ()), call_ids=tuple(call_ids or ()),
         min_duration=min_duration, new_duration=new_duration, dry_run=dry_run)
@@ -315,7 +318,8 @@ def recalc_refresh_credit(ctx: typer.Context, as_: As, date_from: From = None, d
                           account: AccountOpt = None, tenant: TenantOpt = None,
                           dry_run: DryRun = False) -> None:
     """1. Recompute balances from the summaries and the ledger."""
-    _run(ctx, as_, _request("refresh-credit", as_, tenant, date_from, date_to, account, dry_run))
+    _run(ctx, as_, _request("refresh-credit", date_from, date_to, account, dry_run),
+         tenant=tenant)
 
 
 @recalc_app.command("refresh-summaries")
@@ -324,8 +328,8 @@ def recalc_refresh_summaries(ctx: typer.Context, as_: As, date_from: From = None
                              date_to: To = None, account: AccountOpt = None,
                              tenant: TenantOpt = None, dry_run: DryRun = False) -> None:
     """2. Rebuild the daily summaries of the range, then refresh credit."""
-    _run(ctx, as_, _request("refresh-summaries", as_, tenant, date_from, date_to, account,
-                            dry_run))
+    _run(ctx, as_, _request("refresh-summaries", date_from, date_to, account, dry_run),
+         tenant=tenant)
 
 
 @recalc_app.command("rerate")
@@ -335,8 +339,8 @@ def recalc_rerate(ctx: typer.Context, as_: As, date_from: From = None, date_to: 
                   release_reason: Reasons = None, call_id: CallIds = None,
                   dry_run: DryRun = False) -> None:
     """3. Re-price calls with the current rate cards, then refresh summaries and credit."""
-    _run(ctx, as_, _request("rerate", as_, tenant, date_from, date_to, account, dry_run,
-                            release_reason, call_id))
+    _run(ctx, as_, _request("rerate", date_from, date_to, account, dry_run,
+                            release_reason, call_id), tenant=tenant)
 
 
 @recalc_app.command("adjust-duration")
@@ -352,8 +356,8 @@ def recalc_adjust_duration(
     dry_run: DryRun = False,
 ) -> None:
     """4. Shorten long calls, then re-rate and refresh summaries and credit."""
-    _run(ctx, as_, _request("adjust-duration", as_, tenant, date_from, date_to, account, dry_run,
-                            release_reason, call_id, min_duration, new_duration))
+    _run(ctx, as_, _request("adjust-duration", date_from, date_to, account, dry_run,
+                            release_reason, call_id, min_duration, new_duration), tenant=tenant)
 
 
 @recalc_app.command("undo")
@@ -362,8 +366,7 @@ def recalc_undo(ctx: typer.Context,
                 job_id: Annotated[str, typer.Argument(help="The job to undo.")], as_: As,
                 tenant: TenantOpt = None) -> None:
     """Restore the calls, summaries and balances a re-rate or adjust job changed."""
-    _run(ctx, as_, rec.RecalcRequest(tenant=_tenant_of(as_, tenant), op="undo",
-                                     target_job=job_id))
+    _run(ctx, as_, rec.RecalcRequest(tenant="", op="undo", target_job=job_id), tenant=tenant)
 
 
 @recalc_app.command("resume")

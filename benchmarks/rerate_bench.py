@@ -36,9 +36,10 @@ from cdrhouse.engine import generate, recalc, summary
 from cdrhouse.engine import ratecards as rc
 from cdrhouse.engine.db import Database, StoreConfig
 from cdrhouse.engine.migrate import migrate
+from cdrhouse.sql.principal import Principal
 
 END = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
-OP = "tenant:acme"
+OP = Principal.operator("acme")
 
 
 def _timed_run(db: Database, req: recalc.RecalcRequest) -> tuple[dict, float, dict]:

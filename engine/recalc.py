@@ -63,6 +63,7 @@ from cdrhouse.engine import userdata as ud
 from cdrhouse.engine.db import Database
 from cdrhouse.engine.rating import RATED_COLUMNS, rated_select
 from cdrhouse.sql import catalogue
+from cdrhouse.sql.principal import Principal, PrincipalError
 
 KIND = "recalc"
 OPS: tuple[str, ...] = ("refresh-credit", "refresh-summaries", "rerate", "adjust-duration")
@@ -420,14 +421,20 @@ def _acquire(db: Database, job: ud.Job, first: dt.date, last: dt.date) -> ud.Job
     return job
 
 
-def start(db: Database, req: RecalcRequest, principal: str) -> ud.Job:
+def _check_principal(principal: Principal, tenant: str) -> None:
+    """Only an admin or the tenant's own operator recalculates it (Principal.operator_tenant)."""
+    try:
+        principal.operator_tenant(tenant)
+    except PrincipalError as exc:
+        raise RecalcError(str(exc)) from None
+
+
+def start(db: Database, req: RecalcRequest, principal: Principal) -> ud.Job:
     """Validate `req` and create its job (queued); resume instead when it is an interrupted rerun.
 
     Runs nothing: call `execute` (the CLI runs it at once, the API in a worker thread).
     """
-    ref_tenant = _principal_tenant(principal)
-    if ref_tenant is not None and ref_tenant != req.tenant:
-        raise RecalcError(f"{principal} cannot recalculate tenant {req.tenant!r}")
+    _check_principal(principal, req.tenant)
     if req.op == "undo":
         target, first, last = _check_undo(db, req)
         req = RecalcRequest(req.tenant, "undo", first, last, target_job=target.job_id)
@@ -439,7 +446,8 @@ def start(db: Database, req: RecalcRequest, principal: str) -> ud.Job:
         if resumed is not None:
             return resumed
     params = {**req.params(), "version": time.time_ns()}
-    job = ud.create_job(db, kind=KIND, principal=principal, params=params, tenant=req.tenant)
+    job = ud.create_job(db, kind=KIND, principal=str(principal), params=params,
+                        tenant=req.tenant)
     return ud.update_job(db, job.job_id, result={"phase": "stage", "first": p.first.isoformat(),
                                                  "last": p.last.isoformat()})
 
@@ -455,16 +463,6 @@ def claim(db: Database, job: ud.Job) -> ud.Job:
         return job
     first, last = _range_of(job)
     return _acquire(db, job, first, last)
-
-
-def _principal_tenant(principal: str) -> str | None:
-    from cdrhouse.sql.principal import PrincipalRef
-    ref = PrincipalRef.parse(principal)
-    if ref.role == "admin":
-        return None
-    if ref.role != "tenant":
-        raise RecalcError(f"{principal}: only tenant operators and admins may run recalc jobs")
-    return ref.tenant
 
 
 def execute(db: Database, job_id: str, progress: Progress | None = None) -> ud.Job:
@@ -686,20 +684,20 @@ def undo_state(db: Database, job: ud.Job) -> str | None:
     return None
 
 
-def run(db: Database, req: RecalcRequest, principal: str,
+def run(db: Database, req: RecalcRequest, principal: Principal,
         progress: Progress | None = None) -> ud.Job:
     """`start` then `execute`: what the CLI does."""
     job = start(db, req, principal)
     return execute(db, job.job_id, progress)
 
 
-def resume(db: Database, job_id: str, principal: str, progress: Progress | None = None) -> ud.Job:
+def resume(db: Database, job_id: str, principal: Principal,
+           progress: Progress | None = None) -> ud.Job:
     """Finish an interrupted job (its process died or it stopped on an error)."""
     job = ud.get_job(db, job_id)
-    if job is None or job.kind != KIND:
+    if job is None or job.kind != KIND or not ud.job_visible_to(job, str(principal)):
         raise RecalcError(f"no recalc job {job_id!r}")
-    if not ud.job_visible_to(job, principal):
-        raise RecalcError(f"no recalc job {job_id!r}")
+    _check_principal(principal, job.tenant_id)
     if job.state in ud.FINISHED:
         raise RecalcError(f"job {job_id} is already {job.state}: nothing to resume")
     if job.state == "running" and _alive(job.result):

@@ -36,6 +36,14 @@ class PrincipalError(UserError):
     """The principal text is not one of the accepted forms."""
 
 
+class TenantNeeded(PrincipalError):
+    """An admin acting on one tenant's data did not name the tenant."""
+
+
+class NotPermitted(PrincipalError):
+    """The principal may not act on the tenant asked for (or on any: not an operator)."""
+
+
 @dataclass(frozen=True)
 class PrincipalRef:
     """A principal as written (`tenant:acme/customer:C001`), before account resolution."""
@@ -105,6 +113,25 @@ class Principal:
 
     def __str__(self) -> str:
         return self.label or self.role
+
+    def operator_tenant(self, asked: str | None = None) -> str:
+        """The one tenant an operator's action (recalc, rate import, …) applies to.
+
+        The single copy of the rule the CLI, the API and engine.recalc all use:
+        an admin must name the tenant (`asked`); a tenant operator acts on its own
+        tenant and may name it, but no other; customers and carriers do not
+        operate. Raises TenantNeeded or NotPermitted (both PrincipalErrors), which
+        the edges turn into their own 400/403 or exit code.
+        """
+        if self.role == "admin":
+            if not asked:
+                raise TenantNeeded("an admin names the tenant")
+            return asked
+        if self.role != "tenant":
+            raise NotPermitted(f"{self}: only tenant operators and admins may do this")
+        if asked and asked != self.tenant:
+            raise NotPermitted(f"{self} cannot act on tenant {asked!r}")
+        return self.tenant or ""
 
     def guard(self, account_columns: dict[str, str] | None = None) -> tuple[str | None, dict]:
         """The predicate (and its bound parameters) limiting rows to this principal.

@@ -15,6 +15,7 @@ from cdrhouse.api.service import ServiceConfig
 from cdrhouse.engine import keys, ledger, recalc
 from cdrhouse.engine.db import Database, StoreConfig
 from cdrhouse.engine.migrate import migrate
+from cdrhouse.sql.principal import Principal
 
 PRINCIPALS = {"op": "tenant:acme", "c1": "tenant:acme/customer:C1",
               "k1": "tenant:acme/carrier:K1", "admin": "admin", "gop": "tenant:globex"}
@@ -95,7 +96,7 @@ def test_bad_recalc_requests(env, body: dict, message: str) -> None:
 
 def test_overlapping_recalc_is_a_conflict(env) -> None:
     db = env[2]
-    holder = recalc.start(db, req(), "tenant:acme")
+    holder = recalc.start(db, req(), Principal.operator("acme"))
     recalc.claim(db, holder)
     r = call(env, "op", "POST", "/v1/recalc", json={"op": "rerate", "from": "2026-03-30",
                                                       "to": "2026-04-02"})
@@ -134,7 +135,7 @@ def test_rates_for_operators(env) -> None:
 
 def test_resume_over_http(env) -> None:
     db = env[2]
-    job = recalc.start(db, req(), "tenant:acme")
+    job = recalc.start(db, req(), Principal.operator("acme"))
     recalc.claim(db, job)
     r = call(env, "op", "POST", f"/v1/recalc/{job.job_id}/resume")
     assert r.status_code == 409, r.text                      # its process (this one) is alive

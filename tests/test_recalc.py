@@ -21,9 +21,10 @@ from cdrhouse.engine.db import Database
 from cdrhouse.engine.ingest import IngestOptions, Ingestor
 from cdrhouse.engine.rating import RATED_COLUMNS
 from cdrhouse.engine.recalc import RecalcBusy, RecalcError, RecalcRequest, RecalcStopped
+from cdrhouse.sql.principal import Principal
 
 D = Decimal
-OP = "tenant:acme"
+OP = Principal.operator("acme")
 MARCH = (dt.date(2026, 3, 1), dt.date(2026, 3, 31))
 HEADER = "prefix,rate_per_min,connect_fee,increment,min_duration,effective_from,currency\n"
 CARDS = {
@@ -324,10 +325,14 @@ def test_bad_requests_are_refused(one: Database, kw: dict, message: str) -> None
 
 @pytest.mark.parametrize("principal", ["tenant:acme/customer:C1", "tenant:acme/carrier:K1"])
 def test_only_operators_and_admins_recalc(one: Database, principal: str) -> None:
+    before = snapshot(one)
     with pytest.raises(RecalcError, match="only tenant operators and admins"):
-        recalc.run(one, req(), principal)
-    with pytest.raises(RecalcError, match="cannot recalculate tenant 'acme'"):
-        recalc.run(one, req(), "tenant:globex")
+        recalc.run(one, req(), acc.resolve_principal(one, principal))
+    with pytest.raises(RecalcError, match="cannot act on tenant 'acme'"):
+        recalc.run(one, req(), Principal.operator("globex"))
+    with pytest.raises(RecalcError, match="an admin names the tenant"):
+        recalc.run(one, RecalcRequest("", "rerate", *MARCH), Principal.admin())
+    assert snapshot(one) == before
 
 
 @pytest.mark.parametrize("state, refused", [("verified", True), ("archived", True),
