@@ -35,7 +35,7 @@ from cdrhouse.sql.limits import limits_for
 from cdrhouse.sql.viewer import ViewRequest
 from cdrhouse.tiering import layout
 from cdrhouse.tiering.layout import Manifest
-from cdrhouse.tiering.policy import parse_month
+from cdrhouse.sql.months import bounds, parse_month
 from cdrhouse.tiering.reader import WarmReader
 from cdrhouse.tiering.store import LocalStore
 from cdrhouse.tiering.warm import WarmMonth, warm_months
@@ -165,8 +165,7 @@ def _file_response(request: Request, manifest: Manifest, n: int):
 
 
 def _bounds(month: int) -> tuple[str, str]:
-    start = dt.date(month // 100, month % 100, 1)
-    end = (start + dt.timedelta(days=32)).replace(day=1)
+    start, end = bounds(month)
     return start.isoformat(), end.isoformat()
 
 

@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -44,6 +45,7 @@ from cdrhouse.sql.principal import Principal
 from cdrhouse.sql.viewer import ViewRequest
 from cdrhouse.tiering import verify, warm
 from cdrhouse.tiering.archive import Tiering
+from cdrhouse.sql.months import bounds, utc_bounds
 from cdrhouse.tiering.policy import Policy, add_months, month_of
 from cdrhouse.tiering.reader import WarmReader
 from cdrhouse.tiering.store import LocalStore, ObjectStore, S3Store
@@ -54,7 +56,7 @@ RESULTS = Path(__file__).parent / "results"
 def _dataset(rows: int) -> tuple[generate.GenSpec, list[int], dt.date]:
     today = dt.datetime.now(dt.UTC).date()
     first = add_months(month_of(today), -6)
-    start = dt.datetime(first // 100, first % 100, 1, tzinfo=dt.UTC)
+    start = utc_bounds(first)[0]
     spec = generate.GenSpec(rows=rows, months=6, seed=11,
                             end=start + dt.timedelta(days=round(30.44 * 6)))
     return spec, [add_months(first, i) for i in range(3)], today
@@ -122,8 +124,7 @@ def warm_queries(db: Database, month: int, rounds: int, reader: WarmReader | Non
     acme = Principal.operator("acme")
     customer_id = acc.find(db, "acme", "customer", "C001").account_id
     customer = Principal.customer("acme", customer_id)
-    start = dt.date(month // 100, month % 100, 1)
-    end = (start + dt.timedelta(days=32)).replace(day=1)
+    start, end = bounds(month)
     window = dict(range="custom", date_from=start.isoformat(), date_to=end.isoformat())
     cases = {
         "viewer page (customer, 100 newest)": (customer, ViewRequest(limit=100, **window)),
@@ -200,7 +201,9 @@ def main() -> None:
         result["restore"] = {"seconds": restore_s, "rows": rows, "rows_per_s": rows / restore_s}
 
         if args.s3:
-            from tests.s3servers import MotoServer, s3_client  # the tests' loopback server
+            # the tests' loopback server (its helpers import each other as the tests do)
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+            from s3servers import MotoServer, s3_client
             server = MotoServer().start()
             try:
                 s3_client(server.endpoint).create_bucket(Bucket="bench")

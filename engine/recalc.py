@@ -63,6 +63,7 @@ from cdrhouse.engine import userdata as ud
 from cdrhouse.engine.db import Database
 from cdrhouse.engine.rating import RATED_COLUMNS, rated_select
 from cdrhouse.sql import catalogue
+from cdrhouse.sql.months import months_between
 from cdrhouse.sql.principal import Principal, PrincipalError
 
 KIND = "recalc"
@@ -145,17 +146,9 @@ class _Plan:
 
 # -- validation ---------------------------------------------------------------------
 
-def _months(first: dt.date, last: dt.date) -> list[int]:
-    out, y, m = [], first.year, first.month
-    while (y, m) <= (last.year, last.month):
-        out.append(y * 100 + m)
-        y, m = (y + 1, 1) if m == 12 else (y, m + 1)
-    return out
-
-
 def check_not_archived(db: Database, tenant: str, first: dt.date, last: dt.date) -> None:
     """Refuse a range touching a month that sits in the archive (verified or archived)."""
-    months = _months(first, last)
+    months = months_between(first, last)
     found = db.rows(
         "SELECT month, state FROM warm_months FINAL WHERE tenant_id = {t:String} "
         "AND month IN {m:Array(UInt32)} AND state IN ('verified', 'archived') ORDER BY month",

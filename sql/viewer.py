@@ -64,6 +64,7 @@ from cdrhouse.sql.builder import (
     day_start, format_instant, param_type, parse_instant, zone,
 )
 from cdrhouse.sql.catalogue import Field
+from cdrhouse.sql.months import shift_first_day
 from cdrhouse.sql.principal import Principal
 
 DEFAULT_LIMIT = 100
@@ -202,15 +203,10 @@ def preset_range(name: str, now: datetime, tz: str) -> tuple[datetime, datetime]
         return days(monday, monday + timedelta(days=7))
     first = today.replace(day=1)
     if name == "this_month":
-        return days(first, _next_month(first))
+        return days(first, shift_first_day(first, 1))
     if name == "last_month":
-        return days(_next_month(first, -1), first)
+        return days(shift_first_day(first, -1), first)
     raise ViewerError(f"range: unknown preset {name!r}; use one of: {', '.join(RANGES)}")
-
-
-def _next_month(first: date, step: int = 1) -> date:
-    month = first.month - 1 + step
-    return date(first.year + month // 12, month % 12 + 1, 1)
 
 
 def resolve_range(request: ViewRequest, now: datetime) -> tuple[datetime | None, datetime | None]:

@@ -45,6 +45,7 @@ from cdrhouse.sql.schema import migrations
 from cdrhouse.tiering import layout, verify, warm
 from cdrhouse.tiering.layout import FileEntry, Manifest
 from cdrhouse.tiering.lock import run_lock
+from cdrhouse.sql.months import first_day, last_day
 from cdrhouse.tiering.policy import Policy, first_hot_month, is_eligible
 from cdrhouse.tiering.store import ArchiveError, ObjectStore, sql_string
 from cdrhouse.tiering.verify import Fingerprint
@@ -531,9 +532,7 @@ class Tiering:
                                "rerun the restore")
         # the summary kept the month while it was archived, and the restored rows were
         # just counted again: rebuild its days from the (now complete) hot table
-        first = dt.date(month // 100, month % 100, 1)
-        summary.rebuild_range(self.db, tenant, first,
-                              (first + dt.timedelta(days=32)).replace(day=1) - dt.timedelta(days=1))
+        summary.rebuild_range(self.db, tenant, first_day(month), last_day(month))
         warm.record(self.db, manifest, "restored")
         return tenant, manifest.rows, "restored"
 

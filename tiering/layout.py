@@ -22,6 +22,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from cdrhouse.sql import months
+
 ROOT = "cdrs"
 INDEX_KEY = f"{ROOT}/_index.json"
 LOCK_KEY = "_lock.json"
@@ -63,7 +65,7 @@ def parse_month_key(key: str) -> tuple[str, int] | None:
 
 
 def month_label(month: int) -> str:
-    return f"{month // 100:04d}-{month % 100:02d}"
+    return months.label(month)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,12 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+# the month arithmetic lives in sql/months.py; these names stay importable from here
+from cdrhouse.sql.months import add_months, month_of, parse_month
+
+__all__ = ["DEFAULT_KEEP_MONTHS", "Policy", "add_months", "first_hot_month", "is_eligible",
+           "month_of", "parse_month"]
+
 DEFAULT_KEEP_MONTHS = 3
 
 
@@ -29,15 +35,6 @@ class Policy:
             raise ValueError("max_part_rows and row_group_rows must be positive")
 
 
-def month_of(day: dt.date) -> int:
-    return day.year * 100 + day.month
-
-
-def add_months(month: int, n: int) -> int:
-    index = (month // 100) * 12 + (month % 100 - 1) + n
-    return (index // 12) * 100 + index % 12 + 1
-
-
 def first_hot_month(today: dt.date, keep_months: int) -> int:
     """The oldest month that must stay hot."""
     return add_months(month_of(today), -keep_months)
@@ -46,10 +43,3 @@ def first_hot_month(today: dt.date, keep_months: int) -> int:
 def is_eligible(month: int, today: dt.date, keep_months: int) -> bool:
     return month < first_hot_month(today, keep_months)
 
-
-def parse_month(text: str) -> int:
-    """'YYYYMM' or 'YYYY-MM' → YYYYMM, with a message naming the problem."""
-    raw = text.replace("-", "").strip()
-    if len(raw) != 6 or not raw.isdigit() or not 1 <= int(raw[4:]) <= 12:
-        raise ValueError(f"month {text!r}: write it as YYYYMM, e.g. 202607")
-    return int(raw)

@@ -19,7 +19,7 @@ from cdrhouse.engine.db import Database
 from cdrhouse.sql import catalogue
 from cdrhouse.tiering import layout, warm
 from cdrhouse.tiering.layout import Manifest
-from cdrhouse.tiering.policy import add_months
+from cdrhouse.sql.months import utc_bounds
 from cdrhouse.tiering.store import ObjectStore, sql_string
 
 
@@ -34,14 +34,8 @@ class WarmSources:
         return sorted({layout.month_label(m) for _, m in self.months})
 
 
-def _month_bounds(month: int) -> tuple[dt.datetime, dt.datetime]:
-    start = dt.datetime(month // 100, month % 100, 1, tzinfo=dt.UTC)
-    nxt = add_months(month, 1)
-    return start, dt.datetime(nxt // 100, nxt % 100, 1, tzinfo=dt.UTC)
-
-
 def overlaps(month: int, start: dt.datetime | None, end: dt.datetime | None) -> bool:
-    lo, hi = _month_bounds(month)
+    lo, hi = utc_bounds(month)
     return (end is None or lo < end) and (start is None or hi > start)
 
 
