@@ -18,7 +18,6 @@ import datetime as dt
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from benchmarks import dataset
 from cdrhouse.engine import generate, keys
 from cdrhouse.engine.db import Database, StoreConfig
 from cdrhouse.engine.migrate import migrate
+from tests.ports import free_port
 
 END = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
 
@@ -47,12 +47,6 @@ def build_store(data_dir: Path, rows: int) -> dict[str, str]:
                "customers": [keys.create_key(db, c, "load test")[1] for c in customers]}
     db.close()
     return secrets
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def scenario_request(name: str, i: int) -> tuple[str, str, dict | None]:
@@ -120,7 +114,7 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory(prefix="cdrhouse-load-")
     data_dir = args.data_dir or Path(tmp.name)
     secrets = build_store(data_dir, args.rows)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "CDRHOUSE_DATA_DIR": str(data_dir)}
     env.pop("CDRHOUSE_CLICKHOUSE", None)
     # the server's access log goes to a file: an unread pipe would fill up and

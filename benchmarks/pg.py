@@ -17,10 +17,10 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
+from tests.ports import free_port
 
 #: Settings a DBA would give a 2-core, 24 GB analytics box (the rest are defaults).
 #: jit is off: it adds tens of milliseconds to short queries and little to these.
@@ -51,16 +51,10 @@ def find_bin(version: str = "15") -> Path:
                        "apt-get install postgresql-15, or leave postgres out with --engines")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class PostgresServer:
     def __init__(self, version: str = "15") -> None:
         self.bin = find_bin(version)
-        self.port = _free_port()
+        self.port = free_port()
         self.base = Path(tempfile.mkdtemp(prefix="cdrhouse-pg-"))
         self.data = self.base / "data"
         self.user = "postgres" if os.geteuid() == 0 else None

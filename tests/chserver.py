@@ -10,13 +10,14 @@ a read from a FIFO and ended by writing to it. It runs in its own subprocess
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from ports import free_port
 
 _SERVE = r"""
 import sys
@@ -27,19 +28,13 @@ chdb.query("SYSTEM START LISTEN HTTP; SELECT * FROM file('" + fifo + "', 'LineAs
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class ClickHouseHTTPServer:
     """Start with `start()`, stop with `stop()`; `dsn` is the clickhouse-connect DSN."""
 
     def __init__(self, workdir: Path | None = None) -> None:
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="cdrhouse-chhttp-")
         self.workdir = Path(workdir or self._tmp.name)
-        self.port = _free_port()
+        self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.fifo = self.workdir / "stop.fifo"
 

@@ -16,12 +16,7 @@ import time
 from pathlib import Path
 
 import boto3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ports import free_port
 
 
 def s3_client(endpoint: str, access_key: str = "test", secret_key: str = "test"):
@@ -32,7 +27,7 @@ def s3_client(endpoint: str, access_key: str = "test", secret_key: str = "test")
 class MotoServer:
     def __init__(self) -> None:
         from moto.server import ThreadedMotoServer
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(),
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(),
                                           verbose=False)
         self.endpoint = ""
 
@@ -59,7 +54,7 @@ class RcloneS3Server:
     def __init__(self, root: Path, access_key: str = "cdrhouse", secret_key: str = "s3cret") -> None:
         self.root = root
         self.access_key, self.secret_key = access_key, secret_key
-        self.port = _free_port()
+        self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._proc: subprocess.Popen | None = None
         self._log = root.parent / f"rclone-{self.port}.log"

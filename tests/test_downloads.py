@@ -36,6 +36,7 @@ from cdrhouse.engine.db import Database, StoreConfig
 from cdrhouse.engine.migrate import migrate
 from cdrhouse.sql.principal import Principal
 from cdrhouse.sql.viewer import ViewRequest
+from ports import free_port
 
 ROWS = [
     # tenant, call_id, customer, carrier, start, answer, billsec, charge, cost, sip_reason
@@ -68,12 +69,6 @@ ENDLESS = "SELECT a.call_id, b.call_id FROM cdrs AS a, cdrs AS b"
 
 # -- a real server ----------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class Served:
     """An app with its own database, served by uvicorn on 127.0.0.1 in a thread of this process."""
@@ -88,7 +83,7 @@ class Served:
     def start(self) -> Served:
         self.app = create_app(ServiceConfig(store=self.store, pool_size=2,
                                             auth_failures_per_minute=1000))
-        port = _free_port()
+        port = free_port()
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=port,
                                                     log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
