@@ -18,7 +18,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cdrhouse.api.render import FORMATS, render
+from cdrhouse.api.cli_common import check_format
+from cdrhouse.api.render import render
 from cdrhouse.backup import jobs, ops
 from cdrhouse.backup.location import (DEFAULT_FULL_EVERY_DAYS, DEFAULT_KEEP_FULLS, BackupConfig,
                                       BackupError, Location, open_location)
@@ -184,8 +185,7 @@ def list_(
     fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")] = "table",
 ) -> None:
     """Every backup in the location: kind, base, time, size, rows, verification."""
-    if fmt not in FORMATS:
-        raise typer.BadParameter(f"choose one of {', '.join(FORMATS)}", param_hint="--format")
+    check_format(fmt)
     location, _ = _location(ctx)
     found = ops.listing(location)
     rows = []
@@ -341,3 +341,7 @@ def backup_schedule_options(cron: str, url: str | None, s3_endpoint: str | None
         return text, BackupConfig.from_env(url, s3_endpoint)
     except BackupError as exc:
         raise typer.BadParameter(str(exc), param_hint="--backup") from None
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(backup_app, name="backup")

@@ -1,10 +1,9 @@
 """Billing commands: `cdrhouse rates …`, `ledger …`, `balance`, `recalc …`, `jobs`.
 
-Kept apart from api/cli.py (registered there by `register(app)`) so billing
-grows without touching the core commands. Errors become messages and exit
-codes here, with the same meaning as in api/cli.py: 1 the work failed,
-2 bad input or a refused request, 3 the store (or the tenant's recalc lock)
-is held by someone else.
+Registered by api/cli.py (`register(app)`), like every command module. Errors
+become messages and exit codes here, with the meaning of api/cli_common.py:
+1 the work failed, 2 bad input or a refused request, 3 the store (or the
+tenant's recalc lock) is held by someone else.
 """
 
 from __future__ import annotations
@@ -18,10 +17,10 @@ from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cdrhouse.api.render import FORMATS, render
+from cdrhouse.api.cli_common import check_format, err, open_store
+from cdrhouse.api.render import render
 from cdrhouse.engine import accounts as acc
 from cdrhouse.engine import ledger as led
 from cdrhouse.engine import ratecards as rc
@@ -31,19 +30,6 @@ from cdrhouse.sql.principal import Principal, PrincipalError, TenantNeeded
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-err = Console(stderr=True, soft_wrap=True)
-#: api.cli.open_store, handed over by `register` (importing api.cli here would be circular)
-_open_store: Callable[[typer.Context], Any] | None = None
-
-
-def open_store(ctx: typer.Context) -> Any:
-    assert _open_store is not None, "register(app, open_store) first"
-    return _open_store(ctx)
-
-
-def _check_format(fmt: str) -> None:
-    if fmt not in FORMATS:
-        raise typer.BadParameter(f"choose one of {', '.join(FORMATS)}", param_hint="--format")
 
 rates_app = typer.Typer(help="Rate cards: what customers are charged and carriers paid.",
                         no_args_is_help=True)
@@ -144,7 +130,7 @@ def rates_unrated(
     fmt: Fmt = "table",
 ) -> None:
     """Calls that could not be priced, by reason, account and destination: what cards lack."""
-    _check_format(fmt)
+    check_format(fmt)
     first, last = _date(date_from, "--from"), _date(date_to, "--to")
     assert first is not None and last is not None
     with open_store(ctx) as db:
@@ -181,7 +167,7 @@ def ledger_list(ctx: typer.Context, tenant: Tenant,
                 account: Annotated[Optional[str], typer.Option("--account")] = None,
                 kind: Kind = None, fmt: Fmt = "table") -> None:
     """List ledger entries, oldest first."""
-    _check_format(fmt)
+    check_format(fmt)
     with open_store(ctx) as db:
         a = rc.resolve_account(db, tenant, account, kind) if account else None
         rows = led.entries(db, tenant, a)
@@ -199,7 +185,7 @@ def balance(
     kind: Kind = None, fmt: Fmt = "table",
 ) -> None:
     """Account balances: ledger (payments, credits) minus usage, as of the last refresh."""
-    _check_format(fmt)
+    check_format(fmt)
     with open_store(ctx) as db:
         a = rc.resolve_account(db, tenant, account, kind) if (account and tenant) else None
         if account and not tenant:
@@ -389,7 +375,7 @@ def jobs(
     fmt: Fmt = "table",
 ) -> None:
     """Long-running jobs (recalc, tiering …), newest first."""
-    _check_format(fmt)
+    check_format(fmt)
     scope = ud.job_scope(as_)
     with open_store(ctx) as db:
         found = ud.list_jobs(db, tenant=scope.get("tenant"), principal=scope.get("principal"),
@@ -407,10 +393,8 @@ def jobs(
             "created", "error"], rows, fmt)
 
 
-def register(app: typer.Typer, store: Callable[[typer.Context], Any]) -> None:
-    """Add the billing commands to the `cdrhouse` app; `store` is api.cli.open_store."""
-    global _open_store
-    _open_store = store
+def register(app: typer.Typer) -> None:
+    """Add the billing commands to the `cdrhouse` app."""
     app.add_typer(rates_app, name="rates")
     app.add_typer(ledger_app, name="ledger")
     app.add_typer(recalc_app, name="recalc")

@@ -192,3 +192,7 @@ def restore(
 
 def _today() -> dt.date:
     return dt.datetime.now(dt.UTC).date()
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(tier_app, name="tier")

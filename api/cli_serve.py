@@ -1,0 +1,119 @@
+"""`cdrhouse serve`: the HTTP API (and the scheduled jobs) on the configured store."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from cdrhouse.api.cli_backup import backup_schedule_options
+from cdrhouse.api.cli_common import err
+from cdrhouse.backup.location import open_location
+from cdrhouse.backup.schedule import DEFAULT_CRON as BACKUP_CRON
+from cdrhouse.engine.db import Database, StoreConfig
+from cdrhouse.sql.recordings import RecordingPolicy
+from cdrhouse.tiering.policy import DEFAULT_KEEP_MONTHS
+from cdrhouse.tiering.schedule import DEFAULT_CRON, parse_cron
+from cdrhouse.tiering.store import (DEFAULT_PRESIGN_EXPIRY, MAX_PRESIGN_EXPIRY, ArchiveConfig,
+                                    open_archive)
+
+
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8000,
+    pool: Annotated[int, typer.Option("--pool", help="ClickHouse clients (parallel queries).")] = 4,
+    per_tenant: Annotated[Optional[int], typer.Option(
+        "--per-tenant", envvar="CDRHOUSE_PER_TENANT", min=1,
+        help="Queries one tenant may run at once (default: one less than --pool, so "
+             "another tenant always finds a client).")] = None,
+    archive_url: Annotated[Optional[str], typer.Option(
+        "--archive", envvar="CDRHOUSE_ARCHIVE",
+        help="Warm archive: a directory, file://… or s3://bucket/prefix (default "
+             "<data-dir>/warm).")] = None,
+    s3_endpoint: Annotated[Optional[str], typer.Option(
+        "--s3-endpoint", envvar="CDRHOUSE_S3_ENDPOINT", help="S3-compatible endpoint.")] = None,
+    s3_region: Annotated[Optional[str], typer.Option(
+        "--s3-region", envvar=["CDRHOUSE_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"],
+        help="The buckets' region, signed into requests and presigned URLs (SigV4); "
+             "default us-east-1.")] = None,
+    presign_expiry: Annotated[int, typer.Option(
+        "--presign-expiry", envvar="CDRHOUSE_PRESIGN_EXPIRY", min=1, max=MAX_PRESIGN_EXPIRY,
+        help="Seconds a presigned S3 URL (archive files, s3:// recordings) stays valid.")]
+    = DEFAULT_PRESIGN_EXPIRY,
+    recording_hosts: Annotated[Optional[str], typer.Option(
+        "--recording-hosts", envvar="CDRHOUSE_RECORDING_HOSTS",
+        help="Comma-separated hosts recordings may redirect to (exact, or *.domain), and "
+             "s3://bucket[/prefix] entries whose objects are presigned. Default: any public "
+             "http(s) host, no s3://.")] = None,
+    tier_cron: Annotated[str, typer.Option(
+        "--tier-schedule", envvar="CDRHOUSE_TIER_SCHEDULE",
+        help="When the tiering job runs (crontab, UTC); 'off' to never run it here.")]
+    = DEFAULT_CRON,
+    keep_months: Annotated[int, typer.Option(
+        "--keep-months", envvar="CDRHOUSE_KEEP_MONTHS", min=1,
+        help="Full months that stay hot.")] = DEFAULT_KEEP_MONTHS,
+    backup_url: Annotated[Optional[str], typer.Option(
+        "--backup", envvar="CDRHOUSE_BACKUP",
+        help="Where backups go (see `cdrhouse backup --help`).")] = None,
+    backup_cron: Annotated[str, typer.Option(
+        "--backup-schedule", envvar="CDRHOUSE_BACKUP_SCHEDULE",
+        help="When the backup (then its verification) runs (crontab, UTC); 'off' to "
+             "never run it here.")] = BACKUP_CRON,
+    forwarded_allow_ips: Annotated[Optional[str], typer.Option(
+        "--forwarded-allow-ips", envvar="CDRHOUSE_FORWARDED_ALLOW_IPS",
+        help="Reverse proxies whose X-Forwarded-For/-Proto are believed: addresses or "
+             "networks, comma-separated, or '*'. Default: none (the TCP peer is the client).")]
+    = None,
+) -> None:
+    """Run the HTTP API on the configured store (embedded by default), and the tiering
+    and backup jobs on their schedules."""
+    import logging
+
+    import uvicorn
+
+    from cdrhouse.api.app import create_app
+    from cdrhouse.api.forwarded import TrustedProxies
+    from cdrhouse.api.service import ServiceConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    config: StoreConfig = ctx.obj
+    cron = None if tier_cron.strip().lower() in ("off", "none", "") else tier_cron
+    if cron:
+        try:
+            parse_cron(cron)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--tier-schedule") from None
+    archive_config = ArchiveConfig.from_env(archive_url, s3_endpoint, s3_region, presign_expiry)
+    try:
+        recordings = RecordingPolicy.parse(recording_hosts)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--recording-hosts") from None
+    bcron, backup_config = backup_schedule_options(backup_cron, backup_url, s3_endpoint)
+    proxies = tuple(p.strip() for p in (forwarded_allow_ips or "").split(",") if p.strip())
+    try:
+        TrustedProxies(proxies)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--forwarded-allow-ips") from None
+    Database(config).close()     # fail fast, with the plain message, if the store is held
+    err.print(f"serving {config.dsn if not config.embedded else config.data_dir / 'clickhouse'} "
+              f"on http://{host}:{port} (docs at /docs)")
+    err.print(f"tiering: {'runs on ' + repr(cron) + ' (UTC)' if cron else 'not scheduled'}, "
+              f"keeps {keep_months} full months hot, archive "
+              f"{open_archive(archive_config, config.data_dir).location}")
+    err.print(f"backups: {'run on ' + repr(bcron) + ' (UTC), then verified' if bcron else 'not scheduled'}"
+              f", to {open_location(backup_config, archive_config, config.data_dir).location}")
+    err.print(f"forwarded headers: {'believed from ' + ', '.join(proxies) if proxies else 'ignored'}")
+    # uvicorn's own proxy handling is off (it trusts 127.0.0.1 by default and drops the
+    # real peer): api/forwarded.py applies --forwarded-allow-ips and logs both addresses
+    uvicorn.run(create_app(ServiceConfig(store=config, pool_size=pool, per_tenant=per_tenant,
+                                         archive=archive_config,
+                                         tier_cron=cron, keep_months=keep_months,
+                                         recordings=recordings, backup=backup_config,
+                                         backup_cron=bcron, forwarded_allow_ips=proxies)),
+                host=host, port=port, log_level="warning", access_log=False,
+                proxy_headers=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
