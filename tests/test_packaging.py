@@ -104,3 +104,10 @@ def test_wheel_installs_and_runs_outside_the_repository(wheel: Path, tmp_path: P
     assert Path(out[0]).is_relative_to(env_dir), out[0]  # the installed copy, not the checkout
     assert out[1].endswith(".sql")
     assert out[2] == "[]"  # no generic top-level names installed
+
+
+def test_no_module_of_the_package_can_kill_the_process() -> None:
+    """Crash hooks are test code (tests/crashing_cli.py); the package never calls os._exit."""
+    offenders = [str(py.relative_to(REPO)) for top in MAPPED for py in (REPO / top).rglob("*.py")
+                 if "os._exit" in py.read_text(encoding="utf-8")]
+    assert offenders == []

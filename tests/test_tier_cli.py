@@ -23,9 +23,12 @@ from cdrhouse.tiering import layout, warm
 from cdrhouse.tiering.store import ArchiveConfig, S3Store, open_archive
 
 
-def cdrhouse(env: dict, *args: str) -> subprocess.CompletedProcess:
+def cdrhouse(env: dict, *args: str, crash_at: str | None = None) -> subprocess.CompletedProcess:
+    """The CLI in a subprocess; `crash_at`: through tests/crashing_cli.py, dying after that step."""
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("CDRHOUSE_")}
-    return subprocess.run([sys.executable, "-m", "cdrhouse.api.cli", *args], capture_output=True,
+    entry = ["-m", "cdrhouse.api.cli"] if crash_at is None else [
+        str(Path(__file__).with_name("crashing_cli.py")), crash_at]
+    return subprocess.run([sys.executable, *entry, *args], capture_output=True,
                           text=True, env={**inherited, "COLUMNS": "200", **env}, timeout=300)
 
 
@@ -51,11 +54,13 @@ def test_a_killed_run_converges_on_rerun(served: Database, moto_endpoint: str, t
            "CDRHOUSE_S3_ENDPOINT": moto_endpoint, "AWS_ACCESS_KEY_ID": "test",
            "AWS_SECRET_ACCESS_KEY": "test", "CDRHOUSE_KEEP_MONTHS": "3"}
     # the CLI's "today" is the real date, as is test_tiering's (its data ends two days ago)
-    killed = cdrhouse({**env, "CDRHOUSE_TIER_FAULT": step}, "tier", "run")
+    killed = cdrhouse(env, "tier", "run", crash_at=step)
     assert killed.returncode == 70, killed.stderr
     store = S3Store(bucket, "warm", endpoint=moto_endpoint, access_key="test", secret_key="test")
     assert store.get_bytes(layout.LOCK_KEY) is not None  # a dead run leaves its lock …
-    rerun = cdrhouse(env, "tier", "run")  # … which the rerun takes over
+    # … which the rerun takes over; the installed CLI cannot be made to crash, not even
+    # by the variable that once armed the hook (CDRHOUSE_TIER_FAULT, issue 13.7)
+    rerun = cdrhouse({**env, "CDRHOUSE_TIER_FAULT": step}, "tier", "run")
     assert rerun.returncode == 0, rerun.stderr
     assert not hot_month_set(served) & set(ARCHIVED)
     assert totals(served) == [r for r in hot_before if r not in before]

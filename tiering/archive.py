@@ -26,14 +26,15 @@ parts a manifest points at, so a crash halfway through a re-archive (late rows
 for an archived month) loses nothing either.
 
 `fault` is called with the name of each step just after it completes; tests use
-it (and the CDRHOUSE_TIER_FAULT variable, which kills the process) to crash the
-job at every step and prove that a rerun converges.
+it to crash the job at every step and prove that a rerun converges. Nothing
+outside a test can make it crash: the default is `default_fault`, a no-op, which
+only test code replaces in its own process (tests/crashing_cli.py runs the CLI
+with a hook that kills it); no environment variable or option reaches it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 import uuid
 from collections.abc import Callable
@@ -53,7 +54,6 @@ from cdrhouse.tiering.verify import Fingerprint
 HOT = "cdr_records"
 #: where a partition waits between leaving the hot table and being dropped
 HOLD = "cdr_tiering_hold"
-FAULT_ENV = "CDRHOUSE_TIER_FAULT"
 #: the source of rows the drop puts back into the hot table (engine/summary.py)
 RETURNED_SOURCE = "maint:returned"
 STEPS = ("exported", "verified", "published", "manifest", "recorded", "moved", "dropped")
@@ -62,10 +62,13 @@ Fault = Callable[[str], None]
 Progress = Callable[[str, int, int], None]
 
 
-def env_fault(step: str) -> None:
-    """Die (as a crash would: no cleanup, no finally) when CDRHOUSE_TIER_FAULT names `step`."""
-    if os.environ.get(FAULT_ENV) == step:
-        os._exit(70)
+def _no_fault(step: str) -> None:
+    """Production: every step simply continues."""
+
+
+#: what a `Tiering` without an explicit `fault` calls after each step. Only tests assign
+#: it, in their own process (tests/crashing_cli.py); production code never does.
+default_fault: Fault = _no_fault
 
 
 @dataclass
@@ -165,7 +168,7 @@ class Tiering:
         self.db = db
         self.store = store
         self.policy = policy or Policy()
-        self.fault = fault or env_fault
+        self.fault = fault or default_fault
         self.progress = progress or (lambda what, done, total: None)
         self._columns: list[tuple[str, str]] | None = None
 
