@@ -112,7 +112,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         if config.tier_cron:
             scheduler = start_scheduler(config.tier_cron, service.warm.store,
                                         Policy(keep_months=config.keep_months),
-                                        service.pool.acquire)
+                                        service.pool.acquire, service.jobs)
         app.state.scheduler = scheduler
         app.state.backup_scheduler = backup_scheduler = None
         if config.backup_cron:
@@ -124,11 +124,12 @@ def create_app(config: ServiceConfig) -> FastAPI:
         try:
             yield
         finally:
-            for sched in (scheduler, backup_scheduler):
-                if sched is not None:
-                    sched.shutdown(wait=True)
+            if backup_scheduler is not None:
+                backup_scheduler.shutdown(wait=True)
+            if scheduler is not None:
+                scheduler.shutdown(wait=False)  # no new runs; a running one is the runner's
             app.state.service = None
-            service.close()
+            service.close()                     # waits for jobs, then closes the clients
 
     app = FastAPI(
         title="cdrhouse", version="0.1.0", lifespan=lifespan,

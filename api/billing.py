@@ -2,8 +2,10 @@
 
 `POST /v1/recalc` (tenant operators and admins) validates the request, creates
 the job and takes the tenant's recalc lock *in the request* — so a conflict is
-a 409 the caller sees at once — then runs the job in a worker thread on a
-pooled client and answers 202 with the job; `GET /v1/jobs/{id}` follows it.
+a 409 the caller sees at once — then runs the job on the service's job runner
+(engine/jobs.py: the service waits for it at shutdown, or leaves it marked for
+resume) on a pooled client and answers 202 with the job; `GET /v1/jobs/{id}`
+follows it.
 A dry run is a job too: its result is the preview.
 
 Balances: customers and carriers see their own account; a tenant operator
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import threading
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -155,15 +156,20 @@ class RecalcIn(BaseModel):
     model_config = {"populate_by_name": True, "extra": "forbid"}
 
 
-def _launch(pool: DatabasePool, job_id: str) -> None:
-    """Run the job to its end in a worker thread (it records its own outcome)."""
+def _launch(request: Request, job_id: str) -> None:
+    """Run the job to its end on the service's job runner (it records its own outcome)."""
+    svc = service(request)
+    pool: DatabasePool = svc.pool
+
     def work() -> None:
-        try:
-            with pool.acquire() as db:
-                rec.execute(db, job_id)
-        except Exception:
-            log.exception("recalc job %s did not finish", job_id)
-    threading.Thread(target=work, name=f"recalc-{job_id}", daemon=True).start()
+        with pool.acquire() as db:
+            rec.execute(db, job_id)
+
+    def abandon() -> None:
+        with pool.acquire(timeout=5) as db:
+            rec.abandon(db, job_id)
+
+    svc.jobs.submit(f"recalc-{job_id}", work, on_abandon=abandon)
 
 
 async def _start(request: Request, response: Response, who: Caller,
@@ -178,7 +184,7 @@ async def _start(request: Request, response: Response, who: Caller,
         except rec.RecalcError as exc:
             raise Problem("invalid-request", str(exc)) from None
     job = await store(request, work)
-    _launch(service(request).pool, job.job_id)
+    _launch(request, job.job_id)
     response.status_code = 202
     response.headers["Location"] = f"/v1/jobs/{job.job_id}"
     return job_json(job, who)
@@ -214,17 +220,19 @@ async def post_resume(request: Request, response: Response, job_id: str,
     t = _operator_tenant(who, tenant)
 
     def work(db: Database):
-        job = rec.ud.get_job(db, job_id)
-        if job is None or job.kind != rec.KIND or job.tenant_id != t:
-            raise Problem("not-found", f"no recalc job {job_id!r} visible to this key")
-        if job.state in rec.ud.FINISHED:
-            raise Problem("invalid-request", f"job {job_id} is already {job.state}: nothing "
-                                             "to resume")
-        if rec.is_alive(job.result):
-            raise Problem("conflict", f"job {job_id} is still running")
-        return job
+        try:
+            job = rec.resumable(db, job_id, who.principal)
+            if job.tenant_id != t:
+                raise rec.RecalcNotFound(job_id)
+            return job
+        except rec.RecalcNotFound:
+            raise Problem("not-found", f"no recalc job {job_id!r} visible to this key") from None
+        except rec.RecalcBusy as exc:
+            raise Problem("conflict", str(exc)) from None
+        except rec.RecalcError as exc:
+            raise Problem("invalid-request", str(exc)) from None
     job = await store(request, work)
-    _launch(service(request).pool, job.job_id)
+    _launch(request, job.job_id)
     response.status_code = 202
     response.headers["Location"] = f"/v1/jobs/{job.job_id}"
     return job_json(job, who)

@@ -27,6 +27,7 @@ from cdrhouse.api.errors import Problem
 from cdrhouse.backup.location import BackupConfig
 from cdrhouse.engine import query as q
 from cdrhouse.engine.db import Database, StoreConfig
+from cdrhouse.engine.jobs import JobRunner
 from cdrhouse.engine.pool import DatabasePool, PoolExhausted
 from cdrhouse.sql.recordings import RecordingPolicy
 from cdrhouse.tiering.policy import DEFAULT_KEEP_MONTHS
@@ -60,6 +61,9 @@ class ServiceConfig:
     max_response_bytes: int | None = None
     #: proxies whose X-Forwarded-For / -Proto are believed (addresses or networks; "*": any)
     forwarded_allow_ips: tuple[str, ...] = ()
+    #: at shutdown, how long running jobs (recalc, tiering) get to finish before
+    #: they are left marked for resume
+    job_shutdown_seconds: float = 30.0
 
 
 @dataclass
@@ -70,6 +74,8 @@ class Service:
     #: reads archived months (include_archive, /v1/archive)
     warm: WarmReader
     _slots: dict[str, asyncio.Semaphore] = field(default_factory=dict)
+    #: long-running work (recalc jobs, scheduled tiering): known, waited for at close
+    jobs: JobRunner = field(default_factory=JobRunner)
     _auth_cache: dict[str, tuple[Caller, float]] = field(default_factory=dict)
 
     @classmethod
@@ -80,6 +86,9 @@ class Service:
                    WarmReader(store))
 
     def close(self) -> None:
+        """Wait for running jobs (up to job_shutdown_seconds; the rest are left for
+        resume), then close the clients."""
+        self.jobs.shutdown(self.config.job_shutdown_seconds)
         self.pool.close()
 
     # -- authentication ------------------------------------------------------------

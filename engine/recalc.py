@@ -34,7 +34,7 @@ target's version (else it was superseded by a later job, named in the
 refusal).
 
 Locking: two changing jobs on overlapping ranges of one tenant cannot run at
-once. A job marks itself running, then looks for other running jobs of the
+once. A job claims itself running (engine/jobs.py), then looks for other running jobs of the
 tenant on overlapping ranges; the younger of two steps back. A job whose
 process is gone (same host, dead pid) or which stopped on an error after it
 started writing no longer holds the lock; running the same command again
@@ -47,8 +47,6 @@ every operation that reads or writes calls: restore them first.
 from __future__ import annotations
 
 import datetime as dt
-import os
-import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -58,6 +56,7 @@ from typing import Any
 
 from cdrhouse.sql.errors import UserError
 from cdrhouse.engine import accounts as acc
+from cdrhouse.engine import jobs
 from cdrhouse.engine import ledger, ratecards, summary
 from cdrhouse.engine import userdata as ud
 from cdrhouse.engine.db import Database
@@ -88,6 +87,10 @@ class RecalcError(UserError):
 
 class RecalcBusy(RecalcError):
     """Another recalc job holds an overlapping range of the same tenant."""
+
+
+class RecalcNotFound(RecalcError):
+    """No recalc job of that id that this principal may see."""
 
 
 class RecalcStopped(RuntimeError):
@@ -332,42 +335,19 @@ def _staged_pairs(job_id: str) -> str:
             "WHERE job_id = {job:String}) GROUP BY call_id")
 
 
-# -- jobs and locking -----------------------------------------------------------------
-
-def _me() -> dict[str, Any]:
-    return {"pid": os.getpid(), "host": socket.gethostname()}
-
-
-def is_alive(result: Any) -> bool:
-    """Whether the process running a job (per its result) can still be working on it."""
-    return _alive(result)
-
-
-def _alive(result: Any) -> bool:
-    """Whether the process running a job (per its result) can still be working on it."""
-    if not isinstance(result, dict) or "pid" not in result:
-        return True  # not started by this module's runner: be careful, assume alive
-    if result.get("stopped"):
-        return False
-    if result.get("host") != socket.gethostname():
-        return True
-    try:
-        os.kill(int(result["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
+# -- jobs and locking (the mechanics are engine/jobs.py) -------------------------------
 
 def _range_of(job: ud.Job) -> tuple[dt.date, dt.date]:
     r = (job.result or {}) if isinstance(job.result, dict) else {}
     return dt.date.fromisoformat(r["first"]), dt.date.fromisoformat(r["last"])
 
 
+def _has_range(job: ud.Job) -> bool:
+    return isinstance(job.result, dict) and "first" in job.result
+
+
 def _running(db: Database, tenant: str) -> list[ud.Job]:
-    return [j for j in ud.list_jobs(db, tenant=tenant, kind=KIND, state="running", limit=1000)
-            if isinstance(j.result, dict) and "first" in j.result]
+    return [j for j in jobs.running(db, KIND, tenant) if _has_range(j)]
 
 
 def _overlaps(a: tuple[dt.date, dt.date], b: tuple[dt.date, dt.date]) -> bool:
@@ -378,7 +358,7 @@ def _resumable(db: Database, req: RecalcRequest, first: dt.date, last: dt.date) 
     """An interrupted job with exactly this request: a rerun resumes it."""
     for j in _running(db, req.tenant):
         mine = {k: v for k, v in (j.params or {}).items() if k != "version"}
-        if not _alive(j.result) and mine == _params_json(req):
+        if not jobs.is_alive(j.result) and mine == _params_json(req):
             return j
     return None
 
@@ -389,29 +369,26 @@ def _params_json(req: RecalcRequest) -> dict[str, Any]:
 
 
 def _acquire(db: Database, job: ud.Job, first: dt.date, last: dt.date) -> ud.Job:
-    """Mark `job` running and make sure no other live job overlaps; else fail it, raise busy."""
-    result = {**(job.result or {}), **_me(), "first": first.isoformat(),
-              "last": last.isoformat(), "stopped": False}
+    """Claim `job` (running, ours) unless another job holds an overlapping range; else
+    fail it and raise RecalcBusy. An interrupted job blocks until resumed; of two live
+    ones the younger yields (jobs.claim)."""
+    result = {**(job.result or {}), "first": first.isoformat(), "last": last.isoformat()}
     result.setdefault("phase", "stage")
-    job = ud.update_job(db, job.job_id, state="running", result=result)
-    for other in _running(db, job.tenant_id):
-        if other.job_id == job.job_id or not _overlaps((first, last), _range_of(other)):
-            continue
-        # an interrupted job blocks until resumed; of two live ones the younger yields
-        if not _alive(other.result) or (other.created_at, other.job_id) < (job.created_at,
-                                                                           job.job_id):
-            if not _alive(other.result):
-                detail = (f"job {other.job_id} was interrupted on an overlapping range "
-                          f"({other.result['first']} to {other.result['last']}); finish it "
-                          f"first with `cdrhouse recalc resume {other.job_id}`")
-            else:
-                detail = (f"recalc job {other.job_id} is running on an overlapping range of "
-                          f"tenant {job.tenant_id!r} ({other.result['first']} to "
-                          f"{other.result['last']}); wait for it to finish")
-            ud.update_job(db, job.job_id, state="failed", error=detail,
-                          result={**result, "stopped": True})
-            raise RecalcBusy(detail)
-    return job
+    job, other = jobs.claim(db, job, result, lambda o: _has_range(o) and _overlaps(
+        (first, last), _range_of(o)))
+    if other is None:
+        return job
+    if not jobs.is_alive(other.result):
+        detail = (f"job {other.job_id} was interrupted on an overlapping range "
+                  f"({other.result['first']} to {other.result['last']}); finish it "
+                  f"first with `cdrhouse recalc resume {other.job_id}`")
+    else:
+        detail = (f"recalc job {other.job_id} is running on an overlapping range of "
+                  f"tenant {job.tenant_id!r} ({other.result['first']} to "
+                  f"{other.result['last']}); wait for it to finish")
+    ud.update_job(db, job.job_id, state="failed", error=detail,
+                  result={**job.result, "stopped": True})
+    raise RecalcBusy(detail)
 
 
 def _check_principal(principal: Principal, tenant: str) -> None:
@@ -474,7 +451,7 @@ def execute(db: Database, job_id: str, progress: Progress | None = None) -> ud.J
     first, last = _range_of(job)
     if req.dry_run or req.op not in CHANGING:
         job = ud.update_job(db, job_id, state="running",
-                            result={**job.result, **_me(), "stopped": False})
+                            result={**job.result, **jobs.owner(), "stopped": False})
     else:
         job = _acquire(db, job, first, last)
     try:
@@ -684,16 +661,28 @@ def run(db: Database, req: RecalcRequest, principal: Principal,
     return execute(db, job.job_id, progress)
 
 
+def resumable(db: Database, job_id: str, principal: Principal) -> ud.Job:
+    """The job, when `principal` may resume it now: RecalcNotFound when it cannot see
+    it, RecalcBusy when its process still works on it, RecalcError when finished."""
+    job = ud.get_job(db, job_id)
+    if job is None or job.kind != KIND or not ud.job_visible_to(job, str(principal)):
+        raise RecalcNotFound(f"no recalc job {job_id!r}")
+    _check_principal(principal, job.tenant_id)
+    try:
+        jobs.check_resumable(job)
+    except jobs.NotResumable as exc:
+        raise (RecalcBusy if exc.alive else RecalcError)(str(exc)) from None
+    return job
+
+
 def resume(db: Database, job_id: str, principal: Principal,
            progress: Progress | None = None) -> ud.Job:
     """Finish an interrupted job (its process died or it stopped on an error)."""
-    job = ud.get_job(db, job_id)
-    if job is None or job.kind != KIND or not ud.job_visible_to(job, str(principal)):
-        raise RecalcError(f"no recalc job {job_id!r}")
-    _check_principal(principal, job.tenant_id)
-    if job.state in ud.FINISHED:
-        raise RecalcError(f"job {job_id} is already {job.state}: nothing to resume")
-    if job.state == "running" and _alive(job.result):
-        raise RecalcBusy(f"job {job_id} is still running (process {job.result.get('pid')} "
-                         f"on {job.result.get('host')})")
+    resumable(db, job_id, principal)
     return execute(db, job_id, progress)
+
+
+def abandon(db: Database, job_id: str) -> None:
+    """The service stops while the job runs: leave it stopped, for `resume`."""
+    jobs.mark_stopped(db, job_id, f"the service stopped while the job ran; run `cdrhouse "
+                                  f"recalc resume {job_id}` to finish it")

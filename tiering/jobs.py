@@ -1,5 +1,7 @@
 """Tiering runs as jobs: recorded in the store's jobs table (so `/v1/jobs` and
-`cdrhouse jobs` show them) whether started from the CLI or by the scheduler."""
+`cdrhouse jobs` show them) whether started from the CLI or by the scheduler.
+The job mechanics (recording, owner, the service's runner) are engine/jobs.py;
+tiering's own crash recovery is `Tiering.recover`, run at the start of every run."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from cdrhouse.engine import userdata
+from cdrhouse.engine import jobs, userdata
 from cdrhouse.engine.db import Database
 from cdrhouse.tiering import layout
 from cdrhouse.tiering.archive import Progress, RunReport, Tiering
@@ -50,17 +52,9 @@ def _progress(db: Database, job_id: str, inner: Progress | None) -> Progress:
 
 def _as_job(db: Database, kind: str, params: dict, work: Callable[[str], T],
             result: Callable[[T], Any]) -> tuple[T, str]:
-    """Run `work(job_id)` as a recorded job: running, then succeeded with
-    `result(outcome)`, or failed with the error's first line (the error re-raised)."""
-    job = userdata.create_job(db, kind=kind, principal=PRINCIPAL, tenant="", params=params)
-    userdata.update_job(db, job.job_id, state="running")
-    try:
-        outcome = work(job.job_id)
-    except Exception as exc:
-        userdata.update_job(db, job.job_id, state="failed", error=str(exc).split("\n")[0][:500])
-        raise
-    userdata.update_job(db, job.job_id, state="succeeded", result=result(outcome))
-    return outcome, job.job_id
+    """A platform-wide admin job (engine/jobs.py records it)."""
+    return jobs.recorded(db, kind=kind, principal=PRINCIPAL, tenant="", params=params,
+                         work=work, result=result)
 
 
 def run_tiering(db: Database, store: ObjectStore, policy: Policy, *,
@@ -89,5 +83,5 @@ def run_restore(db: Database, store: ObjectStore, month: int, tenants: list[str]
 
 
 def last_run(db: Database) -> userdata.Job | None:
-    jobs = userdata.list_jobs(db, kind=KIND_RUN, limit=1)
-    return jobs[0] if jobs else None
+    found = userdata.list_jobs(db, kind=KIND_RUN, limit=1)
+    return found[0] if found else None

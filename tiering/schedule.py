@@ -18,6 +18,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from cdrhouse.engine.db import Database
+from cdrhouse.engine.jobs import JobRunner
 from cdrhouse.tiering import jobs
 from cdrhouse.tiering.lock import TierLocked
 from cdrhouse.tiering.policy import Policy
@@ -37,12 +38,17 @@ def parse_cron(text: str) -> CronTrigger:
 
 
 def start_scheduler(cron: str, store: ObjectStore, policy: Policy,
-                    database: Callable[[], AbstractContextManager[Database]]
-                    ) -> BackgroundScheduler:
-    """Start running the tiering job on `cron`; stop it with `.shutdown()`."""
+                    database: Callable[[], AbstractContextManager[Database]],
+                    runner: JobRunner | None = None) -> BackgroundScheduler:
+    """Start running the tiering job on `cron`; stop it with `.shutdown()`.
+
+    With a `runner` (the service's), each run executes on it — so the service
+    knows about it at shutdown — while the scheduler's thread waits for it, which
+    keeps `max_instances=1` meaning one run at a time.
+    """
     trigger = parse_cron(cron)
 
-    def run() -> None:
+    def body() -> None:
         try:
             with database() as db:
                 report = jobs.run_tiering(db, store, policy, trigger="schedule")
@@ -52,6 +58,15 @@ def start_scheduler(cron: str, store: ObjectStore, policy: Policy,
             log.warning("scheduled tiering run skipped: %s", exc)
         except Exception:  # the job is recorded as failed; keep the scheduler alive
             log.exception("scheduled tiering run failed")
+
+    def run() -> None:
+        if runner is None:
+            body()
+            return
+        try:
+            runner.submit("tier-run", body).wait()
+        except RuntimeError as exc:  # the service is shutting down
+            log.warning("scheduled tiering run not started: %s", exc)
 
     scheduler = BackgroundScheduler(timezone="UTC")
     scheduler.add_job(run, trigger, id="tiering", max_instances=1, coalesce=True,
