@@ -1,10 +1,11 @@
 """The service's shared state and the one way an endpoint runs a query.
 
-`Service` holds the client pool, the failed-auth limiter and the per-principal
-concurrency caps; it lives on `app.state`, created by the app's lifespan — no
-module globals. `Service.run` is how every endpoint reaches ClickHouse: off
-the event loop, under the principal's cap, and cancelled in ClickHouse when
-the client goes away before the answer is ready.
+`Service` holds the client pool, the failed-auth limiter, the fair admission
+queue (api/admission.py: a cap per tenant below the pool, tenants served
+round-robin, a cap per principal) and the job runner; it lives on `app.state`,
+created by the app's lifespan — no module globals. `Service.run` is how every
+endpoint reaches ClickHouse: off the event loop, admitted by the queue, and
+cancelled in ClickHouse when the client goes away before the answer is ready.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TypeVar
 import anyio
 from fastapi import Request
 
+from cdrhouse.api.admission import FairQueue, QueueTimeout
 from cdrhouse.api.auth import Caller, FailureLimiter, authenticate, secret_from
 from cdrhouse.api.errors import Problem
 from cdrhouse.backup.location import BackupConfig
@@ -41,6 +43,9 @@ T = TypeVar("T")
 class ServiceConfig:
     store: StoreConfig
     pool_size: int = 4
+    #: concurrent queries one tenant may have running (all its keys together); None:
+    #: one less than the pool, so another tenant always finds a client soon
+    per_tenant: int | None = None
     #: concurrent queries one principal may have running; more wait in line…
     per_principal: int = 4
     #: …for at most this long before getting 429
@@ -66,6 +71,18 @@ class ServiceConfig:
     job_shutdown_seconds: float = 30.0
 
 
+def tenant_cap(config: ServiceConfig) -> int:
+    """Queries one tenant may run at once: below the pool unless the pool is one client."""
+    if config.per_tenant is not None:
+        return max(1, min(config.per_tenant, config.pool_size))
+    return max(1, config.pool_size - 1)
+
+
+def admission_tenant(caller: Caller) -> str:
+    """The turn a caller's queries take: its tenant; the platform admin has its own."""
+    return caller.principal.tenant or "\x00admin"
+
+
 @dataclass
 class Service:
     config: ServiceConfig
@@ -73,9 +90,9 @@ class Service:
     limiter: FailureLimiter
     #: reads archived months (include_archive, /v1/archive)
     warm: WarmReader
-    _slots: dict[str, asyncio.Semaphore] = field(default_factory=dict)
     #: long-running work (recalc jobs, scheduled tiering): known, waited for at close
     jobs: JobRunner = field(default_factory=JobRunner)
+    admission: FairQueue | None = None
     _auth_cache: dict[str, tuple[Caller, float]] = field(default_factory=dict)
 
     @classmethod
@@ -83,7 +100,8 @@ class Service:
         pool = DatabasePool(config.store, config.pool_size)
         store = open_archive(config.archive, config.store.data_dir)
         return cls(config, pool, FailureLimiter(config.auth_failures_per_minute),
-                   WarmReader(store))
+                   WarmReader(store), admission=FairQueue(
+                       config.pool_size, tenant_cap(config), config.per_principal))
 
     def close(self) -> None:
         """Wait for running jobs (up to job_shutdown_seconds; the rest are left for
@@ -124,33 +142,47 @@ class Service:
             raise Problem("unavailable", str(exc)) from None
 
     async def enter_slot(self, caller: Caller) -> None:
-        """Take one of the principal's concurrent-query slots (waiting in line, then 429).
+        """Be admitted to run one query (waiting in line, tenants in turn; then 429).
 
         Pair with `leave_slot`, on the event loop. `run` holds one for a query;
         a download holds one for as long as it streams.
         """
-        slots = self._slots.setdefault(caller.principal_text,
-                                       asyncio.Semaphore(self.config.per_principal))
+        assert self.admission is not None
+        tenant = admission_tenant(caller)
         try:
-            await asyncio.wait_for(slots.acquire(), timeout=self.config.queue_seconds)
-        except TimeoutError:
+            await self.admission.acquire(tenant, caller.principal_text,
+                                         self.config.queue_seconds)
+        except QueueTimeout:
+            running = self.admission.running_of(tenant)
             raise Problem("too-many-queries",
-                          f"this principal already has {self.config.per_principal} queries "
-                          f"running and others waiting; retry later",
+                          f"no query slot became free within {self.config.queue_seconds:g}s "
+                          f"(this tenant has {running} queries running, at most "
+                          f"{self.admission.per_tenant}; at most {self.config.per_principal} "
+                          f"per key); retry later",
                           headers={"Retry-After": "1"}) from None
 
     def leave_slot(self, caller: Caller) -> None:
-        self._slots[caller.principal_text].release()
+        assert self.admission is not None
+        self.admission.release(admission_tenant(caller), caller.principal_text)
 
     async def run(self, request: Request, caller: Caller,
                   fn: Callable[[Database, str], T]) -> T:
         """Run `fn(db, query_id)` in a worker thread; cancel the query if the client leaves."""
         query_id = uuid.uuid4().hex
         await self.enter_slot(caller)
+        assert self.admission is not None
+        # ClickHouse pauses lower-priority queries while higher ones run: a tenant's
+        # first running query gets priority 1, its second 2, …, so one tenant's pile
+        # of heavy queries yields the CPU to another tenant's single page
+        priority = max(1, self.admission.running_of(admission_tenant(caller)))
         try:
             def work() -> T:
                 with self._db() as db:
-                    return fn(db, query_id)
+                    db.defaults = {"priority": priority}
+                    try:
+                        return fn(db, query_id)
+                    finally:
+                        db.defaults = {}
 
             task = asyncio.ensure_future(anyio.to_thread.run_sync(work))
             while True:

@@ -227,10 +227,15 @@ class Database:
         if self._path is not None:
             with _OPEN_LOCK:
                 _OPEN_HERE[self._path] = _OPEN_HERE.get(self._path, 0) + 1
+        #: settings added to every statement on this client, under the statement's own
+        #: (the service sets the query `priority` here while a request holds the client)
+        self.defaults: dict[str, Any] = {}
 
     # -- running SQL -----------------------------------------------------
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        if self.defaults and "settings" in kwargs:
+            kwargs["settings"] = {**self.defaults, **kwargs["settings"]}
         try:
             return getattr(self.client, method)(*args, **kwargs)
         except ClickHouseError:

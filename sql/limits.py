@@ -14,6 +14,9 @@ store through the API and share it with everyone else.
   `SELECT range(1000) FROM cdrs` would slip under `max_result_bytes`: user SQL
   therefore runs with its columns materialized (engine.query.run_sql), and
   `range()` is capped (`function_range_max_elements_in_block`).
+- `max_bytes_in_join` (with the default `join_overflow_mode='throw'`): a join
+  whose right side outgrows it fails at once with a message, instead of
+  building a huge hash table until the time or memory limit stops it.
 - `use_query_condition_cache=0`: that cache is shared by every query on the
   server and keyed on predicates; user-shaped predicates have poisoned it in
   released ClickHouse versions (wrong results for *later* queries, e.g.
@@ -40,6 +43,7 @@ _OPERATOR_LIMITS: dict[str, Any] = {
     "max_result_rows": 1_000_000,
     "max_result_bytes": 1 * _GIB,
     "max_memory_usage": 16 * _GIB,
+    "max_bytes_in_join": 8 * _GIB,
 }
 _TENANT_LIMITS: dict[str, Any] = {
     "max_execution_time": 120,
@@ -48,6 +52,7 @@ _TENANT_LIMITS: dict[str, Any] = {
     "max_result_rows": 500_000,
     "max_result_bytes": 256 * _MIB,
     "max_memory_usage": 8 * _GIB,
+    "max_bytes_in_join": 2 * _GIB,
 }
 _ACCOUNT_LIMITS: dict[str, Any] = {
     "max_execution_time": 30,
@@ -56,6 +61,10 @@ _ACCOUNT_LIMITS: dict[str, Any] = {
     "max_result_rows": 100_000,
     "max_result_bytes": 64 * _MIB,
     "max_memory_usage": 2 * _GIB,
+    # a join's hash table: a self-join over a key's whole history (the hostile query
+    # of issue 12.6) stops when its right side passes this, long before it has run
+    # for max_execution_time holding a client other tenants wait for
+    "max_bytes_in_join": 256 * 1024 ** 2,
 }
 ROLE_LIMITS: dict[str, dict[str, Any]] = {
     "admin": _OPERATOR_LIMITS,
@@ -147,6 +156,10 @@ LIMIT_ERRORS: dict[int, tuple[str, str, str, str]] = {
     241: ("MEMORY_LIMIT_EXCEEDED", "max_memory_usage", "the query needed more memory than allowed",
           "aggregate on fewer keys, use a shorter time range, or avoid large "
           "groupArray/DISTINCT/JOINs"),
+    191: ("SET_SIZE_LIMIT_EXCEEDED", "max_bytes_in_join",
+          "the JOIN's right side is larger than allowed",
+          "join a smaller set: filter or aggregate the right side first (a subquery with "
+          "WHERE and GROUP BY), or put the smaller table on the right"),
     394: ("QUERY_WAS_CANCELLED", "max_execution_time", "the query was cancelled",
           "run it again with a shorter time range or fewer columns; it may have hit a time limit"),
 }

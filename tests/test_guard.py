@@ -642,7 +642,8 @@ def test_limits_per_role() -> None:
         "max_execution_time": 30, "max_rows_to_read": 500_000_000,
         "max_bytes_to_read": 50 * 1024 ** 3, "max_result_rows": 100_000,
         "max_result_bytes": 64 * 1024 ** 2,
-        "max_memory_usage": 2 * 1024 ** 3, "readonly": 1, "result_overflow_mode": "throw",
+        "max_memory_usage": 2 * 1024 ** 3, "max_bytes_in_join": 256 * 1024 ** 2,
+        "readonly": 1, "result_overflow_mode": "throw",
         "use_query_condition_cache": 0, "do_not_merge_across_partitions_select_final": 1,
         "function_range_max_elements_in_block": 10_000_000,
         "use_text_index_like_evaluation_by_dictionary_scan": 0}
