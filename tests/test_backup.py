@@ -17,7 +17,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from ports import free_port
 from cdrhouse.backup import catalog, jobs, ops
 from cdrhouse.backup.catalog import BackupRecord, VerifyRecord
 from cdrhouse.backup.location import (BackupConfig, BackupError, Location, default_url,
@@ -136,12 +136,6 @@ def three_backups(db: Database, loc: Location, tmp: Path) -> list[BackupRecord]:
     return made
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(url: str, secret: str | None = None) -> tuple[int, dict]:
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {secret}"}
                                  if secret else {})
@@ -193,7 +187,7 @@ def test_full_and_two_incrementals_restore_into_a_fresh_data_dir_and_serve(
     assert state == "succeeded"
 
     # the service starts on the restored store, and the old API key still works
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "serve.log", "wb")
     inherited = {k: v for k, v in os.environ.items() if not k.startswith(("CDRHOUSE_", "AWS_"))}
     proc = subprocess.Popen(

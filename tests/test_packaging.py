@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tomllib
 import venv
 import zipfile
 from pathlib import Path
@@ -20,8 +21,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# the repository folders that install as cdrhouse.<name>; cdrhouse/ itself is the root
-MAPPED = ("api", "sql", "engine", "tiering")
+# the repository folders that install as cdrhouse.<name> (cdrhouse/ itself is the root),
+# read from pyproject's package-dir so that a new top-level folder is checked too
+MAPPED = tuple(folder for name, folder in tomllib.loads(
+    (REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].items()
+    if name != "cdrhouse")
 
 
 def _expected_packages() -> set[str]:
@@ -97,7 +101,7 @@ def test_wheel_installs_and_runs_outside_the_repository(wheel: Path, tmp_path: P
              "print(sorted(p.name for p in files('cdrhouse.sql.schema').iterdir()"
              " if p.name.endswith('.sql'))[0])\n"
              "import importlib.util\n"
-             "print([m for m in ('api', 'sql', 'engine', 'tiering')"
+             f"print([m for m in {MAPPED!r}"
              " if importlib.util.find_spec(m)])\n")
     out = subprocess.run([str(py), "-c", probe], cwd=away, env=clean, capture_output=True,
                          text=True, check=True).stdout.splitlines()
