@@ -37,8 +37,9 @@ SECRET_TEXT = "/srv/cdrhouse/warm/acme/2026-01 tenant_id = 'acme'"
 
 
 def _archive_invariant(db: Database) -> None:
-    # the real internal error: an archive splice asked of SQL with no hot read
-    with_archive("SELECT 1", ("SELECT 2",))
+    # the real internal error: an archive splice asked of SQL that reads the hot table in
+    # a form the splice does not know (without FINAL); it fails closed
+    with_archive("SELECT 1 FROM cdr_records", ("SELECT 2",))
 
 
 def _plain_value_error(db: Database) -> None:
