@@ -20,7 +20,7 @@ from typing import Annotated, Optional
 import typer
 
 from cdrhouse.api import (cli_admin, cli_backup, cli_billing, cli_demo, cli_ingest, cli_query,
-                          cli_serve, cli_tier)
+                          cli_serve, cli_tier, cli_users)
 from cdrhouse.api.cli_common import err, exit_code
 from cdrhouse.engine.db import StoreConfig
 
@@ -73,6 +73,7 @@ COMMANDS = (
     cli_demo,
     cli_billing,
     cli_backup,
+    cli_users,
 )
 for _module in COMMANDS:
     _module.register(app)

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from cdrhouse.api.cli_common import default_rejects, err, open_store, progress
+from cdrhouse.api.cli_users import demo_login
 from cdrhouse.api.render import render
 from cdrhouse.engine import generate
 from cdrhouse.engine.db import StoreConfig
@@ -87,7 +88,12 @@ def demo(
             err.print(f"[bold]{title}[/bold]\n[dim]$ cdrhouse sql \"{query}\"[/dim]")
             result = run_sql(db, Principal.admin(), query)
             render(result.columns, result.rows, "table")
+        user, password = demo_login(db, spec.tenants[0])
     err.print("Try it yourself: cdrhouse sql \"SELECT count() FROM cdrs\" --as admin")
+    data = "" if str(config.data_dir) == "cdrhouse-data" else f" --data-dir {config.data_dir}"
+    err.print(f"\n[bold]Web viewer[/bold]: start the service with\n  cdrhouse{data} serve\n"
+              f"then open http://127.0.0.1:8000/ and sign in as [bold]{user}[/bold] with "
+              f"password [bold]{password}[/bold] (operator of tenant {spec.tenants[0]})")
 
 
 def register(app: typer.Typer) -> None:

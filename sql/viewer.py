@@ -16,7 +16,8 @@ Decisions worth knowing:
   the first instant of the local date to the first instant of the next one,
   so on a DST day in Europe/Berlin it lasts 23 or 25 hours. `last_7_days` and
   `last_30_days` are the 7 / 30 local calendar days ending with today
-  (today included); `this_week` is the ISO week (Monday first); `last_24h` is
+  (today included); `this_week` is the ISO week (Monday first), `last_week`
+  the one before it; `last_24h` is
   the rolling `[now - 24 h, now)`. Custom bounds are ISO 8601 (a date alone is
   that day's first instant, a naive time is wall time in `tz`); `date_to` is
   exclusive, so `date_to="2026-03-30"` ends when the 30th begins.
@@ -74,7 +75,7 @@ MAX_CURSOR = 4096
 TABLE = "cdr_records"
 
 PRESETS: tuple[str, ...] = ("today", "yesterday", "last_24h", "last_7_days", "last_30_days",
-                            "this_week", "this_month", "last_month")
+                            "this_week", "last_week", "this_month", "last_month")
 #: `custom` takes date_from / date_to; `all` puts no bound on start_time.
 RANGES: tuple[str, ...] = (*PRESETS, "custom", "all")
 
@@ -200,6 +201,9 @@ def preset_range(name: str, now: datetime, tz: str) -> tuple[datetime, datetime]
         return days(today - timedelta(days=29), today + timedelta(days=1))
     if name == "this_week":
         monday = today - timedelta(days=today.weekday())
+        return days(monday, monday + timedelta(days=7))
+    if name == "last_week":
+        monday = today - timedelta(days=today.weekday() + 7)
         return days(monday, monday + timedelta(days=7))
     first = today.replace(day=1)
     if name == "this_month":

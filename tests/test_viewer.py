@@ -71,6 +71,9 @@ PRESET_CASES = [
     ("this_week", "Europe/Berlin", NOW, utc(2026, 3, 22, 23), utc(2026, 3, 29, 22)),
     ("this_week", "America/New_York", utc(2026, 3, 2, 3), utc(2026, 2, 23, 5), utc(2026, 3, 2, 5)),
     ("this_week", "UTC", utc(2026, 3, 30, 0), utc(2026, 3, 30), utc(2026, 4, 6)),
+    ("last_week", "Europe/Berlin", NOW, utc(2026, 3, 15, 23), utc(2026, 3, 22, 23)),
+    # the week before a DST change ends in the other offset
+    ("last_week", "Europe/Berlin", utc(2026, 4, 1, 8), utc(2026, 3, 22, 23), utc(2026, 3, 29, 22)),
     ("this_month", "Europe/Berlin", utc(2026, 3, 31, 22, 30), utc(2026, 3, 31, 22),
      utc(2026, 4, 30, 22)),
     ("this_month", "Pacific/Auckland", utc(2026, 4, 4), utc(2026, 3, 31, 11), utc(2026, 4, 30, 12)),
@@ -116,8 +119,9 @@ def test_custom_ranges(kw: dict, expected: tuple) -> None:
 
 
 RANGE_ERRORS = [
-    ({"range": "last_week"}, "range: unknown range 'last_week'; use one of: today, yesterday, "
-     "last_24h, last_7_days, last_30_days, this_week, this_month, last_month, custom, all"),
+    ({"range": "last_year"}, "range: unknown range 'last_year'; use one of: today, yesterday, "
+     "last_24h, last_7_days, last_30_days, this_week, last_week, this_month, last_month, "
+     "custom, all"),
     ({"range": "today", "date_from": "2026-03-01"},
      "range: date_from/date_to need range 'custom', not 'today'"),
     ({"range": "custom"}, "range: a custom range needs date_from and/or date_to"),
