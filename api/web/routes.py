@@ -205,7 +205,11 @@ async def viewer(request: Request) -> Response:
     if nf is not None:
         return RedirectResponse(state.url(filters=state.filters + (nf,)), status_code=303)
 
-    p = await _resolved(request, web, state)
+    try:
+        p = await _resolved(request, web, state)
+    except StateError as exc:
+        state, problem = ViewState(tz=state.tz), str(exc)
+        p = await _resolved(request, web, state)
     if state.tz:
         tz_source = "url"
     elif p.tz != (_tz_hint(request) or "UTC"):
@@ -246,7 +250,8 @@ async def viewer(request: Request) -> Response:
         "filter_spec": _filter_spec(web.caller.principal.role),
         "tz_source": tz_source,
     }
-    return _page(request, "viewer.html", context, 200 if problem is None else 400)
+    return _page(request, "viewer.html", context,
+                 200 if problem is None and not chip_errors else 400)
 
 
 def _filter_spec(role: str) -> dict[str, Any]:
