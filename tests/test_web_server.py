@@ -403,3 +403,18 @@ def test_a_customer_session_gets_nothing_foreign(web) -> None:
     assert r.status_code == 200 and r.headers["x-timezone"] == "UTC"
     got = {row[0] for row in list(csv.reader(io.StringIO(r.text)))[1:]}
     assert got == mine
+
+
+def test_api_key_sign_in_failures_count_per_client_only(web, monkeypatch) -> None:
+    client, secrets = web
+    c = client()
+    good = secrets["tenant:acme/carrier:K1"]
+    for _ in range(sess.NAME_LIMIT + 1):
+        r = sign_in(c, api_key="cdrh_000000000000_forged")
+        assert r.status_code == 401 and "not valid" in r.text
+    # failed keys share no name: they do not lock key sign-in for everyone
+    assert sign_in(c, api_key=good).status_code == 303
+    # ... but one client's failures are limited, for keys and passwords alike
+    monkeypatch.setattr(sess, "CLIENT_LIMIT", sess.NAME_LIMIT + 1)
+    assert sign_in(client(), api_key=good).status_code == 429
+    assert sign_in(client(), "operator").status_code == 429

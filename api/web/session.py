@@ -196,7 +196,9 @@ def _client(request: Request) -> str:
 
 def _check_limits(db: Database, name: str, client: str) -> None:
     by_name, by_client, oldest = users.recent_failures(db, name, client, WINDOW)
-    if by_name >= NAME_LIMIT or by_client >= CLIENT_LIMIT:
+    # API-key attempts carry no name: only the client count applies to them (a shared
+    # "no name" count would let anyone lock every integrator out)
+    if (name and by_name >= NAME_LIMIT) or by_client >= CLIENT_LIMIT:
         minutes = int(WINDOW.total_seconds() // 60)
         raise SignInRefused(f"too many failed sign-ins; wait up to {minutes} minutes and try "
                             "again (or ask your operator to reset your password)", 429)

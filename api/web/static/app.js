@@ -11,10 +11,9 @@
   var $$ = function (sel, root) { return Array.prototype.slice.call((root || document).querySelectorAll(sel)); };
 
   // -- the URL holds the whole state (zone and columns included) --------------------
+  // (a one-time `note` after saving a view is shown by the server and dropped here)
   if (app.dataset.canonical && location.pathname + location.search !== app.dataset.canonical) {
-    var note = new URLSearchParams(location.search).get("note");
     history.replaceState(null, "", app.dataset.canonical);
-    if (note) { /* shown once; not kept in the URL */ }
   }
 
   // -- time zone: the browser's by default -------------------------------------------
