@@ -418,3 +418,26 @@ def test_api_key_sign_in_failures_count_per_client_only(web, monkeypatch) -> Non
     monkeypatch.setattr(sess, "CLIENT_LIMIT", sess.NAME_LIMIT + 1)
     assert sign_in(client(), api_key=good).status_code == 429
     assert sign_in(client(), "operator").status_code == 429
+
+
+def test_admin_global_view_narrows_by_tenant_and_account(web) -> None:
+    client, secrets = web
+    c = client()
+    assert sign_in(c, api_key=secrets["admin"]).status_code == 303
+    page = c.get("/?range=all").text
+    assert "globex-0" in page and "acme-0000" in page
+    # account cells name the account of the row's own tenant (ids repeat across tenants)
+    assert "G1 · Globex Voice" in page and "C1 · Acme Retail" in page
+    r = c.get("/?range=all&tenant=acme&customer=C2")
+    assert r.status_code == 200
+    c2 = {row["call_id"] for row in webstore.calls(dt.datetime.now(dt.timezone.utc), "x")
+          if row["tenant"] == "acme" and row["customer"] == "C2"}
+    got = ids(r.text)
+    assert got and got <= c2
+    assert '<option value="C2" selected>C2 — Blue Telecom</option>' in r.text
+    # an operator may not choose the tenant
+    o = client()
+    sign_in(o)
+    r = o.get("/?range=all&tenant=globex")
+    assert r.status_code == 400 and "only an admin can choose the tenant" in r.text
+    assert not ids(r.text)
