@@ -241,6 +241,15 @@ def test_operator_grid_paging_sort_filter_columns(ctx: BrowserContext, server: S
     page.get_by_role("link", name="Remove filter Disposition in NO ANSWER").click()
     page.get_by_role("link", name="Remove filter Billsec between 100 and 120").click()
     assert grid_ids(page) == first
+    # an account column offers the accounts by code and name, not ids to type
+    page.locator('#grid th[data-col="carrier_id"] .filter-btn').click()
+    page.get_by_label("K2 — Carrier Two").check()
+    page.get_by_role("button", name="Add filter").click()
+    expect(page.locator(".chip").first).to_contain_text("Carrier in K2")
+    assert grid_ids(page) == [c["call_id"] for c in acme if c["carrier"] == "K2"][:100]
+    assert set(column(page, "carrier_id")) == {"K2 · Carrier Two"}
+    page.get_by_role("link", name="Remove filter Carrier in K2").click()
+    assert grid_ids(page) == first
 
     # columns panel: choose and order; remembered in preferences
     page.locator("#columns-btn").click()

@@ -71,6 +71,20 @@ def accounts_for(db: Database, principal: Principal, tenant: str | None) -> Acco
     return out
 
 
+def chip_label(f, accounts: Accounts, tenant: str | None) -> str:  # noqa: ANN001
+    """A header filter's chip text; account ids are shown as their codes."""
+    if f.field in ("customer_id", "carrier_id") and f.op in ("in", "not_in", "equal",
+                                                            "not_equal"):
+        kind = f.field[:-3]
+        codes = []
+        for v in f.value.split(","):
+            v = v.strip()
+            a = accounts.by_id.get((tenant or "", kind, int(v))) if v.isdigit() else None
+            codes.append(a.code if a else v)
+        return f"{catalogue.BY_NAME[f.field].label} {f.op.replace('_', ' ')} {', '.join(codes)}"
+    return f.label()
+
+
 def display(name: str, value: Any, row: dict[str, Any], accounts: Accounts,
             tenant: str | None) -> tuple[str, str]:
     """(text, title) of one cell."""

@@ -28,7 +28,8 @@ from cdrhouse.api.models import ViewParams
 from cdrhouse.api.web import session as sess
 from cdrhouse.api.web.assets import STATIC_DIR, asset_url, serve_asset
 from cdrhouse.api.web.recording import RecordingUnavailable, open_recording
-from cdrhouse.api.web.render import Grid, accounts_for, detail_rows, page_columns, templates
+from cdrhouse.api.web.render import (Accounts, Grid, accounts_for, chip_label, detail_rows,
+                                     page_columns, templates)
 from cdrhouse.api.web.state import HEADER_OPERATORS, PRESET_LABELS, Filter, StateError, ViewState
 from cdrhouse.engine import accounts as acc
 from cdrhouse.engine import export
@@ -247,23 +248,35 @@ async def viewer(request: Request) -> Response:
         "zones": ZONES, "accounts": accounts, "views": views, "applied": applied,
         "canonical": canonical, "role": web.caller.principal.role,
         "fields": [f for f in catalogue.visible_fields(web.caller.principal.role)],
-        "filter_spec": _filter_spec(web.caller.principal.role),
+        "filter_spec": _filter_spec(web.caller.principal.role, accounts),
+        "chip_labels": [chip_label(f, accounts, web.caller.principal.tenant or state.tenant)
+                        for f in state.filters],
         "tz_source": tz_source,
     }
     return _page(request, "viewer.html", context,
                  200 if problem is None and not chip_errors else 400)
 
 
-def _filter_spec(role: str) -> dict[str, Any]:
-    """Per visible filterable field: its label, kind, header operators, enum choices."""
+def _filter_spec(role: str, accounts: Accounts) -> dict[str, Any]:
+    """Per visible filterable field: its label, kind, header operators, choices.
+
+    Account columns offer the accounts by code and name (never a bare id to type).
+    """
     out = {}
     for f in catalogue.visible_fields(role):
         if not f.filterable:
             continue
         ops = [(k, BY_KEY[k].label, BY_KEY[k].arity) for k in HEADER_OPERATORS.get(f.kind, ())
                if k in BY_KEY and BY_KEY[k].applies_to(f)]
-        out[f.name] = {"label": f.label, "kind": f.kind, "ops": ops,
-                       "values": list(f.enum_values)}
+        choices = [[v, v] for v in f.enum_values]
+        if f.name in ("customer_id", "carrier_id"):
+            listed = accounts.customers if f.name == "customer_id" else accounts.carriers
+            if not listed:
+                continue          # a customer or carrier user: nothing to choose from
+            choices = [[str(a.account_id), f"{a.code} — {a.name}"] for a in listed]
+            ops = [(k, BY_KEY[k].label, "list") for k in ("in", "not_in")]
+        out[f.name] = {"label": f.label, "kind": "enum" if choices else f.kind, "ops": ops,
+                       "values": choices}
     return out
 
 

@@ -119,10 +119,10 @@
     if (f.kind === "enum") {
       var fs = document.createElement("fieldset"); var lg = document.createElement("legend");
       lg.textContent = "Values"; fs.appendChild(lg);
-      f.values.forEach(function (v, n) {
+      f.values.forEach(function (v, n) {  // [value, label]
         var l = document.createElement("label"); l.className = "check";
-        var c = document.createElement("input"); c.type = "checkbox"; c.name = "nf_value"; c.value = v; c.id = "nf-v" + n;
-        l.appendChild(c); l.appendChild(document.createTextNode(" " + v)); fs.appendChild(l);
+        var c = document.createElement("input"); c.type = "checkbox"; c.name = "nf_value"; c.value = v[0]; c.id = "nf-v" + n;
+        l.appendChild(c); l.appendChild(document.createTextNode(" " + v[1])); fs.appendChild(l);
       });
       values.appendChild(fs); return;
     }
