@@ -41,6 +41,8 @@ if CHROMIUM is None:
 
 from playwright.sync_api import Browser, BrowserContext, Page, expect  # noqa: E402
 
+# generous waits: CI runs this beside the rest of the suite on two cores
+expect.set_options(timeout=20_000)
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -124,6 +126,7 @@ class Watch:
 def ctx(browser: Browser, server: Server):
     context = browser.new_context(viewport={"width": 1280, "height": 800}, base_url=server.base,
                                   timezone_id="Europe/Berlin", accept_downloads=True)
+    context.set_default_timeout(60_000)
     yield context
     context.close()
 
@@ -412,7 +415,6 @@ def test_detail_recording_and_download_selected(ctx: BrowserContext, server: Ser
         server.base + "/web/recording/")
     shot(page, "recording-play")
     # download it
-    name, _ = None, None
     with page.expect_download() as info:
         page.get_by_role("link", name="Download recording of call acme-rec-1").click()
     d = info.value

@@ -23,7 +23,7 @@ import os
 import socket
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -86,7 +86,7 @@ class Upstream:
     status: int
     headers: dict[str, str]
     chunks: Iterator[bytes]
-    close: callable  # type: ignore[valid-type]
+    close: Callable[[], None]
 
 
 def open_recording(url: str, range_header: str | None) -> Upstream:

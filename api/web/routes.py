@@ -31,7 +31,6 @@ from cdrhouse.api.web.recording import RecordingUnavailable, open_recording
 from cdrhouse.api.web.render import (Accounts, Grid, accounts_for, chip_label, detail_rows,
                                      page_columns, templates)
 from cdrhouse.api.web.state import HEADER_OPERATORS, PRESET_LABELS, Filter, StateError, ViewState
-from cdrhouse.engine import accounts as acc
 from cdrhouse.engine import export
 from cdrhouse.engine import userdata as ud
 from cdrhouse.engine.db import Database
