@@ -8,6 +8,7 @@ same small dataset as the browser tests (tests/webstore.py).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import io
 import re
@@ -24,7 +25,8 @@ import webstore  # noqa: E402
 
 from cdrhouse.api.app import create_app  # noqa: E402
 from cdrhouse.api.cli import app as cli_app  # noqa: E402
-from cdrhouse.api.service import ServiceConfig  # noqa: E402
+from cdrhouse.api.service import ServiceConfig
+from cdrhouse.sql.recordings import RecordingPolicy  # noqa: E402
 from cdrhouse.api.web import session as sess  # noqa: E402
 from cdrhouse.engine import keys, users  # noqa: E402
 
@@ -50,13 +52,15 @@ def rec():
 @pytest.fixture
 def web(store, rec, monkeypatch):
     """(client factory, secrets): an app over the store with the dataset loaded."""
-    monkeypatch.setenv("CDRHOUSE_RECORDING_HOSTS", "127.0.0.1")
     secrets = webstore.load(store, dt.datetime.now(dt.timezone.utc), rec.base)
-    config = ServiceConfig(store=store.config, pool_size=2)
+    # the recording server is on loopback: the operator lists it (--recording-hosts)
+    config = ServiceConfig(store=store.config, pool_size=2,
+                           recordings=RecordingPolicy.parse("127.0.0.1"))
     apps = []
 
-    def client(base_url: str = ORIGIN) -> TestClient:
-        c = TestClient(create_app(config), base_url=base_url)
+    def client(base_url: str = ORIGIN, **overrides) -> TestClient:
+        app_config = dataclasses.replace(config, **overrides) if overrides else config
+        c = TestClient(create_app(app_config), base_url=base_url)
         c.__enter__()
         apps.append(c)
         return c
@@ -296,7 +300,7 @@ def test_a_success_resets_the_name_count(web) -> None:
 
 # -- the recording route -------------------------------------------------------------------
 
-def test_recording_route(web, rec, monkeypatch) -> None:
+def test_recording_route(web, rec) -> None:
     client, _ = web
     c = client()
     assert c.get("/web/recording/acme-rec-1").status_code == 401     # no session
@@ -317,10 +321,13 @@ def test_recording_route(web, rec, monkeypatch) -> None:
     for foreign in ("acme-0001", "globex-0", "nope"):
         r = c.get(f"/web/recording/{foreign}")
         assert r.status_code == 404 and "rec1.wav" not in r.text
-    # the server fetches no internal address unless the operator allowed it
-    monkeypatch.setenv("CDRHOUSE_RECORDING_HOSTS", "")
-    r = c.get("/web/recording/acme-rec-1")
-    assert r.status_code == 403 and "internal network" in r.text
+    # the server fetches no internal address unless the operator listed it: the same
+    # rule as the API's redirect (sql/recordings.py), so a service without the list
+    # refuses the loopback recording
+    strict = client(recordings=RecordingPolicy())
+    sign_in(strict, "cust1")
+    r = strict.get("/web/recording/acme-rec-1")
+    assert r.status_code == 403 and "internal" in r.text
 
 
 @pytest.mark.parametrize("url, status, message", [
@@ -330,10 +337,8 @@ def test_recording_route(web, rec, monkeypatch) -> None:
     ("http://10.1.2.3/rec.wav", 403, "internal network"),
     ("http://[::1]:8123/?query=SELECT%201", 403, "internal network"),
 ])
-def test_recording_urls_the_server_will_not_fetch(url: str, status: int, message: str,
-                                                  monkeypatch) -> None:
+def test_recording_urls_the_server_will_not_fetch(url: str, status: int, message: str) -> None:
     from cdrhouse.api.web.recording import RecordingUnavailable, check_url
-    monkeypatch.setenv("CDRHOUSE_RECORDING_HOSTS", "")
     with pytest.raises(RecordingUnavailable, match=message) as info:
         check_url(url)
     assert info.value.status == status

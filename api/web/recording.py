@@ -10,16 +10,17 @@ player can seek.
 
 The server fetches a URL that came from CDR data, so the fetch is fenced in
 (server-side request forgery): only `http`/`https`, no redirects followed, a
-connect/read timeout, and the host must resolve to public addresses only —
-loopback, private, link-local and reserved ranges are refused unless the host
-is listed in the `CDRHOUSE_RECORDING_HOSTS` environment variable (comma-
-separated `host` or `host:port`, for an internal recording server).
+connect/read timeout. What may be fetched at all is the API's rule
+(`sql/recordings.py` through `api/recordings.recording_location`: the same
+allow-list, `--recording-hosts`, and `s3://` recordings presigned); on top of
+it, a host the operator did not list must *resolve* to public addresses only —
+loopback, private, link-local and reserved ranges are refused — because here the
+server itself connects, and a public name can point inside.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 import urllib.error
 import urllib.request
@@ -42,13 +43,12 @@ class RecordingUnavailable(Exception):
         self.status = status
 
 
-def allowed_hosts() -> set[str]:
-    raw = os.environ.get("CDRHOUSE_RECORDING_HOSTS", "")
-    return {h.strip().lower() for h in raw.split(",") if h.strip()}
+def check_url(url: str, listed: bool = False) -> str:
+    """The URL if the server may fetch it; RecordingUnavailable naming why not.
 
-
-def check_url(url: str) -> str:
-    """The URL if the server may fetch it; RecordingUnavailable naming why not."""
+    `listed`: the operator configured this destination (the host is on the
+    recording allow-list, or the URL is a presigned one for the configured S3
+    endpoint), so it may be internal."""
     parts = urlsplit(url)
     if parts.scheme.lower() not in ALLOWED_SCHEMES or not parts.hostname:
         raise RecordingUnavailable(
@@ -56,8 +56,7 @@ def check_url(url: str) -> str:
             "web page cannot play (http and https only)")
     host = parts.hostname.lower()
     port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
-    listed = allowed_hosts()
-    if host in listed or f"{host}:{port}" in listed:
+    if listed:
         return url
     try:
         infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
@@ -69,7 +68,7 @@ def check_url(url: str) -> str:
         if not addr.is_global:
             raise RecordingUnavailable(
                 f"the recording's host {host!r} is on an internal network; an operator can "
-                "allow it with CDRHOUSE_RECORDING_HOSTS", 403)
+                "allow it with --recording-hosts", 403)
     return url
 
 
@@ -89,9 +88,9 @@ class Upstream:
     close: Callable[[], None]
 
 
-def open_recording(url: str, range_header: str | None) -> Upstream:
+def open_recording(url: str, range_header: str | None, listed: bool = False) -> Upstream:
     """Start fetching the recording (blocking: run it in a worker thread)."""
-    check_url(url)
+    check_url(url, listed)
     req = urllib.request.Request(url, headers={"User-Agent": "cdrhouse-web"})
     if range_header:
         req.add_header("Range", range_header)

@@ -27,6 +27,7 @@ from cdrhouse.api.errors import Problem
 from cdrhouse.api.models import ViewParams
 from cdrhouse.api.web import session as sess
 from cdrhouse.api.web.assets import STATIC_DIR, asset_url, serve_asset
+from cdrhouse.api.recordings import recording_location
 from cdrhouse.api.web.recording import RecordingUnavailable, open_recording
 from cdrhouse.api.web.render import (Accounts, Grid, accounts_for, chip_label, detail_rows,
                                      page_columns, templates)
@@ -329,8 +330,15 @@ async def recording(request: Request, call_id: str, download: bool = False) -> R
         return _headers(Response(f"call {call_id} has no recording", status_code=404,
                                  media_type="text/plain"))
     try:
-        up = await anyio.to_thread.run_sync(open_recording, url,
-                                            request.headers.get("range"))
+        # the API's rule decides what may be served (allow-list, s3:// presigned)
+        location = recording_location(request, call_id, url)
+    except Problem as exc:
+        return _headers(Response(exc.detail, status_code=exc.status, media_type="text/plain"))
+    policy = deps.service(request).config.recordings
+    listed = location != url or bool(policy.hosts)   # presigned, or an allow-listed host
+    try:
+        up = await anyio.to_thread.run_sync(open_recording, location,
+                                            request.headers.get("range"), listed)
     except RecordingUnavailable as exc:
         return _headers(Response(str(exc), status_code=exc.status, media_type="text/plain"))
 
