@@ -95,13 +95,16 @@ class LogicalTable:
 
     def _grouped(self, cols: str, where: str | None) -> str:
         """Grouped by the key columns with the aggregates over them, under the physical
-        table's name, so the guard's predicate (which names it) applies as for a table;
-        ClickHouse pushes a predicate on key columns below the grouping."""
+        table's name, so the guard's predicate (which names it) applies as for a table.
+        The predicate (on key columns: tenant and account ids) is applied below the
+        grouping as well: on a cluster that part is what each shard runs, and a filter
+        above it would not reach the shards (each would aggregate every tenant)."""
         computed = dict(self.aggregates) | dict(self.derived)
         keys = [c for c in self.columns if c not in computed]
         inner = (f"SELECT {', '.join(keys)}, "
                  f"{', '.join(f'{e} AS {c}' for c, e in self.aggregates)} "
-                 f"FROM {self.physical} GROUP BY {', '.join(keys)}")
+                 f"FROM {self.physical}" + (f" WHERE {where}" if where else "")
+                 + f" GROUP BY {', '.join(keys)}")
         outer = ", ".join([*keys, *(c for c, _ in self.aggregates),
                            *(f"{e} AS {c}" for c, e in self.derived)])
         sql = f"SELECT {cols} FROM (SELECT {outer} FROM ({inner})) AS {self.physical}"

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from cdrhouse.engine import cluster, summary
 from cdrhouse.engine.db import Database
 from cdrhouse.sql.schema import migrations
-from cdrhouse.sql.schema.topology import distributed_ddl
+from cdrhouse.sql.schema.topology import SHARD_PATH, distributed_ddl
 from cdrhouse.tiering import layout, verify, warm
 from cdrhouse.tiering.layout import FileEntry, Manifest
 from cdrhouse.tiering.lock import run_lock
@@ -443,8 +443,19 @@ class Tiering:
         # on a cluster: a local holding table beside each shard's local hot table
         # (MOVE PARTITION works between local tables), a Distributed one in front
         topo = cluster.topology(self.db)
+        engine = ""
+        if topo.replicated:
+            # its own Keeper path: CREATE … AS would copy the hot table's engine arguments
+            # (macros possibly expanded to the hot table's path); MOVE PARTITION needs the
+            # same partition and sort keys, given here from the hot table's
+            pk, sk = self.db.rows(
+                "SELECT partition_key, sorting_key FROM system.tables WHERE database = "
+                "{db:String} AND name = {t:String}",
+                {"db": self.db.name, "t": cluster.local(self.db, HOT)})[0]
+            engine = (f" ENGINE = ReplicatedReplacingMergeTree('{SHARD_PATH}', '{{replica}}', "
+                      f"version) PARTITION BY {pk} ORDER BY ({sk})")
         cluster.each_node(self.db, f"CREATE TABLE IF NOT EXISTS {cluster.local(self.db, HOLD)}"
-                                   f"{{on_cluster}} AS {cluster.local(self.db, HOT)}")
+                                   f"{{on_cluster}} AS {cluster.local(self.db, HOT)}{engine}")
         cluster.each_node(self.db, distributed_ddl(HOLD, topo, self.db.name))
 
     def _drop_cluster_hold(self) -> None:
