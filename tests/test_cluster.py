@@ -29,7 +29,7 @@ from cdrhouse.tiering.policy import Policy
 from cdrhouse.tiering.store import LocalStore
 
 SMALL_TABLES = ("accounts", "api_keys", "saved_queries", "preferences", "jobs", "warm_months",
-                "rate_cards", "ledger", "balances", "recalc_rows")
+                "rate_cards", "ledger", "balances", "recalc_rows", "backups")
 
 
 def per_node(db: Database, sql: str) -> list[list[tuple]]:

@@ -318,3 +318,24 @@ ALTER TABLE cdr_records_local ON CLUSTER cdr_cluster MATERIALIZE INDEX idx_src_n
 -- where: once
 ALTER TABLE cdr_records_local ON CLUSTER cdr_cluster MATERIALIZE INDEX idx_dst_number;
 
+-- 008_backups.sql
+-- where: once
+CREATE TABLE IF NOT EXISTS backups ON CLUSTER cdr_cluster
+(
+    backup_id    String,
+    kind         LowCardinality(String),
+    base_id      String,
+    location     String,
+    started_at   DateTime64(3, 'UTC'),
+    finished_at  DateTime64(3, 'UTC'),
+    size_bytes   UInt64,
+    rows         UInt64,
+    tables       UInt32,
+    state        LowCardinality(String),
+    verified_at  Nullable(DateTime64(3, 'UTC')),
+    error        String,
+    version      UInt64
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/{database}/{table}', '{shard}-{replica}', version)
+ORDER BY backup_id;
+

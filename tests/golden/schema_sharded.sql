@@ -318,3 +318,24 @@ ALTER TABLE cdr_records_local MATERIALIZE INDEX idx_src_number;
 -- where: all
 ALTER TABLE cdr_records_local MATERIALIZE INDEX idx_dst_number;
 
+-- 008_backups.sql
+-- where: home
+CREATE TABLE IF NOT EXISTS backups
+(
+    backup_id    String,
+    kind         LowCardinality(String),
+    base_id      String,
+    location     String,
+    started_at   DateTime64(3, 'UTC'),
+    finished_at  DateTime64(3, 'UTC'),
+    size_bytes   UInt64,
+    rows         UInt64,
+    tables       UInt32,
+    state        LowCardinality(String),
+    verified_at  Nullable(DateTime64(3, 'UTC')),
+    error        String,
+    version      UInt64
+)
+ENGINE = ReplacingMergeTree(version)
+ORDER BY backup_id;
+
