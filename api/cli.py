@@ -1,7 +1,8 @@
 """The operator command line: `cdrhouse …`.
 
 Global options come first and are also read from the environment
-(CDRHOUSE_DATA_DIR, CDRHOUSE_CLICKHOUSE, CDRHOUSE_DATABASE). Every command that
+(CDRHOUSE_DATA_DIR, CDRHOUSE_CLICKHOUSE, CDRHOUSE_DATABASE, CDRHOUSE_CLUSTER,
+CDRHOUSE_REPLICATED). Every command that
 opens the store applies pending schema migrations first.
 
 The commands live in one module each group (api/cli_*.py), each with a
@@ -56,11 +57,20 @@ def main_options(
     database: Annotated[str, typer.Option(
         "--database", envvar="CDRHOUSE_DATABASE", help="ClickHouse database to use.")]
     = "cdrhouse",
+    cluster: Annotated[Optional[str], typer.Option(
+        "--cluster", envvar="CDRHOUSE_CLUSTER",
+        help="Shard the store across this cluster of the servers' remote_servers "
+             "(README: Running on a cluster).")] = None,
+    replicated: Annotated[Optional[bool], typer.Option(
+        "--replicated/--not-replicated", envvar="CDRHOUSE_REPLICATED",
+        help="With --cluster: replicated tables (Replicated*MergeTree, ON CLUSTER DDL); "
+             "default: yes when the servers have Keeper.")] = None,
     _version_flag: Annotated[bool, typer.Option(
         "--version", callback=_version_callback, is_eager=True,
         help="Print the version and exit.")] = False,
 ) -> None:
-    ctx.obj = StoreConfig(data_dir=data_dir, clickhouse=clickhouse, database=database)
+    ctx.obj = StoreConfig(data_dir=data_dir, clickhouse=clickhouse, database=database,
+                          cluster=cluster or None, replicated=replicated)
 
 
 #: every command module, one per line; each adds its commands with register(app)

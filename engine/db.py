@@ -56,11 +56,16 @@ class StoreConfig:
     """Where the data lives. Built from CLI options or environment variables.
 
     `clickhouse` overrides the embedded default `chdb://<data_dir>/clickhouse`.
+    `cluster` names a cluster of the servers' `remote_servers`: the schema is then
+    sharded across it (engine/cluster.py); `replicated` says whether its tables
+    are replicated, None: yes when the servers have Keeper.
     """
 
     data_dir: Path
     clickhouse: str | None = None
     database: str = DEFAULT_DATABASE
+    cluster: str | None = None
+    replicated: bool | None = None
 
     @property
     def dsn(self) -> str:
@@ -146,13 +151,23 @@ def _engine_stderr_quiet() -> Iterator[None]:
                 sys.stderr.flush()
 
 
-def _connect(dsn: str, database: str | None) -> Any:
+#: on a cluster, for every query: a subquery on a table of the node cdrhouse talks to
+#: (a scratch table, a small table) is computed there and sent to the shards (GLOBAL
+#: IN / JOIN) rather than looked up on each shard, where it does not exist; and an
+#: INSERT into a Distributed table returns only when every shard has its rows, so
+#: an unreachable shard is an error now, not a queue the caller cannot see.
+CLUSTER_SETTINGS = {"prefer_global_in_and_join": 1, "distributed_foreground_insert": 1}
+
+
+def _connect(dsn: str, database: str | None, cluster: str | None = None) -> Any:
     """A clickhouse-connect client on `dsn`, with plain errors for the usual failures."""
     kwargs: dict[str, Any] = {"dsn": dsn}
     if dsn.startswith("chdb:"):
         kwargs["chdb_options"] = EMBEDDED_OPTIONS
     if database:
         kwargs["database"] = database
+    if cluster:
+        kwargs["settings"] = dict(CLUSTER_SETTINGS)
     if not dsn.startswith("chdb:"):
         try:
             return clickhouse_connect.get_client(**kwargs)
@@ -211,9 +226,12 @@ class Database:
         if not _DB_NAME.match(config.database):
             raise StoreError(f"invalid database name {config.database!r}")
         self.config = config
+        if config.cluster and config.embedded:
+            raise StoreError(f"--cluster {config.cluster} needs the cluster's servers: point "
+                             "--clickhouse (CDRHOUSE_CLICKHOUSE) at one of its nodes")
         if config.embedded:
             _embedded_path(config.dsn).mkdir(parents=True, exist_ok=True)
-        client = _connect(config.dsn, None)
+        client = _connect(config.dsn, None, config.cluster)
         try:
             if create:
                 client.command(f"CREATE DATABASE IF NOT EXISTS `{config.database}`")

@@ -4,14 +4,24 @@ Idempotent: a file already recorded is skipped; every statement is written
 with IF NOT EXISTS so that a run interrupted halfway through a file can simply
 be repeated. A recorded file whose text changed since it was applied is an
 error: schema files are append-only, changes go in a new file.
+
+On a cluster (engine/cluster.py) the same files are rendered for the topology
+(cdrhouse.sql.schema.topology) and every node keeps its own `schema_migrations`:
+a file is applied wherever a node lacks it, and recorded on each node once its
+statements ran there, so a node added later is brought up to date by running
+`cdrhouse init` again, and a run cut short by an unreachable node is finished
+by the next one.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
+from cdrhouse.engine import cluster
 from cdrhouse.engine.db import Database, StoreError
 from cdrhouse.sql.schema import Migration, migrations
+from cdrhouse.sql.schema.topology import render
 
 _BOOKKEEPING = """
 CREATE TABLE IF NOT EXISTS schema_migrations
@@ -62,6 +72,8 @@ def is_current(db: Database) -> bool:
 
 
 def migrate(db: Database) -> MigrationReport:
+    if cluster.topology(db).cluster:
+        return _migrate_cluster(db)
     db.command(_BOOKKEEPING)
     applied = []
     for mig in pending(db):
@@ -72,3 +84,47 @@ def migrate(db: Database) -> MigrationReport:
         applied.append(f"{mig.version:03d}_{mig.name}")
     all_migs = migrations()
     return MigrationReport(applied=applied, current=all_migs[-1].version if all_migs else 0)
+
+
+def _record(db: Database, mig: Migration) -> None:
+    db.insert_rows("schema_migrations", [(mig.version, mig.name, mig.checksum)],
+                   ["version", "name", "checksum"])
+
+
+def _migrate_cluster(db: Database) -> MigrationReport:
+    """Apply pending files to every node of the cluster (module docstring).
+
+    Node by node (no Keeper): each node runs the statements placed on every node,
+    the home node also those of the small tables. Replicated: the statements carry
+    ON CLUSTER and run once for every node that lacks the file; they are all
+    idempotent (IF NOT EXISTS), so a node that already had them is unchanged.
+    """
+    topo = cluster.topology(db)
+    nodes = cluster.nodes(db)
+    if not topo.replicated:
+        cluster.home(db)  # the small tables' node must be one of the cluster's
+    applied: set[str] = set()
+    with contextlib.ExitStack() as stack:
+        conns = [(node, stack.enter_context(cluster.open_node(db, node))) for node in nodes]
+        todo: dict[int, tuple[Migration, list]] = {}
+        for node, conn in conns:
+            conn.command(_BOOKKEEPING)
+            for mig in pending(conn):
+                todo.setdefault(mig.version, (mig, []))[1].append((node, conn))
+        for version in sorted(todo):
+            mig, targets = todo[version]
+            statements = render(mig.statements, topo, db.name)
+            if topo.replicated:
+                for st in statements:
+                    db.command(st.sql)
+            else:
+                for node, conn in targets:
+                    for st in statements:
+                        if st.where == "all" or (st.where == "home" and node.home):
+                            conn.command(st.sql)
+            for node, conn in targets:
+                _record(conn, mig)
+            applied.add(f"{mig.version:03d}_{mig.name}")
+    all_migs = migrations()
+    return MigrationReport(applied=sorted(applied),
+                           current=all_migs[-1].version if all_migs else 0)

@@ -48,6 +48,11 @@ class LogicalTable:
     extra_roles: tuple[tuple[str, frozenset[str]], ...] = ()
     #: a predicate every read carries, before any guard (see DAILY_SUMMARY)
     always: str = ""
+    #: (column, aggregate) pairs: the table is read grouped by its other columns
+    #: (see DAILY_SUMMARY); empty: read row by row
+    aggregates: tuple[tuple[str, str], ...] = ()
+    #: (column, expression over the aggregates) computed after the grouping
+    derived: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         extra = dict(self.extra_roles)
@@ -77,8 +82,32 @@ class LogicalTable:
     def select(self, columns: tuple[str, ...] | None = None, where: str | None = None) -> str:
         """The subquery that stands in for this table (optionally with a guard predicate)."""
         cols = ", ".join(columns or self.columns)
+        if self.aggregates:
+            return self._grouped(cols, where)
         final = " FINAL" if self.final else ""
         sql = f"SELECT {cols} FROM {self.physical}{final}"
+        conditions = [c for c in (self.always, where) if c]
+        if conditions:
+            sql += " WHERE " + " AND ".join(f"({c})" if len(conditions) > 1 else c
+                                            for c in conditions)
+        return sql
+
+
+    def _grouped(self, cols: str, where: str | None) -> str:
+        """Grouped by the key columns with the aggregates over them, under the physical
+        table's name, so the guard's predicate (which names it) applies as for a table.
+        The predicate (on key columns: tenant and account ids) is applied below the
+        grouping as well: on a cluster that part is what each shard runs, and a filter
+        above it would not reach the shards (each would aggregate every tenant)."""
+        computed = dict(self.aggregates) | dict(self.derived)
+        keys = [c for c in self.columns if c not in computed]
+        inner = (f"SELECT {', '.join(keys)}, "
+                 f"{', '.join(f'{e} AS {c}' for c, e in self.aggregates)} "
+                 f"FROM {self.physical}" + (f" WHERE {where}" if where else "")
+                 + f" GROUP BY {', '.join(keys)}")
+        outer = ", ".join([*keys, *(c for c, _ in self.aggregates),
+                           *(f"{e} AS {c}" for c, e in self.derived)])
+        sql = f"SELECT {cols} FROM (SELECT {outer} FROM ({inner})) AS {self.physical}"
         conditions = [c for c in (self.always, where) if c]
         if conditions:
             sql += " WHERE " + " AND ".join(f"({c})" if len(conditions) > 1 else c
@@ -89,7 +118,10 @@ class LogicalTable:
 CDRS = LogicalTable("cdrs", "cdr_records", catalogue.NAMES)
 
 #: Per UTC day x customer x carrier x destination (schema 004; kept by engine.summary).
-#: Read with FINAL: the physical table is a SummingMergeTree of deltas, FINAL sums them.
+#: The physical table is a SummingMergeTree of deltas; it is read grouped by its key
+#: with the sums (what FINAL does on one node). On a cluster a key's deltas sit on
+#: several shards (each shard summarises its own calls) and FINAL, which runs per
+#: shard, would show a key once per shard; the grouping adds the shards up.
 #: Catalogue names keep the catalogue's roles (customers never see carrier_id or
 #: carrier_cost, carriers never customer_id or customer_charge); margin and the
 #: unrated count (which reveals the other side) are for operators only.
@@ -105,7 +137,13 @@ DAILY_SUMMARY = LogicalTable(
     # zero; a query that reads only charge and billsec would lose the days of a
     # customer whose calls were all unanswered. Reading `calls` keeps every key that
     # has calls (and a key without calls has nothing to show).
-    always="calls != 0")
+    always="calls != 0", final=False,
+    aggregates=tuple((c, f"sum({c})") for c in (
+        "calls", "connected", "duration", "billsec", "billed_sec", "customer_charge",
+        "carrier_cost", "unrated")),
+    derived=(("asr", "if(calls = 0, 0, connected / calls)"),
+             ("acd", "if(connected = 0, 0, billsec / connected)"),
+             ("margin", "customer_charge - carrier_cost")))
 
 TABLES: dict[str, LogicalTable] = {CDRS.name: CDRS, DAILY_SUMMARY.name: DAILY_SUMMARY}
 

@@ -159,8 +159,9 @@ def _load(db: Database, rows: bool = True, fail: bool = True) -> dict[str, str]:
     return {who: keys.create_key(db, who)[1] for who in PRINCIPALS}
 
 
-def _serve(dsn: str, engine_dir: Path, **load) -> Served:
-    store = StoreConfig(data_dir=engine_dir, clickhouse=dsn, database=f"t_{uuid.uuid4().hex[:12]}")
+def _serve(dsn: str, engine_dir: Path, cluster: str | None = None, **load) -> Served:
+    store = StoreConfig(data_dir=engine_dir, clickhouse=dsn, database=f"t_{uuid.uuid4().hex[:12]}",
+                        cluster=cluster)
     db = Database(store)
     try:
         migrate(db)
@@ -668,10 +669,14 @@ def test_customer_keys_cannot_widen_or_see_carrier_fields(served: Served) -> Non
 
 # -- on a ClickHouse server (HTTP) -----------------------------------------------------------
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["http", "cluster"])
 def served_http(request, engine_dir: Path):
-    server = request.getfixturevalue("http_server")
-    s = _serve(server.dsn, engine_dir)
+    """A server, and a 2-shard cluster of them (the store sharded, conftest.local_cluster)."""
+    if request.param == "cluster":
+        cluster = request.getfixturevalue("local_cluster")
+        s = _serve(cluster.dsn, engine_dir, cluster.name)
+    else:
+        s = _serve(request.getfixturevalue("http_server").dsn, engine_dir)
     yield s
     s.stop()
 

@@ -19,6 +19,7 @@ import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError
 
 from cdrhouse.engine import accounts as acc
+from cdrhouse.engine.cluster import each_node, local
 from cdrhouse.engine.db import Database, StoreConfig
 from cdrhouse.engine.migrate import migrate
 from cdrhouse.sql import functions
@@ -81,17 +82,19 @@ def _row(tenant: str, call_id: str, cust: int, carr: int, billsec: int, version:
             "15550001", "4420000", "10.0.0.1", "10.0.0.2", None, None, version]
 
 
-@pytest.fixture(scope="module", params=["embedded", "http"])
+@pytest.fixture(scope="module", params=["embedded", "http", "cluster"])
 def loaded(request, embedded_dsn: str, engine_dir: Path):
     """One database per interface for the whole module, loaded once (the corpus is read-only).
 
     Merges are stopped and acme-C1-1 / globex-C1-1 are inserted twice (two parts, two
     versions), so a read without FINAL would return them twice.
     """
+    cluster = request.getfixturevalue("local_cluster") if request.param == "cluster" else None
     dsn = embedded_dsn if request.param == "embedded" else \
-        request.getfixturevalue("http_server").dsn
+        cluster.dsn if cluster else request.getfixturevalue("http_server").dsn
     db = Database(StoreConfig(data_dir=engine_dir, clickhouse=dsn,
-                              database=f"t_{uuid.uuid4().hex[:12]}"))
+                              database=f"t_{uuid.uuid4().hex[:12]}",
+                              cluster=cluster.name if cluster else None))
     try:
         migrate(db)
         for tenant in ("acme", "globex"):
@@ -99,7 +102,8 @@ def loaded(request, embedded_dsn: str, engine_dir: Path):
                    for code, kind in (("C1", "customer"), ("C2", "customer"),
                                       ("K1", "carrier"), ("K2", "carrier"))]
             assert ids == [C1, C2, K1, K2]
-        db.command("SYSTEM STOP MERGES cdr_records")
+        # (on the cluster: of the shards' local tables, on every node)
+        each_node(db, f"SYSTEM STOP MERGES{{on_cluster}} {local(db, 'cdr_records')}")
         db.insert_rows("cdr_records", [_row(t, c, cu, ca, 10, 1) for t, c, cu, ca in CALLS],
                        _COLS)
         db.insert_rows("cdr_records", [_row(t, c, cu, ca, 20, 2) for t, c, cu, ca in CALLS
@@ -108,7 +112,7 @@ def loaded(request, embedded_dsn: str, engine_dir: Path):
         yield db
     finally:
         try:
-            db.command(f"DROP DATABASE IF EXISTS `{db.name}` SYNC")
+            each_node(db, f"DROP DATABASE IF EXISTS `{db.name}`{{on_cluster}} SYNC")
         finally:
             db.close()
 

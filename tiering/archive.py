@@ -37,12 +37,14 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cdrhouse.engine import summary
+from cdrhouse.engine import cluster, summary
 from cdrhouse.engine.db import Database
 from cdrhouse.sql.schema import migrations
+from cdrhouse.sql.schema.topology import SHARD_PATH, distributed_ddl
 from cdrhouse.tiering import layout, verify, warm
 from cdrhouse.tiering.layout import FileEntry, Manifest
 from cdrhouse.tiering.lock import run_lock
@@ -127,10 +129,11 @@ def hot_months(db: Database, table: str = HOT) -> dict[int, dict[str, int]]:
 
 
 def partition_bytes(db: Database, table: str = HOT) -> dict[int, int]:
+    """month → bytes on disk (of every shard's local table on a cluster)."""
     return {int(p): int(b) for p, b in db.rows(
-        "SELECT partition, sum(bytes_on_disk) FROM system.parts WHERE active "
-        "AND database = currentDatabase() AND table = {t:String} GROUP BY partition",
-        {"t": table})}
+        f"SELECT partition, sum(bytes_on_disk) FROM {cluster.parts_table(db)} WHERE active "
+        "AND database = {db:String} AND table = {t:String} GROUP BY partition",
+        {"t": cluster.local(db, table), "db": db.name})}
 
 
 def plan(db: Database, policy: Policy, today: dt.date, months: list[int] | None = None,
@@ -373,11 +376,23 @@ class Tiering:
         """(rows, highest block number, highest data version) of a partition: an insert
         raises the block number, a mutation the data version, so an unchanged
         signature means nothing was written to the partition in between."""
-        rows, block, version = self.db.rows(
-            "SELECT sum(rows), max(max_block_number), max(data_version) FROM system.parts "
-            "WHERE active AND database = currentDatabase() AND table = {t:String} "
-            "AND partition = {p:String}", {"t": table, "p": str(month)})[0]
-        return int(rows or 0), int(block or 0), int(version or 0)
+        # on a cluster, per node (block numbers are each node's own), folded into one value
+        per_node = self.db.rows(
+            "SELECT getMacro('shard') AS s, getMacro('replica') AS r, sum(rows), "
+            f"max(max_block_number), max(data_version) FROM {cluster.parts_table(self.db)} "
+            "WHERE active AND database = {db:String} AND table = {t:String} "
+            "AND partition = {p:String} GROUP BY s, r ORDER BY s, r"
+            if cluster.topology(self.db).cluster else
+            "SELECT '', '', sum(rows), max(max_block_number), max(data_version) "
+            "FROM system.parts WHERE active AND database = {db:String} AND table = {t:String} "
+            "AND partition = {p:String}",
+            {"t": cluster.local(self.db, table), "p": str(month), "db": self.db.name})
+        rows = sum(int(r[2] or 0) for r in per_node)
+        if len(per_node) == 1:
+            return rows, int(per_node[0][3] or 0), int(per_node[0][4] or 0)
+        blocks = repr([(r[0], r[1], int(r[3] or 0)) for r in per_node])
+        versions = repr([(r[0], r[1], int(r[4] or 0)) for r in per_node])
+        return rows, zlib.crc32(blocks.encode()), zlib.crc32(versions.encode())
 
     def drop_month(self, month: int, report: RunReport | None = None,
                    before: tuple[int, int, int] | None = None) -> str:
@@ -403,7 +418,7 @@ class Tiering:
             return ""
         unchanged = before is not None and self._partition_sig(HOT, month) == before
         self._ensure_hold()
-        self.db.command(f"ALTER TABLE {HOT} MOVE PARTITION {month} TO TABLE {HOLD}")
+        self._move_to_hold(month)
         self.fault("moved")
         trusted = unchanged and self._partition_sig(HOLD, month)[0] == before[0]
         returned = self._finish_drop(month, manifests, trusted)
@@ -418,8 +433,45 @@ class Tiering:
         if self.db.table_exists(HOLD):
             if int(self.db.scalar(f"SELECT count() FROM {HOLD}")):
                 return
-            self.db.command(f"DROP TABLE {HOLD} SYNC")
-        self.db.command(f"CREATE TABLE {HOLD} AS {HOT}")
+            if cluster.topology(self.db).cluster:
+                self._drop_cluster_hold()
+            else:
+                self.db.command(f"DROP TABLE {HOLD} SYNC")
+        if not cluster.topology(self.db).cluster:
+            self.db.command(f"CREATE TABLE {HOLD} AS {HOT}")
+            return
+        # on a cluster: a local holding table beside each shard's local hot table
+        # (MOVE PARTITION works between local tables), a Distributed one in front
+        topo = cluster.topology(self.db)
+        engine = ""
+        if topo.replicated:
+            # its own Keeper path: CREATE … AS would copy the hot table's engine arguments
+            # (macros possibly expanded to the hot table's path); MOVE PARTITION needs the
+            # same partition and sort keys, given here from the hot table's
+            pk, sk = self.db.rows(
+                "SELECT partition_key, sorting_key FROM system.tables WHERE database = "
+                "{db:String} AND name = {t:String}",
+                {"db": self.db.name, "t": cluster.local(self.db, HOT)})[0]
+            engine = (f" ENGINE = ReplicatedReplacingMergeTree('{SHARD_PATH}', '{{replica}}', "
+                      f"version) PARTITION BY {pk} ORDER BY ({sk})")
+        cluster.each_node(self.db, f"CREATE TABLE IF NOT EXISTS {cluster.local(self.db, HOLD)}"
+                                   f"{{on_cluster}} AS {cluster.local(self.db, HOT)}{engine}")
+        cluster.each_node(self.db, distributed_ddl(HOLD, topo, self.db.name))
+
+    def _drop_cluster_hold(self) -> None:
+        for name in (HOLD, cluster.local(self.db, HOLD)):
+            cluster.each_node(self.db, f"DROP TABLE IF EXISTS {name}{{on_cluster}} SYNC")
+
+    def _move_to_hold(self, month: int) -> None:
+        """The month's partition from the hot table to the holding table: one atomic
+        move on one node; on a cluster one per shard (each shard's local tables), so a
+        shard failing halfway leaves the month partly held, which `recover` completes."""
+        if not cluster.topology(self.db).cluster:
+            self.db.command(f"ALTER TABLE {HOT} MOVE PARTITION {month} TO TABLE {HOLD}")
+            return
+        cluster.each_node(self.db, f"ALTER TABLE {cluster.local(self.db, HOT)}{{on_cluster}} "
+                                   f"MOVE PARTITION {month} TO TABLE "
+                                   f"{cluster.local(self.db, HOLD)}")
 
     def _finish_drop(self, month: int, manifests: dict[str, Manifest],
                      trusted: bool = False) -> int:
@@ -447,7 +499,8 @@ class Tiering:
                 self.db.command(f"INSERT INTO {HOT} ({self._col_list()}) SELECT * REPLACE "
                                 f"('{RETURNED_SOURCE}' AS source) FROM ({missing})", params)
                 returned += count
-        self.db.command(f"ALTER TABLE {HOLD} DROP PARTITION {month}")
+        cluster.each_node(self.db, f"ALTER TABLE {cluster.local(self.db, HOLD)}{{on_cluster}} "
+                                   f"DROP PARTITION {month}")
         for tenant, manifest in manifests.items():
             warm.record(self.db, manifest, "archived")
         for tenant in held:
@@ -479,6 +532,11 @@ class Tiering:
         months whose hot rows are already gone, staging files."""
         if self.db.table_exists(HOLD):
             for month in sorted(hot_months(self.db, HOLD)):
+                if cluster.topology(self.db).cluster:
+                    # a run that died between the shards' moves: the month was fully
+                    # archived (drop_month checked), so finish moving it on every shard
+                    # (rows newer than the archive go back to the hot table below)
+                    self._move_to_hold(month)
                 self._finish_drop(month, {})
         hot = hot_months(self.db)
         for w in warm.warm_months(self.db, states=("verified",)):
