@@ -339,3 +339,50 @@ CREATE TABLE IF NOT EXISTS backups ON CLUSTER cdr_cluster
 ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/{database}/{table}', '{shard}-{replica}', version)
 ORDER BY backup_id;
 
+-- 009_web_sessions.sql
+-- where: once
+CREATE TABLE IF NOT EXISTS web_users ON CLUSTER cdr_cluster
+(
+    user_id       String,
+    name          String,
+    password_hash String,
+    principal     String,
+    tenant_id     String,
+    created_by    String,
+    created_at    DateTime64(3, 'UTC'),
+    disabled      Bool DEFAULT false,
+    deleted       Bool DEFAULT false,
+    version       UInt64
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/{database}/{table}', '{shard}-{replica}', version)
+ORDER BY user_id;
+
+-- where: once
+CREATE TABLE IF NOT EXISTS web_sessions ON CLUSTER cdr_cluster
+(
+    session_hash  String,
+    user_id       String,
+    key_id        String,
+    principal     String,
+    csrf_token    String,
+    created_at    DateTime64(3, 'UTC'),
+    expires_at    DateTime64(3, 'UTC'),
+    ended_at      Nullable(DateTime64(3, 'UTC')),
+    version       UInt64
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/{database}/{table}', '{shard}-{replica}', version)
+ORDER BY session_hash
+TTL toDateTime(expires_at) + INTERVAL 1 DAY;
+
+-- where: once
+CREATE TABLE IF NOT EXISTS web_login_attempts ON CLUSTER cdr_cluster
+(
+    at        DateTime64(3, 'UTC'),
+    name      String,
+    client    String,
+    ok        Bool
+)
+ENGINE = ReplicatedMergeTree('/clickhouse/tables/all/{database}/{table}', '{shard}-{replica}')
+ORDER BY (name, at)
+TTL toDateTime(at) + INTERVAL 1 DAY;
+

@@ -325,3 +325,50 @@ CREATE TABLE IF NOT EXISTS backups
 ENGINE = ReplacingMergeTree(version)
 ORDER BY backup_id;
 
+-- 009_web_sessions.sql
+-- where: all
+CREATE TABLE IF NOT EXISTS web_users
+(
+    user_id       String,
+    name          String,
+    password_hash String,
+    principal     String,
+    tenant_id     String,
+    created_by    String,
+    created_at    DateTime64(3, 'UTC'),
+    disabled      Bool DEFAULT false,
+    deleted       Bool DEFAULT false,
+    version       UInt64
+)
+ENGINE = ReplacingMergeTree(version)
+ORDER BY user_id;
+
+-- where: all
+CREATE TABLE IF NOT EXISTS web_sessions
+(
+    session_hash  String,
+    user_id       String,
+    key_id        String,
+    principal     String,
+    csrf_token    String,
+    created_at    DateTime64(3, 'UTC'),
+    expires_at    DateTime64(3, 'UTC'),
+    ended_at      Nullable(DateTime64(3, 'UTC')),
+    version       UInt64
+)
+ENGINE = ReplacingMergeTree(version)
+ORDER BY session_hash
+TTL toDateTime(expires_at) + INTERVAL 1 DAY;
+
+-- where: all
+CREATE TABLE IF NOT EXISTS web_login_attempts
+(
+    at        DateTime64(3, 'UTC'),
+    name      String,
+    client    String,
+    ok        Bool
+)
+ENGINE = MergeTree
+ORDER BY (name, at)
+TTL toDateTime(at) + INTERVAL 1 DAY;
+
