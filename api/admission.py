@@ -21,6 +21,7 @@ deterministic and tested directly (tests/test_admission.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -123,13 +124,9 @@ class FairQueue:
     def _forget(self, w: _Waiter) -> None:
         queue = self._waiting.get(w.tenant)
         if queue is not None:
-            try:
+            with contextlib.suppress(ValueError):   # already admitted
                 queue.remove(w)
-            except ValueError:
-                pass
             if not queue:
                 del self._waiting[w.tenant]
-                try:
+                with contextlib.suppress(ValueError):   # not in the rotation
                     self._turns.remove(w.tenant)
-                except ValueError:
-                    pass

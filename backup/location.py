@@ -108,16 +108,7 @@ class Location:
     def _define_collection(self, db: Database) -> None:
         store = self.store
         assert isinstance(store, S3Store)
-        creds = store._session.get_credentials()
-        frozen = creds.get_frozen_credentials() if creds else None
-        fields = [f"url = {sql_string(store._url('').rstrip('/') + '/')}"]
-        if frozen:
-            fields += [f"access_key_id = {sql_string(frozen.access_key)}",
-                       f"secret_access_key = {sql_string(frozen.secret_key)}"]
-            if frozen.token:
-                fields.append(f"session_token = {sql_string(frozen.token)}")
-        else:
-            fields.append("no_sign_request = 1")
+        fields = store.collection_fields(store.root_url())
         with _collection_lock:
             db.command(f"DROP NAMED COLLECTION IF EXISTS {COLLECTION}")
             db.command(f"CREATE NAMED COLLECTION {COLLECTION} AS {', '.join(fields)}")

@@ -434,12 +434,12 @@ class S3Store:
             return f"{self.endpoint}/{self.bucket}/{self._full(key)}"
         return f"https://{self.bucket}.s3.{self.region}.amazonaws.com/{self._full(key)}"
 
-    def collection(self, db: Database) -> str:
-        """A named collection holding this store's URL and credentials, so that
-        query text (and query logs) never carry secrets."""
+    def collection_fields(self, url: str) -> list[str]:
+        """The fields of a ClickHouse named collection reaching `url` with this store's
+        credentials (the archive's collection and the backups' share them)."""
         creds = self._session.get_credentials()
         frozen = creds.get_frozen_credentials() if creds else None
-        fields = [f"url = {sql_string(self._url(''))}"]
+        fields = [f"url = {sql_string(url)}"]
         if frozen:
             fields += [f"access_key_id = {sql_string(frozen.access_key)}",
                        f"secret_access_key = {sql_string(frozen.secret_key)}"]
@@ -447,6 +447,16 @@ class S3Store:
                 fields.append(f"session_token = {sql_string(frozen.token)}")
         else:
             fields.append("no_sign_request = 1")
+        return fields
+
+    def root_url(self) -> str:
+        """The URL of the store's prefix, ending in '/'."""
+        return self._url("").rstrip("/") + "/"
+
+    def collection(self, db: Database) -> str:
+        """A named collection holding this store's URL and credentials, so that
+        query text (and query logs) never carry secrets."""
+        fields = self.collection_fields(self._url(""))
         # the name changes with any of the values, so IF NOT EXISTS never keeps stale ones
         name = "cdrhouse_s3_" + hashlib.sha256("|".join(fields).encode()).hexdigest()[:16]
         db.command(f"CREATE NAMED COLLECTION IF NOT EXISTS {name} AS {', '.join(fields)}")

@@ -484,10 +484,17 @@ async def save_preferences(request: Request) -> Response:
     return JSONResponse({"saved": sorted(data.model_fields_set)})
 
 
-async def _form_checked(request: Request) -> tuple[sess.WebCaller, Any]:
-    web = await sess.current(request)
-    form = await request.form()
-    sess.check_csrf(request, web.csrf, str(form.get("csrf_token") or ""))
+async def _form_checked(request: Request) -> tuple[sess.WebCaller, Any] | Response:
+    """The session and form of a state-changing POST, or the answer when there is no
+    session (to the sign-in page) or the CSRF check fails (403)."""
+    try:
+        web = await sess.current(request)
+        form = await request.form()
+        sess.check_csrf(request, web.csrf, str(form.get("csrf_token") or ""))
+    except sess.SignedOut:
+        return _to_login(request)
+    except sess.CSRFRefused as exc:
+        return _headers(HTMLResponse(str(exc), status_code=403))
     return web, form
 
 
@@ -502,12 +509,10 @@ def _back(form, note: str | None = None) -> Response:  # noqa: ANN001
 @router.post("/web/views")
 async def save_view(request: Request) -> Response:
     """Save the current view (filters, columns, sort, range) as a saved query."""
-    try:
-        web, form = await _form_checked(request)
-    except sess.SignedOut:
-        return _to_login(request)
-    except sess.CSRFRefused as exc:
-        return _headers(HTMLResponse(str(exc), status_code=403))
+    checked = await _form_checked(request)
+    if isinstance(checked, Response):
+        return checked
+    web, form = checked
     name = str(form.get("name") or "").strip()
     shared = str(form.get("shared") or "") in ("1", "on", "true")
     try:
@@ -552,12 +557,10 @@ async def _owned_view(request: Request, web: sess.WebCaller, query_id: str) -> u
 
 @router.post("/web/views/{query_id}/delete")
 async def delete_view(request: Request, query_id: str) -> Response:
-    try:
-        web, form = await _form_checked(request)
-    except sess.SignedOut:
-        return _to_login(request)
-    except sess.CSRFRefused as exc:
-        return _headers(HTMLResponse(str(exc), status_code=403))
+    checked = await _form_checked(request)
+    if isinstance(checked, Response):
+        return checked
+    web, form = checked
     try:
         q = await _owned_view(request, web, query_id)
         await deps.store(request, lambda db: ud.delete_query(db, q))
@@ -568,12 +571,10 @@ async def delete_view(request: Request, query_id: str) -> Response:
 
 @router.post("/web/views/{query_id}/share")
 async def share_view(request: Request, query_id: str) -> Response:
-    try:
-        web, form = await _form_checked(request)
-    except sess.SignedOut:
-        return _to_login(request)
-    except sess.CSRFRefused as exc:
-        return _headers(HTMLResponse(str(exc), status_code=403))
+    checked = await _form_checked(request)
+    if isinstance(checked, Response):
+        return checked
+    web, form = checked
     try:
         q = await _owned_view(request, web, query_id)
         shared = not q.shared
