@@ -11,8 +11,10 @@ non-editable into a scratch venv and runs it from outside the repository.
 from __future__ import annotations
 
 import shutil
+import site as site_module
 import subprocess
 import sys
+import sysconfig
 import tomllib
 import venv
 import zipfile
@@ -81,9 +83,14 @@ def test_wheel_holds_only_cdrhouse_with_every_subpackage_and_the_schema(wheel: P
 def test_wheel_installs_and_runs_outside_the_repository(wheel: Path, tmp_path: Path) -> None:
     """A non-editable install: the console script and imports work with the repo out of reach."""
     env_dir = tmp_path / "venv"
-    # the dependencies are in the system site-packages already; no pip in the venv (fast)
-    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
+    # no pip in the venv (fast): the dependencies come from the environment running the
+    # tests, added as plain path entries (so its editable cdrhouse finder is not loaded)
+    venv.EnvBuilder(system_site_packages=False, with_pip=False).create(env_dir)
     py = env_dir / "bin" / "python"
+    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    deps = {sysconfig.get_path("purelib"), sysconfig.get_path("platlib"), *site_module.getsitepackages()}
+    (Path(site) / "_test_deps.pth").write_text("\n".join(sorted(deps)) + "\n")
     subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps",
                     "--no-index", "-q", str(wheel)], check=True, capture_output=True, text=True)
     away = tmp_path / "elsewhere"
