@@ -1,10 +1,8 @@
 """The web viewer in a real browser: Debian's Chromium driven by Playwright, against a real
-`cdrhouse serve` on loopback over a small known store (tests/webstore.py).
+`cdrhouse serve` on loopback over a small known store (tests/webstore.py; shared
+fixtures and helpers in tests/browser.py).
 
-Run: `python -m pytest -n 0 tests/test_web_browser.py` (needs `apt-get install -y chromium`;
-never `playwright install`). Without Chromium these tests skip, unless
-CDRHOUSE_REQUIRE_BROWSER=1 (CI), where a missing browser fails the run.
-Each scenario leaves a screenshot in test-artifacts/.
+Run: `python -m pytest -n 0 tests/test_web_browser.py` (needs `apt-get install -y chromium`).
 """
 
 from __future__ import annotations
@@ -14,159 +12,16 @@ import datetime as dt
 import io
 import json
 import re
-import os
-import shutil
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-import pytest
-
 sys.path.insert(0, str(Path(__file__).parent))
+from browser import (  # noqa: E402,F401  (fixtures are found by name)
+    ROOT, Server, Watch, browser_type_launch_args, column, csv_ids, ctx, download_text,
+    grid_ids, server, shot, sign_in)
 import webstore  # noqa: E402
-
-CHROMIUM = shutil.which("chromium")
-INSTALL = "apt-get install -y chromium"
-if CHROMIUM is None:
-    if os.environ.get("CDRHOUSE_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"CDRHOUSE_REQUIRE_BROWSER=1 but Chromium is missing: {INSTALL}",
-                    pytrace=False)
-    pytest.skip(f"Chromium is not installed; to run the browser tests: {INSTALL}",
-                allow_module_level=True)
-
-from playwright.sync_api import Browser, BrowserContext, Page, expect  # noqa: E402
-
-# generous waits: CI runs this beside the rest of the suite on two cores
-expect.set_options(timeout=20_000)
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args):
-    """pytest-playwright's browser, launched from Debian's Chromium (nothing downloaded)."""
-    return {**browser_type_launch_args, "executable_path": CHROMIUM,
-            "args": ["--disable-background-networking", "--disable-component-update",
-                     "--no-first-run", "--disable-sync", "--autoplay-policy=no-user-gesture-required"]}
-
-
-@dataclass
-class Server:
-    base: str
-    secrets: dict[str, str]
-    now: dt.datetime
-    rec: webstore.RecordingServer
-
-    def calls(self) -> list[dict]:
-        return webstore.calls(self.now, self.rec.base)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`cdrhouse serve` on a fresh embedded store, one per module."""
-    tmp = tmp_path_factory.mktemp("web")
-    rec = webstore.RecordingServer().start()
-    info = tmp / "store.json"
-    subprocess.run([sys.executable, str(Path(__file__).parent / "webstore.py"), str(tmp / "data"),
-                    rec.base, str(info)], check=True, cwd=tmp)
-    meta = json.loads(info.read_text())
-    port = _free_port()
-    env = {**os.environ, "CDRHOUSE_RECORDING_HOSTS": "127.0.0.1"}
-    proc = subprocess.Popen([sys.executable, "-m", "cdrhouse.api.cli", "--data-dir",
-                             str(tmp / "data"), "serve", "--port", str(port),
-                             "--tier-schedule", "off"], cwd=tmp, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(base + "/healthz", timeout=1).read()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-                rec.stop()
-                pytest.fail(f"cdrhouse serve did not start:\n{out}")
-            time.sleep(0.2)
-    yield Server(base, meta["secrets"], dt.datetime.fromisoformat(meta["now"]), rec)
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    rec.stop()
-
-
-class Watch:
-    """Console errors and uncaught exceptions of a page."""
-
-    def __init__(self, page: Page) -> None:
-        self.errors: list[str] = []
-        page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
-
-    def assert_clean(self, allowed: tuple[str, ...] = ()) -> None:
-        bad = [e for e in self.errors if not any(a in e for a in allowed)]
-        assert not bad, f"console errors: {bad}"
-
-
-@pytest.fixture
-def ctx(browser: Browser, server: Server):
-    context = browser.new_context(viewport={"width": 1280, "height": 800}, base_url=server.base,
-                                  timezone_id="Europe/Berlin", accept_downloads=True)
-    context.set_default_timeout(60_000)
-    yield context
-    context.close()
-
-
-def shot(page: Page, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
-
-
-def sign_in(page: Page, name: str, password: str = webstore.PASSWORD, path: str = "/") -> None:
-    page.goto(path)
-    expect(page).to_have_url(re.compile(r"/login\?next="))
-    page.get_by_label("User name").fill(name)
-    page.get_by_label("Password").fill(password)
-    page.get_by_role("button", name="Sign in", exact=True).click()
-    expect(page.locator("#grid")).to_be_visible()
-
-
-def grid_ids(page: Page) -> list[str]:
-    return page.locator("#grid tbody tr[data-call]").evaluate_all(
-        "rows => rows.map(r => r.dataset.call)")
-
-
-def column(page: Page, name: str) -> list[str]:
-    idx = page.locator("#grid thead th").evaluate_all(
-        f"ths => ths.findIndex(t => t.dataset.col === {json.dumps(name)})")
-    assert idx >= 0, f"no column {name}"
-    return page.locator(f"#grid tbody tr[data-call] td:nth-child({idx + 1})").all_inner_texts()
-
-
-def download_text(page: Page, click) -> tuple[str, str]:
-    with page.expect_download() as info:
-        click()
-    d = info.value
-    return d.suggested_filename, Path(d.path()).read_text()
-
-
-def csv_ids(text: str) -> list[str]:
-    rows = list(csv.DictReader(io.StringIO(text)))
-    return [r["call_id"] for r in rows]
+from playwright.sync_api import BrowserContext, expect  # noqa: E402
 
 
 # -- tenant operator ------------------------------------------------------------------------
