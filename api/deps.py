@@ -22,7 +22,7 @@ import anyio
 from fastapi import Query, Request
 from fastapi.responses import Response
 
-from cdrhouse.api.auth import Caller
+from cdrhouse.api.auth import Caller, secret_from
 from cdrhouse.api.errors import Problem
 from cdrhouse.api.models import SQLBody, ViewParams
 from cdrhouse.engine import accounts as acc
@@ -44,7 +44,29 @@ def service(request: Request):
     return request.app.state.service
 
 
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 async def caller(request: Request) -> Caller:
+    """Who is calling: the API key in the request's headers, or else the web viewer's
+    session cookie — so the page's scripts use the same /v1 routes (and the same guard)
+    as any client. A cookie is sent by the browser on its own, so a state-changing
+    request on it must also prove it comes from our page (same Origin and the session's
+    CSRF token in `X-CSRF-Token`); a key in the headers needs no such proof."""
+    from cdrhouse.api.web import session as sess  # the web layer builds on this module
+
+    if secret_from(request) is None and request.cookies.get(sess.COOKIE):
+        try:
+            web = await sess.current(request)
+            if request.method not in SAFE_METHODS:
+                sess.check_csrf(request, web.csrf, None)
+        except sess.SignedOut as exc:
+            raise Problem("unauthorized", f"{exc} (session cookie)") from None
+        except sess.CSRFRefused as exc:
+            raise Problem("forbidden", str(exc)) from None
+        except sess.SignInRefused as exc:  # the pool is exhausted
+            raise Problem("unavailable", str(exc)) from None
+        return web.caller
     return await service(request).caller(request)
 
 

@@ -446,3 +446,40 @@ def test_admin_global_view_narrows_by_tenant_and_account(web) -> None:
     r = o.get("/?range=all&tenant=globex")
     assert r.status_code == 400 and "only an admin can choose the tenant" in r.text
     assert not ids(r.text)
+
+
+# -- the page's scripts call /v1 on the session cookie ---------------------------------------
+
+def test_v1_routes_accept_the_session_cookie_with_csrf_for_changes(web) -> None:
+    """The viewer's scripts reach /v1 with the browser's session: reads need only the cookie,
+    a change also needs our Origin and the session's CSRF token; the guard is the key's."""
+    client, _ = web
+    anon = client()
+    assert anon.get("/v1/fields").status_code == 401
+    anon.cookies.set(sess.COOKIE, "forged-session")
+    r = anon.get("/v1/fields")
+    assert r.status_code == 401 and "session" in r.json()["detail"]
+
+    c = client()
+    sign_in(c, "cust1")
+    csrf = csrf_of(c)
+    fields = {f["name"] for f in c.get("/v1/fields").json()["fields"]}
+    assert "call_id" in fields and "carrier_cost" not in fields  # a customer's fields
+    sql = {"sql": "SELECT DISTINCT customer_id FROM cdrs"}
+    assert c.post("/v1/sql", json=sql).status_code == 403                      # no proof
+    assert c.post("/v1/sql", json=sql, headers={"Origin": "http://evil.example",
+                                                "X-CSRF-Token": csrf}).status_code == 403
+    assert c.post("/v1/sql", json=sql, headers={"Origin": ORIGIN,
+                                                "X-CSRF-Token": "forged"}).status_code == 403
+    r = c.post("/v1/sql", json=sql, headers={"Origin": ORIGIN, "X-CSRF-Token": csrf})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["rows"]) == 1  # one account: its own
+    assert c.post("/v1/recalc", json={"op": "refresh-credit", "dry_run": True},
+                  headers={"Origin": ORIGIN, "X-CSRF-Token": csrf}).status_code == 403
+    # an API key in the headers wins over the cookie, and needs no CSRF proof
+    _, secrets = web
+    r = c.post("/v1/sql", json=sql, headers={"Authorization": f"Bearer {secrets['tenant:acme']}"})
+    assert r.status_code == 200 and len(r.json()["rows"]) >= 2
+    # signing out ends the cookie's access to /v1
+    c.post("/logout", data={"csrf_token": csrf}, headers={"Origin": ORIGIN})
+    assert c.get("/v1/fields").status_code == 401
