@@ -63,6 +63,9 @@ class BackupRecord:
     job_id: str = ""
     #: of `seconds`, the time ClickHouse's BACKUP itself took (the rest: fingerprints)
     backup_seconds: float = 0.0
+    #: on a sharded cluster, the nodes whose parts make up this backup (`<id>/<node>/`;
+    #: `tables` then names `<node>/<table>`); empty on one node
+    nodes: list[str] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
@@ -173,10 +176,12 @@ def _needs_final(engine: str) -> bool:
 
 
 def data_tables(db: Database, database: str) -> dict[str, str]:
-    """Tables holding data (name -> engine); views hold none of their own."""
+    """Tables holding data (name -> engine); views hold none of their own, and a
+    Distributed table reads the other nodes' (each node's part is fingerprinted there)."""
     return {n: e for n, e in db.rows(
         "SELECT name, engine FROM system.tables WHERE database = {d:String} "
-        "AND engine NOT IN ('View', 'MaterializedView', 'LiveView', 'WindowView') "
+        "AND engine NOT IN ('View', 'MaterializedView', 'LiveView', 'WindowView', "
+        "'Distributed') "
         "AND NOT is_temporary ORDER BY name", {"d": database})}
 
 

@@ -11,10 +11,18 @@ listing shows, no incremental builds on, and the next run deletes. Restores go
 into a scratch database, are compared with the manifest's fingerprints, and
 only then renamed into place — a live database is never dropped, it is renamed
 aside (`<db>_before_restore_<time>`).
+
+On a sharded cluster (engine/cluster.py) one backup set is one `BACKUP DATABASE`
+per node, started together, each into `<id>/<node>/` with its own incremental base
+(`<base id>/<node>/`): each node holds its shard's rows, the home node also the small
+tables. Fingerprints are kept per node (`<node>/<table>`), a verify restores every
+node's part into a scratch database on that node, and a restore needs a cluster with
+the same nodes. A replicated cluster is refused (see `_members`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -26,12 +34,13 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 from cdrhouse.backup import catalog
 from cdrhouse.backup.catalog import BackupRecord, TableRecord, VerifyRecord
 from cdrhouse.backup.location import BackupConfig, BackupError, Location
+from cdrhouse.engine import cluster
 from cdrhouse.engine.db import Database, StoreConfig
 from cdrhouse.engine.migrate import applied_versions, migrate
 
@@ -137,6 +146,50 @@ def _stale(holder: dict, now: dt.datetime) -> bool:
 
 # -- run ------------------------------------------------------------------------------------
 
+# -- the databases a backup set is made of -------------------------------------------------
+
+def _sub(backup_id: str, key: str) -> str:
+    """Where one node's part of a backup lives: `<id>` on one node, `<id>/<node>`."""
+    return f"{backup_id}/{key}" if key else backup_id
+
+
+def _tkey(key: str, table: str) -> str:
+    """A table's name in the manifest: `<node>/<table>` on a cluster."""
+    return f"{key}/{table}" if key else table
+
+
+def _keys(record: BackupRecord) -> list[str]:
+    return record.nodes or [""]
+
+
+@contextmanager
+def _members(db: Database) -> Iterator[list[tuple[str, Database]]]:
+    """(node key, client) for every database one backup set is made of: the store's
+    own on one node ("" as key); every node of a sharded cluster, in shard order.
+
+    A replicated cluster is refused: per node, every replica would hold a copy of
+    its shard, and restoring replicated tables per node would fight replication;
+    ClickHouse's `BACKUP … ON CLUSTER` is the tool there, and it cannot run here
+    (the embedded engine refuses `ON CLUSTER`), so cdrhouse does not issue it
+    untested. README ("Backups") says what to run instead."""
+    topo = cluster.topology(db)
+    if not topo.cluster:
+        yield [("", db)]
+        return
+    if topo.replicated:
+        raise BackupError(
+            f"cluster {topo.cluster} is replicated: cdrhouse backup handles one node and "
+            "sharded clusters; back up a replicated cluster with ClickHouse's own "
+            "BACKUP DATABASE … ON CLUSTER (README, 'Backups')")
+    with ExitStack() as stack:
+        out = []
+        for node in cluster.nodes(db):
+            mdb = db if node.home else stack.enter_context(
+                cluster.open_node(db, node, create=False))
+            out.append((f"shard{node.shard}-replica{node.replica}", mdb))
+        yield out
+
+
 @dataclass
 class RunReport:
     record: BackupRecord
@@ -174,56 +227,65 @@ def run_backup(db: Database, location: Location, config: BackupConfig, *,
                now: dt.datetime | None = None) -> RunReport:
     """One backup of `db`'s database: full or incremental on the previous one."""
     location.check()
-    with location_lock(location, "backup run"):
+    with location_lock(location, "backup run"), _members(db) as members:
         _close_interrupted(db, job_id)
         records, verifies = catalog.read_all(location)
         started = now or dt.datetime.now(dt.UTC)
         base, reason = plan_kind(records, verifies, config, started, full)
-        if base is not None and location.store.head(f"{base.backup_id}/.backup") is None:
+        keys = [k for k, _ in members]
+        if base is not None and _keys(base) != keys:
+            base, reason = None, (f"the nodes changed since {base.backup_id} "
+                                  f"({', '.join(_keys(base))} then): full backup")
+        if base is not None and any(location.store.head(f"{_sub(base.backup_id, k)}/.backup")
+                                    is None for k in keys):
             base, reason = None, f"the files of {base.backup_id} are missing: full backup"
         backup_id = _new_id(started)
         t0 = time.monotonic()
         database = db.name
 
         progress("fingerprint tables", 0, 0)
-        parts_before = catalog.part_sets(db, database)
-        before = catalog.fingerprint_all(db, database)
+        parts_before = {k: catalog.part_sets(mdb, database) for k, mdb in members}
+        before = {k: catalog.fingerprint_all(mdb, database) for k, mdb in members}
 
-        target = location.target(db, backup_id)
-        settings = [f"id = '{backup_id}'"]
-        if base is not None:
-            settings.append(f"base_backup = {location.target(db, base.backup_id)}")
-        if config.max_bandwidth:
-            settings.append(f"max_backup_bandwidth = {int(config.max_bandwidth)}")
         progress("backup", 0, 0)
         t_backup = time.monotonic()
-        try:
-            db.command(f"BACKUP DATABASE `{database}` TO {target} "
-                       f"SETTINGS {', '.join(settings)} ASYNC")
-        except Exception as exc:
-            raise _explain(exc, location) from None
-        status = _wait(db, backup_id, progress)
+        # every node's BACKUP starts before any is waited for: the parts are as close
+        # in time as the cluster allows
+        for key, mdb in members:
+            settings = [f"id = '{backup_id}'"]
+            if base is not None:
+                settings.append(f"base_backup = "
+                                f"{location.target(mdb, _sub(base.backup_id, key))}")
+            if config.max_bandwidth:
+                settings.append(f"max_backup_bandwidth = {int(config.max_bandwidth)}")
+            try:
+                mdb.command(f"BACKUP DATABASE `{database}` TO "
+                            f"{location.target(mdb, _sub(backup_id, key))} "
+                            f"SETTINGS {', '.join(settings)} ASYNC")
+            except Exception as exc:
+                raise _explain(exc, location) from None
+        statuses = [_wait(mdb, backup_id, progress) for _, mdb in members]
         backup_seconds = time.monotonic() - t_backup
 
         _fault("backed-up")
         progress("fingerprint tables again", 0, 0)
-        parts_after = catalog.part_sets(db, database)
         tables: dict[str, TableRecord] = {}
-        for table, rec in before.items():
-            old, new = parts_before.get(table, {}), parts_after.get(table, {})
-            touched = sorted(p for p in set(old) | set(new) if old.get(p) != new.get(p))
-            if not touched:
-                tables[table] = rec
-                continue
-            # parts changed while the backup ran (a merge, or a write): look again at
-            # those partitions only
-            again = catalog.with_partitions(rec, catalog.fingerprint_table(
-                db, database, table, rec.engine, touched), touched)
-            changed = sorted(p for p in touched
-                             if rec.partitions.get(p) != again.partitions.get(p))
-            if changed:  # written to while the backup ran: the backup holds one of the states
-                again.exact, again.changed = False, changed
-            tables[table] = again
+        for key, mdb in members:
+            parts_after = catalog.part_sets(mdb, database)
+            for table, rec in before[key].items():
+                old, new = parts_before[key].get(table, {}), parts_after.get(table, {})
+                touched = sorted(p for p in set(old) | set(new) if old.get(p) != new.get(p))
+                if touched:
+                    # parts changed while the backup ran (a merge, or a write): look
+                    # again at those partitions only
+                    again = catalog.with_partitions(rec, catalog.fingerprint_table(
+                        mdb, database, table, rec.engine, touched), touched)
+                    changed = sorted(p for p in touched
+                                     if rec.partitions.get(p) != again.partitions.get(p))
+                    if changed:  # written to while the backup ran: it holds one of the states
+                        again.exact, again.changed = False, changed
+                    rec = again
+                tables[_tkey(key, table)] = rec
         stored = location.store.list(backup_id + "/")
         finished = dt.datetime.now(dt.UTC)
         record = BackupRecord(
@@ -233,13 +295,15 @@ def run_backup(db: Database, location: Location, config: BackupConfig, *,
             started_at=started.isoformat(timespec="milliseconds"),
             finished_at=finished.isoformat(timespec="milliseconds"),
             seconds=round(time.monotonic() - t0, 3),
-            size_bytes=sum(o.size for o in stored) + _dot_sizes(location, backup_id),
-            files=int(status.get("num_files") or 0),
-            total_bytes=int(status.get("total_size") or 0), tables=tables,
+            size_bytes=sum(o.size for o in stored) + sum(
+                _dot_sizes(location, _sub(backup_id, k)) for k in keys),
+            files=sum(int(st.get("num_files") or 0) for st in statuses),
+            total_bytes=sum(int(st.get("total_size") or 0) for st in statuses),
+            tables=tables,
             schema_version=max(applied_versions(db) or {0: ""}),
             clickhouse_version=str(db.scalar("SELECT version()")),
             cdrhouse_version=_version(), job_id=job_id,
-            backup_seconds=round(backup_seconds, 3))
+            backup_seconds=round(backup_seconds, 3), nodes=[k for k in keys if k])
         progress("write manifest", 0, 0)
         catalog.write(location, record)          # the commit point
         catalog.mirror(db, record, location.location, state="completed")
@@ -259,8 +323,8 @@ def _close_interrupted(db: Database, current_job: str) -> None:
                                       "finished; its files were removed by a later run")
 
 
-def _dot_sizes(location: Location, backup_id: str) -> int:
-    info = location.store.head(f"{backup_id}/.backup")
+def _dot_sizes(location: Location, where: str) -> int:
+    info = location.store.head(f"{where}/.backup")
     if info is None:
         return 0
     # a directory store's listing skips dot files; S3's does not
@@ -307,17 +371,26 @@ def _version() -> str:
 # -- checking what is stored ------------------------------------------------------------------
 
 def check_files(location: Location, record: BackupRecord) -> list[str]:
-    """Every file ClickHouse recorded as stored *in* this backup exists, at its size."""
-    raw = location.store.get_bytes(f"{record.backup_id}/.backup")
+    """Every file ClickHouse recorded as stored *in* this backup exists, at its size
+    (on a cluster: in every node's part)."""
+    problems = []
+    for key in _keys(record):
+        problems += _check_part(location, record, key)
+    return problems
+
+
+def _check_part(location: Location, record: BackupRecord, key: str) -> list[str]:
+    where = _sub(record.backup_id, key)
+    label = f"backup {record.backup_id}" + (f" ({key})" if key else "")
+    raw = location.store.get_bytes(f"{where}/.backup")
     if raw is None:
-        return [f"backup {record.backup_id}: its ClickHouse metadata (.backup) is missing "
+        return [f"{label}: its ClickHouse metadata (.backup) is missing "
                 f"from {location.location}"]
     try:
         root = ET.fromstring(raw)
     except ET.ParseError as exc:
-        return [f"backup {record.backup_id}: its .backup metadata is unreadable ({exc})"]
-    have = {o.key[len(record.backup_id) + 1:]: o.size
-            for o in location.store.list(record.backup_id + "/")}
+        return [f"{label}: its .backup metadata is unreadable ({exc})"]
+    have = {o.key[len(where) + 1:]: o.size for o in location.store.list(where + "/")}
     missing, wrong = [], []
     for node in root.iter("file"):
         name = node.findtext("name") or ""
@@ -331,10 +404,10 @@ def check_files(location: Location, record: BackupRecord) -> list[str]:
             wrong.append(f"{data_file} ({have[data_file]:,} bytes, {size:,} recorded)")
     problems = []
     if missing:
-        problems.append(f"backup {record.backup_id}: {len(missing)} file(s) missing, e.g. "
+        problems.append(f"{label}: {len(missing)} file(s) missing, e.g. "
                         f"{', '.join(missing[:3])}")
     if wrong:
-        problems.append(f"backup {record.backup_id}: {len(wrong)} file(s) of the wrong size, "
+        problems.append(f"{label}: {len(wrong)} file(s) of the wrong size, "
                         f"e.g. {', '.join(wrong[:3])}")
     return problems
 
@@ -352,35 +425,54 @@ def check_chain(location: Location, records: list[BackupRecord], backup_id: str
     return links
 
 
-def _restore_into(db: Database, location: Location, record: BackupRecord, database: str,
-                  progress: Progress) -> None:
-    db.command(f"DROP DATABASE IF EXISTS `{database}` SYNC")
-    op_id = f"{record.backup_id}-restore-{secrets.token_hex(3)}"
-    progress("restore", 0, 0)
-    try:
-        db.command(f"RESTORE DATABASE `{record.database}` AS `{database}` FROM "
-                   f"{location.target(db, record.backup_id)} SETTINGS id = '{op_id}' ASYNC")
-        _wait(db, op_id, progress)
-    except BackupError as exc:
-        raise BackupError(f"restoring {record.backup_id} failed: {exc}") from None
-    except Exception as exc:
-        raise BackupError(f"restoring {record.backup_id} failed: {_first_line(exc)}") from None
+def _restore_into(members: list[tuple[str, Database]], location: Location,
+                  record: BackupRecord, database: str, progress: Progress) -> None:
+    """Every node's part of `record` restored as `database` on that node."""
+    have = [k for k, _ in members]
+    if have != _keys(record):
+        raise BackupError(f"backup {record.backup_id} was taken on "
+                          f"{', '.join(_keys(record)) or 'one node'}; this store is "
+                          f"{', '.join(have) or 'one node'}: restore it on the same nodes")
+    for key, mdb in members:
+        mdb.command(f"DROP DATABASE IF EXISTS `{database}` SYNC")
+        op_id = f"{record.backup_id}-restore-{secrets.token_hex(3)}"
+        progress("restore", 0, 0)
+        where = f"{record.backup_id}" + (f" ({key})" if key else "")
+        try:
+            mdb.command(f"RESTORE DATABASE `{record.database}` AS `{database}` FROM "
+                        f"{location.target(mdb, _sub(record.backup_id, key))} "
+                        f"SETTINGS id = '{op_id}' ASYNC")
+            _wait(mdb, op_id, progress)
+        except BackupError as exc:
+            raise BackupError(f"restoring {where} failed: {exc}") from None
+        except Exception as exc:
+            raise BackupError(f"restoring {where} failed: {_first_line(exc)}") from None
 
 
-def _compare_restored(db: Database, record: BackupRecord, database: str,
-                      progress: Progress) -> tuple[list[str], dict[str, TableRecord]]:
+def _compare_restored(members: list[tuple[str, Database]], record: BackupRecord,
+                      database: str, progress: Progress
+                      ) -> tuple[list[str], dict[str, TableRecord]]:
     progress("compare tables", 0, len(record.tables))
     got: dict[str, TableRecord] = {}
     problems = []
-    for i, (table, engine) in enumerate(catalog.data_tables(db, database).items()):
-        try:
-            got[table] = catalog.fingerprint_table(db, database, table, engine)
-        except Exception as exc:
-            problems.append(f"table {table}: reading the restored rows failed: "
-                            f"{_first_line(exc)}")
-            got[table] = record.tables.get(table, TableRecord(engine, 0, "0", {}))
-        progress("compare tables", i + 1, len(record.tables))
+    for key, mdb in members:
+        for table, engine in catalog.data_tables(mdb, database).items():
+            name = _tkey(key, table)
+            try:
+                got[name] = catalog.fingerprint_table(mdb, database, table, engine)
+            except Exception as exc:
+                problems.append(f"table {name}: reading the restored rows failed: "
+                                f"{_first_line(exc)}")
+                got[name] = record.tables.get(name, TableRecord(engine, 0, "0", {}))
+            progress("compare tables", len(got), len(record.tables))
     return problems + catalog.compare(record.tables, got), got
+
+
+def _drop_everywhere(members: list[tuple[str, Database]], database: str) -> None:
+    for _, mdb in members:
+        # the scratch copy is disposable; the caller reports the real outcome
+        with contextlib.suppress(Exception):
+            mdb.command(f"DROP DATABASE IF EXISTS `{database}` SYNC")
 
 
 # -- verify ------------------------------------------------------------------------------------
@@ -403,23 +495,21 @@ def verify_backup(db: Database, location: Location, backup_id: str, *,
         problems: list[str] = []
         record = next((r for r in records if r.backup_id == backup_id), None)
         scratch = f"{db.name}_verify_{secrets.token_hex(3)}"
-        try:
-            progress("check files", 0, 0)
-            links = check_chain(location, records, backup_id)
-            chain_ids = [r.backup_id for r in links]
-            record = links[0]
-            _restore_into(db, location, record, scratch, progress)
-            found, _ = _compare_restored(db, record, scratch, progress)
-            problems += found
-        except BackupError as exc:
-            if record is None:
-                raise
-            problems.append(str(exc))
-        finally:
+        with _members(db) as members:
             try:
-                db.command(f"DROP DATABASE IF EXISTS `{scratch}` SYNC")
-            except Exception:  # the scratch copy is disposable; report the real outcome
-                pass
+                progress("check files", 0, 0)
+                links = check_chain(location, records, backup_id)
+                chain_ids = [r.backup_id for r in links]
+                record = links[0]
+                _restore_into(members, location, record, scratch, progress)
+                found, _ = _compare_restored(members, record, scratch, progress)
+                problems += found
+            except BackupError as exc:
+                if record is None:
+                    raise
+                problems.append(str(exc))
+            finally:
+                _drop_everywhere(members, scratch)
         assert record is not None
         result = VerifyRecord(backup_id=backup_id, ok=not problems,
                               verified_at=catalog.now_iso(),
@@ -466,28 +556,9 @@ def restore_backup(target: StoreConfig, location: Location, backup_id: str, *,
     Database(target).close()  # creates the database if absent (and reports a held store)
     db = Database(dataclasses.replace(target, database="system"), create=False)
     try:
-        existing = live_tables(db, target.database)
-        where = target.dsn if not target.embedded else str(target.data_dir / "clickhouse")
-        if existing and not force:
-            raise RestoreRefused(
-                f"the database {target.database!r} at {where} already holds {existing} "
-                "tables: restoring over a live store needs --force (the current database "
-                f"is then kept, renamed to {target.database}_before_restore_<time>), or "
-                "restore into a new --data-dir")
-        staging = f"{target.database}_restoring"
-        _restore_into(db, location, record, staging, progress)
-        problems, got = _compare_restored(db, record, staging, progress)
-        if problems:
-            db.command(f"DROP DATABASE IF EXISTS `{staging}` SYNC")
-            raise BackupError(f"the restored copy of {backup_id} differs from what was "
-                              f"backed up; nothing was changed: {'; '.join(problems[:5])}")
-        set_aside = None
-        if existing:
-            set_aside = f"{target.database}_before_restore_{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
-            db.command(f"RENAME DATABASE `{target.database}` TO `{set_aside}`")
-        else:
-            db.command(f"DROP DATABASE IF EXISTS `{target.database}` SYNC")
-        db.command(f"RENAME DATABASE `{staging}` TO `{target.database}`")
+        with _members(db) as members:
+            set_aside, got = _restore_members(members, target, location, record, force,
+                                              progress)
     finally:
         db.close()
     db = Database(target)
@@ -501,6 +572,41 @@ def restore_backup(target: StoreConfig, location: Location, backup_id: str, *,
                          tables=len(got), rows=sum(t.rows for t in got.values()),
                          seconds=round(time.monotonic() - t0, 3),
                          chain=[r.backup_id for r in links])
+
+
+def _restore_members(members: list[tuple[str, Database]], target: StoreConfig,
+                     location: Location, record: BackupRecord, force: bool,
+                     progress: Progress) -> tuple[str | None, dict[str, TableRecord]]:
+    """Stage the backup on every node, compare, and only then swap it in everywhere."""
+    existing = sum(live_tables(mdb, target.database) for _, mdb in members)
+    where = target.dsn if not target.embedded else str(target.data_dir / "clickhouse")
+    if existing and not force:
+        raise RestoreRefused(
+            f"the database {target.database!r} at {where} already holds {existing} "
+            "tables: restoring over a live store needs --force (the current database "
+            f"is then kept, renamed to {target.database}_before_restore_<time>), or "
+            "restore into a new --data-dir")
+    staging = f"{target.database}_restoring"
+    try:
+        _restore_into(members, location, record, staging, progress)
+        problems, got = _compare_restored(members, record, staging, progress)
+    except BackupError:
+        _drop_everywhere(members, staging)
+        raise
+    if problems:
+        _drop_everywhere(members, staging)
+        raise BackupError(f"the restored copy of {record.backup_id} differs from what was "
+                          f"backed up; nothing was changed: {'; '.join(problems[:5])}")
+    set_aside = None
+    if existing:
+        set_aside = f"{target.database}_before_restore_{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
+    for _, mdb in members:
+        if live_tables(mdb, target.database):
+            mdb.command(f"RENAME DATABASE `{target.database}` TO `{set_aside}`")
+        else:
+            mdb.command(f"DROP DATABASE IF EXISTS `{target.database}` SYNC")
+        mdb.command(f"RENAME DATABASE `{staging}` TO `{target.database}`")
+    return set_aside, got
 
 
 def _close_backup_job(db: Database, record: BackupRecord) -> None:

@@ -84,10 +84,12 @@ def server(tmp_path_factory):
     meta = json.loads(info.read_text())
     port = _free_port()
     env = {**os.environ, "CDRHOUSE_RECORDING_HOSTS": "127.0.0.1"}
+    # to a file, not a pipe: nobody reads a pipe, and a full one would block the server
+    log = open(tmp / "serve.log", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "cdrhouse.api.cli", "--data-dir",
                              str(tmp / "data"), "serve", "--port", str(port),
                              "--tier-schedule", "off"], cwd=tmp, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -97,7 +99,7 @@ def server(tmp_path_factory):
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+                out = (tmp / "serve.log").read_text(errors="replace")
                 rec.stop()
                 pytest.fail(f"cdrhouse serve did not start:\n{out}")
             time.sleep(0.2)
@@ -107,6 +109,7 @@ def server(tmp_path_factory):
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
+    log.close()
     rec.stop()
 
 
