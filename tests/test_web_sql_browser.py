@@ -285,6 +285,18 @@ def test_save_a_query_and_find_it_after_reload(ctx: BrowserContext, server: Serv
     run_and_wait(page)
     assert grid(page)[1] == first
     shot(page, "sql-saved-reloaded")
+    # saving an opened query of yours under its name replaces it (PUT), not a copy
+    page.locator("#param-min").fill("200")
+    page.locator("#save").click()
+    expect(page.locator("#save-name")).to_have_value("Carriers over 100 s")
+    expect(page.locator("#save-replace-note")).to_contain_text("Replaces your saved query")
+    expect(page.locator("#save-shared")).to_be_checked()
+    page.locator("#save-ok").click()
+    expect(page.locator("#save-dialog")).to_be_hidden()
+    listed = json.loads(page.request.get("/v1/queries").body())["queries"]
+    mine = [q for q in listed if q["name"] == "Carriers over 100 s"]
+    assert len(mine) == 1 and mine[0]["body"]["params"] == {"min": 200}
+    page.locator("#param-min").fill("100")
 
     # shared per the API's rules: the tenant's customer sees the operator's shared
     # query, may not delete it, and a run is guarded for the customer
@@ -376,22 +388,29 @@ def test_customer_sees_refusals_in_full_and_only_own_rows(ctx: BrowserContext, s
 
 def test_csv_download_is_the_apis_csv_in_utc(ctx: BrowserContext, server: Server) -> None:
     page, watch = open_sql(ctx, "operator")
+    # a parameter whose type names a zone is sent as that zone's wall time
     sql = ("SELECT call_id, start_time, billsec FROM cdrs WHERE start_time >= {from:DateTime} "
-           "ORDER BY start_time DESC, call_id LIMIT 25")
+           "AND start_time < {until:DateTime('Asia/Tokyo')} ORDER BY start_time DESC, call_id LIMIT 25")
     set_sql(page, sql)
-    since_local = (server.now.astimezone(BERLIN) - dt.timedelta(hours=2)).replace(second=0, microsecond=0)
+    since_local = (server.now.astimezone(BERLIN) - dt.timedelta(hours=5)).replace(
+        second=0, microsecond=0, tzinfo=None)
+    until_local = since_local + dt.timedelta(hours=2)
     page.locator("#param-from").fill(since_local.strftime("%Y-%m-%dT%H:%M:%S"))
+    page.locator("#param-until").fill(until_local.strftime("%Y-%m-%dT%H:%M:%S"))
     name, text = download_text(page, lambda: page.locator("#download").click())
     assert re.fullmatch(r"sql-acme-\d{8}T\d{6}Z\.csv", name), name
-    since_utc = since_local.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-    status, raw = api(server, "tenant:acme", "/v1/sql.csv",
-                      {"sql": sql, "params": {"from": since_utc}})
+    since_utc = since_local.replace(tzinfo=BERLIN).astimezone(UTC)
+    until_utc = until_local.replace(tzinfo=BERLIN).astimezone(UTC)
+    status, raw = api(server, "tenant:acme", "/v1/sql.csv", {"sql": sql, "params": {
+        "from": since_utc.strftime("%Y-%m-%d %H:%M:%S"),
+        "until": until_utc.astimezone(zoneinfo.ZoneInfo("Asia/Tokyo")).strftime("%Y-%m-%d %H:%M:%S")}})
     assert status == 200
     assert text == raw.decode()
     rows = list(csv.DictReader(io.StringIO(text)))
     want = sorted((c for c in server.calls() if c["tenant"] == "acme"
-                   and c["start"] >= since_local.astimezone(UTC)),
+                   and since_utc <= c["start"] < until_utc),
                   key=lambda c: (c["start"], c["call_id"]), reverse=True)[:25]
+    assert 10 <= len(want) <= 25                # (a call every 7 minutes)
     assert [r["call_id"] for r in rows] == [c["call_id"] for c in want]
     # times in the file are UTC whatever the display zone
     by_id = {c["call_id"]: c for c in want}

@@ -8,7 +8,7 @@ import {EditorState, Prec} from "@codemirror/state";
 import {basicSetup} from "codemirror";
 import {sql, SQLDialect, StandardSQL} from "@codemirror/lang-sql";
 import {HighlightStyle, syntaxHighlighting} from "@codemirror/language";
-import {startCompletion} from "@codemirror/autocomplete";
+import {closeCompletion, startCompletion} from "@codemirror/autocomplete";
 import {tags as t} from "@lezer/highlight";
 
 // ClickHouse words on top of standard SQL (highlighting and keyword completion)
@@ -110,7 +110,7 @@ export function create({parent, doc = "", nonce = "", tables = {}, functions = [
       extensions: [
         EditorView.cspNonce.of(nonce),
         Prec.highest(keymap.of([
-          {key: "Mod-Enter", run: () => { onRun(); return true; }, preventDefault: true},
+          {key: "Mod-Enter", run: (v) => { closeCompletion(v); onRun(); return true; }, preventDefault: true},
         ])),
         basicSetup,
         EditorView.lineWrapping,

@@ -100,9 +100,20 @@
     var re = /\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*:\s*([^{}]+?)\s*\}/g, m, out = [], seen = {};
     while ((m = re.exec(clean))) {
       if (seen[m[1]]) continue;
-      seen[m[1]] = true; out.push({name: m[1], type: m[2]});
+      // the type as written (a zone in quotes was blanked in `clean`; same positions)
+      var written = sql.slice(m.index, m.index + m[0].length);
+      var type = written.slice(written.indexOf(":") + 1, written.lastIndexOf("}")).trim();
+      seen[m[1]] = true; out.push({name: m[1], type: type});
     }
     return out;
+  }
+  /** The zone a DateTime parameter's text is read in by ClickHouse: the one its type
+      names (DateTime('Asia/Tokyo'), DateTime64(3, 'UTC')), else the service's, UTC. */
+  function sentZone(type) {
+    var m = /DateTime(?:64)?\(\s*(?:\d+\s*,\s*)?'([^']+)'\s*\)/i.exec(type || "");
+    if (!m) return "UTC";
+    try { new Intl.DateTimeFormat("en", {timeZone: m[1]}); } catch (e) { return "UTC"; }  // the API names a bad zone
+    return m[1];
   }
   function kindOf(type) {
     var t = type.replace(/^(Nullable|LowCardinality)\((.*)\)$/, "$2").trim();
@@ -155,7 +166,7 @@
       if (kind === "datetime") {
         var ms = wallToUTC(v, zone());
         if (ms == null) { input.focus(); throw new Error("parameter " + name + ": not a date and time"); }
-        out[name] = utcText(ms);
+        out[name] = sentZone(w.dataset.type) === "UTC" ? utcText(ms) : zoneText(new Date(ms).toISOString(), sentZone(w.dataset.type));
       } else if (kind === "int") {
         out[name] = Number(v);
       } else {
@@ -178,8 +189,8 @@
       if (!(name in (params || {}))) return;
       var v = String(params[name]);
       if (w.dataset.kind === "datetime" && /^\d{4}-\d\d-\d\d[ T]\d\d:\d\d/.test(v)) {
-        var ms = Date.parse(v.replace(" ", "T").replace(/(Z|[+-]\d\d:?\d\d)?$/, function (z) { return z || "Z"; }));
-        if (!isNaN(ms)) v = zoneText(new Date(ms).toISOString(), zone()).replace(" ", "T");
+        var ms = wallToUTC(v.replace(" ", "T"), sentZone(w.dataset.type));
+        if (ms != null) v = zoneText(new Date(ms).toISOString(), zone()).replace(" ", "T");
       }
       input.value = v; paramValues[name] = v;
     });
@@ -333,6 +344,10 @@
       var p = err && err.title ? err : {title: "Could not reach the service", detail: String(err && err.message || err)};
       if (p.status === 401) p.detail += " — sign in again (reload the page).";
       showProblem(p);
+      result = null; drawGrid();
+      var none = el("tr", {className: "empty"});
+      none.appendChild(el("td", null, "No result: see the message above."));
+      table.tBodies[0].appendChild(none);
       setStatus("Failed after " + elapsed());
       remember(b, {error: p.detail});
       idle("failed");
