@@ -338,6 +338,12 @@ def test_save_a_query_and_find_it_after_reload(ctx: BrowserContext, server: Serv
 def test_customer_sees_refusals_in_full_and_only_own_rows(ctx: BrowserContext, server: Server) -> None:
     page, watch = open_sql(ctx, "cust1")
     expect(page.locator("#scope")).to_contain_text("Customer C1")
+    # the viewer links to the SQL page and back
+    page.get_by_role("navigation", name="Pages").get_by_role("link", name="CDRs").click()
+    expect(page.locator("#grid")).to_be_visible()
+    page.get_by_role("navigation", name="Pages").get_by_role("link", name="SQL").click()
+    expect(page).to_have_url(re.compile(r"/sql$"))
+    expect(page.locator("#sqlapp")).to_have_attribute("data-ready", "1")
     # autocomplete offers only what a customer may see
     page.locator(".cm-content").click()
     page.keyboard.type("SELECT c")

@@ -405,7 +405,7 @@
       var b = el("button", {type: "button", className: "link restore", title: h.sql, dataset: {index: String(i)}}, firstLine(h.sql));
       li.appendChild(b);
       li.appendChild(el("span", {className: "muted small"}, zoneText(h.at, zone()).slice(5, 16) +
-        (h.error ? " · failed" : h.rows != null ? " · " + h.rows + " rows" : "")));
+        (h.error ? " · failed" : h.rows != null ? " · " + h.rows + (h.rows === 1 ? " row" : " rows") : "")));
       historyEl.appendChild(li);
     });
   }
