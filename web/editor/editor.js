@@ -61,6 +61,7 @@ const theme = EditorView.theme({
   ".cm-tooltip-autocomplete > ul > li[aria-selected]": {backgroundColor: "var(--accent)",
                                                         color: "var(--accent-text)"},
   ".cm-completionDetail": {color: "var(--muted)", marginLeft: "8px"},
+  ".cm-tooltip-autocomplete > ul > li[aria-selected] .cm-completionDetail": {color: "inherit", opacity: ".85"},
   ".cm-placeholder": {color: "var(--muted)"},
 });
 

@@ -168,7 +168,8 @@
         if (ms == null) { input.focus(); throw new Error("parameter " + name + ": not a date and time"); }
         out[name] = sentZone(w.dataset.type) === "UTC" ? utcText(ms) : zoneText(new Date(ms).toISOString(), sentZone(w.dataset.type));
       } else if (kind === "int") {
-        out[name] = Number(v);
+        var n = Number(v);   // beyond 2^53 a JSON number would lose digits: send the text
+        out[name] = Number.isSafeInteger(n) ? n : v;
       } else {
         out[name] = v;
       }
