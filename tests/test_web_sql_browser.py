@@ -263,6 +263,7 @@ def test_save_a_query_and_find_it_after_reload(ctx: BrowserContext, server: Serv
     page.locator("#save-ok").click()
     expect(page.locator("#save-error")).to_have_text("Give the query a name.")
     page.locator("#save-name").fill("Carriers over 100 s")
+    expect(page.locator("#save-error")).to_be_hidden()
     page.locator("#save-shared").check()
     shot(page, "sql-save-dialog")
     page.locator("#save-ok").click()

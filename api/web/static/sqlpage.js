@@ -475,7 +475,7 @@
       replaceNote.hidden = !replacing;
       replaceNote.textContent = replacing ? "Replaces your saved query “" + loaded.name + "”; change the name to save a new one." : "";
     };
-    saveName.oninput = note; note();
+    saveName.oninput = function () { saveErr.hidden = true; note(); }; note();
     if (typeof saveDialog.showModal === "function") saveDialog.showModal(); else saveDialog.setAttribute("open", "");
     saveName.focus();
   });
