@@ -52,6 +52,9 @@ HEADER_OPERATORS: dict[str, tuple[str, ...]] = {
     "ip": ("begins_with", "equal", "contains", "is_empty"),
     "enum": ("in", "not_in"),
 }
+#: account columns: their header filter picks accounts (by code and name), as `in`/`not_in`
+ACCOUNT_OPERATORS: dict[str, tuple[str, ...]] = {"customer_id": ("in", "not_in"),
+                                                 "carrier_id": ("in", "not_in")}
 LIST_OPERATORS = frozenset({"in", "not_in", "between", "not_between"})
 MAX_CURSORS = 50
 MAX_FILTERS = 30
@@ -359,7 +362,8 @@ def header_filter(rule: Any) -> Filter | None:
         return None
     f = catalogue.BY_NAME.get(rule["field"])
     op = BY_KEY.get(rule.get("operator")) if isinstance(rule.get("operator"), str) else None
-    if f is None or op is None or op.key not in HEADER_OPERATORS.get(f.kind, ()) \
+    offered = ACCOUNT_OPERATORS.get(f.name, ()) + HEADER_OPERATORS.get(f.kind, ()) if f else ()
+    if f is None or op is None or op.key not in offered \
             or not op.applies_to(f) or rule.get("valueSource", "value") != "value":
         return None
     if op.arity == 0:
