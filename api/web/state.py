@@ -148,7 +148,8 @@ class ViewState:
         return state.normalized()
 
     def normalized(self) -> ViewState:
-        """The same view with `q`'s leading header-filter rules moved into `f`.
+        """The same view with `q`'s leading header-filter rules moved into `f` (and `q`
+        written compactly, so that equal views have equal URLs).
 
         Only `q` is split: header filters already in `f` stay as given (a bad one
         keeps its chip and its error). A `q` that is not JSON is left for `rules()`
@@ -161,8 +162,6 @@ class ViewState:
         if q is None:
             return self
         moved, rest = split_tree(q, MAX_FILTERS - len(self.filters))
-        if not moved and rest == q:
-            return self
         return replace(self, filters=self.filters + moved, rules_json=_dumps(rest) if rest else "")
 
     def pairs(self, *, page: bool = True) -> list[tuple[str, str]]:

@@ -384,7 +384,12 @@
   function showClientError(r, inputId) {
     var li = document.getElementById(inputId).closest(".qb-rule");
     var p = li.querySelector(".qb-err.client");
-    if (!r.clientError) { if (p) p.remove(); li.classList.toggle("bad", !!r.error); return; }
+    if (!r.clientError) {
+      if (p) p.remove();
+      li.classList.toggle("bad", !!r.error);
+      if (root && !firstClientError(root)) panelError.hidden = true;
+      return;
+    }
     if (!p) { p = el("p", {className: "qb-err client", role: "alert"}); li.appendChild(p); }
     p.textContent = r.clientError; li.classList.add("bad");
   }
