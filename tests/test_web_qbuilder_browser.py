@@ -116,7 +116,11 @@ def test_two_groups_any_all_not_equals_the_api(ctx: BrowserContext, server: Serv
 
     # reload: the tree comes back from the URL, in the builder and the grid
     page.reload()
-    open_builder(page)
+    expect(page.locator("#qb-panel")).to_have_attribute("data-ready", "1")
+    page.locator("#qb-toggle").click()       # closed ...
+    expect(page.locator("#qb-panel")).to_be_hidden()
+    page.locator("#qb-chip").click()         # ... and opened from the rules' chip
+    expect(page.locator("#qb-panel")).to_be_visible()
     expect(page.locator("#qb-root-match")).to_have_value("or")
     expect(page.locator("#qb-1-not")).to_be_checked()
     expect(page.locator("#qb-0-0-v2")).to_have_value("150")

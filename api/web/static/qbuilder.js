@@ -442,6 +442,8 @@
   try { remembered = localStorage.getItem("cdrhouse.qb.open"); } catch (e) { remembered = null; }
   if (panel.hidden && remembered === "1") setOpen(true);
   if (toggle) toggle.addEventListener("click", function () { setOpen(panel.hidden, true); });
+  var chip = $("#qb-chip");  // the chip of the rules that are not header filters opens the builder
+  if (chip) chip.addEventListener("click", function () { setOpen(true, true); });
 
   // -- start: fields for this session, then the tree --------------------------------------
   fetch("/v1/fields", {credentials: "same-origin", headers: {"Accept": "application/json"}})
