@@ -374,7 +374,7 @@ class _Compiler:
         elif "combinator" in node:
             raw, dialect = node["combinator"], "rqb"
         else:
-            raise BuilderError(path, f"a group needs 'condition' (jQuery QueryBuilder) or "
+            raise BuilderError(path, "a group needs 'condition' (jQuery QueryBuilder) or "
                                "'combinator' (react-querybuilder)")
         if not isinstance(raw, str) or raw.upper() not in ("AND", "OR"):
             key = "condition" if dialect == "jquery" else "combinator"

@@ -158,6 +158,23 @@ def test_a_q_that_is_not_json_is_reported_not_dropped() -> None:
         s.tree()
 
 
+@pytest.mark.parametrize("q", [
+    "[" * 100_000 + "]" * 100_000,                       # too deep for any reader
+    json.dumps({"combinator": "and", "rules": "abc"}),   # kept whole: the compiler names it
+    json.dumps({"combinator": "and", "rules": [1, None, "x", {"rules": 5}]}),
+    json.dumps({"combinator": ["and"], "rules": [BETWEEN]}),
+])
+def test_hostile_trees_are_kept_for_the_compiler_or_refused(q: str) -> None:
+    s = parse("range=all&q=" + quote(q))
+    assert s.filters == ()
+    try:
+        tree = s.tree()
+    except ValueError as exc:
+        assert str(exc) == "q: not a JSON query-builder tree"
+    else:
+        assert tree == json.loads(q)
+
+
 def test_saved_views_keep_the_builder_tree() -> None:
     s = parse("range=all&tz=UTC&f=billsec:greater:3&q=" + quote(json.dumps(GROUP_OR)))
     kind, body = s.saved_body()

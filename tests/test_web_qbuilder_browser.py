@@ -6,7 +6,6 @@ Run: `python -m pytest -n 0 tests/test_web_qbuilder_browser.py`.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import re
 import sys
@@ -319,6 +318,17 @@ def test_customer_sees_no_carrier_field(ctx: BrowserContext, server: Server) -> 
         "field 'carrier_cost' is not visible to a customer user")
     expect(page.locator("#qb-1-0-field")).to_have_value("carrier_cost")
     assert grid_ids(page) == []
+    # a tree that is not even rules: drawn as far as it goes, the error at its place
+    page.goto("/?range=all&tz=UTC&q=" + quote(json.dumps(
+        {"combinator": "or", "rules": [{"field": "billsec", "operator": ">", "value": 1}, None,
+                                       "<img src=x onerror=alert(1)>"]})))
+    open_builder(page)
+    expect(rule(page, "rules[1]").locator(".qb-err")).to_have_text(
+        "expected a rule or a group object, got None")
+    expect(page.locator("#qb-body img")).to_have_count(0)
+    page.goto("/?range=all&tz=UTC&q=" + quote("[" * 5000 + "]" * 5000))
+    expect(page.locator("#problem")).to_contain_text("q: not a JSON query-builder tree")
+    expect(page.locator("#qb-panel")).to_have_attribute("data-ready", "1")
     watch.assert_clean(allowed=("status of 400",))
 
 

@@ -229,7 +229,7 @@ class ViewState:
             return None
         try:
             tree = json.loads(self.rules_json)
-        except ValueError:
+        except (ValueError, RecursionError):   # RecursionError: nested too deep to read
             raise StateError("q: not a JSON query-builder tree") from None
         if not isinstance(tree, dict):
             raise StateError("q: not a JSON query-builder tree")
