@@ -127,6 +127,17 @@ def test_two_groups_any_all_not_equals_the_api(ctx: BrowserContext, server: Serv
     expect(page.locator("#qb-1-1-v1")).to_have_value("4930999")
     assert grid_ids(page) == ids
     assert q_param(page) == expected_tree
+    # a saved view keeps the tree
+    page.locator("#views-btn").click()
+    page.locator("#view-name").fill("Two groups")
+    page.get_by_role("button", name="Save view").click()
+    expect(page.locator(".note")).to_contain_text("Saved view")
+    page.goto("/?range=all&tz=Europe%2FBerlin")
+    page.locator("#views-btn").click()
+    page.get_by_role("link", name="Two groups").click()
+    expect(page.locator(".chip")).to_contain_text("Query-builder rules")
+    assert q_param(page) == expected_tree
+    assert grid_ids(page) == ids
 
     # reorder: group 2 moves up; remove a rule; the result follows
     page.locator("#qb-1-up").click()
@@ -138,6 +149,8 @@ def test_two_groups_any_all_not_equals_the_api(ctx: BrowserContext, server: Serv
         "combinator": "and", "rules": [expected_tree["rules"][0]["rules"][0]]}]}
     assert q_param(page) == tree2
     assert grid_ids(page) == api_ids(server, tree2)
+    page.emulate_media(color_scheme="dark")
+    shot(page, "qb-dark")
     watch.assert_clean()
 
 
@@ -204,7 +217,7 @@ def test_header_filters_are_rules_and_rules_are_header_filters(ctx: BrowserConte
     expect(page.locator("#qb-0-v2")).to_have_value("120")
     # editing the rule changes the chip and the grid
     page.locator("#qb-0-v2").fill("110")
-    page.locator("#qb-0-v2").press("Control+Enter")
+    page.locator("#qb-0-v2").press("Enter")          # Enter in a value applies, as in a form
     expect(page.locator(".chip").first).to_contain_text("Billsec between 100 and 110")
     assert grid_ids(page) == [c["call_id"] for c in acme if 100 <= c["billsec"] <= 110]
     # a rule added in the builder under All becomes a header filter (a chip) too

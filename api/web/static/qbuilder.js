@@ -424,6 +424,11 @@
     location.assign(u.pathname + u.search);
   }
   $("#qb-apply").addEventListener("click", apply);
+  rootEl.addEventListener("keydown", function (ev) {  // Enter in a value applies, as in a form
+    var t = ev.target;
+    if (ev.key === "Enter" && !ev.ctrlKey && !ev.metaKey && !ev.altKey && !ev.shiftKey &&
+        t.tagName === "INPUT" && t.type !== "checkbox") { ev.preventDefault(); apply(); }
+  });
   $("#qb-clear").addEventListener("click", function () {
     if (!root) return;
     root = {type: "group", combinator: "and", not: false, rules: []};
