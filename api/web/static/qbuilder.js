@@ -489,7 +489,8 @@
   function typing(t) {
     if (!t || t === document.body) return false;
     var tag = t.tagName;
-    return tag === "INPUT" || tag === "TEXTAREA" || tag === "SELECT" || t.isContentEditable ||
+    if (tag === "INPUT") return !/^(checkbox|radio|button|submit|reset|range|color|file)$/.test(t.type);
+    return tag === "TEXTAREA" || tag === "SELECT" || t.isContentEditable ||
       !!(t.closest && t.closest("[contenteditable], .cm-editor"));
   }
   function modalOpen() { return !!document.querySelector("dialog[open]"); }
