@@ -176,13 +176,12 @@ def narrowing_rules(db: Database, who: Caller, p: ViewParams) -> list[dict]:
 
 def to_request(db: Database, who: Caller, p: ViewParams, rules: dict | None,
                for_download: bool = False) -> ViewRequest:
+    # the account narrowing is compiled apart: an error in `rules` names its own path
     narrow = narrowing_rules(db, who, p)
-    if narrow:
-        rules = {"condition": "AND", "rules": narrow + ([rules] if rules else [])}
     return ViewRequest(columns=p.columns, sort=p.sort, limit=None if for_download else p.limit,
                        cursor=p.cursor, range=p.range, date_from=p.date_from, date_to=p.date_to,
                        tz=p.tz, connected_only=p.connected_only, number=p.number, rules=rules,
-                       for_download=for_download)
+                       for_download=for_download, account_rules=tuple(narrow))
 
 
 def translate(exc: Exception) -> Problem:
@@ -200,7 +199,9 @@ def translate(exc: Exception) -> Problem:
         slug = {"limit": "limit-exceeded", "cancelled": "query-cancelled"}.get(exc.kind, "query-failed")
         return Problem(slug, str(exc))
     if isinstance(exc, UserError):
-        return Problem("invalid-request", str(exc))
+        path = getattr(exc, "rule_path", None)
+        # a builder error also names its rule on its own (`rule_path`) for the client
+        return Problem("invalid-request", str(exc), **({"rule_path": path} if path else {}))
     raise exc
 
 

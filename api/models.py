@@ -7,7 +7,7 @@ other.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -104,6 +104,8 @@ class OperatorOut(BaseModel):
     key: str
     rqb: str | None
     label: str
+    #: how many values a rule takes: 0, 1, 2 (between) or "list" (in)
+    arity: int | Literal["list"] = 1
 
 
 class FieldOut(BaseModel):

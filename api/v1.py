@@ -37,7 +37,7 @@ async def fields(who: Caller = Depends(caller)) -> dict:
             "name": f.name, "type": f.ch_type, "kind": f.kind, "label": f.label,
             "description": f.description, "filterable": f.filterable, "sortable": f.sortable,
             "values": list(f.enum_values) or None,
-            "operators": [{"key": op.key, "rqb": op.rqb, "label": op.label}
+            "operators": [{"key": op.key, "rqb": op.rqb, "label": op.label, "arity": op.arity}
                           for op in operators_for(f)] if f.filterable else [],
         } for f in catalogue.visible_fields(role)],
     }

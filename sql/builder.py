@@ -71,7 +71,17 @@ ROLE_NAMES: dict[str, str] = {
 
 
 class BuilderError(UserError):
-    """The rule tree cannot be compiled; the message says where (`rules[1]`) and why."""
+    """The rule tree cannot be compiled; the message says where (`rules[1]`) and why.
+
+    `path` is that place on its own (`query` for the root group,
+    `rules[2].rules[0]` for a rule or group inside it) and `reason` the rest, so
+    a visual builder can put the message at the rule it names.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
 
 
 class InvalidValue(ValueError):
@@ -328,7 +338,7 @@ def compile_rules(tree: Mapping[str, Any], principal: Principal, *, tz: str = "U
     try:
         z = zone(tz)
     except InvalidValue as exc:
-        raise BuilderError(f"query: {exc}") from None
+        raise BuilderError("query", str(exc)) from None
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,15}", param_prefix):
         raise ValueError(f"invalid parameter prefix {param_prefix!r}")
     c = _Compiler(principal, z, param_prefix, max_depth, max_rules)
@@ -356,40 +366,40 @@ class _Compiler:
 
     def group(self, node: Any, path: str, depth: int) -> str:
         if not isinstance(node, Mapping):
-            raise BuilderError(f"{path}: expected a group object, got {_show(node)}")
+            raise BuilderError(path, f"expected a group object, got {_show(node)}")
         if depth > self.max_depth:
-            raise BuilderError(f"{path}: groups nest at most {self.max_depth} deep")
+            raise BuilderError(path, f"groups nest at most {self.max_depth} deep")
         if "condition" in node:
             raw, dialect = node["condition"], "jquery"
         elif "combinator" in node:
             raw, dialect = node["combinator"], "rqb"
         else:
-            raise BuilderError(f"{path}: a group needs 'condition' (jQuery QueryBuilder) or "
+            raise BuilderError(path, "a group needs 'condition' (jQuery QueryBuilder) or "
                                "'combinator' (react-querybuilder)")
         if not isinstance(raw, str) or raw.upper() not in ("AND", "OR"):
             key = "condition" if dialect == "jquery" else "combinator"
-            raise BuilderError(f"{path}: {key} must be AND or OR, got {_show(raw)}")
+            raise BuilderError(path, f"{key} must be AND or OR, got {_show(raw)}")
         combinator = raw.upper()
         negate = node.get("not", False)
         if not isinstance(negate, bool):
-            raise BuilderError(f"{path}: 'not' must be true or false, got {_show(negate)}")
+            raise BuilderError(path, f"'not' must be true or false, got {_show(negate)}")
         rules = node.get("rules")
         if not isinstance(rules, list):
-            raise BuilderError(f"{path}: 'rules' must be a list")
+            raise BuilderError(path, "'rules' must be a list")
         prefix = "" if path == "query" else f"{path}."
         parts = []
         for i, child in enumerate(rules):
             where = f"{prefix}rules[{i}]"
             self.nodes += 1
             if self.nodes > self.max_rules:
-                raise BuilderError(f"{where}: the query has more than {self.max_rules} rules "
+                raise BuilderError(where, f"the query has more than {self.max_rules} rules "
                                    "and groups; simplify it")
             if isinstance(child, Mapping) and "rules" in child:
                 parts.append(self.group(child, where, depth + 1))
             elif isinstance(child, Mapping):
                 parts.append(self.rule(child, where, dialect))
             else:
-                raise BuilderError(f"{where}: expected a rule or a group object, got "
+                raise BuilderError(where, f"expected a rule or a group object, got "
                                    f"{_show(child)}")
         if not parts:
             return "0" if negate else "1"   # an empty group places no condition
@@ -400,15 +410,15 @@ class _Compiler:
 
     def field(self, name: Any, path: str, what: str = "field") -> Field:
         if not isinstance(name, str) or not name:
-            raise BuilderError(f"{path}: a rule needs a {what} name, got {_show(name)}")
+            raise BuilderError(path, f"a rule needs a {what} name, got {_show(name)}")
         f = catalogue.BY_NAME.get(name)
         if f is None:
-            raise BuilderError(f"{path}: unknown {what} {name!r}")
+            raise BuilderError(path, f"unknown {what} {name!r}")
         if not f.visible_to(self.principal.role):
-            raise BuilderError(f"{path}: {what} {name!r} is not visible to "
+            raise BuilderError(path, f"{what} {name!r} is not visible to "
                                f"{ROLE_NAMES[self.principal.role]}")
         if not f.filterable:
-            raise BuilderError(f"{path}: {what} {name!r} cannot be filtered on")
+            raise BuilderError(path, f"{what} {name!r} cannot be filtered on")
         return f
 
     def rule(self, node: Mapping[str, Any], path: str, dialect: str) -> str:
@@ -420,16 +430,16 @@ class _Compiler:
         op = lookup(key) if isinstance(key, str) else None
         if op is None:
             known = ", ".join(JQUERY_KEYS if dialect == "jquery" else RQB_KEYS)
-            raise BuilderError(f"{path}: unknown operator {_show(key)}; use one of: {known}")
+            raise BuilderError(path, f"unknown operator {_show(key)}; use one of: {known}")
         if not op.applies_to(f):
-            raise BuilderError(f"{path}: operator {key!r} does not apply to field "
+            raise BuilderError(path, f"operator {key!r} does not apply to field "
                                f"{f.name} ({f.kind})")
         if op.target == "presence":
             return (op.sql_nullable if f.nullable and op.sql_nullable else op.sql).format(
                 col=f.name)
         source = node.get("valueSource", "value")
         if source not in ("value", "field"):
-            raise BuilderError(f"{path}: valueSource must be 'value' or 'field', got "
+            raise BuilderError(path, f"valueSource must be 'value' or 'field', got "
                                f"{_show(source)}")
         items = self.items(op, key, node.get("value"), path)
         col, nullable = column_expr(f, op.target)
@@ -439,7 +449,7 @@ class _Compiler:
             for item in items:
                 other = self.field(item, path, "value field")
                 if other.kind != f.kind or (f.kind == "enum" and other.ch_type != f.ch_type):
-                    raise BuilderError(f"{path}: cannot compare {f.name} ({f.kind}) with "
+                    raise BuilderError(path, f"cannot compare {f.name} ({f.kind}) with "
                                        f"field {other.name} ({other.kind})")
                 expr, other_nullable = column_expr(other, op.target)
                 if other_nullable and expr not in guards:
@@ -449,13 +459,13 @@ class _Compiler:
             values = []
             for item in items:
                 if op.target == "text" and item == "":
-                    raise BuilderError(f"{path}: operator {key!r} needs a non-empty value")
+                    raise BuilderError(path, f"operator {key!r} needs a non-empty value")
                 try:
                     values.append(convert_value(f, item, self.zone, op.target))
                 except InvalidValue as exc:
-                    raise BuilderError(f"{path}: {exc}") from None
+                    raise BuilderError(path, str(exc)) from None
             if op.arity == 2 and values[0] > values[1]:
-                raise BuilderError(f"{path}: operator {key!r} needs the lower value first "
+                raise BuilderError(path, f"operator {key!r} needs the lower value first "
                                    f"(got {_show(items[0])} then {_show(items[1])})")
             ptype = param_type(f, op.target)
             rendered = [self.bind(v, ptype) for v in values]
@@ -473,16 +483,16 @@ class _Compiler:
         """
         if op.arity == 1:
             if isinstance(value, (list, tuple)):
-                raise BuilderError(f"{path}: operator {key!r} needs one value, got a list")
+                raise BuilderError(path, f"operator {key!r} needs one value, got a list")
             if value is None:
-                raise BuilderError(f"{path}: operator {key!r} needs a value")
+                raise BuilderError(path, f"operator {key!r} needs a value")
             return [value]
         if isinstance(value, str):
             items: list[Any] = [part.strip() for part in value.split(",")]
             if value.strip() == "":
                 items = []
             elif any(part == "" for part in items):
-                raise BuilderError(f"{path}: operator {key!r}: empty item in "
+                raise BuilderError(path, f"operator {key!r}: empty item in "
                                    f"{_show(value)}")
         elif isinstance(value, (list, tuple)):
             items = list(value)
@@ -492,11 +502,11 @@ class _Compiler:
             items = [value]
         if op.arity == 2:
             if len(items) != 2:
-                raise BuilderError(f"{path}: operator {key!r} needs two values")
+                raise BuilderError(path, f"operator {key!r} needs two values")
         elif not items:
-            raise BuilderError(f"{path}: operator {key!r} needs at least one value")
+            raise BuilderError(path, f"operator {key!r} needs at least one value")
         elif len(items) > MAX_LIST:
-            raise BuilderError(f"{path}: operator {key!r} takes at most {MAX_LIST} values")
+            raise BuilderError(path, f"operator {key!r} takes at most {MAX_LIST} values")
         return items
 
 

@@ -84,7 +84,15 @@ _CURSOR_TEXT = re.compile(r"^[A-Za-z0-9_-]+={0,2}$")
 
 
 class ViewerError(UserError):
-    """The view request cannot be compiled; the message names the part and the problem."""
+    """The view request cannot be compiled; the message names the part and the problem.
+
+    `rule_path` is set when the part is a rule of the builder tree (`rules[2].rules[0]`,
+    `query` for its root group), so a client can show the message at that rule.
+    """
+
+    def __init__(self, message: str, rule_path: str | None = None) -> None:
+        super().__init__(message)
+        self.rule_path = rule_path
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,9 @@ class ViewRequest:
     number: str | None = None
     rules: Mapping[str, Any] | None = None
     for_download: bool = False
+    #: the account an operator narrowed to, as builder rules of our own: compiled
+    #: apart from `rules` so that an error in the user's tree names its own path
+    account_rules: Sequence[Mapping[str, Any]] = ()
 
 
 @dataclass(frozen=True)
@@ -494,11 +505,19 @@ def _filters(request: ViewRequest, principal: Principal, now: datetime,
         pred = number_predicate(parse_number_search(request.number), params)
         if pred:
             where.append(pred)
+    if request.account_rules:
+        try:
+            narrow = compile_rules({"condition": "AND", "rules": list(request.account_rules)},
+                                   principal, tz=request.tz, param_prefix="acct")
+        except BuilderError as exc:
+            raise ViewerError(f"account: {exc.reason}") from None
+        params.update(narrow.params)
+        where.append(narrow.sql)
     if request.rules is not None:
         try:
             rules = compile_rules(request.rules, principal, tz=request.tz, param_prefix="p")
         except BuilderError as exc:
-            raise ViewerError(f"rules: {exc}") from None
+            raise ViewerError(f"rules: {exc}", rule_path=exc.path) from None
         params.update(rules.params)
         where.append(rules.sql)
     return where, (start, end)

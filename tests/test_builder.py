@@ -331,6 +331,9 @@ def test_errors_name_the_place_and_the_problem(tree: Any, message: str | None) -
     with pytest.raises(BuilderError) as err:
         compile_rules(tree, CUSTOMER, tz="Europe/Berlin")
     assert str(err.value) == message
+    # the place on its own, for a visual builder to show the message at that rule
+    path, _, reason = message.partition(": ")
+    assert (err.value.path, err.value.reason) == (path, reason)
 
 
 def test_unknown_display_zone_is_refused() -> None:

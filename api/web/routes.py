@@ -36,7 +36,7 @@ from cdrhouse.engine import export
 from cdrhouse.engine import userdata as ud
 from cdrhouse.engine.db import Database
 from cdrhouse.sql import catalogue
-from cdrhouse.sql.builder import BuilderError, compile_rules
+from cdrhouse.sql.builder import MAX_DEPTH, MAX_LIST, MAX_RULES, BuilderError, compile_rules
 from cdrhouse.sql.operators import BY_KEY
 from cdrhouse.sql.viewer import RANGES, resolve_range
 from cdrhouse.sql.viewer import ViewerError, compile_view
@@ -153,6 +153,34 @@ def _chip_errors(state: ViewState, web: sess.WebCaller, tz: str) -> dict[int, st
     return errors
 
 
+def _rule_errors(state: ViewState, web: sess.WebCaller, tz: str,
+                 chip_errors: dict[int, str]) -> list[dict[str, str]]:
+    """The builder tree's errors by rule path, for the query builder to show at the rule:
+    each bad header filter (the tree's leading rules) and the compiler's first error."""
+    errors = {f"rules[{i}]": msg for i, msg in chip_errors.items()}
+    try:
+        tree = state.tree()
+    except StateError:
+        return []
+    if tree is not None:
+        try:
+            compile_rules(tree, web.caller.principal, tz=tz)
+        except BuilderError as exc:
+            errors.setdefault(exc.path, exc.reason)
+    return [{"path": path, "message": msg} for path, msg in errors.items()]
+
+
+def _qbuilder_context(state: ViewState, errors: list[dict[str, str]]) -> dict[str, Any]:
+    """What the query-builder panel starts from: the view's tree, its errors, the limits."""
+    try:
+        tree = state.tree()
+    except StateError:
+        tree = None
+    return {"tree": tree, "errors": errors, "open": bool(state.rules_json or
+                                                          (errors and tree is not None)),
+            "limits": {"depth": MAX_DEPTH, "rules": MAX_RULES, "list": MAX_LIST}}
+
+
 async def _resolved(request: Request, web: sess.WebCaller, state: ViewState) -> ViewParams:
     """The state as an API request, with the user's saved zone and columns where the URL
     gives none (zone: the browser's, sent by the page in a cookie, before UTC)."""
@@ -221,6 +249,7 @@ async def viewer(request: Request) -> Response:
     shown = tuple(p.columns or catalogue.DEFAULT_COLUMNS[web.caller.principal.role])
     state = replace(state, tz=p.tz, columns=shown)
     chip_errors = _chip_errors(state, web, p.tz) if problem is None else {}
+    rule_errors = _rule_errors(state, web, p.tz, chip_errors) if problem is None else []
     page: dict[str, Any] | None = None
     rules = None
     if problem is None and not chip_errors:
@@ -252,6 +281,7 @@ async def viewer(request: Request) -> Response:
         "chip_labels": [chip_label(f, accounts, web.caller.principal.tenant or state.tenant)
                         for f in state.filters],
         "tz_source": tz_source,
+        "qbuilder": _qbuilder_context(state, rule_errors),
     }
     return _page(request, "viewer.html", context,
                  200 if problem is None and not chip_errors else 400)

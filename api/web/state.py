@@ -16,8 +16,14 @@ Parameters:
 - `columns` (comma-separated, in order), `sort` (comma-separated, `-` for
   descending);
 - `f` (repeated): one header filter `field:operator:value`; list values
-  (`in`, `between`) are comma-separated; `q`: a query-builder tree as JSON
-  (saved searches; the builder of the next issue) — both are ANDed;
+  (`in`, `between`) are comma-separated; `q`: the rest of the query-builder
+  tree as JSON — both are ANDed. The builder shows them as one tree
+  (`ViewState.tree`): the header filters are the leading rules of a top-level
+  "All" group, followed by `q`'s rules (or by `q` itself, as a group, when it
+  matches Any or is negated). A tree from the builder arrives whole in `q`;
+  `parse` moves its leading rules that a header filter can say into `f`
+  (`split_tree`), so each rule is a chip on the grid and the builder shows
+  exactly the tree that was applied, in its order;
 - `c` (repeated): the keyset cursors of the pages before this one, oldest
   first — "next" appends the page's `next_cursor`, "previous" drops the last.
 """
@@ -46,6 +52,9 @@ HEADER_OPERATORS: dict[str, tuple[str, ...]] = {
     "ip": ("begins_with", "equal", "contains", "is_empty"),
     "enum": ("in", "not_in"),
 }
+#: account columns: their header filter picks accounts (by code and name), as `in`/`not_in`
+ACCOUNT_OPERATORS: dict[str, tuple[str, ...]] = {"customer_id": ("in", "not_in"),
+                                                 "carrier_id": ("in", "not_in")}
 LIST_OPERATORS = frozenset({"in", "not_in", "between", "not_between"})
 MAX_CURSORS = 50
 MAX_FILTERS = 30
@@ -130,12 +139,30 @@ class ViewState:
             filters.append(Filter(fld.strip(), op.strip(), value))
         columns = tuple(c.strip() for c in one("columns").split(",") if c.strip()) or None
         sort = tuple(s.strip() for s in one("sort").split(",") if s.strip())
-        return cls(range=rng, date_from=one("from"), date_to=one("to"),
-                   tz=one("tz") or None, connected=one("connected") in ("1", "true", "on"),
-                   number=one("number"), tenant=one("tenant"), customer=one("customer"),
-                   carrier=one("carrier"), columns=columns, sort=sort or ("-start_time",),
-                   filters=tuple(filters), rules_json=one("q"),
-                   cursors=tuple(c for c in params.getlist("c") if c)[-MAX_CURSORS:])
+        state = cls(range=rng, date_from=one("from"), date_to=one("to"),
+                    tz=one("tz") or None, connected=one("connected") in ("1", "true", "on"),
+                    number=one("number"), tenant=one("tenant"), customer=one("customer"),
+                    carrier=one("carrier"), columns=columns, sort=sort or ("-start_time",),
+                    filters=tuple(filters), rules_json=one("q"),
+                    cursors=tuple(c for c in params.getlist("c") if c)[-MAX_CURSORS:])
+        return state.normalized()
+
+    def normalized(self) -> ViewState:
+        """The same view with `q`'s leading header-filter rules moved into `f` (and `q`
+        written compactly, so that equal views have equal URLs).
+
+        Only `q` is split: header filters already in `f` stay as given (a bad one
+        keeps its chip and its error). A `q` that is not JSON is left for `rules()`
+        to report.
+        """
+        try:
+            q = self._q()
+        except StateError:
+            return self
+        if q is None:
+            return self
+        moved, rest = split_tree(q, MAX_FILTERS - len(self.filters))
+        return replace(self, filters=self.filters + moved, rules_json=_dumps(rest) if rest else "")
 
     def pairs(self, *, page: bool = True) -> list[tuple[str, str]]:
         """The URL parameters of this state (defaults left out), in a stable order."""
@@ -197,20 +224,39 @@ class ViewState:
 
     # -- to the API ---------------------------------------------------------------------
 
-    def rules(self) -> dict[str, Any] | None:
-        """The header filters and `q` as one builder tree (AND), or None."""
-        parts: list[dict[str, Any]] = [f.rule() for f in self.filters]
-        if self.rules_json:
-            try:
-                tree = json.loads(self.rules_json)
-            except ValueError:
-                raise StateError("q: not a JSON query-builder tree") from None
-            if not isinstance(tree, dict):
-                raise StateError("q: not a JSON query-builder tree")
-            parts.append(tree)
-        if not parts:
+    def _q(self) -> dict[str, Any] | None:
+        if not self.rules_json:
             return None
-        return {"condition": "AND", "rules": parts}
+        try:
+            tree = json.loads(self.rules_json)
+        except (ValueError, RecursionError):   # RecursionError: nested too deep to read
+            raise StateError("q: not a JSON query-builder tree") from None
+        if not isinstance(tree, dict):
+            raise StateError("q: not a JSON query-builder tree")
+        return tree
+
+    def tree(self) -> dict[str, Any] | None:
+        """The header filters and `q` as the one tree the query builder shows, or None.
+
+        The header filters come first in a top-level AND; `q`'s rules follow when
+        `q` is itself a plain AND group, else `q` follows as one group. This is the
+        tree the API compiles, so an error's path (`rules[2].rules[0]`) names the
+        rule the builder shows at that place.
+        """
+        parts: list[dict[str, Any]] = [f.rule() for f in self.filters]
+        q = self._q()
+        if q is None:
+            return {"condition": "AND", "rules": parts} if parts else None
+        if not parts:
+            return q
+        key = _plain_and(q)
+        if key:
+            return {key: q[key], "rules": parts + list(q["rules"])}
+        return {"condition": "AND", "rules": parts + [q]}
+
+    def rules(self) -> dict[str, Any] | None:
+        """The builder rules of this view (header filters and `q`), or None: `tree()`."""
+        return self.tree()
 
     def params(self, tz: str, columns: list[str] | None, limit: int = 100) -> ViewParams:
         """The /v1 viewer request of this state (tz and columns already resolved)."""
@@ -256,15 +302,12 @@ class ViewState:
     def from_saved(cls, body: dict[str, Any]) -> ViewState:
         """The state of a saved viewer/search query (a saved tree that is not our flat
         filter list is kept whole as `q`)."""
-        filters: list[Filter] = []
+        filters: tuple[Filter, ...] = ()
         rules_json = ""
         rules = body.get("rules")
         if isinstance(rules, dict):
-            flat = _flat_filters(rules)
-            if flat is None:
-                rules_json = json.dumps(rules, separators=(",", ":"))
-            else:
-                filters = flat
+            filters, rest = split_tree(rules, MAX_FILTERS)
+            rules_json = _dumps(rest) if rest else ""
         cols = body.get("columns")
         if isinstance(cols, str):
             cols = [c for c in cols.split(",") if c]
@@ -278,24 +321,89 @@ class ViewState:
                    number=body.get("number") or "", tenant=body.get("tenant") or "",
                    customer=body.get("customer") or "", carrier=body.get("carrier") or "",
                    columns=tuple(cols) if cols else None, sort=tuple(sort),
-                   filters=tuple(filters), rules_json=rules_json)
+                   filters=filters, rules_json=rules_json)
 
 
-def _flat_filters(tree: dict[str, Any]) -> list[Filter] | None:
-    """Our own AND-of-rules trees back as header filters; None for anything else."""
-    if tree.get("not") or str(tree.get("condition", tree.get("combinator", "AND"))).upper() \
-            != "AND":
+def _dumps(tree: dict[str, Any]) -> str:
+    return json.dumps(tree, separators=(",", ":"), ensure_ascii=False)
+
+
+def _plain_and(tree: Any) -> str | None:
+    """The key (`condition` or `combinator`) of a group that is a plain AND (not
+    negated), or None. Its rules may then be listed beside other AND-ed rules."""
+    if not isinstance(tree, dict) or tree.get("not") or not isinstance(tree.get("rules"), list):
         return None
-    out = []
-    for rule in tree.get("rules") or []:
-        if not isinstance(rule, dict) or "rules" in rule or not isinstance(rule.get("field"), str):
-            return None
-        op = rule.get("operator")
-        if op not in HEADER_OPERATORS.get(getattr(catalogue.BY_NAME.get(rule["field"]), "kind",
-                                                  ""), ()):
-            return None
-        value = rule.get("value", "")
-        if isinstance(value, list):
-            value = ",".join(str(v) for v in value)
-        out.append(Filter(rule["field"], op, str(value)))
-    return out
+    key = "condition" if "condition" in tree else "combinator" if "combinator" in tree else None
+    if key is None or not isinstance(tree[key], str) or tree[key].upper() != "AND":
+        return None
+    return key
+
+
+def _scalar(value: Any, kind: str) -> str | None:
+    """A rule's value as header-filter text, when the text means exactly the same."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and kind in ("int",
+                                                                                   "decimal"):
+        return str(value)
+    return None
+
+
+def header_filter(rule: Any) -> Filter | None:
+    """The header filter that says exactly what builder rule `rule` says, or None.
+
+    A rule qualifies when it compares a field with values (not with another
+    field) using an operator the header filter offers for the field's kind, and
+    its value survives the `field:operator:value` text unchanged (list items
+    without commas or surrounding spaces).
+    """
+    if not isinstance(rule, dict) or "rules" in rule or not isinstance(rule.get("field"), str):
+        return None
+    f = catalogue.BY_NAME.get(rule["field"])
+    op = BY_KEY.get(rule.get("operator")) if isinstance(rule.get("operator"), str) else None
+    offered = ACCOUNT_OPERATORS.get(f.name, ()) + HEADER_OPERATORS.get(f.kind, ()) if f else ()
+    if f is None or op is None or op.key not in offered \
+            or not op.applies_to(f) or rule.get("valueSource", "value") != "value":
+        return None
+    if op.arity == 0:
+        return Filter(f.name, op.key, "")
+    value = rule.get("value")
+    if op.arity == 1:
+        text = _scalar(value, f.kind)
+        return Filter(f.name, op.key, text) if text is not None else None
+    if not isinstance(value, list) or not value:
+        return None
+    items = [_scalar(v, f.kind) for v in value]
+    if any(t is None or not t or "," in t or t != t.strip() for t in items):
+        return None
+    return Filter(f.name, op.key, ",".join(items))  # type: ignore[arg-type]
+
+
+def split_tree(tree: dict[str, Any], room: int = MAX_FILTERS
+               ) -> tuple[tuple[Filter, ...], dict[str, Any] | None]:
+    """A builder tree as header filters plus the rest (None when nothing is left).
+
+    Only a plain AND root gives filters: its leading rules that `header_filter`
+    can say, at most `room` of them (the order of the tree is kept: a rule after
+    a group stays in the rest). When the rest is one group that is not a plain
+    AND, that group is the rest, so `ViewState.tree` gives back the same tree.
+    """
+    key = _plain_and(tree)
+    if key is None:
+        return (), tree
+    rules = list(tree["rules"])
+    moved: list[Filter] = []
+    while rules and len(moved) < room:
+        f = header_filter(rules[0])
+        if f is None:
+            break
+        moved.append(f)
+        rules.pop(0)
+    if not rules:
+        return tuple(moved), None
+    if not moved:
+        return (), tree
+    if len(rules) == 1 and isinstance(rules[0], dict) and "rules" in rules[0] \
+            and not _plain_and(rules[0]):
+        return tuple(moved), rules[0]
+    return tuple(moved), {key: tree[key], "rules": rules}
