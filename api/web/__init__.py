@@ -10,6 +10,8 @@
   all through `api.deps` (the API's own guarded calls);
 - `users`    — /v1/users: operators manage their tenant's portal users;
 - `sqlpage`  — the SQL page (`/sql`): an editor whose script runs user SQL on /v1;
+- `tools`    — the Jobs panel and the Balances & rate cards page (shells whose
+  scripts use /v1; the CDR page's Recalc dialog is `templates/_recalc.html`);
 - `render`, `assets`, `recording` — display values, hashed static files, the
   recording proxy; `templates/` and `static/` are shipped as package data.
 """
@@ -23,8 +25,9 @@ from fastapi import FastAPI
 
 def mount(app: FastAPI, api_dependencies: Sequence = ()) -> None:
     """Add the page's routes, and /v1/users with the other /v1 routers' dependencies."""
-    from cdrhouse.api.web import routes, sqlpage, users
+    from cdrhouse.api.web import routes, sqlpage, tools, users
 
     app.include_router(users.router, dependencies=list(api_dependencies))
     app.include_router(routes.router)
     app.include_router(sqlpage.router)
+    app.include_router(tools.router)
