@@ -49,6 +49,11 @@ def server(tmp_path_factory):
     meta = json.loads(info.read_text())
     subprocess.run([sys.executable, str(here / "recalcstore.py"), str(tmp / "data"),
                     meta["now"]], check=True, cwd=tmp)
+    # a real tiering run (globex has no month old enough: it archives nothing), so the
+    # jobs table holds a platform job that only admins see
+    subprocess.run([sys.executable, "-m", "cdrhouse.api.cli", "--data-dir", str(tmp / "data"),
+                    "tier", "run", "--tenant", "globex"], check=True, cwd=tmp,
+                   stdout=subprocess.DEVNULL)
     port = browser._free_port()
     env = {**os.environ, "CDRHOUSE_RECORDING_HOSTS": "127.0.0.1"}
     proc = subprocess.Popen([sys.executable, "-m", "cdrhouse.api.cli", "--data-dir",
@@ -199,7 +204,8 @@ def test_worked_example_preview_run_undo(ctx: BrowserContext, server: Server) ->
     shot(page, "recalc-job-done")
 
     # the grid shows the new charge; the job stays in view (with Undo)
-    page.locator("#rc-show-new").click()
+    with page.expect_navigation():      # the page reloads: the grid is server-rendered
+        page.locator("#rc-show-new").click()
     expect(page.locator("#grid tbody tr[data-call]")).to_have_count(1)
     assert column(page, "customer_charge") == ["0.006"]
     assert column(page, "carrier_cost") == ["0.003"]
@@ -213,7 +219,8 @@ def test_worked_example_preview_run_undo(ctx: BrowserContext, server: Server) ->
     undo_id = drawer.locator(".job").get_attribute("data-job")
     assert undo_id != job_id
     assert finished(server, OPERATOR, undo_id)["state"] == "succeeded"
-    page.locator("#rc-show-new").click()
+    with page.expect_navigation():      # the page reloads: the grid is server-rendered
+        page.locator("#rc-show-new").click()
     expect(page.locator("#grid tbody tr[data-call]")).to_have_count(1)
     assert column(page, "customer_charge") == ["0.36"]
     assert column(page, "carrier_cost") == ["0.18"]
@@ -370,6 +377,53 @@ def test_other_tenant_operator_sees_no_acme_jobs(ctx: BrowserContext, server: Se
     assert answers == [400, 404, 403]
 
 
+def test_admin_picks_a_tenant_and_sees_platform_jobs(ctx: BrowserContext,
+                                                      server: Server) -> None:
+    page = ctx.new_page()
+    watch = Watch(page)
+    page.goto("/login")
+    page.get_by_text("Sign in with an API key instead").click()
+    page.locator("input[name=api_key]").fill(server.secrets["admin"])
+    page.get_by_role("button", name="Sign in with key").click()
+    expect(page.locator("#recalc-btn")).to_be_disabled()      # which tenant? choose first
+    page.goto("/?tenant=acme&range=today")
+    page.locator("#recalc-btn").click()
+    expect(page.locator("#rc-scope-range")).to_be_checked()
+    expect(page.locator("#rc-scope-range + span")).to_contain_text("every account of tenant acme")
+    expect(page.locator("#rc-from")).not_to_have_value("")
+    page.locator('input[name="rc-op"][value="refresh-credit"]').check()
+    expect(page.locator("#rc-reasons")).to_be_hidden()
+    expect(page.locator("#rc-min")).to_be_hidden()
+    page.locator("#rc-preview-btn").click()
+    expect(page.locator("#rc-confirm")).to_contain_text("changes no call")
+    page.locator("#rc-run").click()
+    drawer = page.locator("#jobs-drawer")
+    expect(drawer.locator(".job h3")).to_have_text("Recalc · Refresh Credit")
+    expect(drawer.locator(".job .badge")).to_have_text("succeeded")
+    job = finished(server, "admin", drawer.locator(".job").get_attribute("data-job"))
+    assert job["tenant"] == "acme" and job["params"]["op"] == "refresh-credit"
+    assert job["result"]["balances_refreshed"] >= 4
+    expect(drawer.locator("button.undo")).to_have_count(0)    # nothing to undo
+
+    # the Jobs page: tiering runs too (platform jobs), with what they did
+    page.goto("/jobs")
+    _, listed = api(server, "admin", "GET", "/v1/jobs?kind=tier-run")
+    tier = listed["jobs"][0]
+    row = page.locator(f'#jobs-table tr[data-job="{tier["id"]}"]')
+    expect(row).to_contain_text("Tiering run")
+    expect(row).to_contain_text("platform")
+    row.click()
+    detail = page.locator("#job-detail")
+    expect(detail.locator(".job h3")).to_have_text("Tiering run")
+    expect(detail.locator(".job .badge")).to_have_text(tier["state"])
+    expect(detail).to_contain_text('["globex"]')
+    # operators do not see platform jobs
+    _, mine = api(server, OPERATOR, "GET", "/v1/jobs?limit=1000")
+    assert tier["id"] not in {j["id"] for j in mine["jobs"]}
+    shot(page, "jobs-admin")
+    watch.assert_clean()
+
+
 # -- balances and rate cards ----------------------------------------------------------------
 
 def test_balances_and_rate_card_import(ctx: BrowserContext, server: Server) -> None:
@@ -411,6 +465,7 @@ def test_balances_and_rate_card_import(ctx: BrowserContext, server: Server) -> N
     assert items[1].startswith("line 4: rate_per_min") and "abc" in items[1]
     assert api(server, OPERATOR, "GET", "/v1/rates?account=customer:C2")[1]["rates"] == []
     expect(page.locator("#rates tbody tr.empty")).to_contain_text("No rate card")
+    errors.scroll_into_view_if_needed()
     shot(page, "billing-import-errors")
 
     # fixed: imported, and the table shows the card the API now has

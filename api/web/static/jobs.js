@@ -111,7 +111,8 @@
   }
   function totals(result) {
     var out = el("p", {cls: "totals"});
-    out.appendChild(el("strong", {text: (result.calls_changed || 0) + " call" + (result.calls_changed === 1 ? "" : "s") + " change"}));
+    var n = result.calls_changed || 0;
+    out.appendChild(el("strong", {text: n === 1 ? "1 call changes" : n + " calls change"}));
     if (result.charge) out.appendChild(document.createTextNode(" · charge " + money(result.charge.before) + " → " + money(result.charge.after)));
     if (result.cost) out.appendChild(document.createTextNode(" · cost " + money(result.cost.before) + " → " + money(result.cost.after)));
     return out;
@@ -136,8 +137,9 @@
     if (job.kind === "recalc") {
       var first = r.first || p.date_from, last = r.last || p.date_to;
       if (first) row("UTC days", first + (last && last !== first ? " to " + last : ""));
-      row("Account", p.account || "every account");
-      if (p.call_ids && p.call_ids.length) row("Calls", p.call_ids.length + " selected");
+      if (p.op === "undo") row("Calls", "those job " + p.target_job + " changed");
+      else if (p.call_ids && p.call_ids.length) row("Calls", p.call_ids.length + " selected");
+      if (p.op !== "undo") row("Account", p.account || (p.call_ids && p.call_ids.length ? "those of the selected calls" : "every account"));
       if (p.release_reasons && p.release_reasons.length) row("Release reasons", p.release_reasons.join(", "));
       if (p.op === "adjust-duration") row("Duration", "calls of at least " + p.min_duration + " s get " + p.new_duration + " s");
       if (r.phase && !FINISHED[job.state]) row("Phase", r.phase);
@@ -251,14 +253,21 @@
     following = follow(id, detail, {list: jobs, onNewJob: function (j) { refresh().then(function () { select(j.id); }); },
                                     onChange: function (j) { updateRow(j); }});
   }
+  function scopeText(j) {
+    var p = j.params || {};
+    if (j.kind !== "recalc") return j.tenant || "platform";
+    if (p.op === "undo") return "job " + p.target_job;
+    if (p.call_ids && p.call_ids.length) return p.call_ids.length === 1 ? "1 call" : p.call_ids.length + " calls";
+    return p.account || "all accounts";
+  }
   function row(j) {
     var p = j.params || {}, r = j.result || {}, pct = Math.round((j.progress || 0) * 100);
     var range = j.kind === "recalc" ? ((r.first || p.date_from || "") + (r.last && r.last !== r.first ? " – " + r.last : "")) : (p.month ? String(p.month) : "");
     var tr = el("tr", {"data-job": j.id, tabindex: "0", "aria-selected": "false"}, [
-      el("td", {text: when(j.created_at)}),
+      el("td", {text: when(j.created_at).replace(" UTC", "")}),
       el("td", {text: title(j)}),
       el("td", {text: range}),
-      el("td", {text: j.kind === "recalc" ? (p.account || (p.call_ids && p.call_ids.length ? p.call_ids.length + " calls" : "all")) : (j.tenant || "platform")}),
+      el("td", {text: scopeText(j)}),
       el("td", {}, [el("span", {cls: "badge state-" + (stopped(j) ? "stopped" : j.state), text: stateText(j)})]),
       el("td", {}, [el("progress", {max: "100", value: String(pct), "aria-label": "Progress " + pct + "%"})]),
       el("td", {cls: "muted", text: j.principal})]);
@@ -274,7 +283,8 @@
     var q = "?limit=200" + (kindSel.value ? "&kind=" + encodeURIComponent(kindSel.value) : "") +
             (stateSel.value ? "&state=" + encodeURIComponent(stateSel.value) : "");
     return api("GET", "/v1/jobs" + q).then(function (data) {
-      jobs = data.jobs;
+      var previews = $("#jobs-previews") && $("#jobs-previews").checked;
+      jobs = data.jobs.filter(function (j) { return previews || j.id === selected || !(j.params && j.params.dry_run); });
       var body = table.querySelector("tbody"); body.textContent = "";
       jobs.forEach(function (j) { var tr = row(j); if (j.id === selected) tr.classList.add("active"); body.appendChild(tr); });
       if (!jobs.length) body.appendChild(el("tr", {cls: "empty"}, [el("td", {colspan: "7", text: "No jobs to show."})]));
@@ -290,6 +300,6 @@
   table.addEventListener("keydown", function (ev) {
     var tr = ev.target.closest("tr[data-job]"); if (tr && (ev.key === "Enter" || ev.key === " ")) { ev.preventDefault(); select(tr.dataset.job); }
   });
-  [kindSel, stateSel].forEach(function (s) { s.addEventListener("change", function () { refresh(); }); });
+  [kindSel, stateSel, $("#jobs-previews")].forEach(function (s) { s.addEventListener("change", function () { refresh(); }); });
   refresh().then(function () { select(selected); loop(); });
 })();
