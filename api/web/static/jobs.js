@@ -256,18 +256,19 @@
   function scopeText(j) {
     var p = j.params || {};
     if (j.kind !== "recalc") return j.tenant || "platform";
-    if (p.op === "undo") return "job " + p.target_job;
-    if (p.call_ids && p.call_ids.length) return p.call_ids.length === 1 ? "1 call" : p.call_ids.length + " calls";
-    return p.account || "all accounts";
+    var t = role === "admin" && j.tenant ? j.tenant + " · " : "";
+    if (p.op === "undo") return t + "job " + p.target_job;
+    if (p.call_ids && p.call_ids.length) return t + (p.call_ids.length === 1 ? "1 call" : p.call_ids.length + " calls");
+    return t + (p.account || "all accounts");
   }
   function row(j) {
     var p = j.params || {}, r = j.result || {}, pct = Math.round((j.progress || 0) * 100);
     var range = j.kind === "recalc" ? ((r.first || p.date_from || "") + (r.last && r.last !== r.first ? " – " + r.last : "")) : (p.month ? String(p.month) : "");
     var tr = el("tr", {"data-job": j.id, tabindex: "0", "aria-selected": "false"}, [
       el("td", {text: when(j.created_at).replace(" UTC", "")}),
-      el("td", {text: title(j)}),
+      el("td", {cls: "title", text: title(j), title: title(j)}),
       el("td", {text: range}),
-      el("td", {text: scopeText(j)}),
+      el("td", {cls: "scope", text: scopeText(j), title: scopeText(j)}),
       el("td", {}, [el("span", {cls: "badge state-" + (stopped(j) ? "stopped" : j.state), text: stateText(j)})]),
       el("td", {}, [el("progress", {max: "100", value: String(pct), "aria-label": "Progress " + pct + "%"})]),
       el("td", {cls: "muted", text: j.principal})]);
