@@ -36,12 +36,27 @@ def example_call(now: dt.datetime) -> dict[str, Any]:
                 cost="0.180000", recording="")
 
 
-def load(db: Any, now: dt.datetime) -> None:
+#: a re-rate of C1's calls around the DST switch (webstore.DST_CALLS), left stopped
+STOPPED_DAYS = (dt.date(2026, 3, 28), dt.date(2026, 3, 29))
+
+
+def load(db: Any, now: dt.datetime) -> str:
+    """Cards, the example call, and a stopped re-rate job; returns that job's id."""
     from cdrhouse.engine import ratecards as rc
+    from cdrhouse.engine import recalc as rec
+    from cdrhouse.sql.principal import Principal
 
     rc.import_text(db, "acme", "customer:C1", CUSTOMER_CARD, source="recalcstore")
     rc.import_text(db, "acme", "carrier:K1", CARRIER_CARD, source="recalcstore")
     webstore._insert(db, [example_call(now)])
+    # what a service leaves when it shuts down under a job (api/billing.py's abandon):
+    # started and claimed, then marked stopped, so that it can be resumed
+    req = rec.RecalcRequest(tenant="acme", op="rerate", date_from=STOPPED_DAYS[0],
+                            date_to=STOPPED_DAYS[1], account="customer:C1")
+    job = rec.start(db, req, Principal.operator("acme"))
+    rec.claim(db, job)
+    rec.abandon(db, job.job_id)
+    return job.job_id
 
 
 if __name__ == "__main__":

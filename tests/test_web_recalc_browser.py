@@ -248,6 +248,11 @@ def test_worked_example_preview_run_undo(ctx: BrowserContext, server: Server) ->
 def test_rerate_preview_of_filtered_range(ctx: BrowserContext, server: Server) -> None:
     """The customer view's range: release reasons that occur in it, and a preview equal to
     the API's dry run of the same request (previewed only: nothing changes)."""
+    def rerates() -> set[str]:
+        _, jobs = api(server, OPERATOR, "GET", "/v1/jobs?kind=recalc&limit=1000")
+        return {j["id"] for j in jobs["jobs"] if j["params"]["op"] == "rerate"
+                and not j["params"]["dry_run"]}
+    before = rerates()
     page = ctx.new_page()
     watch = Watch(page)
     sign_in(page, "operator", path="/?range=last_7_days&customer=C1")
@@ -292,10 +297,42 @@ def test_rerate_preview_of_filtered_range(ctx: BrowserContext, server: Server) -
     expect(page.locator("#rc-preview-btn")).to_be_visible()
     page.locator('#rc-reasons input[value="NORMAL_CLEARING"]').uncheck()
     page.locator("#rc-cancel").click()
-    # nothing ran: no non-preview rerate job exists
-    status, jobs = api(server, OPERATOR, "GET", "/v1/jobs?kind=recalc")
-    assert not [j for j in jobs["jobs"] if j["params"]["op"] == "rerate"
-                and not j["params"]["dry_run"]]
+    # nothing ran: no re-rate job besides previews was started
+    assert rerates() == before
+    watch.assert_clean()
+
+
+def test_resume_a_stopped_job(ctx: BrowserContext, server: Server) -> None:
+    """recalcstore left a re-rate stopped (as a service shutting down under it does):
+    the Jobs page says so, offers Resume, and follows the job to its end."""
+    _, running = api(server, OPERATOR, "GET", "/v1/jobs?kind=recalc&state=running")
+    stopped = [j for j in running["jobs"] if j["result"].get("stopped")]
+    assert len(stopped) == 1
+    job_id = stopped[0]["id"]
+    assert charge_of(server, "acme-dst-noon")[0] == "0.100000"
+    page = ctx.new_page()
+    watch = Watch(page)
+    sign_in(page, "operator")
+    page.locator("#nav-jobs").click()
+    row = page.locator(f'#jobs-table tr[data-job="{job_id}"]')
+    expect(row.locator(".badge")).to_have_text("stopped — can be resumed")
+    row.click()
+    detail = page.locator("#job-detail")
+    expect(detail.locator(".job h3")).to_have_text("Recalc · Re-rate")
+    expect(detail.locator(".job .job-error")).to_contain_text("the service stopped while the job ran")
+    expect(detail.locator("button.undo")).to_have_count(0)
+    shot(page, "jobs-stopped")
+    detail.locator("button.resume").click()
+    expect(detail.locator(".job .badge")).to_have_text("succeeded")
+    expect(row.locator(".badge")).to_have_text("succeeded")
+    expect(detail.locator("button.resume")).to_have_count(0)
+    expect(detail.locator("button.undo")).to_be_visible()
+    job = finished(server, OPERATOR, job_id)
+    assert job["state"] == "succeeded" and job["result"]["calls_changed"] >= 1
+    # C1's calls of those days now cost what C1's card says: 60 s at 0.0001/s
+    assert charge_of(server, "acme-dst-noon")[0] == "0.006000"
+    assert impact_rows(page, "#job-detail")["Customer C1"][0] == str(
+        next(a["calls"] for a in job["result"]["accounts"] if a["kind"] == "customer"))
     watch.assert_clean()
 
 

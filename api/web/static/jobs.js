@@ -167,7 +167,7 @@
       el("span", {cls: "badge state-" + (stopped(job) ? "stopped" : job.state), text: stateText(job)}),
       el("progress", {max: "100", value: String(pct), "aria-label": "Progress of job " + job.id}),
       el("span", {cls: "pct", text: pct + "%"})]));
-    if (job.error) box.appendChild(el("p", {cls: "error", role: "alert", text: job.error}));
+    if (job.error) box.appendChild(el("p", {cls: "error job-error", role: "alert", text: job.error}));
     var r = job.result || {};
     if (job.kind === "recalc" && (r.accounts || r.calls_changed !== undefined)) box.appendChild(impact(r));
     else if (job.kind === "recalc" && !FINISHED[job.state] && (job.params || {}).op !== "refresh-credit")
