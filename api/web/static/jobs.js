@@ -263,15 +263,17 @@
   }
   function row(j) {
     var p = j.params || {}, r = j.result || {}, pct = Math.round((j.progress || 0) * 100);
-    var range = j.kind === "recalc" ? ((r.first || p.date_from || "") + (r.last && r.last !== r.first ? " – " + r.last : "")) : (p.month ? String(p.month) : "");
-    var tr = el("tr", {"data-job": j.id, tabindex: "0", "aria-selected": "false"}, [
-      el("td", {text: when(j.created_at).replace(" UTC", "")}),
+    var first = r.first || p.date_from || "", last = r.last || "";
+    // the same year once: 2026-03-28 – 03-29
+    if (last && first && last.slice(0, 4) === first.slice(0, 4)) last = last.slice(5);
+    var range = j.kind === "recalc" ? first + (last && r.last !== r.first ? " – " + last : "") : (p.month ? String(p.month) : "");
+    var tr = el("tr", {"data-job": j.id, tabindex: "0", "aria-selected": "false", title: "Started by " + j.principal}, [
+      el("td", {text: when(j.created_at).slice(0, 16)}),
       el("td", {cls: "title", text: title(j), title: title(j)}),
       el("td", {text: range}),
-      el("td", {cls: "scope", text: scopeText(j), title: scopeText(j)}),
-      el("td", {}, [el("span", {cls: "badge state-" + (stopped(j) ? "stopped" : j.state), text: stateText(j)})]),
-      el("td", {}, [el("progress", {max: "100", value: String(pct), "aria-label": "Progress " + pct + "%"})]),
-      el("td", {cls: "muted", text: j.principal})]);
+      el("td", {cls: "jscope", text: scopeText(j), title: scopeText(j)}),
+      el("td", {}, [el("span", {cls: "jstate"}, [el("span", {cls: "badge state-" + (stopped(j) ? "stopped" : j.state), text: stopped(j) ? "stopped" : j.state}),
+        FINISHED[j.state] ? null : el("progress", {max: "100", value: String(pct), "aria-label": "Progress " + pct + "%"})])])]);
     return tr;
   }
   function updateRow(j) {
@@ -288,7 +290,7 @@
       jobs = data.jobs.filter(function (j) { return previews || j.id === selected || !(j.params && j.params.dry_run); });
       var body = table.querySelector("tbody"); body.textContent = "";
       jobs.forEach(function (j) { var tr = row(j); if (j.id === selected) tr.classList.add("active"); body.appendChild(tr); });
-      if (!jobs.length) body.appendChild(el("tr", {cls: "empty"}, [el("td", {colspan: "7", text: "No jobs to show."})]));
+      if (!jobs.length) body.appendChild(el("tr", {cls: "empty"}, [el("td", {colspan: "5", text: "No jobs to show."})]));
       $("#jobs-error").hidden = true;
     }).catch(function (e) { var p = $("#jobs-error"); p.textContent = e.message; p.hidden = false; });
   }
