@@ -264,8 +264,19 @@ def test_rerate_preview_of_filtered_range(ctx: BrowserContext, server: Server) -
     first = (server.now - dt.timedelta(days=6)).date()
     frm, to = page.locator("#rc-from").input_value(), page.locator("#rc-to").input_value()
     assert dt.date.fromisoformat(frm) <= first and dt.date.fromisoformat(to) >= server.now.date()
-    page.locator('input[name="rc-op"][value="rerate"]').check()
-    expect(page.locator("#rc-min")).to_be_hidden()
+    # each operation shows only the fields it needs
+    fields = ("#rc-from", "#rc-to", "#rc-reasons", "#rc-min", "#rc-new", "#rc-adjust-help")
+    for op, shown_fields in (
+            ("refresh-credit", {"#rc-from", "#rc-to"}),
+            ("refresh-summaries", {"#rc-from", "#rc-to"}),
+            ("adjust-duration", {"#rc-from", "#rc-to", "#rc-min", "#rc-new", "#rc-adjust-help"}),
+            ("rerate", {"#rc-from", "#rc-to", "#rc-reasons"})):
+        page.locator(f'input[name="rc-op"][value="{op}"]').check()
+        for f in fields:
+            if f in shown_fields:
+                expect(page.locator(f)).to_be_visible()
+            else:
+                expect(page.locator(f)).to_be_hidden()
     reasons = page.locator("#rc-reasons input[type=checkbox]")
     expect(reasons.first).to_be_visible()
     status, res = api(server, OPERATOR, "POST", "/v1/sql", {
