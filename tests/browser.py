@@ -74,14 +74,20 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`cdrhouse serve` on a fresh embedded store, one per module."""
+def server(tmp_path_factory, request):
+    """`cdrhouse serve` on a fresh embedded store, one per module.
+
+    A module may add to its own store: `prepare_store(data_dir, now)`, a function of the
+    module, runs after webstore.py and before the service opens the store."""
     tmp = tmp_path_factory.mktemp("web")
     rec = webstore.RecordingServer().start()
     info = tmp / "store.json"
     subprocess.run([sys.executable, str(Path(__file__).parent / "webstore.py"), str(tmp / "data"),
                     rec.base, str(info)], check=True, cwd=tmp)
     meta = json.loads(info.read_text())
+    prepare = getattr(request.module, "prepare_store", None)
+    if prepare is not None:
+        prepare(tmp / "data", meta["now"])
     port = _free_port()
     env = {**os.environ, "CDRHOUSE_RECORDING_HOSTS": "127.0.0.1"}
     # to a file, not a pipe: nobody reads a pipe, and a full one would block the server

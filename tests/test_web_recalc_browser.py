@@ -3,8 +3,9 @@
 
 The store is tests/webstore.py's plus tests/recalcstore.py (rate cards for C1 and K1
 and the reference's worked example: a 3600 s call at 0.0001/s = 0.36, which adjusted
-to 60 s costs 0.006), served by this module's own server so that the other browser
-modules see the web store unchanged. Every number the page shows is compared with
+to 60 s costs 0.006; a stopped re-rate) and a tiering run, added by `prepare_store`
+(browser.server's hook) to this module's own store, so that the other browser modules
+see the web store unchanged. Every number the page shows is compared with
 what the API answers a key of the same principal.
 
 Run: `python -m pytest -n 0 tests/test_web_recalc_browser.py` (needs `apt-get install -y chromium`).
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import subprocess
 import sys
 import time
@@ -23,62 +23,27 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import browser  # noqa: E402
 from browser import (  # noqa: E402,F401  (fixtures are found by name)
-    Server, Watch, browser_type_launch_args, column, ctx, grid_ids, shot, sign_in)
+    Server, Watch, browser_type_launch_args, column, ctx, grid_ids, server, shot, sign_in)
 import recalcstore  # noqa: E402
-import webstore  # noqa: E402
 from playwright.sync_api import BrowserContext, Page, expect  # noqa: E402
 
 OPERATOR = "tenant:acme"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`cdrhouse serve` on the web store plus recalcstore's cards and worked example."""
-    tmp = tmp_path_factory.mktemp("webrecalc")
-    rec = webstore.RecordingServer().start()
-    info = tmp / "store.json"
+def prepare_store(data_dir: Path, now: str) -> None:
+    """browser.server's hook: recalcstore's cards, example call and stopped job, and a
+    real tiering run (globex has no month old enough: it archives nothing), so that the
+    jobs table holds a platform job only admins see. Each in its own process: the
+    embedded engine is one data directory per process."""
     here = Path(__file__).parent
-    subprocess.run([sys.executable, str(here / "webstore.py"), str(tmp / "data"), rec.base,
-                    str(info)], check=True, cwd=tmp)
-    meta = json.loads(info.read_text())
-    subprocess.run([sys.executable, str(here / "recalcstore.py"), str(tmp / "data"),
-                    meta["now"]], check=True, cwd=tmp)
-    # a real tiering run (globex has no month old enough: it archives nothing), so the
-    # jobs table holds a platform job that only admins see
-    subprocess.run([sys.executable, "-m", "cdrhouse.api.cli", "--data-dir", str(tmp / "data"),
-                    "tier", "run", "--tenant", "globex"], check=True, cwd=tmp,
+    subprocess.run([sys.executable, str(here / "recalcstore.py"), str(data_dir), now],
+                   check=True, cwd=data_dir.parent)
+    subprocess.run([sys.executable, "-m", "cdrhouse.api.cli", "--data-dir", str(data_dir),
+                    "tier", "run", "--tenant", "globex"], check=True, cwd=data_dir.parent,
                    stdout=subprocess.DEVNULL)
-    port = browser._free_port()
-    env = {**os.environ, "CDRHOUSE_RECORDING_HOSTS": "127.0.0.1"}
-    proc = subprocess.Popen([sys.executable, "-m", "cdrhouse.api.cli", "--data-dir",
-                             str(tmp / "data"), "serve", "--port", str(port),
-                             "--tier-schedule", "off"], cwd=tmp, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(base + "/healthz", timeout=1).read()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-                rec.stop()
-                pytest.fail(f"cdrhouse serve did not start:\n{out}")
-            time.sleep(0.2)
-    yield Server(base, meta["secrets"], dt.datetime.fromisoformat(meta["now"]), rec)
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    rec.stop()
 
 
 # -- the API, with a key of the same principal --------------------------------------------
