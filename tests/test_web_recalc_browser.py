@@ -481,11 +481,13 @@ def test_balances_and_rate_card_import(ctx: BrowserContext, server: Server) -> N
     errors.scroll_into_view_if_needed()
     shot(page, "billing-import-errors")
 
-    # fixed: imported, and the table shows the card the API now has
-    page.locator("#rates-text").fill(
-        "prefix,rate_per_min,connect_fee,increment,min_duration,effective_from,currency\n"
-        "44,0.012,0,60/60,0,2026-01-01,USD\n"
-        "4420,0.010,0,60/60,0,2026-01-01,USD\n")
+    # fixed, chosen as a file: imported, and the table shows the card the API now has
+    fixed = ("prefix,rate_per_min,connect_fee,increment,min_duration,effective_from,currency\n"
+             "44,0.012,0,60/60,0,2026-01-01,USD\n"
+             "4420,0.010,0,60/60,0,2026-01-01,USD\n")
+    page.locator("#rates-file").set_input_files(
+        files=[{"name": "c2.csv", "mimeType": "text/csv", "buffer": fixed.encode()}])
+    expect(page.locator("#rates-text")).to_have_value(fixed)
     page.locator("#rates-import-btn").click()
     expect(page.locator("#rates-result .note")).to_contain_text("Imported 2 rates into customer C2")
     expect(page.locator("#rates tbody tr")).to_have_count(2)
