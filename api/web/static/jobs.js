@@ -288,8 +288,14 @@
     return api("GET", "/v1/jobs" + q).then(function (data) {
       var previews = $("#jobs-previews") && $("#jobs-previews").checked;
       jobs = data.jobs.filter(function (j) { return previews || j.id === selected || !(j.params && j.params.dry_run); });
-      var body = table.querySelector("tbody"); body.textContent = "";
-      jobs.forEach(function (j) { var tr = row(j); if (j.id === selected) tr.classList.add("active"); body.appendChild(tr); });
+      var body = table.querySelector("tbody"), focused = document.activeElement;
+      var keep = focused && focused.closest && focused.closest("#jobs-table tr[data-job]") ? focused.dataset.job : null;
+      body.textContent = "";
+      jobs.forEach(function (j) {
+        var tr = row(j); if (j.id === selected) { tr.classList.add("active"); tr.setAttribute("aria-selected", "true"); }
+        body.appendChild(tr);
+        if (j.id === keep) tr.focus();   // a refresh keeps the keyboard where it was
+      });
       if (!jobs.length) body.appendChild(el("tr", {cls: "empty"}, [el("td", {colspan: "5", text: "No jobs to show."})]));
       $("#jobs-error").hidden = true;
     }).catch(function (e) { var p = $("#jobs-error"); p.textContent = e.message; p.hidden = false; });
