@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from cdrhouse.api import archive, billing, downloads, errors, userdata, web
+from cdrhouse.api import archive, audit, billing, downloads, errors, userdata, web
 from cdrhouse.api.deps import reject_unknown_query_params
 from cdrhouse.api.forwarded import ForwardedClient, TrustedProxies
 from cdrhouse.api.service import Service, ServiceConfig
@@ -108,6 +108,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         with service.pool.acquire() as db:
             migrate(db)
         app.state.service = service
+        audit.start_writer(app, config.audit)   # every request recorded (api/audit.py)
         scheduler = None
         if config.tier_cron:
             scheduler = start_scheduler(config.tier_cron, service.warm.store,
@@ -128,6 +129,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
                 backup_scheduler.shutdown(wait=True)
             if scheduler is not None:
                 scheduler.shutdown(wait=False)  # no new runs; a running one is the runner's
+            audit.stop_writer(app)              # the buffered records are written
             app.state.service = None
             service.close()                     # waits for jobs, then closes the clients
 
@@ -138,6 +140,8 @@ def create_app(config: ServiceConfig) -> FastAPI:
                     "`application/problem+json`.")
     app.state.metrics = metrics = Metrics()
     app.state.service = None
+    app.state.audit = None
+    metrics.registry.register(audit.AuditCollector(app))
     metrics.registry.register(backup_schedule.BackupCollector(
         lambda: app.state.service.pool.acquire() if app.state.service else None))
     app.add_exception_handler(errors.Problem, errors.handle_problem)
@@ -152,9 +156,12 @@ def create_app(config: ServiceConfig) -> FastAPI:
     app.include_router(userdata.router, dependencies=strict)
     app.include_router(archive.router, dependencies=strict)
     app.include_router(billing.router, dependencies=strict)
+    app.include_router(audit.router, dependencies=strict)
     web.mount(app, api_dependencies=strict)  # the web viewer: /, /login, /web/…, /static/…, /v1/users
 
     app.add_middleware(Observe, metrics=metrics)
+    # the audit trail: every route, including ones added later (api/audit.py)
+    app.add_middleware(audit.AuditTrail)
     # outermost: the client address every later part sees (the auth limiter, the log)
     app.add_middleware(ForwardedClient, trusted=TrustedProxies(config.forwarded_allow_ips))
 

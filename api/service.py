@@ -28,6 +28,7 @@ from cdrhouse.api.auth import Caller, FailureLimiter, authenticate, secret_from
 from cdrhouse.api.errors import Problem
 from cdrhouse.backup.location import BackupConfig
 from cdrhouse.engine import query as q
+from cdrhouse.engine.audit import AuditSettings
 from cdrhouse.engine.db import Database, StoreConfig
 from cdrhouse.engine.jobs import JobRunner
 from cdrhouse.engine.pool import DatabasePool, PoolExhausted
@@ -69,6 +70,8 @@ class ServiceConfig:
     #: at shutdown, how long running jobs (recalc, tiering) get to finish before
     #: they are left marked for resume
     job_shutdown_seconds: float = 30.0
+    #: the audit trail: on by default; its flush cadence and retention (engine/audit.py)
+    audit: AuditSettings = field(default_factory=AuditSettings)
 
 
 def tenant_cap(config: ServiceConfig) -> int:
@@ -128,6 +131,7 @@ class Service:
                 self._auth_cache.clear()
             self._auth_cache[cache_key] = (caller, time.monotonic() + self.config.auth_cache_seconds)
         request.state.principal = caller.principal_text
+        request.state.key_id = caller.key_id
         return caller
 
     # -- running queries -------------------------------------------------------------

@@ -132,6 +132,8 @@ async def current(request: Request) -> WebCaller:
         raise SignedOut("not signed in")
     web = await _db_call(request, lambda db: _resolve(db, secret))
     request.state.principal = web.caller.principal_text
+    request.state.key_id = web.caller.key_id      # the audit trail's who (api/audit.py)
+    request.state.user = web.who if web.session.user_id else ""
     return web
 
 
@@ -235,8 +237,15 @@ def _sign_in(db: Database, name: str, password: str, api_key: str,
 async def sign_in(request: Request, name: str, password: str, api_key: str) -> str:
     """Check the credentials and open a session; returns the cookie secret."""
     client = _client(request)
-    _, secret = await _db_call(request, lambda db: _sign_in(db, name.strip(), password,
-                                                            api_key, client))
+    request.state.user = name.strip()  # the audit trail records who tried (api/audit.py)
+    try:
+        session, secret = await _db_call(request, lambda db: _sign_in(db, name.strip(), password,
+                                                                      api_key, client))
+    except SignInRefused:
+        request.state.audit_error = "sign-in-refused"
+        raise
+    request.state.principal = session.principal
+    request.state.key_id = preference_id(session)
     return secret
 
 
