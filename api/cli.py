@@ -20,8 +20,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from cdrhouse.api import (cli_admin, cli_backup, cli_billing, cli_demo, cli_ingest, cli_query,
-                          cli_serve, cli_tier, cli_users)
+from cdrhouse.api import (cli_admin, cli_audit, cli_backup, cli_billing, cli_demo, cli_ingest,
+                          cli_query, cli_serve, cli_tier, cli_users)
 from cdrhouse.api.cli_common import err, exit_code
 from cdrhouse.engine.db import StoreConfig
 
@@ -84,9 +84,12 @@ COMMANDS = (
     cli_billing,
     cli_backup,
     cli_users,
+    cli_audit,
 )
 for _module in COMMANDS:
     _module.register(app)
+# the changing commands record themselves in the audit trail (api/cli_audit.py)
+cli_audit.instrument(app)
 
 
 # -- entry point ----------------------------------------------------------------------

@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from cdrhouse.api.cli_audit import note
 from cdrhouse.api.cli_common import check_format, err, open_store
 from cdrhouse.api.render import render
 from cdrhouse.engine import accounts as acc
@@ -76,6 +77,7 @@ def keys_create(
     with open_store(ctx) as db:
         acc.resolve_principal(db, as_)           # the account must exist
         key, secret = keys.create_key(db, as_, name)
+    note(key_id=key.key_id)                      # the audit record names the key, not the secret
     err.print(f"created key {key.key_id} for {key.principal}"
               + (f" ({key.name})" if key.name else "") + "; the secret is shown only now")
     typer.echo(secret)

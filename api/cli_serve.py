@@ -65,6 +65,10 @@ def serve(
         help="Reverse proxies whose X-Forwarded-For/-Proto are believed: addresses or "
              "networks, comma-separated, or '*'. Default: none (the TCP peer is the client).")]
     = None,
+    audit_days: Annotated[Optional[int], typer.Option(
+        "--audit-days", envvar="CDRHOUSE_AUDIT_DAYS", min=1, max=36500,
+        help="Keep audit records this many days (applied to the table's TTL at start-up; "
+             "default: as the table says, 400 unless changed).")] = None,
 ) -> None:
     """Run the HTTP API on the configured store (embedded by default), and the tiering
     and backup jobs on their schedules."""
@@ -104,13 +108,17 @@ def serve(
     err.print(f"backups: {'run on ' + repr(bcron) + ' (UTC), then verified' if bcron else 'not scheduled'}"
               f", to {open_location(backup_config, archive_config, config.data_dir).location}")
     err.print(f"forwarded headers: {'believed from ' + ', '.join(proxies) if proxies else 'ignored'}")
+    from cdrhouse.engine.audit import AuditSettings
+    err.print("audit trail: every authenticated request"
+              + (f", kept {audit_days} days" if audit_days else ""))
     # uvicorn's own proxy handling is off (it trusts 127.0.0.1 by default and drops the
     # real peer): api/forwarded.py applies --forwarded-allow-ips and logs both addresses
     uvicorn.run(create_app(ServiceConfig(store=config, pool_size=pool, per_tenant=per_tenant,
                                          archive=archive_config,
                                          tier_cron=cron, keep_months=keep_months,
                                          recordings=recordings, backup=backup_config,
-                                         backup_cron=bcron, forwarded_allow_ips=proxies)),
+                                         backup_cron=bcron, forwarded_allow_ips=proxies,
+                                         audit=AuditSettings(days=audit_days))),
                 host=host, port=port, log_level="warning", access_log=False,
                 proxy_headers=False)
 

@@ -52,7 +52,7 @@ class AuditError(UserError):
     """A request for audit records that cannot be honoured; the message says why."""
 
 
-def _now() -> dt.datetime:
+def now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
@@ -74,7 +74,7 @@ class Record:
     duration_ms: int = 0
     client: str = ""
     peer: str = ""
-    time: dt.datetime = field(default_factory=_now)
+    time: dt.datetime = field(default_factory=now)
     event_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def as_json(self) -> dict:
