@@ -139,6 +139,7 @@ def _audited(path: str, fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except typer.Exit as exc:
             status = exc.exit_code
+            error = f"exit-{status}" if status else ""
             raise
         except typer.Abort:
             status, error = 130, "aborted"
