@@ -690,3 +690,22 @@ def test_retention_is_a_ttl_default_400_days_and_configurable(store: Database) -
                                      "('old', 'new')")] == ["new"]
     with pytest.raises(au.AuditError):
         au.set_retention(store, 0)
+
+
+def test_on_a_cluster_the_audit_table_is_a_small_table_on_the_home_node(cluster_db: Database
+                                                                          ) -> None:
+    """Sharded (no Keeper): like the other small tables, one plain table on the node
+    cdrhouse talks to; writes, scoped reads and a retention change work there."""
+    engine = cluster_db.scalar("SELECT engine FROM system.tables WHERE database = {d:String} "
+                               "AND name = 'audit_log'", {"d": cluster_db.name})
+    assert engine == "MergeTree"
+    writer = au.AuditWriter(lambda: Database(cluster_db.config, create=False),
+                            au.AuditSettings(flush_seconds=3600))
+    try:
+        writer.add(au.Record(action="GET /v1/fields", principal="tenant:acme", tenant="acme"))
+        writer.add(au.Record(action="GET /v1/fields", principal="tenant:globex", tenant="globex"))
+    finally:
+        writer.close()
+    page = au.search(cluster_db, au.Scope(tenant="acme"), au.Filters())
+    assert [r.principal for r in page.records] == ["tenant:acme"]
+    assert au.set_retention(cluster_db, 30) and au.retention_days(cluster_db) == 30

@@ -386,3 +386,29 @@ ENGINE = MergeTree
 ORDER BY (name, at)
 TTL toDateTime(at) + INTERVAL 1 DAY;
 
+-- 010_audit.sql
+-- where: home
+CREATE TABLE IF NOT EXISTS audit_log
+(
+    time         DateTime64(3, 'UTC'),
+    event_id     String,
+    tenant       LowCardinality(String),
+    principal    String,
+    key_id       String,
+    user         String,
+    channel      LowCardinality(String),
+    action       LowCardinality(String),
+    params       String,
+    status       UInt16,
+    error        LowCardinality(String),
+    rows         UInt64,
+    bytes        UInt64,
+    duration_ms  UInt32,
+    client       String,
+    peer         String
+)
+ENGINE = MergeTree
+PARTITION BY toYYYYMM(time)
+ORDER BY (tenant, time, event_id)
+TTL toDateTime(time) + INTERVAL 400 DAY;
+
