@@ -32,7 +32,7 @@ from cdrhouse.api.cli_common import check_format, err, exit_code, open_store
 from cdrhouse.api.render import render
 from cdrhouse.engine import accounts as acc
 from cdrhouse.engine import audit as au
-from cdrhouse.engine.db import Database, StoreConfig
+from cdrhouse.engine.db import Database, StoreConfig, StoreLocked
 
 audit_app = typer.Typer(help="The audit trail: who did what, when, from where.",
                         invoke_without_command=True)
@@ -101,6 +101,10 @@ def record(config: StoreConfig, rec: au.Record) -> None:
             if not db.table_exists(au.TABLE):
                 return
             au.write(db, [rec])
+    except StoreLocked:
+        # held by a running service: the command could not have opened it either, so it
+        # changed nothing (its own message says so); the service records its own requests
+        return
     except Exception as exc:  # noqa: BLE001 - the command's own outcome stands
         err.print(f"[yellow]warning:[/yellow] the audit record of this command could not be "
                   f"written: {str(exc).splitlines()[0][:300]}")

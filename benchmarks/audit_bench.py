@@ -124,6 +124,45 @@ def run_variant(data_dir: Path, audit: str, secrets: list[str], clients: int,
         log.close()
 
 
+def cpu_ab(data_dir: Path, secret: str, rounds: int, n: int) -> dict:
+    """CPU seconds per request, in process (so other load on the machine weighs less):
+    one app, recording switched on and off between blocks of `n` requests. Process CPU
+    time includes the writer thread's flushes."""
+    from fastapi.testclient import TestClient
+
+    from cdrhouse.api.app import create_app
+    from cdrhouse.api.service import ServiceConfig
+    app = create_app(ServiceConfig(store=StoreConfig(data_dir=data_dir), pool_size=2))
+    cpu: dict[str, dict[str, list[float]]] = {s: {"on": [], "off": []}
+                                              for s in ("fields", "listing")}
+    headers = {"Authorization": f"Bearer {secret}"}
+    with TestClient(app) as client:
+        writer = app.state.audit
+        for scenario in ("fields", "listing"):
+            for r in range(rounds):
+                for variant in (("on", "off") if r % 2 == 0 else ("off", "on")):
+                    app.state.audit = writer if variant == "on" else None
+                    started = time.process_time()
+                    for i in range(n):
+                        if scenario == "fields":
+                            resp = client.get("/v1/fields", headers=headers)
+                        else:
+                            method, url, body = scenario_request("listing", i)
+                            resp = client.request(method, url, json=body, headers=headers)
+                        assert resp.status_code == 200, resp.text
+                    if variant == "on":
+                        writer.flush()          # the write belongs to the "on" block
+                    cpu[scenario][variant].append((time.process_time() - started) / n)
+        app.state.audit = writer
+    out = {}
+    for scenario, v in cpu.items():
+        on, off = statistics.median(v["on"]), statistics.median(v["off"])
+        out[scenario] = {"cpu_ms_per_request_on": round(on * 1000, 3),
+                         "cpu_ms_per_request_off": round(off * 1000, 3),
+                         "cpu_on_over_off": round(on / off, 3)}
+    return out
+
+
 def record_cost() -> float:
     """Microseconds to build one audit record of a JSON request and buffer it."""
     from cdrhouse.api.audit import AuditTrail
@@ -174,11 +213,13 @@ def main() -> None:
         db = Database(StoreConfig(data_dir=data_dir))
         recorded = db.scalar("SELECT count() FROM audit_log")
         db.close()
+        in_process = cpu_ab(data_dir, secrets[0], args.rounds * 2, 100)
     summary: dict = {"date": dt.date.today().isoformat(), "rows": args.rows,
                      "clients": args.clients, "requests": args.requests,
                      "rounds": args.rounds, "cpus": os.cpu_count(),
                      "records_written_by_the_on_runs": recorded,
-                     "record_build_and_buffer_us": round(record_cost(), 1), "scenarios": {}}
+                     "record_build_and_buffer_us": round(record_cost(), 1),
+                     "in_process_cpu": in_process, "scenarios": {}}
     for scenario in ("fields", "listing"):
         s: dict = {}
         for variant in ("on", "off"):
