@@ -34,7 +34,7 @@ from cdrhouse.api.cli import app as cli_app  # noqa: E402
 from cdrhouse.api.service import ServiceConfig  # noqa: E402
 from cdrhouse.engine import audit as au  # noqa: E402
 from cdrhouse.engine import users  # noqa: E402
-from cdrhouse.engine.db import Database, StoreConfig  # noqa: E402
+from cdrhouse.engine.db import Database  # noqa: E402
 from cdrhouse.sql.recordings import RecordingPolicy  # noqa: E402
 
 ORIGIN = "http://testserver"
