@@ -18,7 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from cdrhouse.api import archive, audit, billing, downloads, errors, userdata, web
+from cdrhouse.api import archive, audit, billing, downloads, errors, schedules, userdata, web
+from cdrhouse.api import scheduler as export_scheduler
 from cdrhouse.api.deps import reject_unknown_query_params
 from cdrhouse.api.forwarded import ForwardedClient, TrustedProxies
 from cdrhouse.api.service import Service, ServiceConfig
@@ -122,9 +123,17 @@ def create_app(config: ServiceConfig) -> FastAPI:
                                                   config.store.data_dir),
                 config.backup, service.pool.acquire)
             app.state.backup_scheduler = backup_scheduler
+        app.state.export_scheduler = export_ticker = None
+        if config.schedules:
+            export_ticker = export_scheduler.start_scheduler(
+                service.pool.acquire, service.warm.store, service.jobs,
+                config.schedule_tick_seconds)
+            app.state.export_scheduler = export_ticker
         try:
             yield
         finally:
+            if export_ticker is not None:
+                export_ticker.shutdown(wait=False)  # a running tick is the runner's
             if backup_scheduler is not None:
                 backup_scheduler.shutdown(wait=True)
             if scheduler is not None:
@@ -157,6 +166,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
     app.include_router(archive.router, dependencies=strict)
     app.include_router(billing.router, dependencies=strict)
     app.include_router(audit.router, dependencies=strict)
+    app.include_router(schedules.router, dependencies=strict)
     web.mount(app, api_dependencies=strict)  # the web viewer: /, /login, /web/…, /static/…, /v1/users
 
     app.add_middleware(Observe, metrics=metrics)

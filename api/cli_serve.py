@@ -60,6 +60,10 @@ def serve(
         "--backup-schedule", envvar="CDRHOUSE_BACKUP_SCHEDULE",
         help="When the backup (then its verification) runs (crontab, UTC); 'off' to "
              "never run it here.")] = BACKUP_CRON,
+    schedules_switch: Annotated[str, typer.Option(
+        "--schedules", envvar="CDRHOUSE_SCHEDULES",
+        help="Run scheduled exports and reports here (checked every minute): 'on' or "
+             "'off'.")] = "on",
     forwarded_allow_ips: Annotated[Optional[str], typer.Option(
         "--forwarded-allow-ips", envvar="CDRHOUSE_FORWARDED_ALLOW_IPS",
         help="Reverse proxies whose X-Forwarded-For/-Proto are believed: addresses or "
@@ -94,6 +98,10 @@ def serve(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--recording-hosts") from None
     bcron, backup_config = backup_schedule_options(backup_cron, backup_url, s3_endpoint)
+    schedules_on = schedules_switch.strip().lower()
+    if schedules_on not in ("on", "off"):
+        raise typer.BadParameter(f"{schedules_switch!r}: use 'on' or 'off'",
+                                 param_hint="--schedules")
     proxies = tuple(p.strip() for p in (forwarded_allow_ips or "").split(",") if p.strip())
     try:
         TrustedProxies(proxies)
@@ -107,6 +115,7 @@ def serve(
               f"{open_archive(archive_config, config.data_dir).location}")
     err.print(f"backups: {'run on ' + repr(bcron) + ' (UTC), then verified' if bcron else 'not scheduled'}"
               f", to {open_location(backup_config, archive_config, config.data_dir).location}")
+    err.print(f"scheduled exports and reports: {'checked every minute' if schedules_on == 'on' else 'off'}")
     err.print(f"forwarded headers: {'believed from ' + ', '.join(proxies) if proxies else 'ignored'}")
     from cdrhouse.engine.audit import AuditSettings
     err.print("audit trail: every authenticated request"
@@ -118,7 +127,8 @@ def serve(
                                          tier_cron=cron, keep_months=keep_months,
                                          recordings=recordings, backup=backup_config,
                                          backup_cron=bcron, forwarded_allow_ips=proxies,
-                                         audit=AuditSettings(days=audit_days))),
+                                         audit=AuditSettings(days=audit_days),
+                                         schedules=schedules_on == "on")),
                 host=host, port=port, log_level="warning", access_log=False,
                 proxy_headers=False)
 

@@ -63,6 +63,10 @@ class ServiceConfig:
     #: where backups go (default: beside the archive) and when they run (None: never)
     backup: BackupConfig = field(default_factory=BackupConfig)
     backup_cron: str | None = None
+    #: run scheduled exports and reports (api/scheduler.py) in this process, ticking
+    #: every `schedule_tick_seconds`
+    schedules: bool = False
+    schedule_tick_seconds: float = 60.0
     #: cap on a JSON query answer (None: twice the role's max_result_bytes, sql/limits.py)
     max_response_bytes: int | None = None
     #: proxies whose X-Forwarded-For / -Proto are believed (addresses or networks; "*": any)
