@@ -81,7 +81,11 @@ async def _db(request: Request, fn):
 
 
 def _iso(value: dt.datetime | None) -> str | None:
-    return None if value is None or value >= sched.NEVER else deps.jsonable(value)
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return None if value >= sched.NEVER else deps.jsonable(value)
 
 
 def schedule_json(s: sched.Schedule, st: sched.State, who: Caller) -> dict[str, Any]:

@@ -157,8 +157,10 @@ def usage_report(db: Database, principal: Principal, period: Period, *,
                "acd_seconds", "billed_minutes", *(m for m, _ in money)]
     report = UsageReport(period, scope, operator, columns, generated_at=now or
                          dt.datetime.now(dt.timezone.utc))
-    sums = ("sum(calls) AS calls, sum(connected) AS connected, sum(billsec) AS billsec, "
-            "sum(billed_sec) AS billed, " + ", ".join(f"{e} AS {m}" for m, e in money))
+    # aliases differ from the columns: ClickHouse would read `sum(x) AS x` inside
+    # another aggregate of x
+    sums = ("sum(calls) AS r_calls, sum(connected) AS r_connected, sum(billsec) AS r_billsec, "
+            "sum(billed_sec) AS r_billed, " + ", ".join(f"{e} AS r_{m}" for m, e in money))
     cond = " AND ".join(where)
 
     def add(section: str, sql: str, key_of) -> None:
@@ -174,16 +176,16 @@ def usage_report(db: Database, principal: Principal, period: Period, *,
         for kind in ("customer", "carrier"):
             codes = _codes(db, scope_tenant, kind)
             add(kind, f"SELECT {kind}_id, currency, {sums} FROM daily_summary WHERE {cond} "
-                      f"GROUP BY {kind}_id, currency ORDER BY calls DESC, {kind}_id",
+                      f"GROUP BY {kind}_id, currency ORDER BY r_calls DESC, {kind}_id",
                 lambda k, codes=codes: codes.get(int(k), str(k)))
     add("destination", f"SELECT concat(country, ' ', dst_prefix), currency, {sums} "
                        f"FROM daily_summary WHERE {cond} GROUP BY country, dst_prefix, currency "
-                       f"ORDER BY billsec DESC, calls DESC, country, dst_prefix LIMIT {TOP}",
+                       f"ORDER BY r_billsec DESC, r_calls DESC, country, dst_prefix LIMIT {TOP}",
         lambda k: k.strip())
     res = run_sql(db, principal,
-                  "SELECT release_reason, count() AS calls, countIf(billsec > 0) AS connected, "
-                  f"sum(billsec) AS billsec FROM cdrs WHERE {' AND '.join(cdr_where)} "
-                  "GROUP BY release_reason ORDER BY calls DESC, release_reason LIMIT "
+                  "SELECT release_reason, count() AS r_calls, countIf(billsec > 0) AS r_connected, "
+                  f"sum(billsec) AS r_billsec FROM cdrs WHERE {' AND '.join(cdr_where)} "
+                  "GROUP BY release_reason ORDER BY r_calls DESC, release_reason LIMIT "
                   f"{TOP}", cdr_params)
     for reason, calls, connected, billsec in res.rows:
         report.rows.append(["release_reason", reason or "(none)", "",

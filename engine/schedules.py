@@ -61,6 +61,8 @@ MAX_RETENTION_DAYS = 3650
 #: attempts per slot (the first run and its retries) and the wait before each retry
 MAX_ATTEMPTS = 4
 BACKOFF = (dt.timedelta(minutes=1), dt.timedelta(minutes=5), dt.timedelta(minutes=25))
+#: how long a run created but never claimed (its process died at once) blocks others
+QUEUED_GRACE = dt.timedelta(minutes=10)
 #: when a stopped schedule would run again: never (it waits for its owner's edit)
 NEVER = dt.datetime(2100, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -477,6 +479,13 @@ def claim_run(db: Database, job: ud.Job) -> ud.Job | None:
             same = (other.params.get("schedule"), other.params.get("slot"),
                     other.params.get("attempt")) == mine
             if same and other.state in ("succeeded", "failed"):
+                blocker = other
+                break
+            # an older run created but not yet marked running: its process will see
+            # ours and hold on (jobs.claim: the younger steps back) — so we step back
+            # now, or both would run. One left queued by a crash stops counting soon.
+            if (other.state == "queued" and _utc(other.created_at) > _now() - QUEUED_GRACE
+                    and (other.created_at, other.job_id) < (job.created_at, job.job_id)):
                 blocker = other
                 break
     if blocker is not None:
