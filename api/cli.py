@@ -21,7 +21,7 @@ from typing import Annotated, Optional
 import typer
 
 from cdrhouse.api import (cli_admin, cli_audit, cli_backup, cli_billing, cli_demo, cli_ingest,
-                          cli_query, cli_serve, cli_tier, cli_users)
+                          cli_query, cli_schedules, cli_serve, cli_tier, cli_users)
 from cdrhouse.api.cli_common import err, exit_code
 from cdrhouse.engine.db import StoreConfig
 
@@ -85,6 +85,7 @@ COMMANDS = (
     cli_backup,
     cli_users,
     cli_audit,
+    cli_schedules,
 )
 for _module in COMMANDS:
     _module.register(app)
