@@ -412,3 +412,59 @@ PARTITION BY toYYYYMM(time)
 ORDER BY (tenant, time, event_id)
 TTL toDateTime(time) + INTERVAL 400 DAY;
 
+-- 011_schedules.sql
+-- where: once
+CREATE TABLE IF NOT EXISTS schedules ON CLUSTER cdr_cluster
+(
+    schedule_id    String,
+    owner_key      String,
+    principal      String,
+    tenant_id      String,
+    name           String,
+    cron           String,
+    body           String,
+    created_at     DateTime64(3, 'UTC'),
+    updated_at     DateTime64(3, 'UTC'),
+    deleted        Bool DEFAULT false,
+    version        UInt64
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/{database}/{table}', '{shard}-{replica}', version)
+ORDER BY schedule_id;
+
+-- where: once
+CREATE TABLE IF NOT EXISTS schedule_state ON CLUSTER cdr_cluster
+(
+    schedule_id    String,
+    definition     UInt64,
+    slot           DateTime64(3, 'UTC'),
+    next_run       DateTime64(3, 'UTC'),
+    attempt        UInt32,
+    stopped        String,
+    last_job       String,
+    last_error     String,
+    updated_at     DateTime64(3, 'UTC'),
+    version        UInt64
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/{database}/{table}', '{shard}-{replica}', version)
+ORDER BY schedule_id;
+
+-- where: once
+CREATE TABLE IF NOT EXISTS schedule_files ON CLUSTER cdr_cluster
+(
+    job_id         String,
+    schedule_id    String,
+    tenant_id      String,
+    principal      String,
+    file_key       String,
+    file_name      String,
+    media_type     String,
+    rows           UInt64,
+    bytes          UInt64,
+    created_at     DateTime64(3, 'UTC'),
+    expires_at     DateTime64(3, 'UTC'),
+    removed        Bool DEFAULT false,
+    version        UInt64
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/{database}/{table}', '{shard}-{replica}', version)
+ORDER BY job_id;
+
