@@ -610,3 +610,76 @@ def test_crud_and_who_sees_what(env: Env) -> None:
 def test_crontab_next_fire_in_utc(cron: str, after: str, want: str) -> None:
     at = dt.datetime.strptime(after, "%Y-%m-%d %H:%M").replace(tzinfo=UTC)
     assert sched.next_fire(cron, at).strftime("%Y-%m-%d %H:%M %a") == want
+
+
+ROUTES = [("GET", "/v1/schedules"), ("POST", "/v1/schedules"), ("GET", "/v1/schedules/x"),
+          ("PUT", "/v1/schedules/x"), ("DELETE", "/v1/schedules/x"),
+          ("GET", "/v1/schedules/x/runs"), ("GET", "/v1/schedules/x/runs/y/file"),
+          ("GET", "/v1/reports/usage")]
+
+
+def test_every_route_needs_a_key(env: Env) -> None:
+    for method, path in ROUTES:
+        r = env.client.request(method, path, json={"name": "x", "cron": "0 6 * * *"})
+        assert r.status_code == 401, (method, path, r.text)
+
+
+def test_the_owner_alone_downloads_a_runs_file(env: Env) -> None:
+    s = env.schedule("c1", report="daily", compression=None)
+    [out] = scheduler.tick(env.db, env.files, first_slot(env, s))
+    url = f"/v1/schedules/{s['id']}/runs/{out.job_id}/file"
+    assert env.call("c1", "GET", url).content == env.files.get_bytes(out.key)
+    assert env.call("op", "GET", url).status_code == 403   # sees the schedule, not the file
+    assert env.call("c3", "GET", url).status_code == 404   # does not see the schedule
+    other = env.schedule("c1", report="monthly", name="other")
+    r = env.call("c1", "GET", f"/v1/schedules/{other['id']}/runs/{out.job_id}/file")
+    assert r.status_code == 404  # a run of another schedule
+
+
+# -- inside `cdrhouse serve` and from the command line ----------------------------------------------
+
+def test_the_service_runs_due_schedules_on_its_own(env: Env, tmp_path: Path) -> None:
+    s = env.schedule("op", report="daily")
+    env.due_at(s["id"], dt.datetime.now(UTC) - dt.timedelta(minutes=1))
+    app = create_app(ServiceConfig(store=env.db.config, pool_size=2, schedules=True,
+                                   schedule_tick_seconds=0.2,
+                                   archive=ArchiveConfig(url=str(env.files.root))))
+    with TestClient(app):
+        assert app.state.export_scheduler is not None
+        deadline = dt.datetime.now(UTC) + dt.timedelta(seconds=60)
+        while dt.datetime.now(UTC) < deadline:
+            done = [j for j in sched.runs(env.db, s["id"]) if j.state == "succeeded"]
+            if done:
+                break
+            threading.Event().wait(0.2)
+    assert len(done) == 1, sched.runs(env.db, s["id"])
+    assert env.files.head(done[0].result["key"]) is not None
+    off = create_app(ServiceConfig(store=env.db.config, pool_size=1))
+    with TestClient(off):
+        assert off.state.export_scheduler is None
+
+
+def test_the_command_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "cdrhouse.api.cli", "--data-dir",
+                               str(tmp_path), *args], capture_output=True, text=True,
+                              timeout=300)
+    assert cli("accounts", "add", "--tenant", "acme", "--code", "C1", "--kind",
+               "customer").returncode == 0
+    secret = cli("keys", "create", "--as", "tenant:acme/customer:C1").stdout.strip()
+    key_id = secret.split("_")[1]
+    bad = cli("schedules", "add", "x", "--cron", "0 6 * * 9", "--key", key_id, "--report",
+              "daily")
+    assert bad.returncode == 2 and "weekday '9'" in bad.stderr
+    bad = cli("schedules", "add", "x", "--cron", "0 6 * * *", "--key", key_id, "--report",
+              "daily", "--customer", "C1")
+    assert bad.returncode == 2 and "your report already covers only your account" in bad.stderr
+    ok = cli("schedules", "add", "usage", "--cron", "0 6 * * *", "--key", key_id, "--report",
+             "daily", "--format", "html")
+    assert ok.returncode == 0, ok.stderr
+    listed = cli("schedules", "list", "--format", "csv")
+    assert ok.stdout.strip() in listed.stdout and "tenant:acme/customer:C1" in listed.stdout
+    assert cli("schedules", "run-due").returncode == 0
