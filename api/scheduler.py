@@ -28,6 +28,7 @@ No outbound calls are made: files go only to the configured archive store.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -48,6 +49,7 @@ from cdrhouse.api.deps import to_request
 from cdrhouse.api.errors import Problem
 from cdrhouse.api.models import SearchBody, SQLBody, ViewParams
 from cdrhouse.engine import export
+from cdrhouse.engine import jobs as jobs_mod
 from cdrhouse.engine import query as q
 from cdrhouse.engine import reports
 from cdrhouse.engine import schedules as sched
@@ -139,6 +141,20 @@ def run_one(db: Database, store: ObjectStore, s: sched.Schedule, st: sched.State
     if job is None:
         return Outcome(s.schedule_id, "skipped")
     try:
+        return _run_claimed(db, store, s, st, now, principal, job)
+    finally:
+        # if recording the outcome itself failed (the store went away), give up our
+        # claim, or this live process would hold the schedule until it exits
+        with contextlib.suppress(Exception):
+            current = ud.get_job(db, job.job_id)
+            if current is not None and current.state == "running":
+                jobs_mod.mark_stopped(db, job.job_id, "the run ended without its outcome "
+                                                      "being recorded")
+
+
+def _run_claimed(db: Database, store: ObjectStore, s: sched.Schedule, st: sched.State,
+                 now: dt.datetime, principal: Principal, job: ud.Job) -> Outcome:
+    try:
         made = produce(db, store, s, principal, st.slot, job.job_id)
     except Stop as exc:
         reason = f"stopped: {exc}"
@@ -165,7 +181,8 @@ def run_one(db: Database, store: ObjectStore, s: sched.Schedule, st: sched.State
         made.media_type, made.rows, made.bytes, now, expires))
     ud.update_job(db, job.job_id, state="succeeded", result={
         "key": made.key, "file": made.name, "rows": made.rows, "bytes": made.bytes,
-        "format": s.definition.format, "range": made.range, "expires_at": expires.isoformat()})
+        "format": s.definition.format, "range": made.range, "expires_at": expires.isoformat(),
+        "download": f"/v1/schedules/{s.schedule_id}/runs/{job.job_id}/file"})
     sched.save_state(db, sched.advanced(s, st, now, job_id=job.job_id))
     return Outcome(s.schedule_id, "succeeded", job.job_id, made.rows, made.bytes, made.key)
 

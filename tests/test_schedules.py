@@ -212,6 +212,7 @@ def test_a_due_viewer_schedule_writes_the_download_byte_for_byte(request, env: E
         (out.job_id, "succeeded", 6, out.bytes)]
     job = env.call("op", "GET", f"/v1/jobs/{out.job_id}").json()
     assert job["kind"] == "export" and job["result"]["rows"] == 6
+    assert job["result"]["download"] == runs[0]["file"]["url"]
     if objects == "dir":
         f = env.call("op", "GET", runs[0]["file"]["url"])
         assert f.status_code == 200 and f.content == stored
