@@ -282,8 +282,10 @@ def plan_query(db: Database, store: ObjectStore, s: sched.Schedule, principal: P
         return export.sql_export(db, principal, body.sql, params, uuid.uuid4().hex,
                                  archive=selects)
     if s.definition.range is not None:
+        # the schedule's range is a UTC one (the zone only places presets and naive
+        # bounds; the file's times are UTC whatever it is)
         body = body.model_copy(update={"range": s.definition.range, "date_from": None,
-                                       "date_to": None})
+                                       "date_to": None, "tz": "UTC"})
     rules = body.rules if isinstance(body, SearchBody) else None
     req = to_request(db, who, body, rules, for_download=True)
     selects = (warm.sources(db, principal.tenant, *resolve_range(req, slot)).selects

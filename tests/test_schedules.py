@@ -222,6 +222,18 @@ def test_a_due_viewer_schedule_writes_the_download_byte_for_byte(request, env: E
     assert after["last_run"] == out.job_id and after["last_error"] is None
 
 
+def test_a_builder_schedule_writes_the_search_download(env: Env) -> None:
+    body = {**VIEW, "rules": {"condition": "OR", "rules": [
+        {"field": "country", "operator": "equal", "value": "DE"},
+        {"field": "billsec", "operator": "greater", "value": 100}]}}
+    s = env.schedule("op", query_id=env.save("op", "search", body), compression=None)
+    [out] = scheduler.tick(env.db, env.files, first_slot(env, s))
+    r = env.call("op", "POST", "/v1/cdrs/search.csv", json=body)
+    assert r.status_code == 200, r.text
+    assert env.files.get_bytes(out.key) == r.content
+    assert [row[0] for row in csv_rows(r.content)[1:]] == ["a3", "a4"]
+
+
 @pytest.mark.parametrize("objects", ["dir", "rclone"])
 def test_a_due_sql_schedule_writes_parquet_row_for_row(request, env: Env, objects: str) -> None:
     target = object_store(request, objects, env)
@@ -338,6 +350,13 @@ def test_relative_ranges_resolve_at_the_slot_in_utc(env: Env) -> None:
     assert unpack(env.files.get_bytes(out.key), "zstd") == r.content
     job = ud.get_job(env.db, out.job_id)
     assert job.result["range"] == ["2026-03-01T00:00:00+00:00", "2026-03-02T00:00:00+00:00"]
+
+    # the schedule's range is UTC even when the saved query shows another zone
+    berlin = env.save("op", "viewer", {**VIEW, "tz": "Europe/Berlin"})
+    s3 = env.schedule("op", query_id=berlin, range="yesterday")
+    slot3 = env.due_at(s3["id"], dt.datetime(2026, 3, 2, 6, 0, tzinfo=UTC))
+    [out] = scheduler.tick(env.db, env.files, slot3)
+    assert _call_ids(env, out) == ["a1", "a2", "a3", "a6"]  # a2 at 23:30 UTC is 2 March in Berlin
 
     # SQL: the schedule's range binds {range_from} / {range_to}
     sql = {"sql": "SELECT call_id FROM cdrs WHERE start_time >= {range_from:DateTime64(3, 'UTC')} "
