@@ -679,27 +679,42 @@ def test_the_service_runs_due_schedules_on_its_own(env: Env, tmp_path: Path) -> 
         assert off.state.export_scheduler is None
 
 
-def test_the_command_line(tmp_path: Path) -> None:
-    import subprocess
-    import sys
+def test_the_command_line(env: Env) -> None:
+    from typer.testing import CliRunner
 
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "cdrhouse.api.cli", "--data-dir",
-                               str(tmp_path), *args], capture_output=True, text=True,
-                              timeout=300)
-    assert cli("accounts", "add", "--tenant", "acme", "--code", "C1", "--kind",
-               "customer").returncode == 0
-    secret = cli("keys", "create", "--as", "tenant:acme/customer:C1").stdout.strip()
-    key_id = secret.split("_")[1]
+    from cdrhouse.api.cli import app
+
+    config = env.db.config
+    runner = CliRunner()
+
+    def cli(*args: str):
+        # in this process, on the env's store (the embedded engine allows one per process)
+        return runner.invoke(app, ["--data-dir", str(config.data_dir), "--clickhouse",
+                                   config.dsn, "--database", config.database, *args])
+    key_id = env.key_ids["c1"]
     bad = cli("schedules", "add", "x", "--cron", "0 6 * * 9", "--key", key_id, "--report",
               "daily")
-    assert bad.returncode == 2 and "weekday '9'" in bad.stderr
+    assert bad.exit_code == 2 and "weekday '9'" in bad.output
     bad = cli("schedules", "add", "x", "--cron", "0 6 * * *", "--key", key_id, "--report",
               "daily", "--customer", "C1")
-    assert bad.returncode == 2 and "your report already covers only your account" in bad.stderr
+    assert bad.exit_code == 2 and "your report already covers only your account" in bad.output
+    bad = cli("schedules", "add", "x", "--cron", "0 6 * * *", "--key", "nope", "--report",
+              "daily")
+    assert bad.exit_code == 2 and "no active API key 'nope'" in bad.output
     ok = cli("schedules", "add", "usage", "--cron", "0 6 * * *", "--key", key_id, "--report",
              "daily", "--format", "html")
-    assert ok.returncode == 0, ok.stderr
+    assert ok.exit_code == 0, ok.output
+    sid = ok.output.strip().splitlines()[-1]
+    s = sched.get(env.db, sid)
+    assert s is not None and s.principal == PRINCIPALS["c1"] and s.definition.format == "html"
     listed = cli("schedules", "list", "--format", "csv")
-    assert ok.stdout.strip() in listed.stdout and "tenant:acme/customer:C1" in listed.stdout
-    assert cli("schedules", "run-due").returncode == 0
+    assert sid in listed.output and "tenant:acme/customer:C1" in listed.output
+    env.due_at(sid, dt.datetime(2026, 3, 2, 6, 0, tzinfo=UTC))
+    done = cli("schedules", "run-due", "--archive", str(env.files.root))
+    assert done.exit_code == 0 and "succeeded" in done.output, done.output
+    [run] = sched.runs(env.db, sid)
+    assert run.state == "succeeded" and env.files.head(run.result["key"]) is not None
+    assert run.job_id in cli("schedules", "runs", sid).output
+    assert cli("schedules", "delete", sid).exit_code == 0 and sched.get(env.db, sid) is None
+    bad = cli("serve", "--schedules", "maybe")
+    assert bad.exit_code == 2 and "'on' or 'off'" in bad.output
