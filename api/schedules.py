@@ -211,7 +211,8 @@ async def delete_schedule(request: Request, schedule_id: str,
 
 
 def run_json(job: ud.Job, f: sched.ExportFile | None, s: sched.Schedule,
-             now: dt.datetime) -> dict[str, Any]:
+             now: dt.datetime, mine: bool = True) -> dict[str, Any]:
+    """A run as the API shows it; the file's URL only for the owner (who alone may fetch it)."""
     params = job.params if isinstance(job.params, dict) else {}
     result = job.result if isinstance(job.result, dict) else {}
     out: dict[str, Any] = {
@@ -223,7 +224,7 @@ def run_json(job: ud.Job, f: sched.ExportFile | None, s: sched.Schedule,
         gone = f.removed or f.expires_at <= now
         out["file"] = {"name": f.name, "rows": f.rows, "bytes": f.bytes,
                        "expires_at": _iso(f.expires_at), "expired": gone,
-                       "url": None if gone else
+                       "url": None if gone or not mine else
                        f"/v1/schedules/{s.schedule_id}/runs/{job.job_id}/file"}
     return out
 
@@ -237,7 +238,8 @@ async def list_runs(request: Request, schedule_id: str, who: Caller = Depends(ca
     def work(db: Database):
         return [(j, sched.file_of(db, j.job_id)) for j in sched.runs(db, s.schedule_id, limit)]
     found = await _db(request, work)
-    return {"runs": [run_json(j, f, s, now) for j, f in found]}
+    mine = s.principal == who.principal_text
+    return {"runs": [run_json(j, f, s, now, mine) for j, f in found]}
 
 
 @router.get("/schedules/{schedule_id}/runs/{run_id}/file",

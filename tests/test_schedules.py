@@ -650,6 +650,8 @@ def test_the_owner_alone_downloads_a_runs_file(env: Env) -> None:
     url = f"/v1/schedules/{s['id']}/runs/{out.job_id}/file"
     assert env.call("c1", "GET", url).content == env.files.get_bytes(out.key)
     assert env.call("op", "GET", url).status_code == 403   # sees the schedule, not the file
+    [seen] = env.call("op", "GET", f"/v1/schedules/{s['id']}/runs").json()["runs"]
+    assert seen["file"]["rows"] == out.rows and seen["file"]["url"] is None
     assert env.call("c3", "GET", url).status_code == 404   # does not see the schedule
     other = env.schedule("c1", report="monthly", name="other")
     r = env.call("c1", "GET", f"/v1/schedules/{other['id']}/runs/{out.job_id}/file")
