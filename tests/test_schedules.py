@@ -324,6 +324,14 @@ def test_a_revoked_key_or_disabled_user_stops_its_schedules(env: Env) -> None:
     assert shown["next_run"] is None
     assert scheduler.tick(env.db, env.files, dt.datetime(2099, 1, 1, tzinfo=UTC)) == []
     assert sched.runs(env.db, s["id"]) == []  # nothing ran as anyone
+    # its owner (through another key of the same principal) starts it again: it now
+    # runs through that key
+    r = env.call("c1", "PUT", f"/v1/schedules/{s['id']}", json={
+        "name": "again", "cron": "0 6 * * *", "query_id": qid})
+    assert r.status_code == 200 and r.json()["state"]["status"] == "active", r.text
+    assert sched.get(env.db, s["id"]).owner_key == env.key_ids["c1"]
+    [out] = scheduler.tick(env.db, env.files, first_slot(env, r.json()))
+    assert out.state == "succeeded" and _call_ids(env, out) == ["a1", "a2", "a4", "a6"]
 
     # a portal user's schedule stops when the user is disabled
     user = users.add_user(env.db, "carol", "a-long-password", PRINCIPALS["c3"])
