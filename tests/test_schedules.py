@@ -24,7 +24,7 @@ import pytest
 import zstandard
 from fastapi.testclient import TestClient
 
-from conftest import _drop, fresh_db
+from conftest import fresh_db
 from s3servers import s3_client
 
 from cdrhouse.api import scheduler
@@ -128,7 +128,10 @@ def env(request, embedded_dsn: str, engine_dir: Path, tmp_path_factory):
         with TestClient(app) as client:
             yield Env(client, store, secrets, key_ids, LocalStore(root))
     finally:
-        _drop(store)
+        try:
+            store.command(f"DROP DATABASE IF EXISTS `{store.name}` SYNC")
+        finally:
+            store.close()
 
 
 @pytest.fixture(autouse=True)
