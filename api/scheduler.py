@@ -137,9 +137,9 @@ def run_one(db: Database, store: ObjectStore, s: sched.Schedule, st: sched.State
         sched.save_state(db, sched.stopped(st, reason))
         log.warning("schedule %s %s", s.schedule_id, reason)
         return Outcome(s.schedule_id, "stopped", error=reason)
-    job = sched.claim_run(db, sched.create_run(db, s, st))
+    job, winner = sched.claim_run(db, sched.create_run(db, s, st))
     if job is None:
-        return Outcome(s.schedule_id, "skipped")
+        return _lost(db, s, st, now, winner)
     try:
         return _run_claimed(db, store, s, st, now, principal, job)
     finally:
@@ -150,6 +150,23 @@ def run_one(db: Database, store: ObjectStore, s: sched.Schedule, st: sched.State
             if current is not None and current.state == "running":
                 jobs_mod.mark_stopped(db, job.job_id, "the run ended without its outcome "
                                                       "being recorded")
+
+
+def _lost(db: Database, s: sched.Schedule, st: sched.State, now: dt.datetime,
+          winner: ud.Job | None) -> Outcome:
+    """Another run holds this slot. If it has finished, its process moves the state
+    on — unless it died first: then we do (else the slot would stay due for ever)."""
+    if winner is None or winner.state not in ("succeeded", "failed"):
+        return Outcome(s.schedule_id, "skipped")
+    params = winner.params if isinstance(winner.params, dict) else {}
+    if (params.get("slot"), params.get("attempt")) != (st.slot.isoformat(), st.attempt):
+        return Outcome(s.schedule_id, "skipped")
+    result = winner.result if isinstance(winner.result, dict) else {}
+    retry = not ("retry_at" in result and result["retry_at"] is None)
+    sched.save_state(db, sched.advanced(s, st, now, job_id=winner.job_id,
+                                        error=winner.error if winner.state == "failed" else "",
+                                        retry=retry))
+    return Outcome(s.schedule_id, "skipped", winner.job_id, error=winner.error)
 
 
 def _run_claimed(db: Database, store: ObjectStore, s: sched.Schedule, st: sched.State,

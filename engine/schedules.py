@@ -17,10 +17,13 @@ queries (api/scheduler.py runs them; api/schedules.py is the HTTP side).
   reason shown — it never falls back to another identity.
 - **One run per slot, across processes** (`claim_run`): a run is a row of
   `jobs` (kind `export`) with (schedule, slot, attempt) in its params; it is
-  claimed like every job (`engine.jobs.claim`: running, as ours), then yields to
-  any other job of the same schedule that is alive and older, or that already
-  finished the same attempt. So two processes ticking at once run it once, and a
-  schedule never runs twice at the same time.
+  claimed like every job (`engine.jobs.claim`: running, as ours; of two live
+  runs of one schedule the younger steps back), then the (schedule, slot,
+  attempt) itself is claimed in `schedule_claims` by insert deduplication, which
+  exactly one process wins. So two processes ticking at once run a slot once,
+  and a schedule never runs twice at the same time. (Comparing job timestamps
+  alone is not enough: a job's time is taken before its row is written, so two
+  processes can each miss the other's row; a test caught that.)
 - **Files** (table `schedule_files`) expire after the schedule's retention and
   are then removed from the store by the scheduler (`expired_files`).
 
@@ -61,8 +64,6 @@ MAX_RETENTION_DAYS = 3650
 #: attempts per slot (the first run and its retries) and the wait before each retry
 MAX_ATTEMPTS = 4
 BACKOFF = (dt.timedelta(minutes=1), dt.timedelta(minutes=5), dt.timedelta(minutes=25))
-#: how long a run created but never claimed (its process died at once) blocks others
-QUEUED_GRACE = dt.timedelta(minutes=10)
 #: when a stopped schedule would run again: never (it waits for its owner's edit)
 NEVER = dt.datetime(2100, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -460,39 +461,58 @@ def create_run(db: Database, s: Schedule, st: State) -> ud.Job:
         "attempt": st.attempt})
 
 
-def claim_run(db: Database, job: ud.Job) -> ud.Job | None:
-    """Claim `job` (a run) for this process; None (the job cancelled) when another
-    process runs this schedule now or already ran this attempt (module docstring)."""
-    mine = (job.params["schedule"], job.params["slot"], job.params["attempt"])
+DIED = "the process running it ended before it finished"
+
+
+def _claim_slot(db: Database, schedule_id: str, slot: dt.datetime, attempt: int,
+                job_id: str) -> str:
+    """Claim (schedule, slot, attempt) for `job_id`; the job id that holds it.
+
+    Every claimant inserts with the same deduplication token: ClickHouse stores the
+    first block and acknowledges and drops the others (schema 011), so all read back
+    the same winner.
+    """
+    params = {"s": schedule_id, "slot": slot, "a": attempt, "j": job_id}
+    db.command("INSERT INTO schedule_claims (schedule_id, slot, attempt, job_id, claimed_at) "
+               "SELECT {s:String}, {slot:DateTime64(3, 'UTC')}, {a:UInt32}, {j:String}, "
+               "now64(3)", params, settings={"insert_deduplication_token":
+                                             f"export:{schedule_id}:{slot.isoformat()}:{attempt}"})
+    rows = db.rows("SELECT job_id FROM schedule_claims WHERE schedule_id = {s:String} AND "
+                   "slot = {slot:DateTime64(3, 'UTC')} AND attempt = {a:UInt32} "
+                   "ORDER BY claimed_at, job_id LIMIT 1", params)
+    return rows[0][0] if rows else job_id
+
+
+def claim_run(db: Database, job: ud.Job) -> tuple[ud.Job | None, ud.Job | None]:
+    """Claim `job` (a run) for this process: (the job, None) when it may run, else
+    (None, the run that holds it instead) with `job` cancelled (module docstring).
+
+    Two steps: no two live runs of one schedule at once (`engine.jobs.claim`: the
+    younger steps back), then exactly one run per slot and attempt across processes
+    (`_claim_slot`). A run whose process died is failed first, so it blocks nothing;
+    the caller moves the state past a finished winner whose process never did.
+    """
+    sid, slot_text, attempt = (job.params["schedule"], job.params["slot"],
+                               int(job.params["attempt"]))
     for other in jobs_mod.running(db, JOB_KIND, job.tenant_id):
-        # a run whose process died holds nothing: fail it, so it blocks no later run
         if (other.job_id != job.job_id and isinstance(other.params, dict)
-                and other.params.get("schedule") == mine[0] and not jobs_mod.is_alive(other.result)):
-            ud.update_job(db, other.job_id, state="failed",
-                          error="the process running it ended before it finished")
+                and other.params.get("schedule") == sid
+                and not jobs_mod.is_alive(other.result)):
+            ud.update_job(db, other.job_id, state="failed", error=DIED)
     job, blocker = jobs_mod.claim(db, job, {}, lambda other: (
-        isinstance(other.params, dict) and other.params.get("schedule") == mine[0]))
+        isinstance(other.params, dict) and other.params.get("schedule") == sid))
     if blocker is None:
-        for other in runs(db, mine[0], limit=20):
-            if other.job_id == job.job_id:
-                continue
-            same = (other.params.get("schedule"), other.params.get("slot"),
-                    other.params.get("attempt")) == mine
-            if same and other.state in ("succeeded", "failed"):
-                blocker = other
-                break
-            # an older run created but not yet marked running: its process will see
-            # ours and hold on (jobs.claim: the younger steps back) — so we step back
-            # now, or both would run. One left queued by a crash stops counting soon.
-            if (other.state == "queued" and _utc(other.created_at) > _now() - QUEUED_GRACE
-                    and (other.created_at, other.job_id) < (job.created_at, job.job_id)):
-                blocker = other
-                break
+        winner = _claim_slot(db, sid, dt.datetime.fromisoformat(slot_text), attempt,
+                             job.job_id)
+        if winner != job.job_id:
+            blocker = ud.get_job(db, winner)
+            if blocker is None:  # cannot happen: a claim names a job made before it
+                blocker = replace(job, job_id=winner, state="running")
     if blocker is not None:
         ud.update_job(db, job.job_id, state="cancelled",
                       error=f"run {blocker.job_id} of this schedule ran or runs instead")
-        return None
-    return job
+        return None, blocker
+    return job, None
 
 
 # -- files ------------------------------------------------------------------------------

@@ -432,8 +432,8 @@ def test_runs_of_one_schedule_never_overlap(env: Env) -> None:
     slot = first_slot(env, s)
     schedule = sched.get(env.db, s["id"])
     # a run of this schedule is going on (in a live process: ours)
-    busy = sched.claim_run(env.db, sched.create_run(env.db, schedule,
-                                                     sched.state_of(env.db, schedule)))
+    busy, _ = sched.claim_run(env.db, sched.create_run(env.db, schedule,
+                                                        sched.state_of(env.db, schedule)))
     assert busy is not None
     [out] = scheduler.tick(env.db, env.files, slot)
     assert out.state == "skipped"
@@ -464,6 +464,27 @@ def test_runs_of_one_schedule_never_overlap(env: Env) -> None:
     assert sorted(o.state for o in mine) in (["skipped", "succeeded"], ["succeeded"]), mine
     runs = sched.runs(env.db, s2["id"])
     assert [j.state for j in runs].count("succeeded") == 1
+
+
+def test_a_run_whose_process_died_is_failed_and_its_slot_retried(env: Env) -> None:
+    import subprocess
+    import sys
+
+    s = env.schedule("op", report="daily")
+    slot = env.due_at(s["id"], dt.datetime(2026, 3, 2, 6, 0, tzinfo=UTC))
+    schedule = sched.get(env.db, s["id"])
+    job, _ = sched.claim_run(env.db, sched.create_run(env.db, schedule,
+                                                       sched.state_of(env.db, schedule)))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    ud.update_job(env.db, job.job_id, result={**job.result, "pid": int(gone)})  # it died
+    [out] = scheduler.tick(env.db, env.files, slot)
+    assert out.state == "skipped" and out.job_id == job.job_id and out.error == sched.DIED
+    assert ud.get_job(env.db, job.job_id).state == "failed"
+    st = sched.state_of(env.db, schedule)
+    assert st.attempt == 1 and st.slot == slot and st.next_run == slot + sched.BACKOFF[0]
+    [out] = scheduler.tick(env.db, env.files, st.next_run)
+    assert out.state == "succeeded"
 
 
 def test_files_expire_after_the_retention_and_are_removed(env: Env) -> None:

@@ -60,3 +60,20 @@ CREATE TABLE IF NOT EXISTS schedule_files
 )
 ENGINE = ReplacingMergeTree(version)
 ORDER BY job_id;
+
+-- One row per (schedule, slot, attempt): who runs it. Every process that finds the
+-- slot due inserts its claim with the same deduplication token; ClickHouse keeps
+-- the first block and drops the others, so reading it back tells each process
+-- whether it won (engine/schedules.py, claim_run). ClickHouse has no
+-- compare-and-set; insert deduplication is its one atomic decision.
+CREATE TABLE IF NOT EXISTS schedule_claims
+(
+    schedule_id    String,
+    slot           DateTime64(3, 'UTC'),
+    attempt        UInt32,
+    job_id         String,
+    claimed_at     DateTime64(3, 'UTC')
+)
+ENGINE = MergeTree
+ORDER BY (schedule_id, slot, attempt)
+SETTINGS non_replicated_deduplication_window = 10000;

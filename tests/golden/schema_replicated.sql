@@ -468,3 +468,16 @@ CREATE TABLE IF NOT EXISTS schedule_files ON CLUSTER cdr_cluster
 ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/{database}/{table}', '{shard}-{replica}', version)
 ORDER BY job_id;
 
+-- where: once
+CREATE TABLE IF NOT EXISTS schedule_claims ON CLUSTER cdr_cluster
+(
+    schedule_id    String,
+    slot           DateTime64(3, 'UTC'),
+    attempt        UInt32,
+    job_id         String,
+    claimed_at     DateTime64(3, 'UTC')
+)
+ENGINE = ReplicatedMergeTree('/clickhouse/tables/all/{database}/{table}', '{shard}-{replica}')
+ORDER BY (schedule_id, slot, attempt)
+SETTINGS non_replicated_deduplication_window = 10000;
+

@@ -454,3 +454,16 @@ CREATE TABLE IF NOT EXISTS schedule_files
 ENGINE = ReplacingMergeTree(version)
 ORDER BY job_id;
 
+-- where: all
+CREATE TABLE IF NOT EXISTS schedule_claims
+(
+    schedule_id    String,
+    slot           DateTime64(3, 'UTC'),
+    attempt        UInt32,
+    job_id         String,
+    claimed_at     DateTime64(3, 'UTC')
+)
+ENGINE = MergeTree
+ORDER BY (schedule_id, slot, attempt)
+SETTINGS non_replicated_deduplication_window = 10000;
+
