@@ -108,3 +108,12 @@ async def post_charts(request: Request, body: ChartsBody, who: Caller = Depends(
     p = ViewParams.model_validate(body.model_dump(by_alias=True, exclude={"rules", "top"}))
     p = await deps.apply_preferences(request, who, p, body.model_fields_set | {"columns"})
     return await run_charts(request, who, p, body.rules, body.top)
+
+
+def request_body(p: ViewParams, rules: dict | None) -> dict[str, Any]:
+    """The POST /v1/charts body of a view (the web page sends it from its own state)."""
+    body = p.model_dump(by_alias=True, exclude_none=True,
+                        exclude={"columns", "sort", "limit", "cursor"})
+    if rules is not None:
+        body["rules"] = rules
+    return body
