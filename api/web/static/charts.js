@@ -94,11 +94,11 @@
       Object.assign({label: "Minutes", value: function (u, v) { return v === null ? "–" : num2.format(v); }}, bars("#5a7fd0", "#5a7fd0"))
     ], [{}, {size: 50}], zone);
     plot($("chart-quality"), [t, s.asr.map(function (v) { return v === null ? null : v * 100; }), s.acd], [
-      {label: "ASR %", scale: "%", stroke: "#1b8a5a", width: 2, spanGaps: false,
+      {label: "ASR %", scale: "%", stroke: "#1b8a5a", width: 2, spanGaps: false, points: {show: true, size: 5},
        value: function (u, v) { return v === null ? "–" : v.toFixed(1) + " %"; }},
-      {label: "ACD", scale: "s", stroke: "#c26a12", width: 2, spanGaps: false,
+      {label: "ACD", scale: "s", stroke: "#c26a12", width: 2, spanGaps: false, points: {show: true, size: 5},
        value: function (u, v) { return secs(v); }}
-    ], [{}, {scale: "%", size: 40, values: function (u, vals) { return vals.map(function (v) { return v + "%"; }); }},
+    ], [{}, {scale: "%", size: 52, values: function (u, vals) { return vals.map(function (v) { return v + "%"; }); }},
         {scale: "s", side: 1, size: 44, grid: {show: false}, values: function (u, vals) { return vals.map(secs); }}],
     zone, {"%": {range: [0, 100]}});
   }
