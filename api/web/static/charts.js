@@ -153,7 +153,10 @@
   function resize() {
     plots.forEach(function (p) { p[0].setSize({width: width(p[1]), height: 150}); });
   }
-  var timer = null;
-  window.addEventListener("resize", function () { clearTimeout(timer); timer = setTimeout(resize, 150); });
+  if (typeof ResizeObserver === "function") {
+    new ResizeObserver(function () { resize(); }).observe(panel);
+  } else {
+    window.addEventListener("resize", resize);
+  }
   load();
 })();
