@@ -180,7 +180,8 @@ def test_operator_charts_equal_sql(ctx: BrowserContext, server: Server) -> None:
     body = open_charts(page, "/?range=all&tz=UTC")
     assert body["plan"]["source"] == "daily_summary"
     assert_matches(page, sql_aggregate(server, "tenant:acme", body["range"]))
-    expect(page.locator("#charts-status")).to_contain_text("2026-03")
+    expect(page.locator("#archive-note")).to_contain_text("2026-03")
+    assert body["archive"]["in_range"] == ["2026-03"] and not body["archive"]["included"]
 
     # a header filter is part of the view: the charts count only those calls (C2 is id 2)
     body = open_charts(page, "/?range=all&tz=UTC&f=customer_id:in:2")
@@ -211,6 +212,10 @@ def test_operator_charts_equal_sql(ctx: BrowserContext, server: Server) -> None:
     assert asked == []
     page.locator("#charts-panel > summary").click()
     expect(page.locator("#charts-panel[data-loaded]")).to_have_count(1)
+    expect(page.locator("#charts-panel canvas")).to_have_count(3)
+    page.emulate_media(color_scheme="dark")
+    open_charts(page, "/?range=last_7_days&tz=Europe/Berlin")
+    shot(page, "charts-dark")
     watch.assert_clean()   # no CSP or script errors
 
 

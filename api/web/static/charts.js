@@ -64,7 +64,18 @@
 
   function width(el) { return Math.max(200, Math.floor(el.getBoundingClientRect().width)); }
 
+  // axes follow the page's colours (light and dark)
+  function cssVar(name, fallback) {
+    var v = getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+    return v || fallback;
+  }
+  function themed(axis) {
+    var ink = cssVar("--muted", "#5f6b7a"), line = cssVar("--line", "#dde1e6");
+    return Object.assign({stroke: ink, grid: {stroke: line, width: 1}, ticks: {stroke: line, width: 1}}, axis);
+  }
+
   function plot(el, data, series, axes, zone, scales) {
+    axes = axes.map(themed);
     var opts = {
       width: width(el), height: 150, series: [{}].concat(series), axes: axes,
       scales: Object.assign({x: {time: true}}, scales || {}),
@@ -81,25 +92,29 @@
     return {paths: uPlot.paths.bars({size: [0.7, 60], align: 0}), stroke: color, fill: fill, points: {show: false}};
   }
 
+  // day buckets get day-sized ticks (uPlot would otherwise label hours between them)
+  var DAY = 86400, DAY_INCRS = [DAY, 2 * DAY, 7 * DAY, 14 * DAY, 30 * DAY, 91 * DAY, 365 * DAY];
+
   function draw(body) {
     var s = body.series, zone = body.plan.zone;
+    var x = body.plan.bucket === "day" ? {incrs: DAY_INCRS} : {};
     plots.forEach(function (p) { p[0].destroy(); });
     plots = [];
     var t = s.t;
     plot($("chart-calls"), [t, s.calls, s.connected], [
       Object.assign({label: "Calls", value: function (u, v) { return v === null ? "–" : num.format(v); }}, bars("#9bb5ea", "#9bb5ea")),
       Object.assign({label: "Connected", value: function (u, v) { return v === null ? "–" : num.format(v); }}, bars("#2457c5", "#2457c5"))
-    ], [{}, {size: 44}], zone);
+    ], [x, {size: 44}], zone);
     plot($("chart-minutes"), [t, s.minutes], [
       Object.assign({label: "Minutes", value: function (u, v) { return v === null ? "–" : num2.format(v); }}, bars("#5a7fd0", "#5a7fd0"))
-    ], [{}, {size: 50}], zone);
+    ], [x, {size: 50}], zone);
     plot($("chart-quality"), [t, s.asr.map(function (v) { return v === null ? null : v * 100; }), s.acd], [
       {label: "ASR %", scale: "%", stroke: "#1b8a5a", width: 2, spanGaps: false, points: {show: true, size: 5},
        value: function (u, v) { return v === null ? "–" : v.toFixed(1) + " %"; }},
       {label: "ACD", scale: "s", stroke: "#c26a12", width: 2, spanGaps: false, points: {show: true, size: 5},
        value: function (u, v) { return secs(v); }}
-    ], [{}, {scale: "%", size: 52, values: function (u, vals) { return vals.map(function (v) { return v + "%"; }); }},
-        {scale: "s", side: 1, size: 44, grid: {show: false}, values: function (u, vals) { return vals.map(secs); }}],
+    ], [x, {scale: "%", size: 52, values: function (u, vals) { return vals.map(function (v) { return v + "%"; }); }},
+        {scale: "s", side: 1, size: 44, grid: {show: false, stroke: "transparent", width: 0}, values: function (u, vals) { return vals.map(secs); }}],
     zone, {"%": {range: [0, 100]}});
   }
 
@@ -114,13 +129,7 @@
     $("charts-plan").textContent = (p.bucket === "hour" ? "by hour" : "by day") + " in " + p.zone +
       " · " + (p.source === "daily_summary" ? "from the daily summary" : "from the call records");
     $("charts-plan").title = p.why;
-    var notes = [];
-    if (body.archive.included && body.archive.months.length) {
-      notes.push("Includes archived months " + body.archive.months.join(", ") + ".");
-    } else if (!body.archive.included && body.archive.in_range.length) {
-      notes.push("Archived months " + body.archive.in_range.join(", ") + " are not counted; tick “Include archive” to add them (slower).");
-    }
-    status(notes.join(" "), false);
+    status("", false);  // the page says above which archived months are (not) included
     ["country", "dst_prefix", "release_reason"].forEach(function (d) { topTable(d, body.top[d] || []); });
     if (typeof uPlot === "undefined") { status("The charting library did not load; reload the page.", true); return; }
     draw(body);
