@@ -98,3 +98,35 @@ def test_archive_flag_round_trips_through_the_url_and_saved_views() -> None:
     assert not ViewState.parse(Q(range="all")).params("UTC", None).include_archive
     kind, body = s.saved_body()
     assert body["include_archive"] is True and ViewState.from_saved(body).archive
+
+
+@pytest.mark.parametrize("who", [Principal.admin(), OP, CUST, Principal.carrier("acme", 3)],
+                         ids=str)
+def test_every_operator_on_summary_keys_passes_the_sql_guard(who: Principal) -> None:
+    """Rules the summary can answer ride in user SQL over `daily_summary`: whatever the
+    builder writes for them must be SQL the guard accepts, or a valid filter would fail."""
+    from cdrhouse.sql import catalogue
+    from cdrhouse.sql.charts import SUMMARY_FIELDS, series_from_summary, top_from_summary
+    from cdrhouse.sql.guard import compile_user_sql
+    from cdrhouse.sql.operators import OPERATORS
+
+    checked = 0
+    for name in sorted(SUMMARY_FIELDS):
+        f = catalogue.BY_NAME[name]
+        if not f.visible_to(who.role):
+            continue
+        for op in OPERATORS:
+            if not op.applies_to(f):
+                continue
+            one, two = ("1", ["1", "5"]) if f.kind == "int" else ("DE", ["A", "Z"])
+            value = {0: None, 1: one, 2: two, "list": two}[op.arity]
+            rule = {"field": name, "operator": op.key, **({} if value is None else
+                                                          {"value": value})}
+            req = ViewRequest(range="all", rules={"condition": "AND", "rules": [rule]})
+            p = plan(req, who, NOW)
+            assert p.source == "daily_summary", (name, op.key)
+            for q in (series_from_summary(req, who, p, [("acme", 202603)]),
+                      top_from_summary(req, who, p, "country", 5, [("acme", 202603)])):
+                compile_user_sql(q.sql, who, q.parameters)
+                checked += 1
+    assert checked > 20
