@@ -43,7 +43,8 @@ class ChartsBody(SearchBody):
 
 def chart_params(
     range: str | None = Query(None, description=f"One of {', '.join(RANGES)}."),
-    date_from: str | None = Query(None, alias="from"), date_to: str | None = Query(None, alias="to"),
+    date_from: str | None = Query(None, alias="from"),
+    date_to: str | None = Query(None, alias="to"),
     tz: str = Query("UTC"), connected_only: bool = Query(False), number: str | None = Query(None),
     tenant: str | None = Query(None), customer: str | None = Query(None),
     carrier: str | None = Query(None),

@@ -154,7 +154,7 @@ def top_from_cdrs(request: ViewRequest, principal: Principal, now: datetime, dim
     """The `n` values of `dimension` with the most calls in the view."""
     _dimension(dimension, principal)
     return _cdr_query(dimension, request, principal, now, f"{dimension} AS key",
-                      f"GROUP BY key HAVING n_calls > 0 ORDER BY n_calls DESC, key ASC LIMIT {_top(n)}")
+                      f"GROUP BY key ORDER BY n_calls DESC, key ASC LIMIT {_top(n)}")
 
 
 def _dimension(name: str, principal: Principal) -> None:
