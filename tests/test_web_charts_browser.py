@@ -318,3 +318,24 @@ def test_archive_download_as_customer_holds_only_its_rows(ctx: BrowserContext,
     assert _csv_ids(raw) == march("acme", "C1")
     assert march("acme", "C1") != march("acme")
     watch.assert_clean()
+
+
+def test_archive_page_as_admin_names_the_tenant(ctx: BrowserContext, server: Server) -> None:
+    page = ctx.new_page()
+    watch = Watch(page)
+    page.goto("/login?next=/archive")
+    page.get_by_text("Sign in with an API key instead").click()
+    page.locator("input[name=api_key]").fill(server.secrets["admin"])
+    page.get_by_role("button", name="Sign in with key").click()
+    expect(page.locator(".archive-page")).to_contain_text("Choose a tenant")
+    page.locator("#tenant").select_option("globex")
+    page.get_by_role("button", name="Show").click()
+    row = page.locator('#archive-months tr[data-month="2026-03"]')
+    expect(row.locator("td").nth(1)).to_have_text(str(len(march("globex"))))
+    _, raw = _download(page, '#archive-months tr[data-month="2026-03"] a[data-kind="csv"]')
+    assert _csv_ids(raw) == march("globex")
+    _, raw = _download(page, '#archive-months tr[data-month="2026-03"] a[data-kind="parquet"]')
+    assert sorted(pq.read_table(io.BytesIO(raw)).column("call_id").to_pylist()) == \
+        march("globex")
+    shot(page, "archive-admin")
+    watch.assert_clean()
