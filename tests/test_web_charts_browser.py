@@ -74,10 +74,11 @@ def server(tmp_path_factory):
                                                          extra=extra)], check=True, cwd=tmp)
     meta = json.loads(info.read_text())
     port = _free_port()
+    # to a file, not a pipe: nobody reads a pipe, and a full one would block the server
+    log = open(tmp / "serve.log", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "cdrhouse.api.cli", "--data-dir", str(data),
                              "serve", "--port", str(port), "--tier-schedule", "off"], cwd=tmp,
-                            env=dict(os.environ), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+                            env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -87,7 +88,7 @@ def server(tmp_path_factory):
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+                out = (tmp / "serve.log").read_text(errors="replace")
                 rec.stop()
                 pytest.fail(f"cdrhouse serve did not start:\n{out}")
             time.sleep(0.2)
@@ -97,6 +98,7 @@ def server(tmp_path_factory):
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
+    log.close()
     rec.stop()
 
 
