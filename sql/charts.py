@@ -95,16 +95,22 @@ def rule_fields(tree: Any) -> set[str]:
     return out
 
 
+def _tree(request: ViewRequest) -> dict[str, Any] | None:
+    """The request's rules and the operator's account narrowing, as one AND tree."""
+    parts = [*request.account_rules, *([request.rules] if request.rules is not None else [])]
+    return {"condition": "AND", "rules": parts} if parts else None
+
+
 def _whole_utc_day(t: datetime | None) -> bool:
     return t is None or (t.astimezone(UTC).time() == datetime.min.time())
 
 
 def plan(request: ViewRequest, principal: Principal, now: datetime) -> ChartPlan:
-    """Which source and bucket answer `request`'s charts (ViewerError/BuilderError when
-    the request is invalid — the same errors its page would give)."""
+    """Which source and bucket answer `request`'s charts (ViewerError when the request is
+    invalid — the same error, naming the same rule, as its page would give)."""
+    view_filter(request, principal, now)   # the page's own checks, with the page's errors
     start, end = resolve_range(request, now)
-    if request.rules is not None:   # validates the tree for this principal, as the page does
-        compile_rules(request.rules, principal, tz=request.tz, param_prefix="r")
+    tree = _tree(request)
     numbers = parse_number_search(request.number) if request.number else []
     span = (end or now) - start if start is not None else None
     if span is not None and span <= HOURLY_MAX:
@@ -114,8 +120,8 @@ def plan(request: ViewRequest, principal: Principal, now: datetime) -> ChartPlan
         why = "the range is not whole UTC days: days in your time zone from the call records"
     elif numbers:
         why = "a number search needs the call records: days in your time zone"
-    elif not rule_fields(request.rules) <= SUMMARY_FIELDS:
-        extra = sorted(rule_fields(request.rules) - SUMMARY_FIELDS)
+    elif not rule_fields(tree) <= SUMMARY_FIELDS:
+        extra = sorted(rule_fields(tree) - SUMMARY_FIELDS)
         why = (f"a filter on {', '.join(extra)} needs the call records: days in your "
                "time zone")
     else:
@@ -180,8 +186,9 @@ def _summary_where(request: ViewRequest, principal: Principal, p: ChartPlan,
     if p.end is not None:
         conds.append("day < {c_to:Date}")
         params["c_to"] = p.end.astimezone(UTC).date()
-    if request.rules is not None:
-        pred = compile_rules(request.rules, principal, tz=request.tz, param_prefix="r")
+    tree = _tree(request)
+    if tree is not None:
+        pred = compile_rules(tree, principal, tz=request.tz, param_prefix="r")
         conds.append(pred.sql)
         params.update(pred.params)
     if excluded:  # archived months the view does not read: the grid does not show them
