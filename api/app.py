@@ -18,7 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from cdrhouse.api import archive, audit, billing, downloads, errors, schedules, userdata, web
+from cdrhouse.api import (archive, audit, billing, charts, downloads, errors, schedules,
+                          userdata, web)
 from cdrhouse.api import scheduler as export_scheduler
 from cdrhouse.api.deps import reject_unknown_query_params
 from cdrhouse.api.forwarded import ForwardedClient, TrustedProxies
@@ -164,6 +165,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
     app.include_router(router, dependencies=strict)            # never taken for /v1/cdrs/{id}
     app.include_router(userdata.router, dependencies=strict)
     app.include_router(archive.router, dependencies=strict)
+    app.include_router(charts.router, dependencies=strict)
     app.include_router(billing.router, dependencies=strict)
     app.include_router(audit.router, dependencies=strict)
     app.include_router(schedules.router, dependencies=strict)

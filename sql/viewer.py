@@ -618,3 +618,21 @@ def compile_count(request: ViewRequest, principal: Principal, now: datetime) -> 
     if where:
         sql += "\nWHERE " + "\n  AND ".join(where)
     return CountQuery(sql, params, applied)
+
+
+@dataclass(frozen=True)
+class ViewFilter:
+    """The WHERE conditions of a view (the guard first), for aggregates over exactly the
+    rows its pages show (sql/charts.py): one definition of "the rows of this view"."""
+
+    where: tuple[str, ...]
+    parameters: dict[str, Any]
+    applied_range: tuple[datetime | None, datetime | None]
+
+
+def view_filter(request: ViewRequest, principal: Principal, now: datetime) -> ViewFilter:
+    """The guarded conditions of `request` (columns, sort, page and cursor ignored)."""
+    _zone(request.tz)
+    params: dict[str, Any] = {}
+    where, applied = _filters(request, principal, now, params)
+    return ViewFilter(tuple(where), params, applied)

@@ -153,6 +153,17 @@ def sign_in(page: Page, name: str, password: str = webstore.PASSWORD, path: str 
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Sign in", exact=True).click()
     expect(page.locator("#grid")).to_be_visible()
+    settle(page)
+
+
+def settle(page: Page) -> None:
+    """Wait for the viewer page that stays: on a first visit the page moves once to the
+    browser's zone (app.js), and a scenario's next step would race that navigation."""
+    page.wait_for_function("""() => {
+        const a = document.getElementById('app');
+        const zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
+        return !!a && (a.dataset.tzSource !== 'default' || a.dataset.tz === zone);
+    }""")
 
 
 def grid_ids(page: Page) -> list[str]:

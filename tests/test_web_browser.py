@@ -19,7 +19,7 @@ from urllib.parse import quote
 sys.path.insert(0, str(Path(__file__).parent))
 from browser import (  # noqa: E402,F401  (fixtures are found by name)
     ROOT, Server, Watch, browser_type_launch_args, column, csv_ids, ctx, download_text,
-    grid_ids, server, shot, sign_in)
+    grid_ids, server, settle, shot, sign_in)
 import webstore  # noqa: E402
 from playwright.sync_api import BrowserContext, expect  # noqa: E402
 
@@ -448,6 +448,7 @@ def test_api_key_sign_in_and_keyboard(ctx: BrowserContext, server: Server) -> No
     page.locator("input[name=api_key]").fill(server.secrets["tenant:acme/carrier:K1"])
     page.get_by_role("button", name="Sign in with key").click()
     expect(page.locator("#scope")).to_contain_text("Carrier K1")
+    settle(page)
     # no secret reaches JavaScript
     assert page.evaluate("() => document.cookie").find("cdrhouse_session") < 0
     # keyboard: reach a sort header and a row's details with Tab and Enter

@@ -22,9 +22,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from pydantic import BaseModel, ValidationError
 from starlette.responses import StreamingResponse
 
-from cdrhouse.api import deps, downloads
+from cdrhouse.api import charts, deps, downloads
 from cdrhouse.api.errors import Problem
 from cdrhouse.api.models import ViewParams
+from cdrhouse.api.web import archive as web_archive
 from cdrhouse.api.web import session as sess
 from cdrhouse.api.web.assets import STATIC_DIR, asset_url, serve_asset
 from cdrhouse.api.recordings import recording_location
@@ -268,8 +269,10 @@ async def viewer(request: Request) -> Response:
         if q.kind in ("viewer", "search")])
     grid = Grid.build(state, web.caller.principal, p, page, accounts)
     applied = None
+    archived: list[str] = []
     if page is not None:
         applied = (page["range"]["from"], page["range"]["to"])
+        archived = await web_archive.in_range(request, web.caller, *applied, state.tenant)
     canonical = "/?" + urlencode(state.pairs())
     context = {
         "web": web, "state": state, "p": p, "grid": grid, "problem": problem,
@@ -282,6 +285,8 @@ async def viewer(request: Request) -> Response:
                         for f in state.filters],
         "tz_source": tz_source,
         "qbuilder": _qbuilder_context(state, rule_errors),
+        "archived": archived,
+        "chart_request": charts.request_body(p, rules) if page is not None else None,
     }
     return _page(request, "viewer.html", context,
                  200 if problem is None and not chip_errors else 400)
@@ -622,6 +627,20 @@ async def _open_view(request: Request, web: sess.WebCaller, query_id: str) -> Re
         return RedirectResponse("/?" + urlencode({"note": f"No saved view {query_id!r} is "
                                                           "visible to you."}), status_code=303)
     return RedirectResponse(ViewState.from_saved(q.body).url(), status_code=303)
+
+
+# -- the archive page ------------------------------------------------------------------
+
+@router.get("/archive")
+async def archive_page(request: Request, tenant: str = "") -> Response:
+    """The archived months, which are hot, and their downloads (api/web/archive.py)."""
+    try:
+        web = await sess.current(request)
+    except sess.SignedOut:
+        return _to_login(request)
+    except sess.SignInRefused as exc:
+        return _headers(HTMLResponse(str(exc), status_code=exc.status))
+    return _page(request, "archive.html", await web_archive.page_context(request, web, tenant))
 
 
 # -- static files --------------------------------------------------------------------

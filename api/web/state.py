@@ -13,6 +13,7 @@ Parameters:
 - `range` (a preset, `custom` or `all`), `from` / `to` (wall time in `tz`,
   custom only), `tz`, `connected=1`, `number`;
 - `tenant` (admin), `customer`, `carrier` (codes, operators only);
+- `archive=1`: include archived (warm) months in the range (slower);
 - `columns` (comma-separated, in order), `sort` (comma-separated, `-` for
   descending);
 - `f` (repeated): one header filter `field:operator:value`; list values
@@ -119,6 +120,7 @@ class ViewState:
     sort: tuple[str, ...] = ("-start_time",)
     filters: tuple[Filter, ...] = ()
     rules_json: str = ""
+    archive: bool = False
     cursors: tuple[str, ...] = field(default_factory=tuple)
 
     # -- from and to the URL ------------------------------------------------------------
@@ -144,6 +146,7 @@ class ViewState:
                     number=one("number"), tenant=one("tenant"), customer=one("customer"),
                     carrier=one("carrier"), columns=columns, sort=sort or ("-start_time",),
                     filters=tuple(filters), rules_json=one("q"),
+                    archive=one("archive") in ("1", "true", "on"),
                     cursors=tuple(c for c in params.getlist("c") if c)[-MAX_CURSORS:])
         return state.normalized()
 
@@ -183,6 +186,8 @@ class ViewState:
         out += [("f", f.text) for f in self.filters]
         if self.rules_json:
             out.append(("q", self.rules_json))
+        if self.archive:
+            out.append(("archive", "1"))
         if page:
             out += [("c", c) for c in self.cursors]
         return out
@@ -271,7 +276,7 @@ class ViewState:
             date_to=(self.date_to or None) if custom else None,
             tz=tz, connected_only=self.connected, number=self.number or None,
             tenant=self.tenant or None, customer=self.customer or None,
-            carrier=self.carrier or None)
+            carrier=self.carrier or None, include_archive=self.archive)
 
     # -- saved views --------------------------------------------------------------------
 
@@ -292,6 +297,8 @@ class ViewState:
                 body[k] = getattr(self, k)
         if self.columns:
             body["columns"] = list(self.columns)
+        if self.archive:
+            body["include_archive"] = True
         rules = self.rules()
         if rules is not None:
             body["rules"] = rules
@@ -321,7 +328,8 @@ class ViewState:
                    number=body.get("number") or "", tenant=body.get("tenant") or "",
                    customer=body.get("customer") or "", carrier=body.get("carrier") or "",
                    columns=tuple(cols) if cols else None, sort=tuple(sort),
-                   filters=filters, rules_json=rules_json)
+                   filters=filters, rules_json=rules_json,
+                   archive=bool(body.get("include_archive")))
 
 
 def _dumps(tree: dict[str, Any]) -> str:
