@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cdrhouse.api.web import sqlpage
-from cdrhouse.api.web.routes import CSP
+from cdrhouse.api.web.page import CSP
 from cdrhouse.sql import catalogue
 from cdrhouse.sql.logical import DAILY_SUMMARY
 

@@ -14,7 +14,7 @@ import datetime as dt
 import zoneinfo
 from dataclasses import replace
 from typing import Any
-from urllib.parse import unquote, urlencode, urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import anyio
 from fastapi import APIRouter, Form, Request
@@ -27,11 +27,12 @@ from cdrhouse.api.errors import Problem
 from cdrhouse.api.models import ViewParams
 from cdrhouse.api.web import archive as web_archive
 from cdrhouse.api.web import session as sess
-from cdrhouse.api.web.assets import STATIC_DIR, asset_url, serve_asset
+from cdrhouse.api.web.page import ZONES, render_page, secure_headers, to_login, tz_hint
+from cdrhouse.api.web.assets import STATIC_DIR, serve_asset
 from cdrhouse.api.recordings import recording_location
 from cdrhouse.api.web.recording import RecordingUnavailable, open_recording
 from cdrhouse.api.web.render import (Accounts, Grid, accounts_for, chip_label, detail_rows,
-                                     page_columns, templates)
+                                     page_columns)
 from cdrhouse.api.web.state import HEADER_OPERATORS, PRESET_LABELS, Filter, StateError, ViewState
 from cdrhouse.engine import export
 from cdrhouse.engine import userdata as ud
@@ -43,37 +44,6 @@ from cdrhouse.sql.viewer import RANGES, resolve_range
 from cdrhouse.sql.viewer import ViewerError, compile_view
 
 router = APIRouter(include_in_schema=False)
-
-TZ_HINT = "cdrhouse_tz"
-ZONES: tuple[str, ...] = tuple(sorted(z for z in zoneinfo.available_timezones()
-                                      if "/" in z and not z.startswith(("Etc/", "SystemV/")))
-                               ) + ("UTC",)
-_ZONE_SET = frozenset(ZONES)
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-       "media-src 'self'; connect-src 'self'; frame-ancestors 'none'; form-action 'self'; "
-       "base-uri 'none'; object-src 'none'")
-
-
-def _headers(response: Response) -> Response:
-    response.headers["Content-Security-Policy"] = CSP
-    response.headers["X-Frame-Options"] = "DENY"
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "same-origin"
-    response.headers.setdefault("Cache-Control", "no-store")
-    return response
-
-
-def _page(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
-    context = {"asset": asset_url, **context}
-    return _headers(templates.TemplateResponse(request, name, context, status_code=status))
-
-
-def _to_login(request: Request) -> Response:
-    nxt = request.url.path + ("?" + request.url.query if request.url.query else "")
-    resp = RedirectResponse("/login?" + urlencode({"next": nxt}), status_code=303)
-    sess.clear_session_cookie(request, resp)
-    return resp
-
 
 def _safe_next(value: str | None) -> str:
     """Only a path on this site (never `//host` or a scheme): no open redirect."""
@@ -94,7 +64,7 @@ def _problem_text(exc: Exception) -> str:
 def _login_page(request: Request, next_: str, error: str | None, name: str = "",
                 status: int = 200) -> Response:
     token = sess.login_token(request)
-    resp = _page(request, "login.html", {"next": _safe_next(next_), "error": error,
+    resp = render_page(request, "login.html", {"next": _safe_next(next_), "error": error,
                                          "csrf": token, "name": name}, status)
     sess.set_login_cookie(request, resp, token)
     return resp
@@ -132,9 +102,9 @@ async def logout(request: Request, csrf_token: str = Form("")) -> Response:
         web = await sess.current(request)
         sess.check_csrf(request, web.csrf, csrf_token)
     except sess.SignedOut:
-        return _to_login(request)
+        return to_login(request)
     except sess.CSRFRefused as exc:
-        return _headers(HTMLResponse(str(exc), status_code=403))
+        return secure_headers(HTMLResponse(str(exc), status_code=403))
     await sess.sign_out(request)
     resp = RedirectResponse("/login", status_code=303)
     sess.clear_session_cookie(request, resp)
@@ -186,19 +156,13 @@ async def _resolved(request: Request, web: sess.WebCaller, state: ViewState) -> 
     """The state as an API request, with the user's saved zone and columns where the URL
     gives none (zone: the browser's, sent by the page in a cookie, before UTC)."""
     given = {k for k, v in (("tz", state.tz), ("columns", state.columns)) if v}
-    fallback_tz = state.tz or _tz_hint(request) or "UTC"
+    fallback_tz = state.tz or tz_hint(request) or "UTC"
     try:
         zoneinfo.ZoneInfo(fallback_tz)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         fallback_tz = state.tz or "UTC"
     p = state.params(fallback_tz, list(state.columns) if state.columns else None)
     return await deps.apply_preferences(request, web.caller, p, given)
-
-
-def _tz_hint(request: Request) -> str | None:
-    """The browser's zone, which the page's script puts in a cookie (not a secret)."""
-    raw = unquote(request.cookies.get(TZ_HINT) or "")
-    return raw if raw in _ZONE_SET else None
 
 
 def _new_filter(request: Request) -> Filter | None:
@@ -221,9 +185,9 @@ async def viewer(request: Request) -> Response:
     try:
         web = await sess.current(request)
     except sess.SignedOut:
-        return _to_login(request)
+        return to_login(request)
     except sess.SignInRefused as exc:
-        return _headers(HTMLResponse(str(exc), status_code=exc.status))
+        return secure_headers(HTMLResponse(str(exc), status_code=exc.status))
     problem: str | None = None
     try:
         state = ViewState.parse(request.query_params)
@@ -242,10 +206,10 @@ async def viewer(request: Request) -> Response:
         p = await _resolved(request, web, state)
     if state.tz:
         tz_source = "url"
-    elif p.tz != (_tz_hint(request) or "UTC"):
+    elif p.tz != (tz_hint(request) or "UTC"):
         tz_source = "saved"
     else:
-        tz_source = "browser" if _tz_hint(request) else "default"
+        tz_source = "browser" if tz_hint(request) else "default"
     # from here on the state names its zone and columns: links, forms and the URL hold them
     shown = tuple(p.columns or catalogue.DEFAULT_COLUMNS[web.caller.principal.role])
     state = replace(state, tz=p.tz, columns=shown)
@@ -288,7 +252,7 @@ async def viewer(request: Request) -> Response:
         "archived": archived,
         "chart_request": charts.request_body(p, rules) if page is not None else None,
     }
-    return _page(request, "viewer.html", context,
+    return render_page(request, "viewer.html", context,
                  200 if problem is None and not chip_errors else 400)
 
 
@@ -321,7 +285,7 @@ async def detail(request: Request, call_id: str, tz: str = "UTC") -> Response:
     try:
         web = await sess.current(request)
     except sess.SignedOut:
-        return _headers(HTMLResponse("Your session has ended; reload the page to sign in.",
+        return secure_headers(HTMLResponse("Your session has ended; reload the page to sign in.",
                                      status_code=401))
     cols = [f.name for f in catalogue.visible_fields(web.caller.principal.role)]
     p = ViewParams(columns=cols, range="all", limit=2, tz=tz)
@@ -330,13 +294,13 @@ async def detail(request: Request, call_id: str, tz: str = "UTC") -> Response:
     try:
         page = await deps.run_view(request, web.caller, p, rules)
     except Problem as exc:
-        return _headers(HTMLResponse(f'<p class="error" role="alert">{_esc(exc.detail)}</p>',
+        return secure_headers(HTMLResponse(f'<p class="error" role="alert">{_esc(exc.detail)}</p>',
                                      status_code=exc.status))
     if not page["rows"]:
-        return _headers(HTMLResponse('<p class="error" role="alert">No such call is visible '
+        return secure_headers(HTMLResponse('<p class="error" role="alert">No such call is visible '
                                      'to you.</p>', status_code=404))
     accounts = await deps.store(request, lambda db: accounts_for(db, web.caller.principal, None))
-    return _page(request, "detail.html", {"rows": detail_rows(page["rows"][0], accounts,
+    return render_page(request, "detail.html", {"rows": detail_rows(page["rows"][0], accounts,
                                                                web.caller.principal.tenant),
                                           "tz": tz, "call_id": call_id,
                                           "record": page["rows"][0]})
@@ -354,28 +318,28 @@ async def recording(request: Request, call_id: str, download: bool = False) -> R
     try:
         web = await sess.current(request)
     except sess.SignedOut:
-        return _headers(Response("sign in to play recordings", status_code=401,
+        return secure_headers(Response("sign in to play recordings", status_code=401,
                                  media_type="text/plain"))
     try:
         record = await deps.one_record(request, web.caller, call_id)
     except Problem as exc:
-        return _headers(Response(exc.detail, status_code=exc.status, media_type="text/plain"))
+        return secure_headers(Response(exc.detail, status_code=exc.status, media_type="text/plain"))
     url = record.get("recording_url") or ""
     if not url:
-        return _headers(Response(f"call {call_id} has no recording", status_code=404,
+        return secure_headers(Response(f"call {call_id} has no recording", status_code=404,
                                  media_type="text/plain"))
     try:
         # the API's rule decides what may be served (allow-list, s3:// presigned)
         location = recording_location(request, call_id, url)
     except Problem as exc:
-        return _headers(Response(exc.detail, status_code=exc.status, media_type="text/plain"))
+        return secure_headers(Response(exc.detail, status_code=exc.status, media_type="text/plain"))
     policy = deps.service(request).config.recordings
     listed = location != url or bool(policy.hosts)   # presigned, or an allow-listed host
     try:
         up = await anyio.to_thread.run_sync(open_recording, location,
                                             request.headers.get("range"), listed)
     except RecordingUnavailable as exc:
-        return _headers(Response(str(exc), status_code=exc.status, media_type="text/plain"))
+        return secure_headers(Response(str(exc), status_code=exc.status, media_type="text/plain"))
 
     async def body():
         try:
@@ -416,7 +380,7 @@ async def _download(request: Request, web: sess.WebCaller, p: ViewParams,
 
 
 def _download_error(exc: Exception, status: int = 400) -> Response:
-    return _headers(Response(f"Download refused: {_problem_text(exc)}",
+    return secure_headers(Response(f"Download refused: {_problem_text(exc)}",
                              status_code=getattr(exc, "status", status),
                              media_type="text/plain"))
 
@@ -427,7 +391,7 @@ async def download_all(request: Request) -> Response:
     try:
         web = await sess.current(request)
     except sess.SignedOut:
-        return _to_login(request)
+        return to_login(request)
     try:
         state = ViewState.parse(request.query_params)
         p = await _resolved(request, web, state)
@@ -442,7 +406,7 @@ async def download_selected(request: Request) -> Response:
     try:
         web = await sess.current(request)
     except sess.SignedOut:
-        return _to_login(request)
+        return to_login(request)
     form = await request.form()
     try:
         sess.check_csrf(request, web.csrf, str(form.get("csrf_token") or ""))
@@ -527,9 +491,9 @@ async def _form_checked(request: Request) -> tuple[sess.WebCaller, Any] | Respon
         form = await request.form()
         sess.check_csrf(request, web.csrf, str(form.get("csrf_token") or ""))
     except sess.SignedOut:
-        return _to_login(request)
+        return to_login(request)
     except sess.CSRFRefused as exc:
-        return _headers(HTMLResponse(str(exc), status_code=403))
+        return secure_headers(HTMLResponse(str(exc), status_code=403))
     return web, form
 
 
@@ -637,10 +601,10 @@ async def archive_page(request: Request, tenant: str = "") -> Response:
     try:
         web = await sess.current(request)
     except sess.SignedOut:
-        return _to_login(request)
+        return to_login(request)
     except sess.SignInRefused as exc:
-        return _headers(HTMLResponse(str(exc), status_code=exc.status))
-    return _page(request, "archive.html", await web_archive.page_context(request, web, tenant))
+        return secure_headers(HTMLResponse(str(exc), status_code=exc.status))
+    return render_page(request, "archive.html", await web_archive.page_context(request, web, tenant))
 
 
 # -- static files --------------------------------------------------------------------

@@ -29,7 +29,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from cdrhouse.api import deps
 from cdrhouse.api.web import session as sess
-from cdrhouse.api.web.routes import CSP, ZONES, _headers, _page, _to_login, _tz_hint
+from cdrhouse.api.web.page import CSP, ZONES, render_page, secure_headers, to_login, tz_hint
 from cdrhouse.engine import userdata as ud
 from cdrhouse.sql import catalogue, functions
 from cdrhouse.sql.logical import DAILY_SUMMARY
@@ -76,7 +76,7 @@ async def _start_zone(request: Request, web: sess.WebCaller) -> tuple[str, str]:
     browser's (the viewer's cookie hint), else UTC ("default": the script then uses
     the browser's own zone)."""
     prefs = await deps.store(request, lambda db: ud.get_preferences(db, web.caller.key_id))
-    for zone, source in ((prefs.tz, "saved"), (_tz_hint(request), "browser")):
+    for zone, source in ((prefs.tz, "saved"), (tz_hint(request), "browser")):
         if zone:
             try:
                 zoneinfo.ZoneInfo(zone)
@@ -91,9 +91,9 @@ async def sql_page(request: Request) -> Response:
     try:
         web = await sess.current(request)
     except sess.SignedOut:
-        return _to_login(request)
+        return to_login(request)
     except sess.SignInRefused as exc:
-        return _headers(HTMLResponse(str(exc), status_code=exc.status))
+        return secure_headers(HTMLResponse(str(exc), status_code=exc.status))
     role = web.caller.principal.role
     nonce = secrets.token_urlsafe(18)
     meta: dict[str, Any] = {
@@ -102,7 +102,7 @@ async def sql_page(request: Request) -> Response:
         "principal": web.caller.principal_text,
     }
     tz, tz_source = await _start_zone(request, web)
-    resp = _page(request, "sql.html", {
+    resp = render_page(request, "sql.html", {
         "web": web, "role": role, "tz": tz, "tz_source": tz_source, "zones": ZONES,
         "meta": meta, "style_nonce": nonce})
     resp.headers["Content-Security-Policy"] = _csp(nonce)

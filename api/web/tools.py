@@ -17,7 +17,7 @@ from fastapi.responses import HTMLResponse, Response
 from cdrhouse.api import deps
 from cdrhouse.api.web import session as sess
 from cdrhouse.api.web.render import accounts_for
-from cdrhouse.api.web.routes import _headers, _page, _to_login
+from cdrhouse.api.web.page import render_page, secure_headers, to_login
 
 router = APIRouter(include_in_schema=False)
 
@@ -29,9 +29,9 @@ async def _signed_in(request: Request) -> sess.WebCaller | Response:
     try:
         return await sess.current(request)
     except sess.SignedOut:
-        return _to_login(request)
+        return to_login(request)
     except sess.SignInRefused as exc:
-        return _headers(HTMLResponse(str(exc), status_code=exc.status))
+        return secure_headers(HTMLResponse(str(exc), status_code=exc.status))
 
 
 @router.get("/jobs")
@@ -40,7 +40,7 @@ async def jobs_page(request: Request, job: str = "") -> Response:
     web = await _signed_in(request)
     if isinstance(web, Response):
         return web
-    return _page(request, "jobs.html", {"web": web, "role": web.caller.principal.role,
+    return render_page(request, "jobs.html", {"web": web, "role": web.caller.principal.role,
                                         "job": job[:64]})
 
 
@@ -52,10 +52,10 @@ async def billing_page(request: Request, tenant: str = "") -> Response:
         return web
     principal = web.caller.principal
     if principal.role not in OPERATORS:
-        return _page(request, "billing.html", {"web": web, "role": principal.role,
+        return render_page(request, "billing.html", {"web": web, "role": principal.role,
                                                "refused": True}, 403)
     accounts = await deps.store(request, lambda db: accounts_for(db, principal, tenant or None))
     chosen = principal.tenant or (tenant if tenant in accounts.tenants else "")
-    return _page(request, "billing.html", {
+    return render_page(request, "billing.html", {
         "web": web, "role": principal.role, "refused": False, "accounts": accounts,
         "tenant": chosen})
