@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from cdrhouse.api import (archive, audit, billing, charts, downloads, errors, schedules,
+from cdrhouse.api import (alerts, archive, audit, billing, charts, downloads, errors, schedules,
                           userdata, web)
 from cdrhouse.api import scheduler as export_scheduler
 from cdrhouse.api.deps import reject_unknown_query_params
@@ -27,6 +27,7 @@ from cdrhouse.api.service import Service, ServiceConfig
 from cdrhouse.api.v1 import health, router
 from cdrhouse.backup import schedule as backup_schedule
 from cdrhouse.backup.location import open_location
+from cdrhouse.engine import alerts as alert_engine
 from cdrhouse.engine.migrate import migrate
 from cdrhouse.tiering.policy import Policy
 from cdrhouse.tiering.schedule import start_scheduler
@@ -130,9 +131,16 @@ def create_app(config: ServiceConfig) -> FastAPI:
                 service.pool.acquire, service.warm.store, service.jobs,
                 config.schedule_tick_seconds)
             app.state.export_scheduler = export_ticker
+        app.state.alert_scheduler = alert_scheduler = None
+        if config.alert_every:
+            alert_scheduler = alert_engine.start_scheduler(
+                config.alert_every, service.pool.acquire, config.alert_config)
+            app.state.alert_scheduler = alert_scheduler
         try:
             yield
         finally:
+            if alert_scheduler is not None:
+                alert_scheduler.shutdown(wait=True)
             if export_ticker is not None:
                 export_ticker.shutdown(wait=False)  # a running tick is the runner's
             if backup_scheduler is not None:
@@ -154,6 +162,8 @@ def create_app(config: ServiceConfig) -> FastAPI:
     metrics.registry.register(audit.AuditCollector(app))
     metrics.registry.register(backup_schedule.BackupCollector(
         lambda: app.state.service.pool.acquire() if app.state.service else None))
+    metrics.registry.register(alert_engine.AlertCollector(
+        lambda: app.state.service.pool.acquire() if app.state.service else None))
     app.add_exception_handler(errors.Problem, errors.handle_problem)
     app.add_exception_handler(RequestValidationError, errors.handle_validation)
     app.add_exception_handler(StarletteHTTPException, errors.handle_http)
@@ -169,6 +179,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
     app.include_router(billing.router, dependencies=strict)
     app.include_router(audit.router, dependencies=strict)
     app.include_router(schedules.router, dependencies=strict)
+    app.include_router(alerts.router, dependencies=strict)
     web.mount(app, api_dependencies=strict)  # the web viewer: /, /login, /web/…, /static/…, /v1/users
 
     app.add_middleware(Observe, metrics=metrics)

@@ -20,8 +20,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from cdrhouse.api import (cli_admin, cli_audit, cli_backup, cli_billing, cli_demo, cli_ingest,
-                          cli_query, cli_schedules, cli_serve, cli_tier, cli_users)
+from cdrhouse.api import (cli_admin, cli_alerts, cli_audit, cli_backup, cli_billing, cli_demo,
+                          cli_ingest, cli_query, cli_schedules, cli_serve, cli_tier, cli_users)
 from cdrhouse.api.cli_common import err, exit_code
 from cdrhouse.engine.db import StoreConfig
 
@@ -86,6 +86,7 @@ COMMANDS = (
     cli_users,
     cli_audit,
     cli_schedules,
+    cli_alerts,
 )
 for _module in COMMANDS:
     _module.register(app)

@@ -45,6 +45,11 @@ def demo(
                                         help="Months of traffic, up to now.")] = 6,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same calls).")]
     = 42,
+    with_anomalies: Annotated[bool, typer.Option(
+        "--anomalies", help="Also inject labelled anomalies (a premium-prefix spike, a "
+                            "carrier's ASR collapse, a short-call surge, a spend jump, a new "
+                            "expensive destination, a balance running out) that started 20 "
+                            "minutes ago, and run the alert detectors once.")] = False,
 ) -> None:
     """Generate a realistic dataset, ingest it, and run a few example queries."""
     config: StoreConfig = ctx.obj
@@ -88,12 +93,33 @@ def demo(
             err.print(f"[bold]{title}[/bold]\n[dim]$ cdrhouse sql \"{query}\"[/dim]")
             result = run_sql(db, Principal.admin(), query)
             render(result.columns, result.rows, "table")
+        if with_anomalies:
+            _anomalies(db, spec, out_dir, now)
         user, password = demo_login(db, spec.tenants[0])
     err.print("Try it yourself: cdrhouse sql \"SELECT count() FROM cdrs\" --as admin")
     data = "" if str(config.data_dir) == "cdrhouse-data" else f" --data-dir {config.data_dir}"
     err.print(f"\n[bold]Web viewer[/bold]: start the service with\n  cdrhouse{data} serve\n"
               f"then open http://127.0.0.1:8000/ and sign in as [bold]{user}[/bold] with "
               f"password [bold]{password}[/bold] (operator of tenant {spec.tenants[0]})")
+
+
+def _anomalies(db, spec: generate.GenSpec, out_dir, now: dt.datetime) -> None:
+    """Inject the labelled anomalies, evaluate the detectors, print labels and alerts."""
+    from cdrhouse.engine import alerts, anomalies
+
+    start = now - dt.timedelta(minutes=20)
+    injected = anomalies.inject(db, spec, anomalies.catalogue(start, spec.tenants), out_dir)
+    err.print("[bold]Injected anomalies[/bold] (from "
+              f"{start:%Y-%m-%d %H:%M} UTC; labels: what each should raise)")
+    render(["anomaly", "tenant", "what", "calls", "should raise"],
+           [(a.name, a.tenant, a.description, a.calls or "", ", ".join(a.targets))
+            for a in injected], "table")
+    reports = alerts.evaluate_all(db, now)
+    rows = [(r.tenant, a.detector, a.summary, next((x.name for x in injected if x.matches(a)), "-"))
+            for r in reports for a in r.opened]
+    err.print("[bold]Alerts raised now[/bold] (`cdrhouse alerts list`; `cdrhouse serve` "
+              "re-evaluates every 5 minutes)")
+    render(["tenant", "detector", "summary", "explained by"], rows, "table")
 
 
 def register(app: typer.Typer) -> None:

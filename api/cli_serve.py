@@ -64,6 +64,17 @@ def serve(
         "--schedules", envvar="CDRHOUSE_SCHEDULES",
         help="Run scheduled exports and reports here (checked every minute): 'on' or "
              "'off'.")] = "on",
+    alert_every: Annotated[str, typer.Option(
+        "--alert-every", envvar="CDRHOUSE_ALERT_EVERY",
+        help="How often the anomaly detectors run: seconds (300), 5m, 1h; 'off' to never "
+             "run them here.")] = "5m",
+    alert_config: Annotated[Optional[str], typer.Option(
+        "--alert-config", envvar="CDRHOUSE_ALERT_CONFIG",
+        help="JSON file of detector settings: {\"*\": {detector: {setting: n}}, tenant: …} "
+             "(README: Anomaly alerts).")] = None,
+    alerts_for_accounts: Annotated[bool, typer.Option(
+        "--alerts-for-accounts/--no-alerts-for-accounts", envvar="CDRHOUSE_ALERTS_FOR_ACCOUNTS",
+        help="Customer and carrier keys see the alerts about their own account.")] = True,
     forwarded_allow_ips: Annotated[Optional[str], typer.Option(
         "--forwarded-allow-ips", envvar="CDRHOUSE_FORWARDED_ALLOW_IPS",
         help="Reverse proxies whose X-Forwarded-For/-Proto are believed: addresses or "
@@ -107,6 +118,16 @@ def serve(
         TrustedProxies(proxies)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--forwarded-allow-ips") from None
+    from cdrhouse.engine import alerts as alert_engine
+    try:
+        every = alert_engine.parse_every(alert_every)
+    except alert_engine.AlertError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--alert-every") from None
+    try:
+        alert_settings = (alert_engine.AlertConfig.load(alert_config) if alert_config
+                          else alert_engine.AlertConfig())
+    except alert_engine.AlertError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--alert-config") from None
     Database(config).close()     # fail fast, with the plain message, if the store is held
     err.print(f"serving {config.dsn if not config.embedded else config.data_dir / 'clickhouse'} "
               f"on http://{host}:{port} (docs at /docs)")
@@ -116,6 +137,8 @@ def serve(
     err.print(f"backups: {'run on ' + repr(bcron) + ' (UTC), then verified' if bcron else 'not scheduled'}"
               f", to {open_location(backup_config, archive_config, config.data_dir).location}")
     err.print(f"scheduled exports and reports: {'checked every minute' if schedules_on == 'on' else 'off'}")
+    err.print(f"alerts: {'evaluated every ' + str(every) + ' s' if every else 'not evaluated here'}"
+              f", customer/carrier keys {'see' if alerts_for_accounts else 'do not see'} their own")
     err.print(f"forwarded headers: {'believed from ' + ', '.join(proxies) if proxies else 'ignored'}")
     from cdrhouse.engine.audit import AuditSettings
     err.print("audit trail: every authenticated request"
@@ -128,7 +151,9 @@ def serve(
                                          recordings=recordings, backup=backup_config,
                                          backup_cron=bcron, forwarded_allow_ips=proxies,
                                          audit=AuditSettings(days=audit_days),
-                                         schedules=schedules_on == "on")),
+                                         schedules=schedules_on == "on",
+                                         alert_every=every, alert_config=alert_settings,
+                                         alerts_for_accounts=alerts_for_accounts)),
                 host=host, port=port, log_level="warning", access_log=False,
                 proxy_headers=False)
 

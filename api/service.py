@@ -29,6 +29,7 @@ from cdrhouse.api.errors import Problem
 from cdrhouse.backup.location import BackupConfig
 from cdrhouse.engine import query as q
 from cdrhouse.engine.audit import AuditSettings
+from cdrhouse.engine.alerts import AlertConfig
 from cdrhouse.engine.db import Database, StoreConfig
 from cdrhouse.engine.jobs import JobRunner
 from cdrhouse.engine.pool import DatabasePool, PoolExhausted
@@ -76,6 +77,12 @@ class ServiceConfig:
     job_shutdown_seconds: float = 30.0
     #: the audit trail: on by default; its flush cadence and retention (engine/audit.py)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    #: anomaly alerts: seconds between evaluations inside the service (None: never),
+    #: detector settings from configuration, and whether customer / carrier keys see
+    #: the alerts about their own account
+    alert_every: int | None = None
+    alert_config: AlertConfig = field(default_factory=AlertConfig)
+    alerts_for_accounts: bool = True
 
 
 def tenant_cap(config: ServiceConfig) -> int:

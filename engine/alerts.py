@@ -59,6 +59,10 @@ class AlertNotFound(AlertError):
     """No alert with that id is visible to the principal."""
 
 
+class AlertForbidden(AlertError):
+    """The principal may not do this (acknowledge, read another tenant)."""
+
+
 @dataclass
 class Alert:
     alert_id: str
@@ -380,7 +384,7 @@ def list_alerts(db: Database, p: Principal, *, state: str = "active", detector: 
         params["detector"] = detector
     if tenant is not None:
         if p.role != "admin" and tenant != p.tenant:
-            raise AlertError(f"tenant: {p} cannot read alerts of tenant {tenant!r}")
+            raise AlertForbidden(f"tenant: {p} cannot read alerts of tenant {tenant!r}")
         clauses.append("tenant_id = {tenant:String}")
         params["tenant"] = tenant
     if since is not None:
@@ -405,7 +409,7 @@ def acknowledge(db: Database, p: Principal, alert_id: str, by: str = "",
     updated while its condition holds — and resolves when the condition clears."""
     alert = get_alert(db, p, alert_id, accounts_see)  # not visible: not found, never forbidden
     if p.role not in ("admin", "tenant"):
-        raise AlertError(f"{p}: only the tenant's operators acknowledge alerts")
+        raise AlertForbidden(f"{p}: only the tenant's operators acknowledge alerts")
     if alert.state == "resolved":
         raise AlertError(f"alert {alert_id} is already resolved")
     if alert.state == "open":
@@ -540,7 +544,7 @@ def start_scheduler(every: int, database: Callable[[], AbstractContextManager[Da
     return scheduler
 
 
-__all__ = ["ACTIVE", "Alert", "AlertCollector", "AlertConfig", "AlertError", "AlertNotFound",
+__all__ = ["ACTIVE", "Alert", "AlertCollector", "AlertConfig", "AlertError", "AlertForbidden", "AlertNotFound",
            "DEFAULT_EVERY", "EvaluationReport", "Finding", "STATES", "acknowledge",
            "evaluate_all", "evaluate_tenant", "get_alert", "list_alerts", "parse_every",
            "run_detector", "set_overrides", "settings_for", "start_scheduler", "status", "tick"]

@@ -106,6 +106,10 @@ class Anomaly:
 def catalogue(start: dt.datetime, tenants: tuple[str, ...] = ("acme", "globex", "initech")
               ) -> list[Anomaly]:
     """The standard set, one anomaly per subject so that their labels do not overlap."""
+    return [replace(x, start=start) for x in _standard(tenants)]
+
+
+def _standard(tenants: tuple[str, ...]) -> list[Anomaly]:
     a, b, c = (tenants * 3)[:3]
     answered_long = {"disposition": "'ANSWERED'", "sip_code": "200", "sip_reason": "'OK'",
                      "release_reason": "'NORMAL_CLEARING'"}
