@@ -216,23 +216,30 @@ def inject(db: Database, spec: generate.GenSpec, anomalies: list[Anomaly], workd
     through the ingest path; returns them with their accounts resolved."""
     from cdrhouse.engine.ingest import IngestOptions, ingest_paths
 
-    out = []
+    out: list[Anomaly] = []
+    files: dict[str, list[tuple[Path, Anomaly]]] = {}
     for i, anomaly in enumerate(anomalies):
         anomaly = replace(anomaly, start=anomaly.start or start)
         if anomaly.start is None:
             raise ValueError(f"anomaly {anomaly.name}: no start time")
         if anomaly.runway_hours:
-            out.append(_fund(db, anomaly))
             continue
         sql, params = anomaly_sql(spec, anomaly, i)
-        table = db.arrow(sql, params)
         path = Path(workdir) / f"anomaly-{anomaly.tenant}-{anomaly.name}-{spec.seed}.parquet"
-        pq.write_table(table, path, compression="zstd")
-        reports = ingest_paths(db, [path], IngestOptions(tenant=anomaly.tenant),
+        pq.write_table(db.arrow(sql, params), path, compression="zstd")
+        files.setdefault(anomaly.tenant, []).append((path, anomaly))
+    for tenant, items in files.items():  # one ingest per tenant: all its anomalies' files
+        reports = ingest_paths(db, [p for p, _ in items], IngestOptions(tenant=tenant),
                                Path(workdir) / "anomaly-rejects.csv")
-        accepted = sum(r.accepted for r in reports)
-        if accepted != anomaly.calls:
-            raise RuntimeError(f"anomaly {anomaly.name}: {accepted} of {anomaly.calls} calls stored")
+        for report, (_, anomaly) in zip(reports, items):
+            if report.accepted != anomaly.calls:
+                raise RuntimeError(f"anomaly {anomaly.name}: {report.accepted} of "
+                                   f"{anomaly.calls} calls stored")
+    for anomaly in anomalies:  # in the given order; funding last, on the traffic above
+        anomaly = replace(anomaly, start=anomaly.start or start)
+        if anomaly.runway_hours:
+            out.append(_fund(db, anomaly))
+            continue
         cust = acc.find(db, anomaly.tenant, "customer", anomaly.customer) if anomaly.customer else None
         carr = acc.find(db, anomaly.tenant, "carrier", anomaly.carrier) if anomaly.carrier else None
         out.append(replace(anomaly, customer_id=cust.account_id if cust else 0,
