@@ -481,3 +481,55 @@ ENGINE = ReplicatedMergeTree('/clickhouse/tables/all/{database}/{table}', '{shar
 ORDER BY (schedule_id, slot, attempt)
 SETTINGS non_replicated_deduplication_window = 10000;
 
+-- 012_alerts.sql
+-- where: once
+CREATE TABLE IF NOT EXISTS alerts ON CLUSTER cdr_cluster
+(
+    alert_id     String,
+    tenant_id    LowCardinality(String),
+    detector     LowCardinality(String),
+    subject      String,
+    customer_id  UInt32,
+    carrier_id   UInt32,
+    state        Enum8('open' = 1, 'acknowledged' = 2, 'resolved' = 3),
+    summary      String,
+    evidence     String,
+    opened_at    DateTime64(3, 'UTC'),
+    last_seen_at DateTime64(3, 'UTC'),
+    resolved_at  Nullable(DateTime64(3, 'UTC')),
+    acked_at     Nullable(DateTime64(3, 'UTC')),
+    acked_by     String,
+    evaluations  UInt32,
+    version      UInt64
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/{database}/{table}', '{shard}-{replica}', version)
+ORDER BY (tenant_id, alert_id);
+
+-- where: once
+CREATE TABLE IF NOT EXISTS alert_thresholds ON CLUSTER cdr_cluster
+(
+    tenant_id  LowCardinality(String),
+    detector   LowCardinality(String),
+    settings   String,
+    updated_at DateTime64(3, 'UTC'),
+    updated_by String,
+    version    UInt64
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/{database}/{table}', '{shard}-{replica}', version)
+ORDER BY (tenant_id, detector);
+
+-- where: once
+CREATE TABLE IF NOT EXISTS alert_evaluations ON CLUSTER cdr_cluster
+(
+    tenant_id    LowCardinality(String),
+    detector     LowCardinality(String),
+    evaluated_at DateTime64(3, 'UTC'),
+    data_time    DateTime64(3, 'UTC'),
+    seconds      Float64,
+    firing       UInt32,
+    error        String,
+    version      UInt64
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/{database}/{table}', '{shard}-{replica}', version)
+ORDER BY (tenant_id, detector);
+
