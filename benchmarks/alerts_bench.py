@@ -6,7 +6,7 @@
 Per seed, on a generated store (three tenants, four months ending at END):
 
 1. **clean sweep** — the detectors are evaluated every `period` seconds over the
-   `clean-hours` busiest hours of the last day (06:00-18:00 UTC by default) of clean
+   `clean-hours` busiest hours of the last day (centred on 12:00 UTC) of clean
    traffic, exactly as `cdrhouse serve` would (sliding windows, deduplication):
    every alert opened here is a false alert;
 2. **anomaly sweep** — the labelled anomalies of engine/anomalies.py are injected
@@ -87,7 +87,9 @@ def one_seed(data_dir: Path, rows: int, seed: int, clean_hours: int,
         load_s = time.perf_counter() - t
         # 1. clean sweep over the busiest hours of the last day
         _reset(db)
-        clean_start = END.replace(hour=6) if clean_hours <= 12 else END - dt.timedelta(hours=clean_hours)
+        # centred on the busiest hour of the generator's day (about 12:00 UTC)
+        clean_start = (END.replace(hour=12 - clean_hours // 2) if clean_hours <= 12
+                       else END - dt.timedelta(hours=clean_hours))
         clean, clean_secs = sweep(db, spec.tenants, clean_start,
                                   clean_start + dt.timedelta(hours=clean_hours), period)
         # 2. anomalies from T0
@@ -182,6 +184,8 @@ def main() -> None:
         for seed in range(1, args.seeds + 1):
             r = one_seed(Path(tmp), args.rows, seed, args.clean_hours, period)
             seeds.append(r)
+            results["seeds"] = seeds
+            Path(args.out).write_text(json.dumps(results, indent=1, default=str) + "\n")
             print(json.dumps({k: r[k] for k in ("seed", "rows", "delays_periods", "clean_false",
                                                   "false_per_tenant_day",
                                                   "tenant_eval_seconds_median")}), flush=True)
@@ -203,6 +207,7 @@ def main() -> None:
             r["false_per_tenant_day"] for r in seeds), 3)
         print(json.dumps({k: results[k] for k in ("summary", "max_delay_periods", "missed",
                                                   "false_per_tenant_day")}, indent=1), flush=True)
+        Path(args.out).write_text(json.dumps(results, indent=1, default=str) + "\n")
         if args.cost_rows:
             results["cost"] = cost(Path(tmp), args.cost_rows)
             print(json.dumps(results["cost"], indent=1), flush=True)
