@@ -200,7 +200,8 @@ def test_full_and_two_incrementals_restore_into_a_fresh_data_dir_and_serve(
          str(port), "--tier-schedule", "off", "--backup-schedule", "off"],
         stdout=log, stderr=subprocess.STDOUT, env=inherited)
     try:
-        deadline = time.monotonic() + 60
+        # a bound on start-up, not a speed check: generous for a machine shared by many
+        deadline = time.monotonic() + 180
         while True:
             try:
                 if _get(f"http://127.0.0.1:{port}/readyz")[0] == 200:
