@@ -41,7 +41,7 @@ class TableRecord:
     #: changed are not compared by verify (`changed` lists them)
     exact: bool = True
     changed: list[str] = field(default_factory=list)
-    #: partition id -> the sorted names of the active parts its figures were taken
+    #: partition id -> the sorted active parts (`<name>:<hash>`) its figures were taken
     #: from. Parts are immutable, so the next incremental reuses a partition's figures
     #: while its part set is the same (absent in manifests before this field: no reuse)
     parts: dict[str, list[str]] = field(default_factory=dict)
@@ -194,12 +194,17 @@ def data_tables(db: Database, database: str) -> dict[str, str]:
 
 
 def part_sets(db: Database, database: str) -> dict[str, dict[str, frozenset[str]]]:
-    """Active part names per table and partition. Parts are immutable (merges and
-    mutations make new names), so an unchanged set means unchanged contents."""
+    """Active parts per table and partition, each as `<name>:<hash of its files'
+    checksums>`. Parts are immutable (merges and mutations make new names), so an
+    unchanged set means unchanged contents; the hash (from the checksums ClickHouse
+    keeps in memory, no file is read) tells apart a part of the same name in a table
+    dropped and created again, or truncated and refilled after a restart, whose
+    block numbers start over."""
     out: dict[str, dict[str, set[str]]] = {}
-    for table, pid, part in db.rows("SELECT table, partition_id, name FROM system.parts "
-                                    "WHERE database = {d:String} AND active", {"d": database}):
-        out.setdefault(table, {}).setdefault(pid, set()).add(part)
+    for table, pid, part, digest in db.rows(
+            "SELECT table, partition_id, name, hash_of_all_files FROM system.parts "
+            "WHERE database = {d:String} AND active", {"d": database}):
+        out.setdefault(table, {}).setdefault(pid, set()).add(f"{part}:{digest}")
     return {t: {p: frozenset(v) for p, v in parts.items()} for t, parts in out.items()}
 
 
