@@ -41,6 +41,10 @@ class TableRecord:
     #: changed are not compared by verify (`changed` lists them)
     exact: bool = True
     changed: list[str] = field(default_factory=list)
+    #: partition id -> the sorted active parts (`<name>:<hash>`) its figures were taken
+    #: from. Parts are immutable, so the next incremental reuses a partition's figures
+    #: while its part set is the same (absent in manifests before this field: no reuse)
+    parts: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -66,6 +70,10 @@ class BackupRecord:
     #: on a sharded cluster, the nodes whose parts make up this backup (`<id>/<node>/`;
     #: `tables` then names `<node>/<table>`); empty on one node
     nodes: list[str] = field(default_factory=list)
+    #: partitions whose rows were read to fingerprint them before the backup, and those
+    #: whose figures were taken from the base's record (same parts: same rows)
+    partitions_read: int = 0
+    partitions_reused: int = 0
 
     @property
     def rows(self) -> int:
@@ -186,12 +194,17 @@ def data_tables(db: Database, database: str) -> dict[str, str]:
 
 
 def part_sets(db: Database, database: str) -> dict[str, dict[str, frozenset[str]]]:
-    """Active part names per table and partition. Parts are immutable (merges and
-    mutations make new names), so an unchanged set means unchanged contents."""
+    """Active parts per table and partition, each as `<name>:<hash of its files'
+    checksums>`. Parts are immutable (merges and mutations make new names), so an
+    unchanged set means unchanged contents; the hash (from the checksums ClickHouse
+    keeps in memory, no file is read) tells apart a part of the same name in a table
+    dropped and created again, or truncated and refilled after a restart, whose
+    block numbers start over."""
     out: dict[str, dict[str, set[str]]] = {}
-    for table, pid, part in db.rows("SELECT table, partition_id, name FROM system.parts "
-                                    "WHERE database = {d:String} AND active", {"d": database}):
-        out.setdefault(table, {}).setdefault(pid, set()).add(part)
+    for table, pid, part, digest in db.rows(
+            "SELECT table, partition_id, name, hash_of_all_files FROM system.parts "
+            "WHERE database = {d:String} AND active", {"d": database}):
+        out.setdefault(table, {}).setdefault(pid, set()).add(f"{part}:{digest}")
     return {t: {p: frozenset(v) for p, v in parts.items()} for t, parts in out.items()}
 
 
@@ -209,14 +222,41 @@ def fingerprint_table(db: Database, database: str, table: str, engine: str,
     return TableRecord(engine=engine, rows=total, checksum=checksum, partitions=parts)
 
 
+def _record(engine: str, partitions: Partitions) -> TableRecord:
+    return TableRecord(engine=engine, rows=sum(v[0] for v in partitions.values()),
+                       checksum=str(sum(int(v[1]) for v in partitions.values()) % (1 << 64)),
+                       partitions=partitions)
+
+
+def fingerprint_since(db: Database, database: str, table: str, engine: str,
+                      parts: dict[str, frozenset[str]], prior: TableRecord | None
+                      ) -> tuple[TableRecord, list[str] | None]:
+    """The table's fingerprint, reading only the partitions whose active parts differ
+    from `prior`'s record of them (the base backup's); and which partitions were read
+    (None: the whole table — no usable record, or an engine without parts).
+
+    Why this is exact: a part never changes once written (inserts, merges and
+    mutations all make parts with new names), so a partition made of the same parts
+    holds the same rows as when `prior` read it. `parts` must be read before the rows
+    are (a part set read later could include rows the figures miss)."""
+    if prior is None or not prior.parts or not engine.endswith("MergeTree"):
+        return fingerprint_table(db, database, table, engine), None
+    same = [p for p, names in parts.items()
+            if p in prior.partitions and p not in prior.changed
+            and prior.parts.get(p) == sorted(names)]
+    todo = sorted(set(parts) - set(same))
+    fresh = fingerprint_table(db, database, table, engine, todo).partitions if todo else {}
+    merged = {p: prior.partitions[p] for p in same}
+    merged.update(fresh)
+    return _record(engine, merged), todo
+
+
 def with_partitions(record: TableRecord, fresh: TableRecord, partitions: list[str]
                     ) -> TableRecord:
     """`record` with `partitions` replaced by their values in `fresh` (absent: gone)."""
     merged = {p: v for p, v in record.partitions.items() if p not in partitions}
     merged.update({p: v for p, v in fresh.partitions.items() if p in partitions})
-    return TableRecord(engine=record.engine, rows=sum(v[0] for v in merged.values()),
-                       checksum=str(sum(int(v[1]) for v in merged.values()) % (1 << 64)),
-                       partitions=merged)
+    return _record(record.engine, merged)
 
 
 def fingerprint_all(db: Database, database: str) -> dict[str, TableRecord]:

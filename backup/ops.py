@@ -197,6 +197,9 @@ class RunReport:
     pruned: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
     job_id: str = ""
+    #: per table (`<node>/<table>` on a cluster), the partitions whose rows were read to
+    #: fingerprint it before the backup; None: all of them (no base record to reuse)
+    fingerprinted: dict[str, list[str] | None] = field(default_factory=dict)
 
 
 def plan_kind(records: list[BackupRecord], verifies: dict[str, VerifyRecord],
@@ -224,8 +227,13 @@ def plan_kind(records: list[BackupRecord], verifies: dict[str, VerifyRecord],
 
 def run_backup(db: Database, location: Location, config: BackupConfig, *,
                full: bool = False, progress: Progress = _quiet, job_id: str = "",
-               now: dt.datetime | None = None) -> RunReport:
-    """One backup of `db`'s database: full or incremental on the previous one."""
+               now: dt.datetime | None = None, reuse_fingerprints: bool = True) -> RunReport:
+    """One backup of `db`'s database: full or incremental on the previous one.
+
+    An incremental reads only the partitions whose active parts changed since the base
+    recorded them, and takes the others' figures from the base's manifest
+    (`catalog.fingerprint_since`); `reuse_fingerprints=False` reads every partition
+    (benchmarks/backup_bench.py measures the difference)."""
     location.check()
     with location_lock(location, "backup run"), _members(db) as members:
         _close_interrupted(db, job_id)
@@ -245,7 +253,22 @@ def run_backup(db: Database, location: Location, config: BackupConfig, *,
 
         progress("fingerprint tables", 0, 0)
         parts_before = {k: catalog.part_sets(mdb, database) for k, mdb in members}
-        before = {k: catalog.fingerprint_all(mdb, database) for k, mdb in members}
+        before: dict[str, dict[str, TableRecord]] = {}
+        fingerprinted: dict[str, list[str] | None] = {}
+        n_read = n_reused = 0
+        for key, mdb in members:
+            before[key] = {}
+            for table, engine in catalog.data_tables(mdb, database).items():
+                prior = base.tables.get(_tkey(key, table)) \
+                    if base is not None and reuse_fingerprints else None
+                rec, read = catalog.fingerprint_since(
+                    mdb, database, table, engine, parts_before[key].get(table, {}), prior)
+                before[key][table] = rec
+                fingerprinted[_tkey(key, table)] = read
+                n_read += len(rec.partitions) if read is None else len(read)
+                n_reused += 0 if read is None else len(rec.partitions) - len(
+                    set(read) & set(rec.partitions))
+                progress("fingerprint tables", len(fingerprinted), 0)
 
         progress("backup", 0, 0)
         t_backup = time.monotonic()
@@ -272,6 +295,7 @@ def run_backup(db: Database, location: Location, config: BackupConfig, *,
         tables: dict[str, TableRecord] = {}
         for key, mdb in members:
             parts_after = catalog.part_sets(mdb, database)
+            looked_again: dict[str, list[str]] = {}
             for table, rec in before[key].items():
                 old, new = parts_before[key].get(table, {}), parts_after.get(table, {})
                 touched = sorted(p for p in set(old) | set(new) if old.get(p) != new.get(p))
@@ -285,7 +309,21 @@ def run_backup(db: Database, location: Location, config: BackupConfig, *,
                     if changed:  # written to while the backup ran: it holds one of the states
                         again.exact, again.changed = False, changed
                     rec = again
+                    looked_again[table] = touched
                 tables[_tkey(key, table)] = rec
+            # the part sets each partition's figures belong to, for the next incremental:
+            # untouched partitions had the same parts before and after their rows were
+            # read; a partition read again counts only if its parts still have not moved
+            parts_last = catalog.part_sets(mdb, database) if looked_again else parts_after
+            for table, rec in before[key].items():
+                rec = tables[_tkey(key, table)]
+                again_in = set(looked_again.get(table, ()))
+                now = parts_after.get(table, {})
+                rec.parts = {p: sorted(names) for p, names in now.items()
+                             if p in rec.partitions and (
+                                 parts_before[key].get(table, {}).get(p) == names
+                                 if p not in again_in
+                                 else parts_last.get(table, {}).get(p) == names)}
         stored = location.store.list(backup_id + "/")
         finished = dt.datetime.now(dt.UTC)
         record = BackupRecord(
@@ -303,11 +341,12 @@ def run_backup(db: Database, location: Location, config: BackupConfig, *,
             schema_version=max(applied_versions(db) or {0: ""}),
             clickhouse_version=str(db.scalar("SELECT version()")),
             cdrhouse_version=_version(), job_id=job_id,
-            backup_seconds=round(backup_seconds, 3), nodes=[k for k in keys if k])
+            backup_seconds=round(backup_seconds, 3), nodes=[k for k in keys if k],
+            partitions_read=n_read, partitions_reused=n_reused)
         progress("write manifest", 0, 0)
         catalog.write(location, record)          # the commit point
         catalog.mirror(db, record, location.location, state="completed")
-        report = RunReport(record=record, reason=reason)
+        report = RunReport(record=record, reason=reason, fingerprinted=fingerprinted)
         report.pruned, report.orphans = _prune(db, location, config)
         return report
 
