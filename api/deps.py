@@ -22,6 +22,7 @@ import anyio
 from fastapi import Query, Request
 from fastapi.responses import Response
 
+from cdrhouse.api import conditional as cond
 from cdrhouse.api.auth import Caller, secret_from
 from cdrhouse.api.errors import Problem
 from cdrhouse.api.models import SQLBody, ViewParams
@@ -30,6 +31,7 @@ from cdrhouse.engine import query as q
 from cdrhouse.engine import userdata as ud
 from cdrhouse.engine.db import Database
 from cdrhouse.engine.pool import PoolExhausted
+from cdrhouse.engine.versions import data_version
 from cdrhouse.sql import catalogue
 from cdrhouse.sql.errors import UserError
 from cdrhouse.sql.limits import limits_for
@@ -260,19 +262,56 @@ async def capped_json(request: Request, who: Caller, body: dict) -> Response:
 
 
 async def run_view(request: Request, who: Caller, p: ViewParams, rules: dict | None) -> dict:
-    def work(db: Database, qid: str) -> tuple[q.ViewResult, WarmSources]:
+    return (await _run_view(request, who, p, rules, dt.datetime.now(dt.UTC), False))[0]
+
+
+async def _run_view(request: Request, who: Caller, p: ViewParams, rules: dict | None,
+                    now: dt.datetime, want_version: bool) -> tuple[dict, str | None]:
+    """The page, and (`want_version`) the store's data version read just before its query."""
+    def work(db: Database, qid: str) -> tuple[q.ViewResult, WarmSources, str | None]:
         try:
-            now = dt.datetime.now(dt.UTC)
+            version = data_version(db) if want_version else None
             req = to_request(db, who, p, rules)
             sources = warm_sources(request, db, who, p.include_archive,
                                    *resolve_range(req, now))
             return q.run_view(db, who.principal, req, now, query_id=qid,
-                              archive=sources.selects), sources
+                              archive=sources.selects), sources, version
         except Exception as exc:  # noqa: BLE001 - translated or re-raised
             raise translate(exc) from None
-    res, sources = await service(request).run(request, who, work)
+    res, sources, version = await service(request).run(request, who, work)
     request.state.rows = len(res.rows)
-    return page_response(res, p.include_archive, sources)
+    return page_response(res, p.include_archive, sources), version
+
+
+async def view_response(request: Request, who: Caller, p: ViewParams,
+                        rules: dict | None = None) -> Response:
+    """A viewer page as the HTTP answer, conditional (api/conditional.py): tagged with an
+    ETag, and a 304 without running the query when `If-None-Match` names the current tag.
+
+    The check reads only the data version, on a pooled client outside the query
+    admission (a lookup, not a query); the version is read before the page's query.
+    """
+    now = dt.datetime.now(dt.UTC)
+    if p.include_archive:
+        return cond.json_response((await _run_view(request, who, p, rules, now, False))[0])
+    try:
+        applied = resolve_range(ViewRequest(range=p.range, date_from=p.date_from,
+                                            date_to=p.date_to, tz=p.tz), now)
+    except Exception as exc:  # noqa: BLE001 - translated or re-raised
+        raise translate(exc) from None
+    version = None
+    if request.headers.get("if-none-match"):
+        version = await store(request, data_version)
+        tag = cond.page_tag(request.url.path, who, p, rules, applied, version)
+        if cond.matches(request, tag):
+            request.state.rows = 0
+            return cond.not_modified(tag)
+        body, _ = await _run_view(request, who, p, rules, now, False)
+    else:
+        body, version = await _run_view(request, who, p, rules, now, True)
+    assert version is not None
+    return cond.json_response(body, cond.page_tag(request.url.path, who, p, rules, applied,
+                                                  version))
 
 
 async def run_sql(request: Request, who: Caller, body: SQLBody) -> dict:
@@ -356,7 +395,7 @@ async def apply_preferences(request: Request, who: Caller, p: ViewParams,
     sent = set(request.query_params.keys() if given is None else given)
     if {"tz", "columns"} <= sent:
         return p
-    prefs = await store(request, lambda db: ud.get_preferences(db, who.key_id))
+    prefs = await preferences(request, who.key_id)
     update: dict[str, Any] = {}
     if "tz" not in sent and prefs.tz is not None:
         update["tz"] = prefs.tz
@@ -365,3 +404,19 @@ async def apply_preferences(request: Request, who: Caller, p: ViewParams,
         with contextlib.suppress(ViewerError):
             update["columns"] = list(resolve_columns(prefs.columns, who.principal))
     return p.model_copy(update=update) if update else p
+
+
+async def preferences(request: Request, key_id: str) -> ud.Preferences:
+    """The key's saved preferences, from the service's short cache (api/cache.py) or the
+    store. Every viewer page needs them; reading them is a query of its own."""
+    cache = service(request).prefs
+    prefs = cache.get(key_id)
+    if prefs is None:
+        prefs = await store(request, lambda db: ud.get_preferences(db, key_id))
+        cache.put(key_id, prefs)
+    return prefs
+
+
+def forget_preferences(request: Request, key_id: str) -> None:
+    """After saving a key's preferences: the next page reads them again."""
+    service(request).prefs.forget(key_id)

@@ -24,6 +24,7 @@ import anyio
 from fastapi import Request
 
 from cdrhouse.api.admission import FairQueue, QueueTimeout
+from cdrhouse.api.cache import TTLCache
 from cdrhouse.api.auth import Caller, FailureLimiter, authenticate, secret_from
 from cdrhouse.api.errors import Problem
 from cdrhouse.backup.location import BackupConfig
@@ -54,6 +55,9 @@ class ServiceConfig:
     queue_seconds: float = 10.0
     auth_failures_per_minute: int = 10
     auth_cache_seconds: float = 5.0
+    #: how long a key's preferences are reused without reading them again (api/cache.py):
+    #: a save through this process applies at once, through another one within this time
+    prefs_cache_seconds: float = 2.0
     #: where archived months live (default: <data-dir>/warm)
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
     #: when the tiering job runs inside the service (cron, UTC); None: never
@@ -108,6 +112,8 @@ class Service:
     jobs: JobRunner = field(default_factory=JobRunner)
     admission: FairQueue | None = None
     _auth_cache: dict[str, tuple[Caller, float]] = field(default_factory=dict)
+    #: key id → Preferences (api/cache.py; see ServiceConfig.prefs_cache_seconds)
+    prefs: TTLCache = field(default_factory=lambda: TTLCache(2.0))
 
     @classmethod
     def start(cls, config: ServiceConfig) -> Service:
@@ -115,7 +121,8 @@ class Service:
         store = open_archive(config.archive, config.store.data_dir)
         return cls(config, pool, FailureLimiter(config.auth_failures_per_minute),
                    WarmReader(store), admission=FairQueue(
-                       config.pool_size, tenant_cap(config), config.per_principal))
+                       config.pool_size, tenant_cap(config), config.per_principal),
+                   prefs=TTLCache(config.prefs_cache_seconds))
 
     def close(self) -> None:
         """Wait for running jobs (up to job_shutdown_seconds; the rest are left for

@@ -30,7 +30,7 @@ from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from pydantic import BaseModel, Field, ValidationError
 
 from cdrhouse.api import deps
-from cdrhouse.api.deps import apply_preferences, caller, store
+from cdrhouse.api.deps import apply_preferences, caller, forget_preferences, store
 from cdrhouse.api.models import SearchBody, SQLBody, ViewParams
 from cdrhouse.api.auth import Caller
 from cdrhouse.api.errors import Problem
@@ -271,6 +271,7 @@ async def put_preferences(request: Request, data: PreferencesIn,
     check_preferences(who, data)
     prefs = await store(request, lambda db: ud.put_preferences(
         db, who.key_id, data.tz, data.columns))
+    forget_preferences(request, who.key_id)
     return preferences_json(prefs)
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import anyio
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import RedirectResponse
+from fastapi.responses import RedirectResponse, Response
 
 from cdrhouse.api import deps
 from cdrhouse.api.auth import Caller
+from cdrhouse.api.conditional import json_response
 from cdrhouse.api.deps import apply_preferences, caller, service, view_params
 from cdrhouse.api.errors import Problem
 from cdrhouse.api.recordings import recording_location
@@ -45,16 +46,18 @@ async def fields(who: Caller = Depends(caller)) -> dict:
 
 @router.get("/cdrs", summary="Viewer listing: one page of CDRs", response_model=PageOut)
 async def list_cdrs(request: Request, p: ViewParams = Depends(view_params),
-                    who: Caller = Depends(caller)) -> dict:
+                    who: Caller = Depends(caller)) -> Response:
     p = await apply_preferences(request, who, p)
-    return await deps.run_view(request, who, p, None)
+    # conditional (ETag / If-None-Match, api/conditional.py); encoded once, not via PageOut
+    return await deps.view_response(request, who, p, None)
 
 
 @router.post("/cdrs/search", summary="Viewer listing with a query-builder tree",
              response_model=PageOut)
-async def search_cdrs(request: Request, body: SearchBody, who: Caller = Depends(caller)) -> dict:
+async def search_cdrs(request: Request, body: SearchBody, who: Caller = Depends(caller)) -> Response:
     p = await apply_preferences(request, who, body, given=body.model_fields_set)
-    return await deps.run_view(request, who, p, body.rules)
+    page = await deps.run_view(request, who, p, body.rules)
+    return json_response(page)  # encoded once, not again via PageOut
 
 
 @router.post("/sql", summary="User SQL over the logical tables, guarded for this key",

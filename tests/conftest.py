@@ -48,7 +48,7 @@ def http_server():
 #: test modules whose `store` tests also run on the 2-shard cluster (the core suites)
 CLUSTER_SUITES = {"test_ingest", "test_viewer", "test_query", "test_guard", "test_summary_guard",
                   "test_daily_summary_rows", "test_rating", "test_recalc", "test_tiering",
-                  "test_cluster"}
+                  "test_cluster", "test_versions"}
 
 
 def pytest_generate_tests(metafunc):

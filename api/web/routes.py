@@ -480,6 +480,7 @@ async def save_preferences(request: Request) -> Response:
         cols = data.columns if "columns" in data.model_fields_set else cur.columns
         ud.put_preferences(db, key, tz, list(cols) if cols is not None else None)
     await deps.store(request, work)
+    deps.forget_preferences(request, key)
     return JSONResponse({"saved": sorted(data.model_fields_set)})
 
 

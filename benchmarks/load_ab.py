@@ -1,0 +1,129 @@
+"""A/B of the HTTP API under load: two builds of cdrhouse, alternating, on one store.
+
+    python -m benchmarks.load_ab --data-dir STORE --a /path/to/base/.venv/bin/python \
+        [--b python] [--rounds 3] [--requests 300] [--clients 32]
+
+On a shared machine absolute latencies move with the neighbours' load, so this
+compares two servers (each the `cdrhouse serve` of its own interpreter, e.g. a
+checkout of main in its own venv against this one) *alternately*: round r runs
+A then B (B then A on odd rounds) on the same store, each scenario of
+`benchmarks.load_test`, and reports per scenario the median req/s, p50 and p99
+of each side and the ratio B/A. The load average is recorded with every run.
+The embedded store admits one process at a time, so the servers never overlap.
+Keys are created once by `benchmarks.load_test.build_store` (pass the same
+`--data-dir`); everything started is stopped; traffic goes to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from benchmarks.load_test import build_store, run_scenario
+from tests.ports import free_port
+
+SCENARIOS = (("operators", "listing"), ("operators", "search"),
+             ("customers", "listing"), ("customers", "search"))
+
+
+def serve(python: str, data_dir: Path, pool: int, log: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "CDRHOUSE_DATA_DIR": str(data_dir)}
+    env.pop("CDRHOUSE_CLICKHOUSE", None)
+    out = open(log, "ab")
+    proc = subprocess.Popen([python, "-m", "cdrhouse.api.cli", "serve", "--host", "127.0.0.1",
+                             "--port", str(port), "--pool", str(pool), "--tier-schedule", "off",
+                             "--backup-schedule", "off"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=out,
+                            cwd=str(Path(python).resolve().parents[2]) if "/.venv/" in python else None)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(240):
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise SystemExit(f"server {python} exited; see {log}")
+        time.sleep(0.5)
+    stop(proc)
+    raise SystemExit(f"server {python} not ready; see {log}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", type=Path, required=True)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--a", default=sys.executable, help="python of build A (the baseline)")
+    ap.add_argument("--b", default=sys.executable, help="python of build B")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--requests", type=int, default=300)
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--pool", type=int, default=4)
+    ap.add_argument("--max-seconds", type=float, default=90)
+    ap.add_argument("--scenarios", default=",".join(f"{n} as {w}" for w, n in SCENARIOS))
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/load_ab.json"))
+    args = ap.parse_args()
+    secrets_file = args.data_dir / "load-secrets.json"
+    if secrets_file.exists():
+        secrets = json.loads(secrets_file.read_text())
+    else:
+        secrets = build_store(args.data_dir, args.rows)
+        secrets_file.write_text(json.dumps(secrets))
+    wanted = [s.strip() for s in args.scenarios.split(",")]
+    runs: dict[str, dict[str, list[dict]]] = {"A": {}, "B": {}}
+    log = args.data_dir / "ab-server.log"
+    for r in range(args.rounds):
+        for side in ("AB" if r % 2 == 0 else "BA"):
+            proc, base = serve(args.a if side == "A" else args.b, args.data_dir, args.pool, log)
+            try:
+                for label in wanted:
+                    name, who = label.split(" as ")
+                    res = asyncio.run(run_scenario(base, secrets[who], name, args.clients,
+                                                   args.requests, args.max_seconds))
+                    res["load1"] = round(os.getloadavg()[0], 1)
+                    runs[side].setdefault(label, []).append(res)
+                    print(json.dumps({"round": r, "side": side, label: res}), flush=True)
+            finally:
+                stop(proc)
+    summary = {}
+    print("| scenario | A req/s | B req/s | B/A | A p50 | B p50 | A p99 | B p99 | B/A p99 | errors A/B | load |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+    for label in wanted:
+        a, b = runs["A"][label], runs["B"][label]
+        med = {s: {k: statistics.median(x[k] for x in v) for k in ("req_per_s", "p50_ms", "p99_ms")}
+               for s, v in (("A", a), ("B", b))}
+        summary[label] = {**med, "errors": [sum(x["errors"] for x in a), sum(x["errors"] for x in b)],
+                          "load1": [x["load1"] for x in a + b]}
+        print(f"| {label} | {med['A']['req_per_s']:.1f} | {med['B']['req_per_s']:.1f} | "
+              f"{med['B']['req_per_s'] / med['A']['req_per_s']:.2f} | {med['A']['p50_ms']:.0f} | "
+              f"{med['B']['p50_ms']:.0f} | {med['A']['p99_ms']:.0f} | {med['B']['p99_ms']:.0f} | "
+              f"{med['B']['p99_ms'] / med['A']['p99_ms']:.2f} | {summary[label]['errors']} | "
+              f"{statistics.median(summary[label]['load1']):.0f} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                    "a": args.a, "b": args.b, "rounds": args.rounds,
+                                    "requests": args.requests, "clients": args.clients,
+                                    "runs": runs, "summary": summary}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
