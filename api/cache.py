@@ -10,9 +10,10 @@ read what: keys are the API key id (one principal), never shared across keys.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
 V = TypeVar("V")
@@ -26,6 +27,10 @@ class TTLCache(Generic[V]):
         self.max_entries = max_entries
         self._data: dict[Hashable, tuple[V, float]] = {}
         self._lock = threading.Lock()
+        #: loads in progress (on the event loop): concurrent misses of one key share one load
+        self._loading: dict[Hashable, asyncio.Future] = {}
+        #: bumped by `forget`: a load that started before a forget is not kept
+        self._generation = 0
 
     def get(self, key: Hashable) -> V | None:
         if self.seconds <= 0:
@@ -49,7 +54,35 @@ class TTLCache(Generic[V]):
 
     def forget(self, key: Hashable) -> None:
         with self._lock:
+            self._generation += 1
             self._data.pop(key, None)
+
+    async def get_or_load(self, key: Hashable, load: Callable[[], Awaitable[V]]) -> V:
+        """The cached value, else `load()` — once for all callers missing the same key at
+        the same time (at expiry, 32 waiting requests of one key would otherwise each
+        run the same lookup, each on a pooled client). A value loaded while the key was
+        forgotten (a write in between) is returned to its callers but not kept."""
+        hit = self.get(key)
+        if hit is not None:
+            return hit
+        pending = self._loading.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._loading[key] = future
+        generation = self._generation
+        try:
+            value = await load()
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" warning without waiters
+            raise
+        finally:
+            self._loading.pop(key, None)
+        if generation == self._generation:
+            self.put(key, value)
+        future.set_result(value)
+        return value
 
     def clear(self) -> None:
         with self._lock:

@@ -409,12 +409,8 @@ async def apply_preferences(request: Request, who: Caller, p: ViewParams,
 async def preferences(request: Request, key_id: str) -> ud.Preferences:
     """The key's saved preferences, from the service's short cache (api/cache.py) or the
     store. Every viewer page needs them; reading them is a query of its own."""
-    cache = service(request).prefs
-    prefs = cache.get(key_id)
-    if prefs is None:
-        prefs = await store(request, lambda db: ud.get_preferences(db, key_id))
-        cache.put(key_id, prefs)
-    return prefs
+    return await service(request).prefs.get_or_load(
+        key_id, lambda: store(request, lambda db: ud.get_preferences(db, key_id)))
 
 
 def forget_preferences(request: Request, key_id: str) -> None:

@@ -68,6 +68,44 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+async def refresh(base: str, secrets: list[str], clients: int, total: int, conditional: bool,
+                  max_seconds: float) -> dict:
+    """A dashboard refreshing unchanged views: each client re-asks one fixed page (one per
+    client: 7-day windows over the months), with `If-None-Match` of its last answer when
+    `conditional`, without it otherwise."""
+    import statistics as st
+    lat: list[float] = []
+    codes: dict[int, int] = {}
+    counter = iter(range(total))
+    deadline = time.monotonic() + max_seconds
+
+    async def worker(client: httpx.AsyncClient, n: int) -> None:
+        url = (f"/v1/cdrs?range=custom&from=2026-{5 + n % 5:02d}-{1 + n % 20:02d}"
+               f"&to=2026-{5 + n % 5:02d}-{8 + n % 20:02d}&limit=100")
+        headers = {"Authorization": f"Bearer {secrets[n % len(secrets)]}"}
+        tag = None
+        for _ in counter:
+            if time.monotonic() > deadline:
+                return
+            h = {**headers, **({"If-None-Match": tag} if conditional and tag else {})}
+            t0 = time.perf_counter()
+            r = await client.get(url, headers=h)
+            lat.append(time.perf_counter() - t0)
+            codes[r.status_code] = codes.get(r.status_code, 0) + 1
+            tag = r.headers.get("etag", tag)
+
+    started = time.perf_counter()
+    async with httpx.AsyncClient(base_url=base, timeout=60,
+                                 limits=httpx.Limits(max_connections=clients)) as client:
+        await asyncio.gather(*(worker(client, i) for i in range(clients)))
+    elapsed = time.perf_counter() - started
+    lat.sort()
+    return {"requests": len(lat), "codes": codes, "req_per_s": round(len(lat) / elapsed, 1),
+            "p50_ms": round(st.median(lat) * 1000, 1),
+            "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, 1),
+            "load1": round(os.getloadavg()[0], 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", type=Path, required=True)
@@ -81,6 +119,9 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=90)
     ap.add_argument("--scenarios", default=",".join(f"{n} as {w}" for w, n in SCENARIOS))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/load_ab.json"))
+    ap.add_argument("--refresh", action="store_true",
+                    help="instead: build B only, a dashboard refreshing unchanged pages, "
+                         "plain vs conditional (If-None-Match) rounds alternating")
     args = ap.parse_args()
     secrets_file = args.data_dir / "load-secrets.json"
     if secrets_file.exists():
@@ -88,6 +129,8 @@ def main() -> None:
     else:
         secrets = build_store(args.data_dir, args.rows)
         secrets_file.write_text(json.dumps(secrets))
+    if args.refresh:
+        return refresh_main(args, secrets)
     wanted = [s.strip() for s in args.scenarios.split(",")]
     runs: dict[str, dict[str, list[dict]]] = {"A": {}, "B": {}}
     log = args.data_dir / "ab-server.log"
@@ -123,6 +166,34 @@ def main() -> None:
                                     "a": args.a, "b": args.b, "rounds": args.rounds,
                                     "requests": args.requests, "clients": args.clients,
                                     "runs": runs, "summary": summary}, indent=2) + "\n")
+
+
+def refresh_main(args: argparse.Namespace, secrets: dict) -> None:
+    out: dict[str, list[dict]] = {}
+    proc, base = serve(args.b, args.data_dir, args.pool, args.data_dir / "ab-server.log")
+    try:
+        for r in range(args.rounds):
+            for who in ("operators", "customers"):
+                for cond in ((False, True) if r % 2 == 0 else (True, False)):
+                    label = f"{'conditional' if cond else 'plain'} as {who}"
+                    res = asyncio.run(refresh(base, secrets[who], args.clients, args.requests,
+                                              cond, args.max_seconds))
+                    out.setdefault(label, []).append(res)
+                    print(json.dumps({"round": r, label: res}), flush=True)
+    finally:
+        stop(proc)
+    print("| dashboard refresh | req/s | p50 ms | p99 ms | answers |")
+    print("|---|---:|---:|---:|---|")
+    for label, runs in out.items():
+        med = {k: statistics.median(x[k] for x in runs) for k in ("req_per_s", "p50_ms", "p99_ms")}
+        codes: dict[str, int] = {}
+        for x in runs:
+            for c, n in x["codes"].items():
+                codes[str(c)] = codes.get(str(c), 0) + n
+        print(f"| {label} | {med['req_per_s']:.1f} | {med['p50_ms']:.0f} | {med['p99_ms']:.0f} | {codes} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                    "refresh": out}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
