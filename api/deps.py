@@ -292,7 +292,7 @@ async def view_response(request: Request, who: Caller, p: ViewParams,
     admission (a lookup, not a query); the version is read before the page's query.
     """
     now = dt.datetime.now(dt.UTC)
-    if p.include_archive:
+    if p.include_archive or not service(request).config.page_etags:
         return cond.json_response((await _run_view(request, who, p, rules, now, False))[0])
     try:
         applied = resolve_range(ViewRequest(range=p.range, date_from=p.date_from,

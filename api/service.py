@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import time
 import uuid
 import contextlib
@@ -58,6 +59,11 @@ class ServiceConfig:
     #: how long a key's preferences are reused without reading them again (api/cache.py):
     #: a save through this process applies at once, through another one within this time
     prefs_cache_seconds: float = 2.0
+    #: ETag / If-None-Match on viewer pages (api/conditional.py), CDRHOUSE_PAGE_ETAGS=on.
+    #: Off by default: every tagged answer reads the data version first, which cost
+    #: varied-parameter load up to half its throughput (benchmarks/README.md)
+    page_etags: bool = field(
+        default_factory=lambda: os.environ.get("CDRHOUSE_PAGE_ETAGS", "off").lower() == "on")
     #: where archived months live (default: <data-dir>/warm)
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
     #: when the tiering job runs inside the service (cron, UTC); None: never

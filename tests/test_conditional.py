@@ -38,7 +38,8 @@ def api(embedded_dsn: str, engine_dir: Path):
     secrets = {who: keys.create_key(db, who)[1] for who in (
         "admin", "tenant:acme", "tenant:acme/customer:C1", "tenant:globex")}
     secrets["tenant:acme#2"] = keys.create_key(db, "tenant:acme", "second key")[1]
-    app = create_app(ServiceConfig(store=store, pool_size=2, auth_failures_per_minute=1000))
+    app = create_app(ServiceConfig(store=store, pool_size=2, auth_failures_per_minute=1000,
+                                   page_etags=True))
     with TestClient(app) as client:
         yield client, secrets, db
     db.command(f"DROP DATABASE `{name}`")
@@ -143,3 +144,17 @@ def test_errors_stay_errors(api) -> None:
     assert resp.status_code == 400 and "etag" not in resp.headers
     resp = get(api, "tenant:acme/customer:C1", URL + "&customer=C1", tag='"x"')
     assert resp.status_code in (400, 403) and "etag" not in resp.headers
+
+
+def test_tags_are_off_unless_configured(api, monkeypatch) -> None:
+    _, secrets, db = api
+    monkeypatch.delenv("CDRHOUSE_PAGE_ETAGS", raising=False)
+    assert ServiceConfig(store=db.config).page_etags is False
+    monkeypatch.setenv("CDRHOUSE_PAGE_ETAGS", "on")
+    assert ServiceConfig(store=db.config).page_etags is True
+    app = create_app(ServiceConfig(store=db.config, pool_size=1, page_etags=False))
+    with TestClient(app) as client:
+        h = {"Authorization": f"Bearer {secrets['tenant:acme']}", "If-None-Match": '"x"'}
+        resp = client.get(URL, headers=h)
+        assert resp.status_code == 200 and "etag" not in resp.headers
+        assert resp.json()["rows"]
