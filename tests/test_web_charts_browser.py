@@ -16,20 +16,17 @@ import csv
 import datetime as dt
 import io
 import json
-import os
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
 import zstandard
 
 sys.path.insert(0, str(Path(__file__).parent))
 from browser import (  # noqa: E402,F401  (fixtures are found by name)
-    Server, Watch, _free_port, browser_type_launch_args, ctx, grid_ids, shot, sign_in)
+    Server, Watch, browser_type_launch_args, ctx, grid_ids, server, shot, sign_in)
 import webstore  # noqa: E402
 from playwright.sync_api import BrowserContext, Page, expect  # noqa: E402
 
@@ -60,46 +57,13 @@ db.close()
 """
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`cdrhouse serve` on the web test store with March 2026 archived."""
-    tmp = tmp_path_factory.mktemp("webcharts")
-    rec = webstore.RecordingServer().start()
-    info, data = tmp / "store.json", tmp / "data"
+def prepare_store(data: Path, now: str) -> None:
+    """March 2026 gets MARCH_EXTRA and is archived, before `serve` opens the store
+    (tests/browser.py's `server` calls this; a subprocess: one engine per process)."""
     tests = str(Path(__file__).parent)
-    subprocess.run([sys.executable, str(Path(tests) / "webstore.py"), str(data), rec.base,
-                    str(info)], check=True, cwd=tmp)
     extra = json.dumps([(t, c, cu, ca, s.isoformat()) for t, c, cu, ca, s in MARCH_EXTRA])
     subprocess.run([sys.executable, "-c", PREPARE.format(tests=tests, data=str(data),
-                                                         extra=extra)], check=True, cwd=tmp)
-    meta = json.loads(info.read_text())
-    port = _free_port()
-    # to a file, not a pipe: nobody reads a pipe, and a full one would block the server
-    log = open(tmp / "serve.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "cdrhouse.api.cli", "--data-dir", str(data),
-                             "serve", "--port", str(port), "--tier-schedule", "off"], cwd=tmp,
-                            env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(base + "/healthz", timeout=1).read()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                out = (tmp / "serve.log").read_text(errors="replace")
-                rec.stop()
-                pytest.fail(f"cdrhouse serve did not start:\n{out}")
-            time.sleep(0.2)
-    yield Server(base, meta["secrets"], dt.datetime.fromisoformat(meta["now"]), rec)
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
-    rec.stop()
+                                                         extra=extra)], check=True, cwd=data.parent)
 
 
 def api(server: Server, who: str, path: str, body: dict | None = None) -> dict:

@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import unquote, urlencode
 
 from fastapi import Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from cdrhouse.api.web import session as sess
 from cdrhouse.api.web.assets import asset_url
@@ -37,7 +37,9 @@ def secure_headers(response: Response) -> Response:
     return response
 
 
-def render_page(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
+def render_page(request: Request, name: str, context: dict[str, Any],
+                status: int = 200) -> Response:
+    """A template, with the site's security headers."""
     context = {"asset": asset_url, **context}
     return secure_headers(templates.TemplateResponse(request, name, context, status_code=status))
 
@@ -53,3 +55,14 @@ def tz_hint(request: Request) -> str | None:
     """The browser's zone, which the page's script puts in a cookie (not a secret)."""
     raw = unquote(request.cookies.get(TZ_HINT) or "")
     return raw if raw in ZONE_SET else None
+
+
+async def signed_in(request: Request) -> sess.WebCaller | Response:
+    """The page's signed-in caller, or the answer to send instead: the redirect to
+    sign-in, or the service's refusal (busy) as a page."""
+    try:
+        return await sess.current(request)
+    except sess.SignedOut:
+        return to_login(request)
+    except sess.SignInRefused as exc:
+        return secure_headers(HTMLResponse(str(exc), status_code=exc.status))

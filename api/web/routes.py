@@ -27,7 +27,7 @@ from cdrhouse.api.errors import Problem
 from cdrhouse.api.models import ViewParams
 from cdrhouse.api.web import archive as web_archive
 from cdrhouse.api.web import session as sess
-from cdrhouse.api.web.page import ZONES, render_page, secure_headers, to_login, tz_hint
+from cdrhouse.api.web.page import ZONES, render_page, secure_headers, signed_in, to_login, tz_hint
 from cdrhouse.api.web.assets import STATIC_DIR, serve_asset
 from cdrhouse.api.recordings import recording_location
 from cdrhouse.api.web.recording import RecordingUnavailable, open_recording
@@ -65,7 +65,7 @@ def _login_page(request: Request, next_: str, error: str | None, name: str = "",
                 status: int = 200) -> Response:
     token = sess.login_token(request)
     resp = render_page(request, "login.html", {"next": _safe_next(next_), "error": error,
-                                         "csrf": token, "name": name}, status)
+                                               "csrf": token, "name": name}, status)
     sess.set_login_cookie(request, resp, token)
     return resp
 
@@ -182,12 +182,9 @@ def _new_filter(request: Request) -> Filter | None:
 
 @router.get("/")
 async def viewer(request: Request) -> Response:
-    try:
-        web = await sess.current(request)
-    except sess.SignedOut:
-        return to_login(request)
-    except sess.SignInRefused as exc:
-        return secure_headers(HTMLResponse(str(exc), status_code=exc.status))
+    web = await signed_in(request)
+    if isinstance(web, Response):
+        return web
     problem: str | None = None
     try:
         state = ViewState.parse(request.query_params)
@@ -253,7 +250,7 @@ async def viewer(request: Request) -> Response:
         "chart_request": charts.request_body(p, rules) if page is not None else None,
     }
     return render_page(request, "viewer.html", context,
-                 200 if problem is None and not chip_errors else 400)
+                       200 if problem is None and not chip_errors else 400)
 
 
 def _filter_spec(role: str, accounts: Accounts) -> dict[str, Any]:
@@ -286,7 +283,7 @@ async def detail(request: Request, call_id: str, tz: str = "UTC") -> Response:
         web = await sess.current(request)
     except sess.SignedOut:
         return secure_headers(HTMLResponse("Your session has ended; reload the page to sign in.",
-                                     status_code=401))
+                                           status_code=401))
     cols = [f.name for f in catalogue.visible_fields(web.caller.principal.role)]
     p = ViewParams(columns=cols, range="all", limit=2, tz=tz)
     rules = {"condition": "AND", "rules": [{"field": "call_id", "operator": "equal",
@@ -295,13 +292,13 @@ async def detail(request: Request, call_id: str, tz: str = "UTC") -> Response:
         page = await deps.run_view(request, web.caller, p, rules)
     except Problem as exc:
         return secure_headers(HTMLResponse(f'<p class="error" role="alert">{_esc(exc.detail)}</p>',
-                                     status_code=exc.status))
+                                           status_code=exc.status))
     if not page["rows"]:
         return secure_headers(HTMLResponse('<p class="error" role="alert">No such call is visible '
-                                     'to you.</p>', status_code=404))
+                                           'to you.</p>', status_code=404))
     accounts = await deps.store(request, lambda db: accounts_for(db, web.caller.principal, None))
     return render_page(request, "detail.html", {"rows": detail_rows(page["rows"][0], accounts,
-                                                               web.caller.principal.tenant),
+                                                                    web.caller.principal.tenant),
                                           "tz": tz, "call_id": call_id,
                                           "record": page["rows"][0]})
 
@@ -319,7 +316,7 @@ async def recording(request: Request, call_id: str, download: bool = False) -> R
         web = await sess.current(request)
     except sess.SignedOut:
         return secure_headers(Response("sign in to play recordings", status_code=401,
-                                 media_type="text/plain"))
+                                       media_type="text/plain"))
     try:
         record = await deps.one_record(request, web.caller, call_id)
     except Problem as exc:
@@ -327,7 +324,7 @@ async def recording(request: Request, call_id: str, download: bool = False) -> R
     url = record.get("recording_url") or ""
     if not url:
         return secure_headers(Response(f"call {call_id} has no recording", status_code=404,
-                                 media_type="text/plain"))
+                                       media_type="text/plain"))
     try:
         # the API's rule decides what may be served (allow-list, s3:// presigned)
         location = recording_location(request, call_id, url)
@@ -381,8 +378,8 @@ async def _download(request: Request, web: sess.WebCaller, p: ViewParams,
 
 def _download_error(exc: Exception, status: int = 400) -> Response:
     return secure_headers(Response(f"Download refused: {_problem_text(exc)}",
-                             status_code=getattr(exc, "status", status),
-                             media_type="text/plain"))
+                                   status_code=getattr(exc, "status", status),
+                                   media_type="text/plain"))
 
 
 @router.get("/web/cdrs.csv")
@@ -599,13 +596,11 @@ async def _open_view(request: Request, web: sess.WebCaller, query_id: str) -> Re
 @router.get("/archive")
 async def archive_page(request: Request, tenant: str = "") -> Response:
     """The archived months, which are hot, and their downloads (api/web/archive.py)."""
-    try:
-        web = await sess.current(request)
-    except sess.SignedOut:
-        return to_login(request)
-    except sess.SignInRefused as exc:
-        return secure_headers(HTMLResponse(str(exc), status_code=exc.status))
-    return render_page(request, "archive.html", await web_archive.page_context(request, web, tenant))
+    web = await signed_in(request)
+    if isinstance(web, Response):
+        return web
+    context = await web_archive.page_context(request, web, tenant)
+    return render_page(request, "archive.html", context)
 
 
 # -- static files --------------------------------------------------------------------

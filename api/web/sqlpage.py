@@ -25,11 +25,11 @@ import zoneinfo
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import Response
 
 from cdrhouse.api import deps
 from cdrhouse.api.web import session as sess
-from cdrhouse.api.web.page import CSP, ZONES, render_page, secure_headers, to_login, tz_hint
+from cdrhouse.api.web.page import CSP, ZONES, render_page, signed_in, tz_hint
 from cdrhouse.engine import userdata as ud
 from cdrhouse.sql import catalogue, functions
 from cdrhouse.sql.logical import DAILY_SUMMARY
@@ -88,12 +88,9 @@ async def _start_zone(request: Request, web: sess.WebCaller) -> tuple[str, str]:
 
 @router.get("/sql")
 async def sql_page(request: Request) -> Response:
-    try:
-        web = await sess.current(request)
-    except sess.SignedOut:
-        return to_login(request)
-    except sess.SignInRefused as exc:
-        return secure_headers(HTMLResponse(str(exc), status_code=exc.status))
+    web = await signed_in(request)
+    if isinstance(web, Response):
+        return web
     role = web.caller.principal.role
     nonce = secrets.token_urlsafe(18)
     meta: dict[str, Any] = {

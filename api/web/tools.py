@@ -12,12 +12,11 @@ API's own checks decide what a session sees — a customer's Jobs page lists wha
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import Response
 
 from cdrhouse.api import deps
-from cdrhouse.api.web import session as sess
 from cdrhouse.api.web.render import accounts_for
-from cdrhouse.api.web.page import render_page, secure_headers, to_login
+from cdrhouse.api.web.page import render_page, signed_in
 
 router = APIRouter(include_in_schema=False)
 
@@ -25,35 +24,26 @@ router = APIRouter(include_in_schema=False)
 OPERATORS = frozenset({"admin", "tenant"})
 
 
-async def _signed_in(request: Request) -> sess.WebCaller | Response:
-    try:
-        return await sess.current(request)
-    except sess.SignedOut:
-        return to_login(request)
-    except sess.SignInRefused as exc:
-        return secure_headers(HTMLResponse(str(exc), status_code=exc.status))
-
-
 @router.get("/jobs")
 async def jobs_page(request: Request, job: str = "") -> Response:
     """Every job this session may see (recalc, tiering, restores, backups), followed live."""
-    web = await _signed_in(request)
+    web = await signed_in(request)
     if isinstance(web, Response):
         return web
     return render_page(request, "jobs.html", {"web": web, "role": web.caller.principal.role,
-                                        "job": job[:64]})
+                                              "job": job[:64]})
 
 
 @router.get("/billing")
 async def billing_page(request: Request, tenant: str = "") -> Response:
     """Balances and rate cards of the operator's tenant (an admin picks the tenant)."""
-    web = await _signed_in(request)
+    web = await signed_in(request)
     if isinstance(web, Response):
         return web
     principal = web.caller.principal
     if principal.role not in OPERATORS:
         return render_page(request, "billing.html", {"web": web, "role": principal.role,
-                                               "refused": True}, 403)
+                                                     "refused": True}, 403)
     accounts = await deps.store(request, lambda db: accounts_for(db, principal, tenant or None))
     chosen = principal.tenant or (tenant if tenant in accounts.tenants else "")
     return render_page(request, "billing.html", {
