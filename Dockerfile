@@ -8,6 +8,7 @@ COPY api api
 COPY engine engine
 COPY sql sql
 COPY tiering tiering
+COPY backup backup
 COPY cdrhouse cdrhouse
 RUN python -m venv /opt/cdrhouse \
  && /opt/cdrhouse/bin/pip install --no-cache-dir --upgrade pip \

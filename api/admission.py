@@ -83,6 +83,14 @@ class FairQueue:
             del self._by_principal[principal]
         self._dispatch()
 
+    def set_caps(self, per_tenant: int, per_principal: int) -> None:
+        """Change the caps (several instances share them out); on the event loop.
+        Waiters a raised cap makes admissible are admitted now."""
+        if per_tenant < 1 or per_principal < 1:
+            raise ValueError("per_tenant and per_principal must be at least 1")
+        self.per_tenant, self.per_principal = per_tenant, per_principal
+        self._dispatch()
+
     # -- for tests and metrics ------------------------------------------------------
 
     def waiting(self) -> int:

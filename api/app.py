@@ -7,6 +7,7 @@ closes everything at shutdown. Metrics live in a registry of the app's own.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -18,8 +19,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from cdrhouse.api import (alerts, archive, audit, billing, charts, downloads, errors, schedules,
-                          userdata, web)
+from cdrhouse.api import (alerts, archive, audit, billing, charts, downloads, errors,
+                          scaleout, schedules, userdata, web)
 from cdrhouse.api import scheduler as export_scheduler
 from cdrhouse.api.deps import reject_unknown_query_params
 from cdrhouse.api.forwarded import ForwardedClient, TrustedProxies
@@ -28,6 +29,7 @@ from cdrhouse.api.v1 import health, router
 from cdrhouse.backup import schedule as backup_schedule
 from cdrhouse.backup.location import open_location
 from cdrhouse.engine import alerts as alert_engine
+from cdrhouse.engine import instances
 from cdrhouse.engine.migrate import migrate
 from cdrhouse.tiering.policy import Policy
 from cdrhouse.tiering.schedule import start_scheduler
@@ -112,6 +114,8 @@ def create_app(config: ServiceConfig) -> FastAPI:
             migrate(db)
         app.state.service = service
         audit.start_writer(app, config.audit)   # every request recorded (api/audit.py)
+        service.loop = asyncio.get_running_loop()
+        stop_scaleout = scaleout.start(service)   # heartbeat, shared caps, job sweeper
         scheduler = None
         if config.tier_cron:
             scheduler = start_scheduler(config.tier_cron, service.warm.store,
@@ -148,6 +152,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
             if scheduler is not None:
                 scheduler.shutdown(wait=False)  # no new runs; a running one is the runner's
             audit.stop_writer(app)              # the buffered records are written
+            stop_scaleout()
             app.state.service = None
             service.close()                     # waits for jobs, then closes the clients
 
@@ -190,6 +195,8 @@ def create_app(config: ServiceConfig) -> FastAPI:
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(scaleout.with_instance_label(generate_latest(metrics.registry),
+                                                     instances.instance_id()),
+                        media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -2,7 +2,8 @@
 
 The principal comes only from the key, never from a query parameter. A key is
 sent as `Authorization: Bearer <secret>` or `X-API-Key: <secret>`. Failed
-attempts are counted per client address in a sliding window; past the limit
+attempts are counted per client address in a sliding window — in the store, so
+every service process shares the count (`StoreFailureLimiter`); past the limit
 the client gets 429 with Retry-After until the window moves on.
 """
 
@@ -44,7 +45,8 @@ class FailureLimiter:
             q.popleft()
         return q
 
-    def check(self, client: str) -> None:
+    def check(self, client: str, db: Database | None = None) -> None:
+        """429 when `client` is past the limit (`db`: unused here, see the subclass)."""
         now = time.monotonic()
         with self._lock:
             q = self._recent(client, now)
@@ -54,10 +56,39 @@ class FailureLimiter:
                               f"too many failed authentications from this client; retry in {retry}s",
                               headers={"Retry-After": str(retry)})
 
-    def fail(self, client: str) -> None:
+    def fail(self, client: str, db: Database | None = None) -> None:
         now = time.monotonic()
         with self._lock:
             self._recent(client, now).append(now)
+
+
+class StoreFailureLimiter(FailureLimiter):
+    """The same limit, counted in the store (`auth_failures`, schema 013): shared by
+    every service process, so a client cannot dodge it by landing on another one
+    behind the load balancer. The window is judged by the server's clock.
+
+    Without a database (`db=None`) it falls back to this process's own count.
+    """
+
+    def check(self, client: str, db: Database | None = None) -> None:
+        if db is None:
+            return super().check(client)
+        count, wait_ms = db.rows(
+            "SELECT count(), if(count() = 0, 0, toUnixTimestamp64Milli(min(at)) + {w:Int64} - "
+            "toUnixTimestamp64Milli(now64(3))) FROM auth_failures WHERE client = {c:String} "
+            "AND at > now64(3) - toIntervalMillisecond({w:Int64})",
+            {"c": client, "w": int(self.window * 1000)})[0]
+        if count >= self.limit:
+            retry = max(1, int(wait_ms) // 1000 + 1)
+            raise Problem("rate-limited",
+                          f"too many failed authentications from this client; retry in {retry}s",
+                          headers={"Retry-After": str(retry)})
+
+    def fail(self, client: str, db: Database | None = None) -> None:
+        if db is None:
+            return super().fail(client)
+        db.command("INSERT INTO auth_failures (at, client) SELECT now64(3), {c:String}",
+                   {"c": client})
 
 
 def secret_from(request: Request) -> str | None:
@@ -70,15 +101,15 @@ def secret_from(request: Request) -> str | None:
 
 def authenticate(db: Database, request: Request, limiter: FailureLimiter) -> Caller:
     client = request.client.host if request.client else "unknown"
-    limiter.check(client)
+    limiter.check(client, db)
     secret = secret_from(request)
     if not secret:
-        limiter.fail(client)
+        limiter.fail(client, db)
         raise Problem("unauthorized", "send an API key as 'Authorization: Bearer <key>' or "
                                       "'X-API-Key: <key>'", headers={"WWW-Authenticate": "Bearer"})
     key = keys.authenticate(db, secret)
     if key is None:
-        limiter.fail(client)
+        limiter.fail(client, db)
         raise Problem("unauthorized", "the API key is not valid (unknown or revoked)",
                       headers={"WWW-Authenticate": "Bearer"})
     try:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import os
+import pickle
 from typing import Annotated, Optional
 
 import typer
@@ -84,9 +87,25 @@ def serve(
         "--audit-days", envvar="CDRHOUSE_AUDIT_DAYS", min=1, max=36500,
         help="Keep audit records this many days (applied to the table's TTL at start-up; "
              "default: as the table says, 400 unless changed).")] = None,
+    workers: Annotated[int, typer.Option(
+        "--workers", envvar="CDRHOUSE_WORKERS", min=1,
+        help="Service processes on this port (a ClickHouse server DSN only: the embedded "
+             "engine is owned by one process). Each has its own --pool.")] = 1,
+    instance_name: Annotated[Optional[str], typer.Option(
+        "--instance-name", envvar="CDRHOUSE_INSTANCE_NAME",
+        help="This instance's name in /readyz, /metrics and job owners (default host:pid; "
+             "with --workers, name:pid).")] = None,
+    auth_cache_seconds: Annotated[float, typer.Option(
+        "--auth-cache-seconds", envvar="CDRHOUSE_AUTH_CACHE_SECONDS", min=0,
+        help="How long a verified API key is remembered: a revoked key is refused by "
+             "every instance within this time.")] = 5.0,
+    sweep_seconds: Annotated[float, typer.Option(
+        "--sweep-seconds", envvar="CDRHOUSE_SWEEP_SECONDS", min=0,
+        help="How often an instance looks for jobs whose instance died, to resume them "
+             "(one instance at a time); 0: never.")] = 15.0,
 ) -> None:
     """Run the HTTP API on the configured store (embedded by default), and the tiering
-    and backup jobs on their schedules."""
+    and backup jobs on their schedules (once across all instances: leases)."""
     import logging
 
     import uvicorn
@@ -128,6 +147,12 @@ def serve(
                           else alert_engine.AlertConfig())
     except alert_engine.AlertError as exc:
         raise typer.BadParameter(str(exc), param_hint="--alert-config") from None
+    if workers > 1 and config.embedded:
+        err.print(f"--workers {workers} needs a ClickHouse server (--clickhouse http://…): "
+                  f"the embedded engine's data directory {config.data_dir / 'clickhouse'} is "
+                  "opened by one process at a time; run one worker, or move the store to a "
+                  "server (README, \"Several instances\")")
+        raise typer.Exit(2)
     Database(config).close()     # fail fast, with the plain message, if the store is held
     err.print(f"serving {config.dsn if not config.embedded else config.data_dir / 'clickhouse'} "
               f"on http://{host}:{port} (docs at /docs)")
@@ -143,19 +168,53 @@ def serve(
     from cdrhouse.engine.audit import AuditSettings
     err.print("audit trail: every authenticated request"
               + (f", kept {audit_days} days" if audit_days else ""))
+    service_config = ServiceConfig(store=config, pool_size=pool, per_tenant=per_tenant,
+                                   archive=archive_config,
+                                   tier_cron=cron, keep_months=keep_months,
+                                   recordings=recordings, backup=backup_config,
+                                   backup_cron=bcron, forwarded_allow_ips=proxies,
+                                   audit=AuditSettings(days=audit_days),
+                                   schedules=schedules_on == "on",
+                                   alert_every=every, alert_config=alert_settings,
+                                   alerts_for_accounts=alerts_for_accounts,
+                                   instance_name=instance_name,
+                                   auth_cache_seconds=auth_cache_seconds,
+                                   sweep_seconds=sweep_seconds)
     # uvicorn's own proxy handling is off (it trusts 127.0.0.1 by default and drops the
     # real peer): api/forwarded.py applies --forwarded-allow-ips and logs both addresses
-    uvicorn.run(create_app(ServiceConfig(store=config, pool_size=pool, per_tenant=per_tenant,
-                                         archive=archive_config,
-                                         tier_cron=cron, keep_months=keep_months,
-                                         recordings=recordings, backup=backup_config,
-                                         backup_cron=bcron, forwarded_allow_ips=proxies,
-                                         audit=AuditSettings(days=audit_days),
-                                         schedules=schedules_on == "on",
-                                         alert_every=every, alert_config=alert_settings,
-                                         alerts_for_accounts=alerts_for_accounts)),
-                host=host, port=port, log_level="warning", access_log=False,
-                proxy_headers=False)
+    options = dict(host=host, port=port, log_level="warning", access_log=False,
+                   proxy_headers=False)
+    if workers == 1:
+        uvicorn.run(create_app(service_config), **options)
+        return
+    from cdrhouse.engine.migrate import migrate
+    with Database(config) as db:
+        migrate(db)           # once, before the workers start (each would race to)
+    err.print(f"workers: {workers} processes on port {port}, each with {pool} clients; "
+              "scheduled work runs once across them (leases)")
+    os.environ[_CONFIG_ENV] = base64.b64encode(pickle.dumps(service_config)).decode()
+    # uvicorn kills a worker that does not answer its supervisor's ping within 5 s by
+    # default — a worker busy on two loaded cores can miss that, and its requests die
+    # with it (seen in benchmarks.load_test); a hung worker is still replaced
+    uvicorn.run(f"{__name__}:worker_app", factory=True, workers=workers,
+                timeout_worker_healthcheck=60, **options)
+
+
+_CONFIG_ENV = "CDRHOUSE_SERVE_CONFIG"
+
+
+def worker_app():
+    """The app of one `--workers` process: the parent's configuration, from the
+    environment it started us with (uvicorn starts workers by import string)."""
+    import logging
+
+    from cdrhouse.api.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    config = pickle.loads(base64.b64decode(os.environ[_CONFIG_ENV]))
+    if config.instance_name:
+        config.instance_name = f"{config.instance_name}:{os.getpid()}"
+    return create_app(config)
 
 
 def register(app: typer.Typer) -> None:

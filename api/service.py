@@ -26,7 +26,8 @@ from fastapi import Request
 
 from cdrhouse.api.admission import FairQueue, QueueTimeout
 from cdrhouse.api.cache import TTLCache
-from cdrhouse.api.auth import Caller, FailureLimiter, authenticate, secret_from
+from cdrhouse.api.auth import (Caller, FailureLimiter, StoreFailureLimiter, authenticate,
+                               secret_from)
 from cdrhouse.api.errors import Problem
 from cdrhouse.backup.location import BackupConfig
 from cdrhouse.engine import query as q
@@ -93,6 +94,11 @@ class ServiceConfig:
     alert_every: int | None = None
     alert_config: AlertConfig = field(default_factory=AlertConfig)
     alerts_for_accounts: bool = True
+    #: this instance's name among several (default host:pid; engine/instances.py)
+    instance_name: str | None = None
+    #: how often (s) an instance looks for jobs whose instance died (api/scaleout.py);
+    #: 0: never
+    sweep_seconds: float = 15.0
 
 
 def tenant_cap(config: ServiceConfig) -> int:
@@ -120,15 +126,45 @@ class Service:
     _auth_cache: dict[str, tuple[Caller, float]] = field(default_factory=dict)
     #: key id → Preferences (api/cache.py; see ServiceConfig.prefs_cache_seconds)
     prefs: TTLCache = field(default_factory=lambda: TTLCache(2.0))
+    #: live instances sharing the caps (share_caps), and the event loop admission runs on
+    instances: int = 1
+    loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     def start(cls, config: ServiceConfig) -> Service:
         pool = DatabasePool(config.store, config.pool_size)
         store = open_archive(config.archive, config.store.data_dir)
-        return cls(config, pool, FailureLimiter(config.auth_failures_per_minute),
+        return cls(config, pool, StoreFailureLimiter(config.auth_failures_per_minute),
                    WarmReader(store), admission=FairQueue(
                        config.pool_size, tenant_cap(config), config.per_principal),
                    prefs=TTLCache(config.prefs_cache_seconds))
+
+    def share_caps(self, instances: int) -> None:
+        """Take this instance's share of the caps when `instances` serve the store.
+
+        The per-principal cap, and the per-tenant cap when one is configured
+        (--per-tenant), are limits for the whole service: each instance takes
+        ceil(cap / instances), at least 1, so across all of them a key (tenant) may
+        run between the cap and cap + instances - 1 queries at once, and one whose
+        requests all land on one instance gets only that instance's share. The
+        default tenant cap (one less than the pool) protects this instance's own
+        pool, so it stays whole."""
+        queue = self.admission
+        if queue is None:
+            return
+        def share(cap: int) -> int:
+            return max(1, -(-cap // max(1, instances)))
+        self.instances = instances
+        tenant = (share(tenant_cap(self.config)) if self.config.per_tenant is not None
+                  else tenant_cap(self.config))
+        caps = tenant, share(self.config.per_principal)
+        if (queue.per_tenant, queue.per_principal) == caps:
+            return
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(queue.set_caps, *caps)
+        else:
+            queue.set_caps(*caps)
 
     def close(self) -> None:
         """Wait for running jobs (up to job_shutdown_seconds; the rest are left for
@@ -185,8 +221,8 @@ class Service:
             raise Problem("too-many-queries",
                           f"no query slot became free within {self.config.queue_seconds:g}s "
                           f"(this tenant has {running} queries running, at most "
-                          f"{self.admission.per_tenant}; at most {self.config.per_principal} "
-                          f"per key); retry later",
+                          f"{self.admission.per_tenant}; at most {self.admission.per_principal} "
+                          f"per key on this instance); retry later",
                           headers={"Retry-After": "1"}) from None
 
     def leave_slot(self, caller: Caller) -> None:

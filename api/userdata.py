@@ -278,7 +278,7 @@ async def put_preferences(request: Request, data: PreferencesIn,
 # -- jobs ---------------------------------------------------------------------------------
 
 #: Where a job runs (its server's host name and process id): for admins only.
-_RUNNER_KEYS = frozenset({"host", "pid"})
+_RUNNER_KEYS = frozenset({"host", "pid", "instance"})
 
 
 def job_json(j: ud.Job, who: Caller | None = None) -> dict[str, Any]:

@@ -104,14 +104,22 @@ async def healthz() -> dict:
 async def readyz(request: Request):
     from cdrhouse.engine.migrate import is_current
 
-    def work() -> bool:
+    from cdrhouse.engine import instances, leases
+
+    def work() -> tuple[bool, list]:
         with service(request).pool.acquire(timeout=5) as db:
             db.scalar("SELECT 1")
-            return is_current(db)
+            if not is_current(db):
+                return False, []
+            return True, leases.states(db)
     try:
-        current = await anyio.to_thread.run_sync(work)
+        current, held = await anyio.to_thread.run_sync(work)
     except Exception:  # noqa: BLE001 - readiness is a yes/no answer
         raise Problem("unavailable", "ClickHouse is not reachable") from None
     if not current:
         raise Problem("unavailable", "the schema is not current; run `cdrhouse init`")
-    return {"status": "ready"}
+    # this instance's view of the scheduled work's leases (who runs tiering, backups…)
+    me = instances.instance_id()
+    return {"status": "ready", "instance": me,
+            "instances": service(request).instances,
+            "leases": [lease.as_json(me) for lease in held]}

@@ -2,7 +2,8 @@
 
 Like the tiering job (tiering/schedule.py): APScheduler on a cron (UTC, daily by
 default), never overlapping itself; the location's lock keeps it apart from a
-run started elsewhere. Each scheduled run is verified right after it is made.
+run started elsewhere, and the `backup` lease (engine/leases.py) makes each fire
+time run on one instance when several serve the store. Each scheduled run is verified right after it is made.
 
 `BackupCollector` exports, on every scrape, from the store's `backups` table:
 
@@ -28,18 +29,20 @@ from prometheus_client.core import GaugeMetricFamily
 from cdrhouse.backup import jobs
 from cdrhouse.backup.location import BackupConfig, Location
 from cdrhouse.backup.ops import BackupLocked
+from cdrhouse.engine import leases
 from cdrhouse.engine.db import Database
 
 DEFAULT_CRON = "0 1 * * *"  # 01:00 UTC daily, before the tiering job's 02:30
 log = logging.getLogger("cdrhouse.backup")
 
 
+#: how long the backup lease outlives a dead holder (renewed every third of it)
+LEASE_SECONDS = 60.0
+
+
 def parse_cron(text: str) -> CronTrigger:
-    try:
-        return CronTrigger.from_crontab(text, timezone="UTC")
-    except ValueError as exc:
-        raise ValueError(f"backup schedule {text!r} is not a crontab expression "
-                         f"(minute hour day month weekday): {exc}") from None
+    from cdrhouse.tiering.schedule import parse_cron as parse
+    return parse(text, "backup schedule")
 
 
 def scheduled_run(location: Location, config: BackupConfig,
@@ -64,7 +67,10 @@ def start_scheduler(cron: str, location: Location, config: BackupConfig,
                     ) -> BackgroundScheduler:
     trigger = parse_cron(cron)
     scheduler = BackgroundScheduler(timezone="UTC")
-    scheduler.add_job(scheduled_run, trigger, args=(location, config, database), id="backup",
+    # every instance's scheduler fires; the lease lets one of them run each fire time
+    run = leases.leased(database, leases.BACKUP, LEASE_SECONDS,
+                        lambda: scheduled_run(location, config, database), trigger=trigger)
+    scheduler.add_job(run, trigger, id="backup",
                       max_instances=1, coalesce=True, misfire_grace_time=3600)
     scheduler.start()
     return scheduler

@@ -36,8 +36,8 @@ from tests.ports import free_port
 END = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
 
 
-def build_store(data_dir: Path, rows: int) -> dict[str, str]:
-    db = Database(StoreConfig(data_dir=data_dir))
+def build_store(data_dir: Path, rows: int, dsn: str | None = None) -> dict[str, str]:
+    db = Database(StoreConfig(data_dir=data_dir, clickhouse=dsn))
     migrate(db)
     if not db.scalar("SELECT count() FROM cdr_records"):
         dataset.load(db, generate.GenSpec(rows=rows, months=6, seed=3, end=END))
@@ -53,6 +53,8 @@ def scenario_request(name: str, i: int) -> tuple[str, str, dict | None]:
     rng = random.Random(i)
     day = END - dt.timedelta(days=rng.randint(8, 150))
     frm, to = day.strftime("%Y-%m-%d"), (day + dt.timedelta(days=7)).strftime("%Y-%m-%d")
+    if name == "fields":      # no query: authentication (cached) and JSON, Python only
+        return "GET", "/v1/fields", None
     if name == "listing":
         return "GET", f"/v1/cdrs?range=custom&from={frm}&to={to}&limit=100", None
     if name == "search":
@@ -83,8 +85,12 @@ async def run_scenario(base: str, secrets: list[str], name: str, clients: int, t
                 return
             method, url, body = scenario_request(name, i)
             t0 = time.perf_counter()
-            r = await client.request(method, url, json=body,
-                                     headers={"Authorization": f"Bearer {secret}"})
+            try:
+                r = await client.request(method, url, json=body,
+                                         headers={"Authorization": f"Bearer {secret}"})
+            except httpx.TransportError:      # a dropped connection is an error, not a crash
+                errors += 1
+                continue
             latencies.append(time.perf_counter() - t0)
             if r.status_code != 200:
                 errors += 1
@@ -94,9 +100,9 @@ async def run_scenario(base: str, secrets: list[str], name: str, clients: int, t
                                  limits=httpx.Limits(max_connections=clients)) as client:
         await asyncio.gather(*(worker(client, secrets[i % len(secrets)]) for i in range(clients)))
     elapsed = time.perf_counter() - started
-    lat = sorted(latencies)
-    return {"requests": len(lat), "errors": errors, "seconds": round(elapsed, 1),
-            "req_per_s": round(len(lat) / elapsed, 1),
+    lat = sorted(latencies) or [float("nan")]    # nothing answered: say so, do not crash
+    return {"requests": len(latencies), "errors": errors, "seconds": round(elapsed, 1),
+            "req_per_s": round(len(latencies) / elapsed, 1),
             "p50_ms": round(statistics.median(lat) * 1000, 1),
             "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, 1)}
 
@@ -110,35 +116,79 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path, default=None)
     ap.add_argument("--pool", type=int, default=4)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/load.json"))
+    ap.add_argument("--server", action="store_true",
+                    help="Serve the store through the engine's HTTP interface (a ClickHouse "
+                         "server on 127.0.0.1, tests/chserver.py) instead of the embedded engine.")
+    ap.add_argument("--workers", default="1",
+                    help="Comma-separated `cdrhouse serve --workers` counts to measure in turn "
+                         "(more than 1 needs --server).")
+    ap.add_argument("--scenarios", default="listing,search,sql",
+                    help="Comma-separated: listing, search, sql, and fields (a page with no "
+                         "query: where Python alone is the limit).")
     args = ap.parse_args()
+    workers = [int(w) for w in args.workers.split(",")]
+    if max(workers) > 1 and not args.server:
+        ap.error("--workers above 1 needs --server: the embedded engine has one owner process")
     tmp = tempfile.TemporaryDirectory(prefix="cdrhouse-load-")
     data_dir = args.data_dir or Path(tmp.name)
-    secrets = build_store(data_dir, args.rows)
+    engine = None
+    if args.server:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        from chserver import ClickHouseHTTPServer  # the test suite's server fixture
+        engine = ClickHouseHTTPServer(Path(tmp.name) / "engine").start()
+    results = {"date": dt.date.today().isoformat(), "rows": args.rows, "clients": args.clients,
+               "pool": args.pool, "cpus": os.cpu_count(), "load_before": os.getloadavg(),
+               "engine": "http" if engine else "embedded", "scenarios": {}}
+    try:
+        secrets = build_store(data_dir, args.rows, engine.dsn if engine else None)
+        for n in workers:
+            label = f" ({n} worker{'s' if n > 1 else ''})" if len(workers) > 1 or n > 1 else ""
+            for name, r in _measure(args, data_dir, engine, secrets, n, Path(tmp.name)):
+                results["scenarios"][name + label] = r
+                print(json.dumps({name + label: r}), flush=True)
+    finally:
+        if engine is not None:
+            engine.stop()
+        tmp.cleanup()
+    results["load_after"] = os.getloadavg()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print("| scenario | requests | req/s | p50 ms | p99 ms | errors |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, r in results["scenarios"].items():
+        print(f"| {name} | {r['requests']} | {r['req_per_s']} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} |")
+
+
+def _measure(args, data_dir: Path, engine, secrets: dict, workers: int, tmp: Path):
+    """Start `cdrhouse serve --workers N`, run every scenario against it, stop it."""
     port = free_port()
     env = {**os.environ, "CDRHOUSE_DATA_DIR": str(data_dir)}
     env.pop("CDRHOUSE_CLICKHOUSE", None)
+    if engine is not None:
+        env["CDRHOUSE_CLICKHOUSE"] = engine.dsn
     # the server's access log goes to a file: an unread pipe would fill up and
     # block the server's event loop on its next log line
-    server_log = open(Path(tmp.name) / "server.log", "wb")
+    server_log = open(tmp / f"server-{workers}.log", "wb")
     server = subprocess.Popen([sys.executable, "-m", "cdrhouse.api.cli", "serve", "--host", "127.0.0.1",
-                               "--port", str(port), "--pool", str(args.pool)],
+                               "--port", str(port), "--pool", str(args.pool),
+                               "--workers", str(workers), "--tier-schedule", "off",
+                               "--backup-schedule", "off"],
                               env=env, stdout=subprocess.DEVNULL, stderr=server_log)
     base = f"http://127.0.0.1:{port}"
-    results = {"date": dt.date.today().isoformat(), "rows": args.rows, "clients": args.clients,
-               "pool": args.pool, "cpus": os.cpu_count(), "scenarios": {}}
+    out = []
     try:
-        for _ in range(120):
+        for _ in range(600):
             try:
                 if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 time.sleep(0.5)
+        if workers > 1:        # every worker up and beating before measuring
+            time.sleep(15)
         for who, secret in secrets.items():  # who: operators (1 key) or customers (8 keys)
-            for name in ("listing", "search", "sql"):
-                r = asyncio.run(run_scenario(base, secret, name, args.clients, args.requests,
-                                             args.max_seconds))
-                results["scenarios"][f"{name} as {who}"] = r
-                print(json.dumps({f"{name} as {who}": r}), flush=True)
+            for name in args.scenarios.split(","):
+                out.append((f"{name} as {who}", asyncio.run(run_scenario(
+                    base, secret, name, args.clients, args.requests, args.max_seconds))))
     finally:
         server.terminate()
         try:
@@ -147,13 +197,7 @@ def main() -> None:
             server.kill()
             server.wait()
         server_log.close()
-        tmp.cleanup()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print("| scenario | requests | req/s | p50 ms | p99 ms | errors |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for name, r in results["scenarios"].items():
-        print(f"| {name} | {r['requests']} | {r['req_per_s']} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} |")
+    return out
 
 
 if __name__ == "__main__":

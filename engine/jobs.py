@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from cdrhouse.engine import instances
 from cdrhouse.engine import userdata as ud
 from cdrhouse.engine.db import Database
 
@@ -43,17 +44,29 @@ log = logging.getLogger("cdrhouse.jobs")
 # -- owner and liveness -------------------------------------------------------------
 
 def owner() -> dict[str, Any]:
-    """This process, as recorded in the result of the jobs it runs."""
-    return {"pid": os.getpid(), "host": socket.gethostname()}
+    """This process, as recorded in the result of the jobs it runs: pid and host, and
+    its instance id when it writes heartbeats (a serving instance, engine/instances.py)."""
+    me: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname()}
+    if instances.beating():
+        me["instance"] = instances.instance_id()
+    return me
 
 
-def is_alive(result: Any) -> bool:
-    """Whether the process running a job (per its result) can still be working on it."""
+def is_alive(result: Any, db: Database | None = None) -> bool:
+    """Whether the process running a job (per its result) can still be working on it.
+
+    On this machine the process table says; on another machine, the owner's
+    heartbeat (with `db`, when the owner was a serving instance): alive while its
+    last beat is recent (engine/instances.py). A CLI run on another machine writes
+    no beats and is taken for alive until it marks its job itself.
+    """
     if not isinstance(result, dict) or "pid" not in result:
         return True  # not started by a runner that records its owner: assume alive
     if result.get("stopped"):
         return False
     if result.get("host") != socket.gethostname():
+        if db is not None and result.get("instance"):
+            return instances.is_alive(db, str(result["instance"]))
         return True  # another machine's process: we cannot tell, so it holds its claim
     try:
         os.kill(int(result["pid"]), 0)
@@ -84,7 +97,7 @@ def claim(db: Database, job: ud.Job, result: dict[str, Any],
     for other in running(db, job.kind, job.tenant_id):
         if other.job_id == job.job_id or not conflicts(other):
             continue
-        if not is_alive(other.result) or (other.created_at, other.job_id) < (job.created_at,
+        if not is_alive(other.result, db) or (other.created_at, other.job_id) < (job.created_at,
                                                                            job.job_id):
             return job, other
     return job, None
@@ -98,7 +111,7 @@ class NotResumable(Exception):
         self.alive = alive
 
 
-def check_resumable(job: ud.Job) -> None:
+def check_resumable(job: ud.Job, db: Database | None = None) -> None:
     """Raise NotResumable unless `job` is unfinished and its owner is gone.
 
     A queued job that no runner has claimed yet counts as alive (its runner may be
@@ -107,7 +120,7 @@ def check_resumable(job: ud.Job) -> None:
     if job.state in ud.FINISHED:
         raise NotResumable(f"job {job.job_id} is already {job.state}: nothing to resume",
                            alive=False)
-    if is_alive(job.result):
+    if is_alive(job.result, db):
         r = job.result if isinstance(job.result, dict) else {}
         where = f" (process {r['pid']} on {r.get('host')})" if "pid" in r else ""
         raise NotResumable(f"job {job.job_id} is still running{where}", alive=True)
@@ -121,6 +134,20 @@ def mark_stopped(db: Database, job_id: str, error: str) -> None:
     ud.update_job(db, job_id, error=error[:2000],
                   result={**(job.result if isinstance(job.result, dict) else {}),
                           "stopped": True})
+
+
+def orphans(db: Database, kind: str) -> list[ud.Job]:
+    """Running jobs of `kind` (every tenant) whose owner died without a word — its
+    process is gone, or its heartbeat stopped — so that nobody else will finish them.
+    A job marked stopped (on an error, or by a service shutting down under it) is
+    not one: its stop was recorded, and resuming it is the operator's call
+    (`cdrhouse recalc resume`, the jobs panel)."""
+    found = []
+    for job in ud.list_jobs(db, kind=kind, state="running", limit=10_000):
+        r = job.result if isinstance(job.result, dict) else {}
+        if "pid" in r and not r.get("stopped") and not is_alive(r, db):
+            found.append(job)
+    return found
 
 
 # -- recorded runs ------------------------------------------------------------------

@@ -358,7 +358,7 @@ def _resumable(db: Database, req: RecalcRequest, first: dt.date, last: dt.date) 
     """An interrupted job with exactly this request: a rerun resumes it."""
     for j in _running(db, req.tenant):
         mine = {k: v for k, v in (j.params or {}).items() if k != "version"}
-        if not jobs.is_alive(j.result) and mine == _params_json(req):
+        if not jobs.is_alive(j.result, db) and mine == _params_json(req):
             return j
     return None
 
@@ -378,7 +378,7 @@ def _acquire(db: Database, job: ud.Job, first: dt.date, last: dt.date) -> ud.Job
         (first, last), _range_of(o)))
     if other is None:
         return job
-    if not jobs.is_alive(other.result):
+    if not jobs.is_alive(other.result, db):
         detail = (f"job {other.job_id} was interrupted on an overlapping range "
                   f"({other.result['first']} to {other.result['last']}); finish it "
                   f"first with `cdrhouse recalc resume {other.job_id}`")
@@ -669,7 +669,7 @@ def resumable(db: Database, job_id: str, principal: Principal) -> ud.Job:
         raise RecalcNotFound(f"no recalc job {job_id!r}")
     _check_principal(principal, job.tenant_id)
     try:
-        jobs.check_resumable(job)
+        jobs.check_resumable(job, db)
     except jobs.NotResumable as exc:
         raise (RecalcBusy if exc.alive else RecalcError)(str(exc)) from None
     return job

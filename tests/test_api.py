@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from cdrhouse.api.app import create_app
 from cdrhouse.api.service import ServiceConfig
+from cdrhouse.engine import instances
 from cdrhouse.engine import accounts as acc
 from cdrhouse.engine import keys
 from cdrhouse.engine.db import Database, StoreConfig
@@ -203,11 +204,15 @@ def test_money_is_exact_and_sql_reports_types(api) -> None:
 def test_health_readiness_metrics_docs(api) -> None:
     client, secrets = api
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/readyz").json() == {"status": "ready"}
+    ready = client.get("/readyz").json()
+    assert ready["status"] == "ready" and ready["instance"] == instances.instance_id()
+    assert isinstance(ready["leases"], list)
     client.get("/v1/cdrs?range=all", headers=h(secrets, "tenant:acme"))
     metrics = client.get("/metrics").text
-    assert 'cdrhouse_http_requests_total{method="GET",route="/v1/cdrs",status="200"}' in metrics
+    me = instances.instance_id()
+    assert (f'cdrhouse_http_requests_total{{instance="{me}",method="GET",route="/v1/cdrs",'
+            'status="200"}') in metrics
     assert "cdrhouse_rows_returned_total" in metrics
-    assert 'cdrhouse_errors_total{kind="unauthorized"}' in metrics
+    assert f'cdrhouse_errors_total{{instance="{me}",kind="unauthorized"}}' in metrics
     spec = client.get("/openapi.json").json()
     assert "/v1/cdrs/search" in spec["paths"] and "/v1/sql" in spec["paths"]

@@ -677,8 +677,9 @@ def test_serve_schedules_backup_then_verify_shows_jobs_to_admins_and_the_age_met
         with TestClient(app) as client:
             def age() -> float:
                 text = client.get("/metrics").text
+                # every sample carries this instance's label (api/scaleout.py)
                 line = next(x for x in text.splitlines()
-                            if x.startswith("cdrhouse_backup_last_good_age_seconds "))
+                            if x.startswith("cdrhouse_backup_last_good_age_seconds{instance="))
                 return float(line.split()[1])
 
             assert age() == float("inf")  # never backed up: an alert fires

@@ -419,7 +419,8 @@ def test_search_and_sql_downloads_are_their_json_results(served: Served) -> None
 
 def test_rows_are_counted_in_the_metrics(served: Served) -> None:
     def counted(c: httpx.Client) -> float:
-        m = re.search(r'^cdrhouse_rows_returned_total\{route="/v1/cdrs\.csv"\} (\S+)$',
+        m = re.search(r'^cdrhouse_rows_returned_total\{instance="[^"]*",route="/v1/cdrs\.csv"\} '
+                      r'(\S+)$',
                       c.get("/metrics").text, re.M)
         return float(m.group(1)) if m else 0.0
 

@@ -396,14 +396,15 @@ def test_spoofed_forwarded_for_neither_bypasses_nor_locks_out(api) -> None:
 
 def test_a_trusted_proxy_forwards_each_client_separately(api, caplog) -> None:
     _, secrets, db = api
+    # its own attacker address: the failure count is in the store, shared with the test above
     app = create_app(ServiceConfig(store=db.config, pool_size=1, auth_failures_per_minute=3,
                                    forwarded_allow_ips=("10.0.0.1",)))
     with TestClient(app, client=("10.0.0.1", 1)) as proxy, caplog.at_level(
             "INFO", logger="cdrhouse.access"):
-        assert [_bad_auth(proxy, "203.0.113.9") for _ in range(4)] == [401, 401, 401, 429]
+        assert [_bad_auth(proxy, "203.0.113.77") for _ in range(4)] == [401, 401, 401, 429]
         # a client may prepend anything: the proxy's own entry (rightmost) is what counts
-        assert _bad_auth(proxy, "198.51.100.7, 203.0.113.9") == 429
-        assert _bad_auth(proxy, "203.0.113.9, 198.51.100.7") == 401
+        assert _bad_auth(proxy, "198.51.100.7, 203.0.113.77") == 429
+        assert _bad_auth(proxy, "203.0.113.77, 198.51.100.7") == 401
         ok = proxy.get("/v1/fields", headers={**_h(secrets, "tenant:acme"),
                                                "X-Forwarded-For": "198.51.100.8"})
         assert ok.status_code == 200

@@ -94,7 +94,9 @@ def metric(server: Server, name: str, **labels: str) -> float:
     want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     for line in text.splitlines():
         m = re.match(rf"^{re.escape(name)}\{{(.*)\}} (\S+)$", line)
-        if m and ",".join(sorted(m.group(1).split(","))) == want:
+        # every sample also names the instance (api/scaleout.py): not one of the labels asked
+        got = sorted(p for p in m.group(1).split(",") if not p.startswith("instance=")) if m else []
+        if m and ",".join(got) == want:
             return float(m.group(2))
     return 0.0
 

@@ -60,10 +60,13 @@ def _as_job(db: Database, kind: str, params: dict, work: Callable[[str], T],
 def run_tiering(db: Database, store: ObjectStore, policy: Policy, *,
                 months: list[int] | None = None, tenants: list[str] | None = None,
                 today: dt.date | None = None, progress: Progress | None = None,
-                trigger: str = "cli") -> RunReport:
-    """One tiering run, recorded as a job; the job fails with the error's message."""
+                trigger: str = "cli", due: dt.datetime | None = None) -> RunReport:
+    """One tiering run, recorded as a job; the job fails with the error's message.
+    `due`: the scheduled fire time it runs for (engine/leases.py), kept in its params."""
     params = {"months": months, "tenants": tenants, "keep_months": policy.keep_months,
               "archive": store.location, "trigger": trigger}
+    if due is not None:
+        params["due"] = due.isoformat()
     report, job_id = _as_job(db, KIND_RUN, params, lambda job_id: Tiering(
         db, store, policy, progress=_progress(db, job_id, progress)).run(
         today=today, months=months, tenants=tenants), report_json)

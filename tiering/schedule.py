@@ -5,7 +5,9 @@ mode the scheduled run must live in `cdrhouse serve`. APScheduler runs it on a
 cron (UTC; daily by default) in a background thread; `max_instances=1` and
 `coalesce` mean a run never overlaps the previous one or piles up after a pause,
 and the archive's run lock (tiering/lock.py) keeps it from overlapping a run
-started anywhere else.
+started anywhere else. With several service instances on one store, each fire
+time runs on one of them: the run is wrapped in the `tiering` lease
+(engine/leases.py `leased`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from contextlib import AbstractContextManager
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
+from cdrhouse.engine import leases
 from cdrhouse.engine.db import Database
 from cdrhouse.engine.jobs import JobRunner
 from cdrhouse.tiering import jobs
@@ -28,13 +31,23 @@ DEFAULT_CRON = "30 2 * * *"  # 02:30 UTC, daily
 log = logging.getLogger("cdrhouse.tiering")
 
 
-def parse_cron(text: str) -> CronTrigger:
-    """A five-field crontab expression (UTC), or ValueError naming the problem."""
+#: how long the tiering lease outlives a dead holder (renewed every third of it)
+LEASE_SECONDS = 60.0
+
+
+def parse_cron(text: str, what: str = "tier schedule") -> CronTrigger:
+    """A five-field crontab expression (UTC) — or six, a leading seconds field — or
+    ValueError naming the problem."""
     try:
+        fields = text.split()
+        if len(fields) == 6:
+            second, minute, hour, day, month, weekday = fields
+            return CronTrigger(second=second, minute=minute, hour=hour, day=day, month=month,
+                               day_of_week=weekday, timezone="UTC")
         return CronTrigger.from_crontab(text, timezone="UTC")
     except ValueError as exc:
-        raise ValueError(f"tier schedule {text!r} is not a crontab expression "
-                         f"(minute hour day month weekday): {exc}") from None
+        raise ValueError(f"{what} {text!r} is not a crontab expression "
+                         f"([second] minute hour day month weekday): {exc}") from None
 
 
 def start_scheduler(cron: str, store: ObjectStore, policy: Policy,
@@ -48,10 +61,10 @@ def start_scheduler(cron: str, store: ObjectStore, policy: Policy,
     """
     trigger = parse_cron(cron)
 
-    def body() -> None:
+    def body(due) -> None:
         try:
             with database() as db:
-                report = jobs.run_tiering(db, store, policy, trigger="schedule")
+                report = jobs.run_tiering(db, store, policy, trigger="schedule", due=due)
             log.info("scheduled tiering run: %s rows archived, months dropped: %s",
                      report.rows, report.dropped)
         except TierLocked as exc:
@@ -60,17 +73,20 @@ def start_scheduler(cron: str, store: ObjectStore, policy: Policy,
             log.exception("scheduled tiering run failed")
 
     def run() -> None:
+        due = leases.current_due()      # the fire time this run is for, in its job's params
         if runner is None:
-            body()
+            body(due)
             return
         try:
-            runner.submit("tier-run", body).wait()
+            runner.submit("tier-run", lambda: body(due)).wait()
         except RuntimeError as exc:  # the service is shutting down
             log.warning("scheduled tiering run not started: %s", exc)
 
     scheduler = BackgroundScheduler(timezone="UTC")
-    scheduler.add_job(run, trigger, id="tiering", max_instances=1, coalesce=True,
-                      misfire_grace_time=3600)
+    # every instance's scheduler fires; the lease lets one of them run each fire time
+    scheduler.add_job(leases.leased(database, leases.TIERING, LEASE_SECONDS, run,
+                                    trigger=trigger), trigger, id="tiering", max_instances=1,
+                      coalesce=True, misfire_grace_time=3600)
     scheduler.start()
     return scheduler
 

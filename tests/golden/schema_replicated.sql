@@ -533,3 +533,43 @@ CREATE TABLE IF NOT EXISTS alert_evaluations ON CLUSTER cdr_cluster
 ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/{database}/{table}', '{shard}-{replica}', version)
 ORDER BY (tenant_id, detector);
 
+-- 013_leases.sql
+-- where: once
+CREATE TABLE IF NOT EXISTS leases ON CLUSTER cdr_cluster
+(
+    kind        String,
+    epoch       UInt64,
+    token       String,
+    holder      String,
+    claimed_at  DateTime64(3, 'UTC'),
+    expires_at  DateTime64(3, 'UTC'),
+    done_for    DateTime64(3, 'UTC'),
+    version     UInt64
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/{database}/{table}', '{shard}-{replica}', version)
+ORDER BY (kind, epoch)
+SETTINGS non_replicated_deduplication_window = 10000;
+
+-- where: once
+CREATE TABLE IF NOT EXISTS service_instances ON CLUSTER cdr_cluster
+(
+    instance_id String,
+    host        String,
+    pid         UInt32,
+    started_at  DateTime64(3, 'UTC'),
+    beat_at     DateTime64(3, 'UTC')
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/{database}/{table}', '{shard}-{replica}', beat_at)
+ORDER BY instance_id
+TTL toDateTime(beat_at) + INTERVAL 1 DAY;
+
+-- where: once
+CREATE TABLE IF NOT EXISTS auth_failures ON CLUSTER cdr_cluster
+(
+    at      DateTime64(3, 'UTC'),
+    client  String
+)
+ENGINE = ReplicatedMergeTree('/clickhouse/tables/all/{database}/{table}', '{shard}-{replica}')
+ORDER BY (client, at)
+TTL toDateTime(at) + INTERVAL 1 DAY;
+

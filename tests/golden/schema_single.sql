@@ -519,3 +519,43 @@ CREATE TABLE IF NOT EXISTS alert_evaluations
 ENGINE = ReplacingMergeTree(version)
 ORDER BY (tenant_id, detector);
 
+-- 013_leases.sql
+-- where: all
+CREATE TABLE IF NOT EXISTS leases
+(
+    kind        String,
+    epoch       UInt64,
+    token       String,
+    holder      String,
+    claimed_at  DateTime64(3, 'UTC'),
+    expires_at  DateTime64(3, 'UTC'),
+    done_for    DateTime64(3, 'UTC'),
+    version     UInt64
+)
+ENGINE = ReplacingMergeTree(version)
+ORDER BY (kind, epoch)
+SETTINGS non_replicated_deduplication_window = 10000;
+
+-- where: all
+CREATE TABLE IF NOT EXISTS service_instances
+(
+    instance_id String,
+    host        String,
+    pid         UInt32,
+    started_at  DateTime64(3, 'UTC'),
+    beat_at     DateTime64(3, 'UTC')
+)
+ENGINE = ReplacingMergeTree(beat_at)
+ORDER BY instance_id
+TTL toDateTime(beat_at) + INTERVAL 1 DAY;
+
+-- where: all
+CREATE TABLE IF NOT EXISTS auth_failures
+(
+    at      DateTime64(3, 'UTC'),
+    client  String
+)
+ENGINE = MergeTree
+ORDER BY (client, at)
+TTL toDateTime(at) + INTERVAL 1 DAY;
+
