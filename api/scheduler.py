@@ -5,8 +5,11 @@ inside `cdrhouse serve`, or once from `cdrhouse schedules run-due`): it removes
 expired files, then runs every due schedule (engine/schedules.py decides what is
 due and holds the rules). Several processes may tick on one store: each run is
 claimed in the jobs table first (`schedules.claim_run`), so a slot runs once
-and a schedule never runs twice at the same time. `tick` is also the seam for a
-cross-process lease per job kind (issue 21): wrap it, nothing inside changes.
+and a schedule never runs twice at the same time. That per-run claim, rather than
+one lease for the whole tick (engine/leases.py, as tiering, backups and alerts
+use), is deliberate: with a lease, one long export on one instance would hold up
+every other schedule of every tenant; with claims, the instances share the due
+runs between them and each run still happens once.
 
 A run, as the schedule's **owner resolved now** (`schedules.resolve_owner`):
 

@@ -529,16 +529,28 @@ def tick(database: Callable[[], AbstractContextManager[Database]],
         log.exception("scheduled alert evaluation failed")
 
 
+#: every instance's evaluation times count from here, so that a fire time names one
+#: evaluation across all the service's instances (engine/leases.py `leased`)
+EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+
+
 def start_scheduler(every: int, database: Callable[[], AbstractContextManager[Database]],
                     config: AlertConfig | None = None):
     """Evaluate every `every` seconds in a background thread; stop with `.shutdown()`.
-    Never two runs at once; a run that overruns its period skips, not piles up."""
+
+    Never two runs at once; a run that overruns its period skips, not piles up. Under
+    the `alerts` lease with the fire time: of several service instances on one store,
+    one evaluates each period (the times are counted from EPOCH, so they agree)."""
     from apscheduler.schedulers.background import BackgroundScheduler
     from apscheduler.triggers.interval import IntervalTrigger
 
+    from cdrhouse.engine import leases
+
+    trigger = IntervalTrigger(seconds=every, start_date=EPOCH, timezone="UTC")
+    run = leases.leased(database, leases.ALERTS, max(60.0, float(every)),
+                        lambda: tick(database, config), trigger=trigger)
     scheduler = BackgroundScheduler(timezone="UTC")
-    scheduler.add_job(tick, IntervalTrigger(seconds=every, timezone="UTC"),
-                      args=(database, config), id="alerts", max_instances=1, coalesce=True,
+    scheduler.add_job(run, trigger, id="alerts", max_instances=1, coalesce=True,
                       misfire_grace_time=every)
     scheduler.start()
     return scheduler

@@ -448,6 +448,34 @@ def test_scheduled_tick_and_service_schedule(loaded) -> None:
     assert app.state.alert_scheduler is not None
 
 
+def test_one_evaluation_per_period_across_instances(loaded, monkeypatch) -> None:
+    """The scheduled run is leased with its fire time: two services (instances) on one
+    store firing for the same period evaluate once; the next period evaluates again."""
+    import datetime as dt
+    from cdrhouse.engine import leases
+
+    db, _ = loaded
+    runs = []
+    monkeypatch.setattr(al, "evaluate_all", lambda db_, now, config: runs.append(1) or [])
+    apps = [create_app(ServiceConfig(store=db.config, pool_size=2, alert_every=600))
+            for _ in range(2)]
+    with TestClient(apps[0]), TestClient(apps[1]):
+        jobs = [a.state.alert_scheduler.get_job("alerts") for a in apps]
+        due = leases.last_fire_time(jobs[0].trigger)
+        assert due == leases.last_fire_time(jobs[1].trigger)  # one name for the period
+        assert (due - al.EPOCH).total_seconds() % 600 == 0
+        for job in jobs:
+            job.func()
+        assert len(runs) == 1
+        # a period later (the trigger as seen then), one more evaluation
+        later = due + dt.timedelta(seconds=600)
+        monkeypatch.setattr(leases, "last_fire_time",
+                            lambda trigger, now=None, lookback=None: later)
+        for job in jobs:
+            job.func()
+        assert len(runs) == 2
+
+
 def test_every_detector_runs_on_a_sharded_cluster(cluster_db) -> None:
     """The detector SQL is valid over Distributed tables (its IN subquery goes GLOBAL);
     one generated tenant with an injected spike, evaluated as on one node."""
