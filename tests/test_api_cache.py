@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from cdrhouse.api.cache import TTLCache
+
+
+def run(coro):
+    """`asyncio.run` in a thread of its own: in a worker that ran a browser test first,
+    Playwright's sync API leaves an event loop running in this one."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def test_values_expire_and_forget_drops_them() -> None:
@@ -36,7 +44,7 @@ def test_concurrent_misses_share_one_load() -> None:
 
     async def main() -> list[int]:
         return await asyncio.gather(*(c.get_or_load("k", load) for _ in range(20)))
-    assert asyncio.run(main()) == [7] * 20 and loads == 1
+    assert run(main()) == [7] * 20 and loads == 1
     assert c.get("k") == 7
 
 
@@ -48,7 +56,7 @@ def test_a_load_overtaken_by_a_write_is_not_kept() -> None:
             c.forget("k")          # a save lands while the old value is being read
             return "old"
         return await c.get_or_load("k", load)
-    assert asyncio.run(main()) == "old"
+    assert run(main()) == "old"
     assert c.get("k") is None, "a value read before a write was cached after it"
 
 
@@ -62,7 +70,7 @@ def test_a_failed_load_is_raised_to_every_waiter_and_not_kept() -> None:
     async def main() -> list:
         return await asyncio.gather(*(c.get_or_load("k", load) for _ in range(3)),
                                     return_exceptions=True)
-    out = asyncio.run(main())
+    out = run(main())
     assert all(isinstance(e, RuntimeError) for e in out) and c.get("k") is None
     with pytest.raises(RuntimeError):
-        asyncio.run(c.get_or_load("k", load))
+        run(c.get_or_load("k", load))

@@ -20,7 +20,7 @@ from cdrhouse.engine import accounts as acc
 from cdrhouse.engine import keys
 from cdrhouse.engine.db import Database, StoreConfig
 from cdrhouse.engine.migrate import migrate
-from tests.test_viewer import cdr, insert
+from test_viewer import cdr, insert  # tests/ is on sys.path (conftest.py's folder)
 
 URL = "/v1/cdrs?range=custom&from=2026-03-01&to=2026-04-01&limit=5"
 

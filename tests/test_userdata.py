@@ -312,10 +312,14 @@ def test_preferences_round_trip_per_key(env) -> None:
     assert {k: c3.get("/v1/preferences").json()[k] for k in prefs} == prefs
     # per key: another key (even of the same principal) has its own
     assert As(env, OP2).get("/v1/preferences").json()["tz"] is None
-    # remembered between sessions: a new app on the same store reads them back
+    # remembered between sessions: a new app on the same store reads them back (from
+    # an address of its own: this module's refused keys count against "testclient" in
+    # the store, for every instance)
     _, secrets, _, store = env
-    with TestClient(create_app(ServiceConfig(store=store, pool_size=1))) as other:
+    with TestClient(create_app(ServiceConfig(store=store, pool_size=1)),
+                    client=("192.0.2.31", 1)) as other:
         r = other.get("/v1/preferences", headers={"X-API-Key": secrets[C3]})
+        assert r.status_code == 200, r.text
         assert {k: r.json()[k] for k in prefs} == prefs
     # PUT replaces the set; null means "no preference"
     r = c3.put("/v1/preferences", json={"tz": "Asia/Tokyo"})

@@ -13,7 +13,7 @@ from cdrhouse.engine import accounts as acc
 from cdrhouse.engine import cluster
 from cdrhouse.engine.db import Database
 from cdrhouse.engine.versions import data_version
-from tests.test_viewer import cdr, insert
+from test_viewer import cdr, insert  # tests/ is on sys.path (conftest.py's folder)
 
 
 def rows(n: int, month: int, tenant: str = "acme", version: int = 1) -> list[dict]:
