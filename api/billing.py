@@ -224,7 +224,9 @@ async def post_resume(request: Request, response: Response, job_id: str,
             job = rec.resumable(db, job_id, who.principal)
             if job.tenant_id != t:
                 raise rec.RecalcNotFound(job_id)
-            return job
+            # claimed now, as a new job is: once the answer is sent the job reads as
+            # running (a page following it does not see it still stopped and give up)
+            return rec.claim(db, job)
         except rec.RecalcNotFound:
             raise Problem("not-found", f"no recalc job {job_id!r} visible to this key") from None
         except rec.RecalcBusy as exc:
