@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -80,10 +81,9 @@ class Record:
     def as_json(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["time"] = self.time.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds")
-        try:
+        # summaries are written as JSON; one that is not (written by another tool) stays text
+        with contextlib.suppress(ValueError):
             out["params"] = json.loads(self.params)
-        except ValueError:
-            pass
         return out
 
 
