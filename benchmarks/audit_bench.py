@@ -15,6 +15,7 @@ buffering one record measured alone. Everything it starts it stops.
 
 from __future__ import annotations
 
+import contextlib
 import argparse
 import asyncio
 import datetime as dt
@@ -103,11 +104,9 @@ def run_variant(data_dir: Path, audit: str, secrets: list[str], clients: int,
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(240):
-            try:
+            with contextlib.suppress(httpx.HTTPError):  # not listening yet: poll again
                 if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
                     break
-            except httpx.HTTPError:
-                pass
             time.sleep(0.25)
         out = {}
         for scenario in ("fields", "listing"):

@@ -20,6 +20,7 @@ sends traffic only to 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import argparse
 import asyncio
 import datetime as dt
@@ -122,11 +123,9 @@ def serve(data_dir: Path, log_dir: Path, pool: int, per_tenant: int | None):
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
     base = f"http://127.0.0.1:{port}"
     for _ in range(240):
-        try:
+        with contextlib.suppress(httpx.HTTPError):  # not listening yet: poll again
             if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
                 break
-        except httpx.HTTPError:
-            pass
         if proc.poll() is not None:
             raise RuntimeError(f"the server exited; see {log.name}")
         time.sleep(0.5)

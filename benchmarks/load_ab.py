@@ -16,6 +16,7 @@ Keys are created once by `benchmarks.load_test.build_store` (pass the same
 
 from __future__ import annotations
 
+import contextlib
 import argparse
 import asyncio
 import json
@@ -47,11 +48,9 @@ def serve(python: str, data_dir: Path, pool: int, log: Path) -> tuple[subprocess
                             cwd=str(Path(python).resolve().parents[2]) if "/.venv/" in python else None)
     base = f"http://127.0.0.1:{port}"
     for _ in range(240):
-        try:
+        with contextlib.suppress(httpx.HTTPError):  # not listening yet: poll again
             if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
                 return proc, base
-        except httpx.HTTPError:
-            pass
         if proc.poll() is not None:
             raise SystemExit(f"server {python} exited; see {log}")
         time.sleep(0.5)

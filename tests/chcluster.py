@@ -18,6 +18,7 @@ as rendered DDL (tests/test_cluster_schema.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import socket
@@ -104,12 +105,11 @@ class Node:
 
     def stop(self) -> None:
         if self.running:
-            try:
+            # no reader on the FIFO: the node is already on its way out (waited for below)
+            with contextlib.suppress(OSError):
                 fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
                 os.write(fd, b"stop\n")
                 os.close(fd)
-            except OSError:
-                pass
             try:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:

@@ -670,7 +670,7 @@ def test_retention_is_a_ttl_default_400_days_and_configurable(store: Database) -
     app = create_app(ServiceConfig(store=store.config, pool_size=1,
                                    audit=au.AuditSettings(days=90)))
     with TestClient(app):
-        pass
+        pass  # the app's start-up is what applies the option; nothing to request
     assert au.retention_days(store) == 90
     # the CLI
     cfg = store.config

@@ -5,6 +5,7 @@ half-way is finished by the other, with the same outcome as a clean run."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import re
@@ -61,11 +62,9 @@ def _start(name: str, dsn: str, database: str, data: Path, tmp: Path, *,
 
 def _wait_ready(inst: Instance) -> None:
     for _ in range(1200):
-        try:
+        with contextlib.suppress(httpx.TransportError):  # not listening yet: poll again
             if httpx.get(f"{inst.base}/readyz", timeout=1).status_code == 200:
                 return
-        except httpx.TransportError:
-            pass
         if inst.proc.poll() is not None:
             raise AssertionError(inst.log.read_text())
         time.sleep(0.1)

@@ -151,8 +151,8 @@ def wav_bytes(seconds: float = 3.0, rate: int = 8000) -> bytes:
 class _Handler(http.server.BaseHTTPRequestHandler):
     files: dict[str, bytes] = {}
 
-    def log_message(self, *args: Any) -> None:  # quiet
-        pass
+    def log_message(self, *args: Any) -> None:
+        """Quiet: the tests read what was served, not the access log."""
 
     def do_GET(self) -> None:  # noqa: N802
         body = self.files.get(self.path)
