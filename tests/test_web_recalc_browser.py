@@ -26,7 +26,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from browser import (  # noqa: E402,F401  (fixtures are found by name)
-    Server, Watch, browser_type_launch_args, column, ctx, grid_ids, server, shot, sign_in)
+    Server, Watch, browser_type_launch_args, column, ctx, grid_ids, server, settle, shot,
+    sign_in)
 import recalcstore  # noqa: E402
 from playwright.sync_api import BrowserContext, Page, expect  # noqa: E402
 
@@ -399,6 +400,7 @@ def test_admin_picks_a_tenant_and_sees_platform_jobs(ctx: BrowserContext,
     page.locator("input[name=api_key]").fill(server.secrets["admin"])
     page.get_by_role("button", name="Sign in with key").click()
     expect(page.locator("#recalc-btn")).to_be_disabled()      # which tenant? choose first
+    settle(page)              # the first visit moves once to the browser's zone
     page.goto("/?tenant=acme&range=today")
     page.locator("#recalc-btn").click()
     expect(page.locator("#rc-scope-range")).to_be_checked()
