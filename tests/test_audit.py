@@ -4,25 +4,31 @@ nothing buffered is lost at a clean shutdown, and the retention is a TTL.
 
 One store per engine interface for the module (embedded, and the same engine over
 HTTP: conftest's `fresh_db`, as the `store` fixture makes them), with the web
-viewer's small dataset (tests/webstore.py); the shutdown and retention tests use the
-`store` fixture itself. Actions go through the real app (TestClient) and the real
-CLI (typer's runner, in process), and records are read back from the table.
+viewer's small dataset (tests/webstore.py). The shutdown and batch tests start their own
+apps on that store and count only their own key's records; the retention test, which
+needs a table at its defaults, uses the `store` fixture itself. Actions go through the
+real app (TestClient) and the real CLI (typer's runner, in process), and records are read
+back from the table.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import json
 import re
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from fastapi.testclient import TestClient
-from typer.testing import CliRunner
+import typer.main
+import typer.testing
 
 sys.path.insert(0, str(Path(__file__).parent))
 import webstore  # noqa: E402
@@ -36,6 +42,18 @@ from cdrhouse.engine import audit as au  # noqa: E402
 from cdrhouse.engine import users  # noqa: E402
 from cdrhouse.engine.db import Database  # noqa: E402
 from cdrhouse.sql.recordings import RecordingPolicy  # noqa: E402
+
+class CliRunner(typer.testing.CliRunner):
+    """typer's runner, with the click command built from the app once per module: typer
+    rebuilds it on every invoke (~0.15 s of signature introspection, ~50 invokes here).
+    The command is the same object `cdrhouse` runs; each invoke still gets its own context."""
+
+    _command = staticmethod(functools.cache(typer.main.get_command))
+
+    def invoke(self, app, *args, **kwargs):
+        with mock.patch.object(typer.testing, "_get_command", self._command):
+            return super().invoke(app, *args, **kwargs)
+
 
 ORIGIN = "http://testserver"
 NEW_PASSWORD = "a brand new passphrase 42"
@@ -610,9 +628,14 @@ def test_cli_audit_listing_is_scoped(env: Env) -> None:
 
 # -- durability and retention (the `store` fixture) ------------------------------------------
 
-def test_buffered_records_are_written_at_a_clean_shutdown(store: Database) -> None:
+def _records_of_key(db: Database, key_id: str) -> int:
+    return db.scalar("SELECT count() FROM audit_log WHERE key_id = {k:String}", {"k": key_id})
+
+
+def test_buffered_records_are_written_at_a_clean_shutdown(env: Env) -> None:
     from cdrhouse.engine import keys
-    _, secret = keys.create_key(store, "admin")
+    store = env.db      # the module's store: only this test's new key is counted
+    key, secret = keys.create_key(store, "admin")
     # nothing is flushed before shutdown: no timer within the test, no batch filled
     app = create_app(ServiceConfig(store=store.config, pool_size=1, audit=au.AuditSettings(
         flush_seconds=3600, batch=10 ** 6)))
@@ -620,14 +643,15 @@ def test_buffered_records_are_written_at_a_clean_shutdown(store: Database) -> No
         for i in range(7):
             assert c.get("/v1/fields", headers={"X-API-Key": secret}).status_code == 200
         assert app.state.audit.buffered == 7
-        assert store.scalar("SELECT count() FROM audit_log") == 0
+        assert _records_of_key(store, key.key_id) == 0
     assert store.scalar("SELECT count() FROM audit_log WHERE action = 'GET /v1/fields' "
-                        "AND principal = 'admin'") == 7
+                        "AND principal = 'admin' AND key_id = {k:String}", {"k": key.key_id}) == 7
 
 
-def test_a_full_batch_is_written_without_waiting_for_the_timer(store: Database) -> None:
+def test_a_full_batch_is_written_without_waiting_for_the_timer(env: Env) -> None:
     from cdrhouse.engine import keys
-    _, secret = keys.create_key(store, "admin")
+    store = env.db      # the module's store: only this test's new key is counted
+    key, secret = keys.create_key(store, "admin")
     app = create_app(ServiceConfig(store=store.config, pool_size=1, audit=au.AuditSettings(
         flush_seconds=3600, batch=3)))
     with TestClient(app) as c:
@@ -638,17 +662,19 @@ def test_a_full_batch_is_written_without_waiting_for_the_timer(store: Database) 
                 break
             time.sleep(0.05)
         assert app.state.audit.written == 3
-        assert store.scalar("SELECT count() FROM audit_log") == 3
+        assert _records_of_key(store, key.key_id) == 3
 
 
-def test_records_survive_a_store_that_refuses_writes(store: Database) -> None:
+def test_records_survive_a_store_that_refuses_writes(env: Env) -> None:
     """A failed flush keeps the records, in order, for the next attempt."""
+    store = env.db      # the module's store: this test's records have their own actions
+    tag = f"survive-{uuid.uuid4().hex[:8]}"
     target = {"config": dataclasses.replace(store.config, database="no_such_database_x")}
     writer = au.AuditWriter(lambda: Database(target["config"], create=False),
                             au.AuditSettings(flush_seconds=3600))
     try:
         for i in range(3):
-            writer.add(au.Record(action=f"test {i}", principal="admin"))
+            writer.add(au.Record(action=f"{tag} {i}", principal="admin"))
         with pytest.raises(Exception):
             writer.flush()
         assert writer.buffered == 3 and writer.failures == 1
@@ -656,8 +682,9 @@ def test_records_survive_a_store_that_refuses_writes(store: Database) -> None:
         assert writer.flush() == 3
     finally:
         writer.close()
-    assert [r[0] for r in store.rows("SELECT action FROM audit_log ORDER BY time, action")] == [
-        "test 0", "test 1", "test 2"]
+    assert [r[0] for r in store.rows("SELECT action FROM audit_log WHERE startsWith(action, "
+                                     "{t:String}) ORDER BY time, action", {"t": tag})] == [
+        f"{tag} 0", f"{tag} 1", f"{tag} 2"]
 
 
 def test_retention_is_a_ttl_default_400_days_and_configurable(store: Database) -> None:
