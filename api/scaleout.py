@@ -39,12 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cdrhouse.scaleout")
 
-#: the sweeper lease's minimum ttl (seconds; at least two sweeps): how long another
-#: instance's sweeps wait when a holder dies mid-sweep. Long against clock skew and
-#: pauses in production; a module constant so that a test's instance can shorten it
-#: (tests/pausing_serve.py), since a test cannot wait 30 s for a killed holder's lease
-SWEEP_LEASE_SECONDS = 30.0
-
 
 def launch_recalc(service: Service, job_id: str) -> None:
     """Run a recalc job to its end on the service's runner (left resumable at shutdown)."""
@@ -106,8 +100,7 @@ def start(service: Service) -> Callable[[], None]:
             with database() as db:
                 sweep(db, service)
 
-        run = leases.leased(database, leases.SWEEPER,
-                            max(SWEEP_LEASE_SECONDS, 2 * config.sweep_seconds),
+        run = leases.leased(database, leases.SWEEPER, max(30.0, 2 * config.sweep_seconds),
                             body)
 
         def guarded() -> None:

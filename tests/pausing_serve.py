@@ -5,11 +5,8 @@
 Wraps, in this process only, the recalc job's phase change so that once a job
 has written its new call versions (phase `summaries` recorded), the worker thread
 writes MARKER (the job id) and blocks forever: the test then SIGKILLs the process
-mid-job and watches another instance finish it. The sweeper lease's ttl is cut to
-3 s here: the SIGKILL may land while this instance holds that lease (it sweeps every
-second), and the other instance's sweeps would then wait out the production 30 s.
-Like tests/crashing_cli.py, this file is not part of the package and the installed
-cdrhouse cannot arm it.
+mid-job and watches another instance finish it. Like tests/crashing_cli.py, this
+file is not part of the package and the installed cdrhouse cannot arm it.
 """
 
 from __future__ import annotations
@@ -18,11 +15,7 @@ import sys
 import threading
 from pathlib import Path
 
-from cdrhouse.api import scaleout
 from cdrhouse.engine import recalc
-
-#: the sweeper lease ttl of this instance (api/scaleout.py SWEEP_LEASE_SECONDS)
-SWEEP_LEASE_SECONDS = 3.0
 
 
 def main() -> None:
@@ -37,7 +30,6 @@ def main() -> None:
         return job
 
     recalc._set_phase = set_phase
-    scaleout.SWEEP_LEASE_SECONDS = SWEEP_LEASE_SECONDS
     sys.argv = ["cdrhouse", *args]
     from cdrhouse.api.cli import main as cli_main
     cli_main()
