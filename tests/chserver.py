@@ -3,8 +3,9 @@
 chdb's low-level `query(sql, fmt, path=…)` runs a full clickhouse-local that
 reads config.xml from its working directory; `SYSTEM START LISTEN HTTP` opens
 the HTTP interface for as long as that call runs. The call is kept running on
-a read from a FIFO and ended by writing to it. It runs in its own subprocess
-(one engine per process), bound to 127.0.0.1 on a free port.
+a read from a FIFO and ended by writing to it (then SIGTERM after a short grace:
+`stop_served`). It runs in its own subprocess (one engine per process), bound to
+127.0.0.1 on a free port.
 """
 
 from __future__ import annotations
