@@ -31,7 +31,7 @@ chdb.query("SYSTEM START LISTEN HTTP; SELECT * FROM file('" + fifo + "', 'LineAs
 
 
 #: how long a served engine gets to leave by itself once its FIFO is written (seconds)
-GRACE = 0.5
+GRACE = 0.2
 
 
 def stop_served(proc: subprocess.Popen, fifo: Path, grace: float = GRACE) -> None:
