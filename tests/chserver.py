@@ -38,8 +38,8 @@ def stop_served(proc: subprocess.Popen, fifo: Path, grace: float = GRACE) -> Non
     """End a served engine (here or tests/chcluster.py) promptly: FIFO first, then SIGTERM.
 
     Writing to the FIFO ends the query that holds the listeners: the engine closes its
-    listening sockets and kills running queries at once, then waits a fixed 5 s for
-    open connections to go away (chdb's shutdown wait; `<shutdown_wait_unfinished>` in
+    listening sockets at once (nothing new gets in), then waits a fixed 5 s for open
+    connections to go away (chdb's shutdown wait; `<shutdown_wait_unfinished>` in
     config.xml does not shorten it). Idle keep-alive connections — the tests' HTTP
     clients, the other nodes' `Distributed` pools — never go by themselves, so every
     stop after any work cost 5 s. After a short grace the process gets SIGTERM, which
