@@ -18,7 +18,6 @@ as rendered DDL (tests/test_cluster_schema.py).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import socket
@@ -28,6 +27,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from chserver import stop_served
 
 _SERVE = r"""
 import sys
@@ -104,17 +105,8 @@ class Node:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
-        if self.running:
-            # no reader on the FIFO: the node is already on its way out (waited for below)
-            with contextlib.suppress(OSError):
-                fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
-                os.write(fd, b"stop\n")
-                os.close(fd)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_served(self.proc, self.fifo)
         if getattr(self, "log", None):
             self.log.close()
             self.log = None

@@ -3,12 +3,14 @@
 chdb's low-level `query(sql, fmt, path=…)` runs a full clickhouse-local that
 reads config.xml from its working directory; `SYSTEM START LISTEN HTTP` opens
 the HTTP interface for as long as that call runs. The call is kept running on
-a read from a FIFO and ended by writing to it. It runs in its own subprocess
-(one engine per process), bound to 127.0.0.1 on a free port.
+a read from a FIFO and ended by writing to it (then SIGTERM after a short grace:
+`stop_served`). It runs in its own subprocess (one engine per process), bound to
+127.0.0.1 on a free port.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -26,6 +28,40 @@ data, fifo = sys.argv[1], sys.argv[2]
 chdb.query("SYSTEM START LISTEN HTTP; SELECT * FROM file('" + fifo + "', 'LineAsString')",
            "TabSeparated", path=data)
 """
+
+
+#: how long a served engine gets to leave by itself once its FIFO is written (seconds)
+GRACE = 0.2
+
+
+def stop_served(proc: subprocess.Popen, fifo: Path, grace: float = GRACE) -> None:
+    """End a served engine (here or tests/chcluster.py) promptly: FIFO first, then SIGTERM.
+
+    Writing to the FIFO ends the query that holds the listeners: the engine closes its
+    listening sockets at once (nothing new gets in), then waits a fixed 5 s for open
+    connections to go away (chdb's shutdown wait; `<shutdown_wait_unfinished>` in
+    config.xml does not shorten it). Idle keep-alive connections — the tests' HTTP
+    clients, the other nodes' `Distributed` pools — never go by themselves, so every
+    stop after any work cost 5 s. After a short grace the process gets SIGTERM, which
+    ends it at once (no handler). Nothing is lost by that: an INSERT or ALTER has
+    written its parts to disk before it returned, and a restarted node reads them back
+    (tests/test_cluster.py restarts nodes and counts every row).
+    """
+    if proc.poll() is None:
+        # no reader on the FIFO: the engine is already on its way out (waited for below)
+        with contextlib.suppress(OSError):
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            os.write(fd, b"stop\n")
+            os.close(fd)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 class ClickHouseHTTPServer:
@@ -70,18 +106,8 @@ class ClickHouseHTTPServer:
         raise RuntimeError("ClickHouse HTTP server did not start in time")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            try:
-                fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
-                os.write(fd, b"stop\n")
-                os.close(fd)
-            except OSError:
-                pass
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            stop_served(self.proc, self.fifo)
         if getattr(self, "log", None):
             self.log.close()
         if self._tmp:
