@@ -19,6 +19,7 @@ Names are case-insensitive for sign-in (stored lower-case), 1-64 characters.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import secrets
 import time
@@ -37,8 +38,14 @@ MIN_PASSWORD = 10
 MAX_PASSWORD = 1024
 
 _hasher = PasswordHasher()
-#: verified against when a name is unknown, so that a miss costs as long as a hit
-_DUMMY_HASH = _hasher.hash("cdrhouse-no-such-user")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when a name is unknown, so that a miss costs as long as a hit.
+    Made on first use, not at import: hashing costs ~0.3 s of CPU, which every
+    `cdrhouse` process paid on start whether or not anyone signed in."""
+    return _hasher.hash("cdrhouse-no-such-user")
 
 
 class UserAccountError(UserError):
@@ -190,7 +197,7 @@ def verify_password(db: Database, name: str, password: str) -> User | None:
     except UserAccountError:
         u = None
     try:
-        _hasher.verify(u.password_hash if u else _DUMMY_HASH, password or "")
+        _hasher.verify(u.password_hash if u else _dummy_hash(), password or "")
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return None
     if u is None or not u.active:
