@@ -145,8 +145,6 @@ def main_options(
 def main(args: list[str] | None = None) -> None:
     """Console entry point: run the app and turn known errors into messages and exit codes
     (`args` instead of the command line: tests run commands in-process this way)."""
-    from cdrhouse.api.cli_common import err, exit_code
-
     try:
         code = app(args=args, prog_name="cdrhouse", standalone_mode=False)
         if isinstance(code, int) and code:  # typer.Exit(code) raised inside a command
@@ -154,9 +152,11 @@ def main(args: list[str] | None = None) -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
+        from cdrhouse.api.cli_common import err
         err.print("aborted")
         sys.exit(130)
     except Exception as exc:
+        from cdrhouse.api.cli_common import err, exit_code
         known = exit_code(exc)
         if known is not None:
             err.print(known[1])
