@@ -72,6 +72,24 @@ def test_each_command_module_registers_what_the_table_says() -> None:
     assert isinstance(cli.app, typer.Typer)
 
 
+def test_every_command_shows_its_help() -> None:
+    # (`cdrhouse serve --help` crashed on "s3://bucket[/prefix]", read as rich markup)
+    from cdrhouse.api import cli
+
+    def paths(name: str, command) -> list[list[str]]:
+        subs = getattr(command, "commands", {})
+        return [[name]] + [[name, *p] for sub, c in subs.items() for p in paths(sub, c)]
+
+    every = [p for name in cli.COMMANDS
+             for p in paths(name, cli.commands_of(cli.COMMANDS[name])[name])]
+    assert ["serve"] in every and ["recalc", "undo"] in every and ["audit", "retention"] in every
+    for path in every:
+        shown = run_cli(*path, "--help")
+        assert shown.returncode == 0, (path, shown.stderr)
+        assert f"Usage: cdrhouse {' '.join(path)} " in shown.stdout, path
+    assert "s3://bucket[/prefix]" in run_cli("serve", "--help").stdout
+
+
 def test_version_loads_no_command_module() -> None:
     # `cdrhouse --version` (and help, and each command) import only what they need:
     # not the web service, the engine or another command's module
