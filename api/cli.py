@@ -6,7 +6,8 @@ CDRHOUSE_REPLICATED). Every command that
 opens the store applies pending schema migrations first.
 
 The commands live in one module each group (api/cli_*.py), each with a
-`register(app)`; this module holds the app, its global options and `main`, which
+`register(app)`, loaded on demand (COMMANDS); this module holds the app, its global
+options and `main`, which
 turns errors into messages and the exit codes of api/cli_common.py: 0 success;
 1 the work failed; 2 bad usage or input; 3 the store (or a lock) is unavailable.
 """

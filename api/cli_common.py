@@ -6,7 +6,7 @@ another process, unreachable) or a lock is held. `exit_code` is the one mapping 
 our exceptions to them; `api/cli.py`'s `main` applies it to whatever a command raises.
 
 A command module (cli_admin, cli_query, …) defines its commands and a
-`register(app)` that adds them; api/cli.py lists the modules, one per line.
+`register(app)` that adds them; api/cli.py's COMMANDS table names each command's module.
 """
 
 from __future__ import annotations
