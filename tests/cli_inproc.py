@@ -45,7 +45,7 @@ def _environment(env: Mapping[str, str | None]) -> Iterator[None]:
         os.environ.update(saved)
 
 
-def run_cli(*args: str, env: Mapping[str, str | None] = {}, stdin: str = "",
+def run_cli(*args: str, env: Mapping[str, str | None] | None = None, stdin: str = "",
             clean: bool = True) -> Ran:
     """Run `cdrhouse ARGS`; `env` adds (None: removes) variables; `clean` first removes
     every CDRHOUSE_* variable of the test process, as the subprocess helpers did."""
@@ -54,7 +54,7 @@ def run_cli(*args: str, env: Mapping[str, str | None] = {}, stdin: str = "",
         base.update({k: None for k in os.environ if k.startswith("CDRHOUSE_")})
     out, err = io.StringIO(), io.StringIO()
     code = 0
-    with _environment({**base, **env}), contextlib.redirect_stdout(out), \
+    with _environment({**base, **(env or {})}), contextlib.redirect_stdout(out), \
             contextlib.redirect_stderr(err):
         saved_stdin = sys.stdin
         sys.stdin = io.StringIO(stdin)
