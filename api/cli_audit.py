@@ -27,7 +27,6 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from cdrhouse.api.audit import redact, tenant_of
 from cdrhouse.api.cli_common import check_format, err, exit_code, open_store
 from cdrhouse.api.render import render
 from cdrhouse.engine import accounts as acc
@@ -68,6 +67,8 @@ def os_user() -> str:
 
 
 def _tenant(params: dict) -> str:
+    from cdrhouse.api.audit import tenant_of  # the HTTP service's rules; loads FastAPI
+
     for name in ("as_", "principal"):
         if isinstance(params.get(name), str):
             t = tenant_of(params[name])
@@ -121,6 +122,8 @@ def _context(args: tuple, kwargs: dict) -> Any:
 
 def _record_command(ctx: Any, path: str, extra: dict, status: int, error: str,
                     when: Any, elapsed: float) -> None:
+    from cdrhouse.api.audit import redact  # the HTTP service's rules; loads FastAPI
+
     params = {k.rstrip("_"): _jsonable(v) for k, v in ctx.params.items()}
     if extra:
         params["result"] = extra

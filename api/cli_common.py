@@ -6,36 +6,30 @@ another process, unreachable) or a lock is held. `exit_code` is the one mapping 
 our exceptions to them; `api/cli.py`'s `main` applies it to whatever a command raises.
 
 A command module (cli_admin, cli_query, …) defines its commands and a
-`register(app)` that adds them; api/cli.py lists the modules, one per line.
+`register(app)` that adds them; api/cli.py's COMMANDS table names each command's module.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from clickhouse_connect.driver.exceptions import DatabaseError
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
 from cdrhouse.api.render import FORMATS
-from cdrhouse.engine import accounts as acc
-from cdrhouse.engine import keys
-from cdrhouse.engine.db import Database, StoreConfig, StoreError, StoreLocked
-from cdrhouse.engine.formats.base import FormatError
-from cdrhouse.engine.ingest import IngestError
-from cdrhouse.engine.migrate import migrate
-from cdrhouse.engine.query import QueryFailed
-from cdrhouse.sql.builder import BuilderError
-from cdrhouse.sql.principal import PrincipalError
-from cdrhouse.sql.usersql import UserSQLError
-from cdrhouse.sql.viewer import ViewerError
-from cdrhouse.tiering.lock import TierLocked
-from cdrhouse.tiering.store import ArchiveError
+
+if TYPE_CHECKING:
+    from cdrhouse.engine.db import Database, StoreConfig
+
+# The engine and the error classes below are imported where first used, not here: every
+# command module imports this one, and `cdrhouse --help` should not wait for them.
 
 OK, FAILED, USAGE, UNAVAILABLE = 0, 1, 2, 3
 
@@ -49,6 +43,9 @@ class Failed(Exception):
 @contextmanager
 def open_store(ctx: typer.Context) -> Iterator[Database]:
     """The store for this command (the global options), migrated to the current schema."""
+    from cdrhouse.engine.db import Database
+    from cdrhouse.engine.migrate import migrate
+
     config: StoreConfig = ctx.obj
     db = Database(config)
     try:
@@ -81,22 +78,41 @@ def first_line(exc: Exception) -> str:
     return text.split("\n")[0][:2000]
 
 
-#: exception classes → (exit code, message prefix), first match wins
-EXITS: tuple[tuple[tuple[type[BaseException], ...], int, str], ...] = (
-    ((StoreLocked, StoreError), UNAVAILABLE, "error"),
-    ((TierLocked,), UNAVAILABLE, "busy"),
-    ((ArchiveError,), FAILED, "archive error"),
-    ((acc.AccountError, keys.ApiKeyError, FormatError, IngestError, UserSQLError, ViewerError,
-      BuilderError, PrincipalError), USAGE, "error"),
-    ((DatabaseError,), FAILED, "ClickHouse error"),
-    ((QueryFailed,), FAILED, "query failed"),
-    ((Failed,), FAILED, "failed"),
-)
+@functools.cache
+def exits() -> tuple[tuple[tuple[type[BaseException], ...], int, str], ...]:
+    """Exception classes → (exit code, message prefix), first match wins."""
+    from clickhouse_connect.driver.exceptions import DatabaseError
+
+    from cdrhouse.engine import accounts as acc
+    from cdrhouse.engine import keys
+    from cdrhouse.engine.db import StoreError, StoreLocked
+    from cdrhouse.engine.formats.base import FormatError
+    from cdrhouse.engine.ingest import IngestError
+    from cdrhouse.engine.query import QueryFailed
+    from cdrhouse.sql.builder import BuilderError
+    from cdrhouse.sql.principal import PrincipalError
+    from cdrhouse.sql.usersql import UserSQLError
+    from cdrhouse.sql.viewer import ViewerError
+    from cdrhouse.tiering.lock import TierLocked
+    from cdrhouse.tiering.store import ArchiveError
+
+    return (
+        ((StoreLocked, StoreError), UNAVAILABLE, "error"),
+        ((TierLocked,), UNAVAILABLE, "busy"),
+        ((ArchiveError,), FAILED, "archive error"),
+        ((acc.AccountError, keys.ApiKeyError, FormatError, IngestError, UserSQLError,
+          ViewerError, BuilderError, PrincipalError), USAGE, "error"),
+        ((DatabaseError,), FAILED, "ClickHouse error"),
+        ((QueryFailed,), FAILED, "query failed"),
+        ((Failed,), FAILED, "failed"),
+    )
 
 
 def exit_code(exc: BaseException) -> tuple[int, str] | None:
     """(exit code, the message to print) for one of our errors; None for anything else."""
-    for types, code, prefix in EXITS:
+    from clickhouse_connect.driver.exceptions import DatabaseError
+
+    for types, code, prefix in exits():
         if isinstance(exc, types):
             text = first_line(exc) if isinstance(exc, DatabaseError) else str(exc)
             return code, f"[red]{prefix}:[/red] {text}"

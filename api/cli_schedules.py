@@ -14,11 +14,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from cdrhouse.api.auth import Caller
 from cdrhouse.api.cli_common import Failed, err, open_store
 from cdrhouse.api.render import FORMATS, render
-from cdrhouse.api.schedules import ScheduleIn, check
-from cdrhouse.api.scheduler import tick
 from cdrhouse.engine import accounts as acc
 from cdrhouse.engine import schedules as sched
 from cdrhouse.engine import users
@@ -70,6 +67,10 @@ def add(
     = sched.DEFAULT_RETENTION_DAYS,
 ) -> None:
     """Schedule a saved query or a usage report; prints its id on stdout."""
+    # the HTTP service's own checks (they load FastAPI: here, not for every command)
+    from cdrhouse.api.auth import Caller
+    from cdrhouse.api.schedules import ScheduleIn, check
+
     with open_store(ctx) as db:
         owner_key, principal = _owner(db, key, user)
         who = Caller(owner_key, acc.resolve_principal(db, principal), principal)
@@ -157,6 +158,8 @@ def run_due(
         "--s3-endpoint", envvar="CDRHOUSE_S3_ENDPOINT", help="S3-compatible endpoint.")] = None,
 ) -> None:
     """Run what is due now (one tick of the scheduler `cdrhouse serve` runs every minute)."""
+    from cdrhouse.api.scheduler import tick  # the service's scheduler (loads FastAPI)
+
     config: StoreConfig = ctx.obj
     store = open_archive(ArchiveConfig.from_env(archive_url, s3_endpoint), config.data_dir)
     with open_store(ctx) as db:

@@ -47,7 +47,7 @@ def serve(
     recording_hosts: Annotated[Optional[str], typer.Option(
         "--recording-hosts", envvar="CDRHOUSE_RECORDING_HOSTS",
         help="Comma-separated hosts recordings may redirect to (exact, or *.domain), and "
-             "s3://bucket[/prefix] entries whose objects are presigned. Default: any public "
+             "s3://bucket\\[/prefix] entries whose objects are presigned. Default: any public "
              "http(s) host, no s3://.")] = None,
     tier_cron: Annotated[str, typer.Option(
         "--tier-schedule", envvar="CDRHOUSE_TIER_SCHEDULE",

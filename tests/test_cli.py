@@ -1,4 +1,8 @@
-"""The command line as a user runs it: a subprocess per command, exit codes, stdout vs stderr."""
+"""The command line as a user runs it: exit codes, stdout vs stderr.
+
+Commands run in-process through the script's entry point (tests/cli_inproc.py); the
+installed script itself runs as a process where that is the point (version, help, the
+exit code a shell sees, a store held by another process)."""
 
 from __future__ import annotations
 
@@ -11,16 +15,24 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_inproc import Ran, run_cli
 
 
-def run(data_dir: Path, *args: str, check: bool = False) -> subprocess.CompletedProcess:
-    env = {**os.environ, "CDRHOUSE_DATA_DIR": str(data_dir), "COLUMNS": "200"}
-    env.pop("CDRHOUSE_CLICKHOUSE", None)
-    proc = subprocess.run([sys.executable, "-m", "cdrhouse.api.cli", *args], capture_output=True,
-                          text=True, env=env, timeout=300)
+def run(data_dir: Path, *args: str, check: bool = False) -> Ran:
+    """`cdrhouse ARGS` on the embedded store in `data_dir`, in this process (cli_inproc)."""
+    proc = run_cli(*args, env={"CDRHOUSE_DATA_DIR": str(data_dir)})
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}")
     return proc
+
+
+def run_process(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    """`cdrhouse ARGS` as the installed script, in a process of its own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CDRHOUSE_")}
+    script = Path(sys.executable).with_name("cdrhouse")
+    entry = [str(script)] if script.exists() else [sys.executable, "-m", "cdrhouse.api.cli"]
+    return subprocess.run([*entry, *args], capture_output=True, text=True, timeout=300,
+                          env={**env, "CDRHOUSE_DATA_DIR": str(data_dir), "COLUMNS": "200"})
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +44,64 @@ def demo_dir(tmp_path_factory) -> Path:
 
 
 def test_version_and_help(tmp_path: Path) -> None:
-    assert run(tmp_path, "--version", check=True).stdout.startswith("cdrhouse ")
-    helptext = run(tmp_path, "--help", check=True).stdout
+    version = run_process(tmp_path, "--version")
+    assert version.returncode == 0 and version.stdout.startswith("cdrhouse ")
+    helptext = run_process(tmp_path, "--help").stdout
     for cmd in ("init", "ingest", "accounts", "demo", "sql", "fields"):
         assert cmd in helptext
     assert "--data-dir" in helptext
     assert "--source-tz" in run(tmp_path, "ingest", "--help", check=True).stdout
+    # the shell sees the exit code of a usage error and of a refused query
+    assert run_process(tmp_path, "nosuchcommand").returncode == 2
+    refused = run_process(tmp_path, "sql", "DROP TABLE cdrs")
+    assert refused.returncode == 2 and "only SELECT" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_each_command_module_registers_what_the_table_says() -> None:
+    # COMMANDS (api/cli.py) names each command's module so that only it is imported;
+    # a command added to a module but not to the table would be missing from `cdrhouse`
+    import typer
+
+    from cdrhouse.api import cli
+    for module in set(cli.COMMANDS.values()):
+        names = set(cli.commands_of(module))
+        assert names == {n for n, m in cli.COMMANDS.items() if m == module}, module
+    helptext = run_cli("--help").stdout
+    assert [n for n in cli.COMMANDS if f" {n} " in helptext] == list(cli.COMMANDS)
+    assert isinstance(cli.app, typer.Typer)
+
+
+def test_every_command_shows_its_help() -> None:
+    # (`cdrhouse serve --help` crashed on "s3://bucket[/prefix]", read as rich markup)
+    from cdrhouse.api import cli
+
+    def paths(name: str, command) -> list[list[str]]:
+        subs = getattr(command, "commands", {})
+        return [[name]] + [[name, *p] for sub, c in subs.items() for p in paths(sub, c)]
+
+    every = [p for name in cli.COMMANDS
+             for p in paths(name, cli.commands_of(cli.COMMANDS[name])[name])]
+    assert ["serve"] in every and ["recalc", "undo"] in every and ["audit", "retention"] in every
+    for path in every:
+        shown = run_cli(*path, "--help")
+        assert shown.returncode == 0, (path, shown.stderr)
+        assert f"Usage: cdrhouse {' '.join(path)} " in shown.stdout, path
+    assert "s3://bucket[/prefix]" in run_cli("serve", "--help").stdout
+
+
+def test_version_loads_no_command_module() -> None:
+    # `cdrhouse --version` (and help, and each command) import only what they need:
+    # not the web service, the engine or another command's module
+    probe = ("import sys\n"
+             "from cdrhouse.api.cli import main\n"
+             "try:\n    main(['--version'])\nexcept SystemExit:\n    pass\n"
+             "print(sorted(m for m in sys.modules if m.startswith(('cdrhouse.api.cli_', "
+             "'cdrhouse.engine', 'fastapi', 'clickhouse_connect', 'pyarrow', 'argon2'))))\n")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["cdrhouse " + proc.stdout.split()[1], "[]"]
 
 
 def test_init_is_idempotent(tmp_path: Path) -> None:

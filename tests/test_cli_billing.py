@@ -1,4 +1,4 @@
-"""Billing commands as a user runs them: a subprocess per command, exit codes, stdout vs stderr."""
+"""Billing commands as a user runs them (in-process, via test_cli.run): exit codes, stdout vs stderr."""
 
 from __future__ import annotations
 

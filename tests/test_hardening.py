@@ -268,15 +268,16 @@ def test_http_answers_are_capped(api) -> None:
     assert "at most 50,000 bytes of JSON" in r.json()["detail"]
 
 
-def test_cli_errors_show_nothing_internal(tmp_path: Path) -> None:
-    """The CLI prints the same messages (its own process, its own store)."""
-    from test_cli import run
+def test_cli_errors_show_nothing_internal(api, embedded_dsn: str, engine_dir: Path) -> None:
+    """The CLI prints the same messages (through its entry point, on the same store; in
+    this process, which holds the embedded engine: tests/cli_inproc.py)."""
+    from cli_inproc import run_cli
 
-    data = tmp_path / "data"
-    run(data, "accounts", "add", "--tenant", "acme", "--code", "C1", "--kind", "customer",
-        check=True)
+    data = engine_dir
+    env = {"CDRHOUSE_DATA_DIR": str(data), "CDRHOUSE_CLICKHOUSE": embedded_dsn,
+           "CDRHOUSE_DATABASE": api[2].name}
     for sql, expected in [FAILING[0], FAILING[1], FAILING[7], FAILING[19]]:
-        proc = run(data, "sql", sql, "--as", "tenant:acme/customer:C1")
+        proc = run_cli("sql", sql, "--as", "tenant:acme/customer:C1", env=env)
         assert proc.returncode == 1, proc.stderr
         out = proc.stdout + proc.stderr
         assert expected.split(" (")[0] in " ".join(out.split()), out

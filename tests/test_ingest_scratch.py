@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from cli_inproc import run_cli
 
 from cdrhouse.engine import ingest as ingest_mod
 from cdrhouse.engine.db import Database, StoreConfig
@@ -33,6 +34,12 @@ def _big_csv(path: Path, rows: int = 400_000) -> Path:
             fh.write(f"k{i},2026-03-01 {i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d},"
                      f"{i % 900},4930{i:07d},4420{i:07d}\n")
     return path
+
+
+@pytest.fixture(scope="module")
+def big_csv(tmp_path_factory) -> Path:
+    """One large file for both killed ingests (only read): big enough to be killed mid-way."""
+    return _big_csv(tmp_path_factory.mktemp("scratch") / "big.csv")
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.Popen:
@@ -59,7 +66,8 @@ def _kill_when(proc: subprocess.Popen, seen, timeout: float = 240) -> list[str]:
     pytest.fail("no scratch table appeared")
 
 
-def test_killed_cli_ingest_leaves_scratch_that_the_next_run_drops_embedded(tmp_path: Path) -> None:
+def test_killed_cli_ingest_leaves_scratch_that_the_next_run_drops_embedded(
+        tmp_path: Path, big_csv: Path) -> None:
     data = tmp_path / "data"
     env = {"CDRHOUSE_DATA_DIR": str(data)}
     meta = data / "clickhouse" / "metadata" / "cdrhouse"
@@ -67,22 +75,22 @@ def test_killed_cli_ingest_leaves_scratch_that_the_next_run_drops_embedded(tmp_p
     def scratch() -> list[str]:
         return sorted(p.stem for p in meta.glob("_ingest_*.sql")) if meta.exists() else []
 
-    big = _big_csv(tmp_path / "big.csv")
-    proc = _cli(env, "ingest", str(big), "--tenant", "acme", "--rejects", str(tmp_path / "r1.csv"))
+    proc = _cli(env, "ingest", str(big_csv), "--tenant", "acme", "--rejects", str(tmp_path / "r1.csv"))
     leaked = _kill_when(proc, scratch)
     assert proc.returncode == -signal.SIGKILL
     assert scratch(), "the killed ingest left no scratch table: nothing to test"
     small = tmp_path / "small.csv"
     small.write_text("call_id,start_time,duration\ns1,2026-03-01 10:00:00,5\n")
-    again = _cli(env, "ingest", str(small), "--tenant", "acme", "--rejects", str(tmp_path / "r2.csv"))
-    out, err = again.communicate(timeout=300)
-    assert again.returncode == 0, err
-    assert "scratch table(s) left by an interrupted ingest" in err
+    # the next ingest (the CLI's entry point, in this process, once the killed one is gone)
+    again = run_cli("ingest", str(small), "--tenant", "acme", "--rejects",
+                    str(tmp_path / "r2.csv"), env=env)
+    assert again.returncode == 0, again.stderr
+    assert "scratch table(s) left by an interrupted ingest" in again.stderr
     assert scratch() == [], (leaked, scratch())
 
 
 def test_killed_cli_ingest_leaves_scratch_that_the_next_run_drops_http(
-        http_server, engine_dir: Path, tmp_path: Path) -> None:
+        http_server, engine_dir: Path, tmp_path: Path, big_csv: Path) -> None:
     name = f"t_{uuid.uuid4().hex[:12]}"
     db = Database(StoreConfig(data_dir=engine_dir, clickhouse=http_server.dsn, database=name))
     try:
@@ -94,7 +102,7 @@ def test_killed_cli_ingest_leaves_scratch_that_the_next_run_drops_http(
             return [t for (t,) in db.rows("SELECT name FROM system.tables WHERE database = "
                                           "currentDatabase() AND startsWith(name, '_ingest_')")]
 
-        proc = _cli(env, "ingest", str(_big_csv(tmp_path / "big.csv")), "--tenant", "acme",
+        proc = _cli(env, "ingest", str(big_csv), "--tenant", "acme",
                     "--rejects", str(tmp_path / "r.csv"))
         _kill_when(proc, scratch)
         time.sleep(0.5)   # (a statement the killed client sent may still be finishing)

@@ -1,4 +1,8 @@
-"""`cdrhouse tier …` as operators run it: subprocesses, exit codes — and real crashes.
+"""`cdrhouse tier …` as operators run it: exit codes, messages — and real crashes.
+
+Commands run in-process through the script's entry point (tests/cli_inproc.py),
+except the runs that are killed and `serve` (which, if it did not refuse its
+options, would start serving: a process can be stopped by its timeout).
 
 The crash tests kill the CLI process (os._exit, no cleanup) at a step of the
 job while it works on a ClickHouse server (the HTTP-served engine) and S3
@@ -14,6 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from cli_inproc import Ran, run_cli
 from s3servers import s3_client
 from test_tiering import ARCHIVED, TODAY, hot_month_set, independent_totals, load, totals
 
@@ -23,8 +28,12 @@ from cdrhouse.tiering import layout, warm
 from cdrhouse.tiering.store import ArchiveConfig, S3Store, open_archive
 
 
-def cdrhouse(env: dict, *args: str, crash_at: str | None = None) -> subprocess.CompletedProcess:
-    """The CLI in a subprocess; `crash_at`: through tests/crashing_cli.py, dying after that step."""
+def cdrhouse(env: dict, *args: str, crash_at: str | None = None,
+             process: bool = False) -> subprocess.CompletedProcess | Ran:
+    """The CLI in this process (tests/cli_inproc.py); in a subprocess with `process` or
+    `crash_at` (through tests/crashing_cli.py, dying after that step)."""
+    if crash_at is None and not process:
+        return run_cli(*args, env=env)
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("CDRHOUSE_")}
     entry = ["-m", "cdrhouse.api.cli"] if crash_at is None else [
         str(Path(__file__).with_name("crashing_cli.py")), crash_at]
@@ -137,7 +146,8 @@ def test_serve_schedules_the_job_and_records_it(embedded_dsn: str, engine_dir: P
 
 @pytest.mark.parametrize("cron", ["every day", "61 * * * *"])
 def test_a_bad_schedule_is_refused_before_serving(tmp_path: Path, cron: str) -> None:
-    proc = cdrhouse({"CDRHOUSE_DATA_DIR": str(tmp_path)}, "serve", "--tier-schedule", cron)
+    proc = cdrhouse({"CDRHOUSE_DATA_DIR": str(tmp_path)}, "serve", "--tier-schedule", cron,
+                    process=True)
     assert proc.returncode == 2 and "is not a crontab expression" in proc.stderr
 
 
@@ -150,7 +160,7 @@ def test_a_bad_schedule_is_refused_before_serving(tmp_path: Path, cron: str) -> 
 ])
 def test_bad_s3_and_recording_options_are_refused_before_serving(
         tmp_path: Path, args: list[str], env: dict, message: str) -> None:
-    proc = cdrhouse({"CDRHOUSE_DATA_DIR": str(tmp_path), **env}, "serve", *args)
+    proc = cdrhouse({"CDRHOUSE_DATA_DIR": str(tmp_path), **env}, "serve", *args, process=True)
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
 
