@@ -49,6 +49,10 @@ Progress = Callable[[str, int, int], None]
 LOCK_TTL = dt.timedelta(hours=12)
 KIND_RUN = "backup-run"
 KIND_VERIFY = "backup-verify"
+#: seconds between two looks at system.backups while a BACKUP or RESTORE runs ASYNC.
+#: A run of a small store is over in a fraction of this; the tests, which make dozens,
+#: set it shorter (read at each wait, so assigning the module attribute is enough).
+POLL_SECONDS = 0.2
 _in_process = threading.Lock()
 
 
@@ -386,7 +390,7 @@ def _wait(db: Database, backup_id: str, progress: Progress) -> dict:
             raise BackupError(f"ClickHouse could not complete {backup_id}: "
                               f"{_first_line(Exception(row['error']))}")
         progress("backup", int(row["total_size"] or 0), 0)
-        time.sleep(0.2)
+        time.sleep(POLL_SECONDS)
 
 
 def _explain(exc: Exception, location: Location) -> BackupError:

@@ -9,6 +9,13 @@ another process, and served.
 Equality is checked independently of the backup code: every table of both stores
 is read sorted (`ORDER BY ALL`, FINAL where the engine merges rows) and hashed in
 Python (`DUMP` below), not with the fingerprints the backup module records.
+
+Kept quick on purpose (the suite has a time budget): the stores are small (what is
+proven does not depend on their size), a chain of backups is made once per module
+and damaged only in copies, ClickHouse's ASYNC operations are polled often
+(`ops.POLL_SECONDS`), and CLI commands whose process is not the point run through the
+same entry point in this process or several in one process (`CLI` below); the
+restore into a fresh data directory, the kill and the crash stay real processes.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import uuid
 import xml.etree.ElementTree as ET
 from decimal import Decimal
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -60,6 +68,32 @@ _ns: dict = {}
 exec(DUMP, _ns)
 dump = _ns["dump"]
 
+#: `cdrhouse ARGS` through the console entry point (`main`, exit codes and all) inside
+#: the calling process: used here when the process is not the point, and in
+#: `cdrhouse_batch` to run several commands in one process (one start-up, not one each)
+CLI = r'''
+import contextlib
+import io
+import sys
+
+def run_cli(args):
+    from cdrhouse.api.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    saved, sys.argv = sys.argv, ["cdrhouse", *args]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main()
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    finally:
+        sys.argv = saved
+    return code, out.getvalue(), err.getvalue()
+'''
+exec(CLI, _ns)
+run_cli = _ns["run_cli"]
+
 #: written by the backup machinery itself after its own snapshot, so they differ
 #: from the backup by construction (checked separately)
 BOOKKEEPING = {"jobs", "backups"}
@@ -78,18 +112,42 @@ def cdrhouse(env: dict, *args: str, timeout: float = 300,
                           env={**inherited, "COLUMNS": "200", **env})
 
 
-def dump_in_subprocess(data_dir: Path, database: str = "cdrhouse") -> dict:
+def cdrhouse_batch(env: dict, *commands: list[str],
+                   timeout: float = 300) -> list[subprocess.CompletedProcess]:
+    """Several CLI commands, one after another, in one new process (`CLI`): each one's
+    exit code, stdout and stderr as `cdrhouse()` gives them."""
+    inherited = {k: v for k, v in os.environ.items()
+                 if not k.startswith(("CDRHOUSE_", "AWS_"))}
+    code = CLI + ("\nimport json\n"
+                  "print(json.dumps([run_cli(a) for a in json.loads(sys.argv[1])]))\n")
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(commands)],
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**inherited, "COLUMNS": "200", **env})
+    assert proc.returncode == 0, proc.stderr
+    return [subprocess.CompletedProcess(args, rc, out, err) for args, (rc, out, err) in
+            zip(commands, json.loads(proc.stdout.strip().splitlines()[-1]))]
+
+
+def read_restored(data_dir: Path, job_id: str) -> tuple[dict, list[str], str]:
+    """In a process of its own (the engine holds one data directory per process), as
+    the next process to open the restored store: its dump, the backups its bookkeeping
+    lists, and the state of the job `job_id`."""
     code = DUMP + (
         "\nimport json, sys, clickhouse_connect\n"
         "client = clickhouse_connect.get_client(dsn='chdb://' + sys.argv[1])\n"
-        "print(json.dumps(dump(client, sys.argv[2])))\n")
-    proc = subprocess.run([sys.executable, "-c", code, str(data_dir / "clickhouse"), database],
+        "listed = sorted(r[0] for r in client.query("
+        "'SELECT backup_id FROM cdrhouse.backups FINAL').result_rows)\n"
+        "state = client.query('SELECT state FROM cdrhouse.jobs FINAL WHERE job_id = "
+        "{j:String}', parameters={'j': sys.argv[2]}).result_rows[0][0]\n"
+        "print(json.dumps([dump(client, 'cdrhouse'), listed, state]))\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(data_dir / "clickhouse"), job_id],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    dumped, listed, state = json.loads(proc.stdout.strip().splitlines()[-1])
+    return dumped, listed, state
 
 
-def add_traffic(db: Database, tmp: Path, seed: int, rows: int = 600) -> None:
+def add_traffic(db: Database, tmp: Path, seed: int, rows: int = 150) -> None:
     """New calls through the real ingest path, and a payment (balances refreshed)."""
     work = tmp / f"gen-{seed}"
     work.mkdir(exist_ok=True)
@@ -101,34 +159,35 @@ def add_traffic(db: Database, tmp: Path, seed: int, rows: int = 600) -> None:
     ledger.add_entry(db, account, "payment", Decimal(seed) + Decimal("0.25"), note=f"seed {seed}")
 
 
+def populate(db: Database, tmp: Path) -> str:
+    """CDRs, accounts, rate cards, a payment, balances and an API key (its secret)."""
+    add_traffic(db, tmp, seed=11, rows=400)
+    generate.load_rate_cards(db, generate.GenSpec(customers_per_tenant=3,
+                                                  carriers_per_tenant=2))
+    ledger.refresh(db, "acme")
+    _, secret = keys.create_key(db, "admin", "restore drill")
+    return secret
+
+
 @pytest.fixture
 def populated(embedded_db: Database, tmp_path: Path) -> tuple[Database, str]:
     """A store with CDRs, accounts, rate cards, a payment, balances and an API key."""
-    add_traffic(embedded_db, tmp_path, seed=11, rows=1500)
-    generate.load_rate_cards(embedded_db, generate.GenSpec(customers_per_tenant=3,
-                                                           carriers_per_tenant=2))
-    ledger.refresh(embedded_db, "acme")
-    _, secret = keys.create_key(embedded_db, "admin", "restore drill")
-    return embedded_db, secret
+    return embedded_db, populate(embedded_db, tmp_path)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _short_polls():
+    """These stores are small: ClickHouse's ASYNC BACKUP/RESTORE ends in milliseconds,
+    so the waits look at system.backups more often than the product's default."""
+    saved, ops.POLL_SECONDS = ops.POLL_SECONDS, 0.02
+    yield
+    ops.POLL_SECONDS = saved
 
 
 def rclone_location(server, prefix: str) -> Location:
     store = S3Store("archive", prefix, endpoint=server.endpoint,
                     access_key=server.access_key, secret_key=server.secret_key)
     return Location(store, f"s3://archive/{prefix}")
-
-
-@pytest.fixture(params=["s3", "directory"])
-def location(request, tmp_path: Path) -> tuple[Location, dict]:
-    """A backup location and the environment naming it for the CLI."""
-    if request.param == "directory":
-        root = tmp_path / "backups"
-        return Location(LocalStore(root), str(root)), {"CDRHOUSE_BACKUP": str(root)}
-    server = request.getfixturevalue("rclone_s3")
-    prefix = f"bk-{uuid.uuid4().hex[:8]}"
-    return rclone_location(server, prefix), {
-        "CDRHOUSE_BACKUP": f"s3://archive/{prefix}", "CDRHOUSE_S3_ENDPOINT": server.endpoint,
-        "AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": server.secret_key}
 
 
 def three_backups(db: Database, loc: Location, tmp: Path) -> list[BackupRecord]:
@@ -139,6 +198,62 @@ def three_backups(db: Database, loc: Location, tmp: Path) -> list[BackupRecord]:
         add_traffic(db, tmp, seed=seed)
         made.append(jobs.run(db, loc, config).record)
     return made
+
+
+class Chain(NamedTuple):
+    """A populated store and a full + two incrementals of it in `loc`."""
+    db: Database
+    loc: Location
+    env: dict       # the environment naming `loc` for the CLI
+    secret: str     # an API key made before the backups
+    backups: list[BackupRecord]  # full, inc1, inc2
+
+
+def _make_chain(embedded_dsn: str, engine_dir: Path, tmp: Path, loc: Location, env: dict):
+    """A new store on the embedded engine, populated, and its chain in `loc`; dropped at
+    the end. Made once per module and location: the restore drill and the verify tests
+    only read the store (and the chain, or a copy of it, see `chain_on_disk`)."""
+    from cdrhouse.engine.migrate import migrate
+    db = Database(StoreConfig(data_dir=engine_dir, clickhouse=embedded_dsn,
+                              database=f"t_{uuid.uuid4().hex[:10]}"))
+    try:
+        migrate(db)
+        secret = populate(db, tmp)
+        yield Chain(db, loc, env, secret, three_backups(db, loc, tmp))
+    finally:
+        db.command(f"DROP DATABASE IF EXISTS `{db.name}` SYNC")
+        db.close()
+
+
+@pytest.fixture(scope="module")
+def _chain(embedded_dsn: str, engine_dir: Path, tmp_path_factory) -> Chain:
+    """The module's chain in a directory (the verify tests damage copies of it)."""
+    tmp = tmp_path_factory.mktemp("chain")
+    root = tmp / "backups"
+    made = _make_chain(embedded_dsn, engine_dir, tmp, Location(LocalStore(root), str(root)),
+                       {"CDRHOUSE_BACKUP": str(root)})
+    chain = next(made)
+    # the incrementals took unchanged partitions' figures from their bases (the tests
+    # below corrupt them: verify must still find it)
+    _, inc1, inc2 = chain.backups
+    assert inc1.partitions_reused > 0 and inc2.partitions_reused > 0
+    assert ops.verify_backup(chain.db, chain.loc, inc2.backup_id).result.ok
+    yield chain
+    next(made, None)
+
+
+@pytest.fixture(scope="module")
+def _chain_s3(embedded_dsn: str, engine_dir: Path, tmp_path_factory, rclone_s3) -> Chain:
+    """The module's chain on the credential-checking S3 server."""
+    prefix = f"bk-{uuid.uuid4().hex[:8]}"
+    env = {"CDRHOUSE_BACKUP": f"s3://archive/{prefix}",
+           "CDRHOUSE_S3_ENDPOINT": rclone_s3.endpoint,
+           "AWS_ACCESS_KEY_ID": rclone_s3.access_key,
+           "AWS_SECRET_ACCESS_KEY": rclone_s3.secret_key}
+    made = _make_chain(embedded_dsn, engine_dir, tmp_path_factory.mktemp("chain-s3"),
+                       rclone_location(rclone_s3, prefix), env)
+    yield next(made)
+    next(made, None)
 
 
 def _get(url: str, secret: str | None = None) -> tuple[int, dict]:
@@ -153,11 +268,13 @@ def _get(url: str, secret: str | None = None) -> tuple[int, dict]:
 
 # -- the restore drill ------------------------------------------------------------------
 
+@pytest.mark.parametrize("where", ["s3", "directory"])
 def test_full_and_two_incrementals_restore_into_a_fresh_data_dir_and_serve(
-        populated, location, tmp_path: Path) -> None:
-    db, secret = populated
-    loc, env = location
-    full, inc1, inc2 = three_backups(db, loc, tmp_path)
+        request, where: str, tmp_path: Path) -> None:
+    """The module's chain (made with new calls and payments between the backups) at
+    each kind of location, restored by the CLI into a fresh data directory."""
+    db, loc, env, secret, (full, inc1, inc2) = request.getfixturevalue(
+        "_chain_s3" if where == "s3" else "_chain")
     assert (full.kind, inc1.kind, inc2.kind) == ("full", "incremental", "incremental")
     assert (full.base_id, inc1.base_id, inc2.base_id) == (None, full.backup_id, inc1.backup_id)
     assert {inc1.full_id, inc2.full_id} == {full.backup_id}
@@ -174,21 +291,13 @@ def test_full_and_two_incrementals_restore_into_a_fresh_data_dir_and_serve(
     assert restored.returncode == 0, restored.stderr
     assert f"chain {inc2.backup_id} <- {inc1.backup_id} <- {full.backup_id}" in restored.stderr
 
-    after = dump_in_subprocess(new)
+    after, listed, state = read_restored(new, inc2.job_id)
     for table in set(source) - BOOKKEEPING:
         assert after[table] == source[table], table
     assert set(after) == set(source)
     # the bookkeeping is the store's as it was when inc2 was taken (the two earlier
     # backups recorded, inc2's job running), brought up to date by the restore
-    check = subprocess.run([sys.executable, "-c", (
-        "import sys, clickhouse_connect\n"
-        "c = clickhouse_connect.get_client(dsn='chdb://' + sys.argv[1], database='cdrhouse')\n"
-        "print(sorted(r[0] for r in c.query('SELECT backup_id FROM backups FINAL').result_rows))\n"
-        "print(c.query(\"SELECT state FROM jobs FINAL WHERE job_id = '" + inc2.job_id
-        + "'\").result_rows[0][0])\n"), str(new / "clickhouse")], capture_output=True, text=True)
-    assert check.returncode == 0, check.stderr
-    listed, state = check.stdout.strip().splitlines()
-    assert listed == str(sorted([full.backup_id, inc1.backup_id, inc2.backup_id]))
+    assert listed == sorted([full.backup_id, inc1.backup_id, inc2.backup_id])
     assert state == "succeeded"
 
     # the service starts on the restored store, and the old API key still works
@@ -210,7 +319,7 @@ def test_full_and_two_incrementals_restore_into_a_fresh_data_dir_and_serve(
                 pass
             assert proc.poll() is None and time.monotonic() < deadline, \
                 (tmp_path / "serve.log").read_text()[-2000:]
-            time.sleep(0.3)
+            time.sleep(0.1)
         status, body = _get(f"http://127.0.0.1:{port}/v1/balances?tenant=acme", secret)
         assert status == 200, body
         want = ledger.balances(db, "acme")
@@ -227,10 +336,10 @@ def test_backup_and_restore_on_a_server_database_over_s3(store: Database, rclone
                                                          tmp_path: Path) -> None:
     """Both interfaces (embedded and HTTP): full + incremental to the credential-checking
     server, verify, then a restore into a new database of the same server."""
-    add_traffic(store, tmp_path, seed=21, rows=400)
+    add_traffic(store, tmp_path, seed=21, rows=150)
     loc = rclone_location(rclone_s3, f"srv-{uuid.uuid4().hex[:8]}")
     full = ops.run_backup(store, loc, BackupConfig()).record
-    add_traffic(store, tmp_path, seed=22, rows=200)
+    add_traffic(store, tmp_path, seed=22, rows=80)
     inc = ops.run_backup(store, loc, BackupConfig()).record
     assert inc.base_id == full.backup_id
     assert ops.verify_backup(store, loc, inc.backup_id).result.ok
@@ -269,18 +378,21 @@ def test_writes_during_a_backup_are_flagged_and_merges_are_not(embedded_db: Data
                                                                tmp_path: Path) -> None:
     """A table written to while BACKUP runs has no single right fingerprint: its changed
     partitions are named and not compared; a merge (new parts, same rows) is not a change."""
-    add_traffic(embedded_db, tmp_path, seed=31, rows=600)
-    add_traffic(embedded_db, tmp_path, seed=32, rows=300)  # a second part per month
+    add_traffic(embedded_db, tmp_path, seed=31, rows=200)
+    add_traffic(embedded_db, tmp_path, seed=32, rows=100)  # a second part per month
     loc = Location(LocalStore(tmp_path / "b"), str(tmp_path / "b"))
     done: list[str] = []
 
     def meanwhile(what: str, _done: int, _total: int) -> None:
-        if what == "backup" and not done:  # ClickHouse is writing the backup now
+        # the backup step begins: after the first fingerprints, before they are taken
+        # again (that BACKUP is not yet running here changes nothing for what is checked)
+        if what == "backup" and not done:
             embedded_db.command("OPTIMIZE TABLE cdr_records FINAL")
             acc.add_account(embedded_db, "acme", "LATE", "customer")
             done.append(what)
 
-    rec = ops.run_backup(embedded_db, loc, BackupConfig(max_bandwidth=50_000),
+    # a bandwidth cap (in the BACKUP statement) that does not slow this small store down
+    rec = ops.run_backup(embedded_db, loc, BackupConfig(max_bandwidth=20_000_000),
                          progress=meanwhile).record
     assert done, "the backup finished before it could be written to"
     assert not rec.tables["accounts"].exact and rec.tables["accounts"].changed == ["all"]
@@ -301,7 +413,7 @@ def test_an_incremental_reads_only_the_partitions_whose_parts_changed(embedded_d
     rest; a merge (new part names) is read again; a manifest without part sets (older
     cdrhouse) makes the next run read everything. Verify reads every restored row, so
     a wrong reused figure would fail it."""
-    add_traffic(embedded_db, tmp_path, seed=41, rows=900)
+    add_traffic(embedded_db, tmp_path, seed=41, rows=300)
     loc = Location(LocalStore(tmp_path / "b"), str(tmp_path / "b"))
     first = ops.run_backup(embedded_db, loc, BackupConfig())
     assert first.fingerprinted and all(v is None for v in first.fingerprinted.values())
@@ -382,31 +494,11 @@ def _used_from_base(loc: LocalStore, backup_id: str) -> set[str]:
     return {n.findtext("name") for n in root.iter("file") if n.findtext("use_base") == "true"}
 
 
-@pytest.fixture(scope="module")
-def _chain(embedded_dsn: str, engine_dir: Path, tmp_path_factory):
-    """One store and a full + two incrementals in a directory, made once for the module."""
-    from cdrhouse.engine.migrate import migrate
-    tmp = tmp_path_factory.mktemp("chain")
-    db = Database(StoreConfig(data_dir=engine_dir, clickhouse=embedded_dsn,
-                              database=f"t_{uuid.uuid4().hex[:10]}"))
-    migrate(db)
-    add_traffic(db, tmp, seed=11, rows=1500)
-    loc = Location(LocalStore(tmp / "backups"), str(tmp / "backups"))
-    full, inc1, inc2 = three_backups(db, loc, tmp)
-    # the incrementals took unchanged partitions' figures from their bases (the tests
-    # below corrupt them: verify must still find it)
-    assert inc1.partitions_reused > 0 and inc2.partitions_reused > 0
-    assert ops.verify_backup(db, loc, inc2.backup_id).result.ok
-    yield db, loc, full, inc1, inc2
-    db.command(f"DROP DATABASE IF EXISTS `{db.name}` SYNC")
-    db.close()
-
-
 @pytest.fixture
-def chain_on_disk(_chain):
-    """The module's chain, put back as it was after each test (same absolute path:
-    a directory backup names its base by path)."""
-    loc = _chain[1]
+def chain_on_disk(_chain: Chain) -> Chain:
+    """The module's chain (see `_chain`), put back as it was after each test (same
+    absolute path: a directory backup names its base by path)."""
+    loc = _chain.loc
     root = loc.store.root
     saved = root.with_name("backups.saved")
     shutil.copytree(root, saved)
@@ -416,7 +508,7 @@ def chain_on_disk(_chain):
 
 
 def test_a_corrupted_incremental_fails_verification_and_is_not_built_on(chain_on_disk) -> None:
-    db, loc, full, inc1, inc2 = chain_on_disk
+    db, loc, _, _, (full, inc1, inc2) = chain_on_disk
     store = loc.store
     assert isinstance(store, LocalStore)
     # a data file that inc1 stores and inc2 takes from it
@@ -451,7 +543,7 @@ def test_a_corrupted_incremental_fails_verification_and_is_not_built_on(chain_on
 ])
 def test_a_missing_or_incomplete_incremental_is_named_by_verify(chain_on_disk, damage: str,
                                                                 message: str) -> None:
-    db, loc, full, inc1, inc2 = chain_on_disk
+    db, loc, _, _, (full, inc1, inc2) = chain_on_disk
     store = loc.store
     assert isinstance(store, LocalStore)
     data_files = sorted(f for f in _stored_in(store, inc1.backup_id) if f.endswith(".bin"))
@@ -475,7 +567,7 @@ def test_a_missing_or_incomplete_incremental_is_named_by_verify(chain_on_disk, d
 
 
 def test_verify_of_an_unknown_backup_names_the_latest(chain_on_disk) -> None:
-    db, loc, *_, inc2 = chain_on_disk
+    db, loc, _, _, (*_, inc2) = chain_on_disk
     with pytest.raises(BackupError, match=f"no backup 'nope'.*{inc2.backup_id}"):
         ops.verify_backup(db, loc, "nope")
 
@@ -511,26 +603,47 @@ def test_restore_over_a_live_database_needs_force_and_keeps_it(populated, tmp_pa
 
 # -- crashes ------------------------------------------------------------------------------------
 
+#: a store with calls in a data directory of its own (argv: the directory, the rows)
+OWN_STORE = r'''
+import sys
+from pathlib import Path
+from cdrhouse.engine import generate
+from cdrhouse.engine.db import Database, StoreConfig
+from cdrhouse.engine.migrate import migrate
+data = Path(sys.argv[1])
+work = data.parent / "gen"
+work.mkdir(parents=True)
+db = Database(StoreConfig(data_dir=data))
+migrate(db)
+generate.load(db, generate.GenSpec(rows=int(sys.argv[2]), months=2, seed=5), work)
+db.close()
+'''
+
+
 @pytest.fixture
-def demo_dir(tmp_path: Path) -> Path:
-    """A store of its own, for a CLI process to hold (and be killed holding)."""
+def own_store(tmp_path: Path) -> Path:
+    """A store of its own, for a CLI process to hold (and be killed holding); made in a
+    process of its own, as the engine holds one data directory per process."""
     data = tmp_path / "data"
-    made = cdrhouse({"CDRHOUSE_DATA_DIR": str(data)}, "demo", "--rows", "20000", "--months", "2",
-                    "--seed", "5")
+    made = subprocess.run([sys.executable, "-c", OWN_STORE, str(data), "3000"],
+                          capture_output=True, text=True, timeout=300)
     assert made.returncode == 0, made.stderr
     return data
 
 
-def test_killed_backups_are_never_listed_and_the_next_run_completes(demo_dir: Path,
+def test_killed_backups_are_never_listed_and_the_next_run_completes(own_store: Path,
                                                                     tmp_path: Path) -> None:
     """Killed twice — `kill -9` while ClickHouse writes the backup, then the process
-    ending after BACKUP finished but before the manifest — then a normal run."""
-    data = demo_dir
+    ending after BACKUP finished but before the manifest — then a normal run. The
+    commands after the two deaths run through the CLI's entry point, several in one
+    process (`cdrhouse_batch`): it is the store and the location they look at."""
+    data = own_store
     backups = tmp_path / "backups"
     env = {"CDRHOUSE_DATA_DIR": str(data), "CDRHOUSE_BACKUP": str(backups)}
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("CDRHOUSE_")}
+    # throttled so that it is still writing when killed (the store is ~1 MB compressed)
     proc = subprocess.Popen([sys.executable, "-m", "cdrhouse.api.cli", "backup", "run",
-                             "--max-bandwidth", "200000"], env={**inherited, **env},
+                             "--max-bandwidth", "100000"], env={**inherited, **env},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while not any(p.is_file() for p in backups.glob("2*/data/**/*")):
@@ -547,26 +660,27 @@ def test_killed_backups_are_never_listed_and_the_next_run_completes(demo_dir: Pa
     second = [p.name for p in backups.glob("2*") if p.name not in first]
     assert len(second) == 1 and (backups / second[0] / ".backup").exists()  # ClickHouse done
 
-    listed = cdrhouse(env, "backup", "list", "--format", "json")
+    # then the rerun; the variable that once armed the hook does nothing now (issue 13.7)
+    listed, status, rerun = cdrhouse_batch(
+        {**env, "CDRHOUSE_BACKUP_FAULT": "backed-up"},
+        ["backup", "list", "--format", "json"], ["backup", "status"], ["backup", "run"])
     assert listed.returncode == 0 and listed.stdout.strip() == "", listed.stdout
-    status = cdrhouse(env, "backup", "status")
     assert status.returncode == 1 and "no good backup" in status.stderr
     assert "running" in status.stderr  # the dead run's job, as it was left
 
-    # the variable that once armed the hook does nothing now (issue 13.7)
-    rerun = cdrhouse({**env, "CDRHOUSE_BACKUP_FAULT": "backed-up"}, "backup", "run")
     assert rerun.returncode == 0, rerun.stderr
     for half in first + second:
         assert f"removed the files of {half}, a backup that never finished" in rerun.stderr
         assert not (backups / half).exists()
     new_id = rerun.stdout.strip()
     assert "full backup" in rerun.stderr  # nothing unfinished was taken as a base
-    rows = [json.loads(line) for line in
-            cdrhouse(env, "backup", "list", "--format", "json").stdout.splitlines()]
+    listed, verified, jobs_out = cdrhouse_batch(
+        env, ["backup", "list", "--format", "json"], ["backup", "verify", new_id],
+        ["jobs", "--kind", "backup-run", "--format", "json"])
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
     assert [(r["id"], r["state"]) for r in rows] == [(new_id, "completed")]
-    verified = cdrhouse(env, "backup", "verify", new_id)
     assert verified.returncode == 0, verified.stderr
-    jobs_out = cdrhouse(env, "jobs", "--kind", "backup-run", "--format", "json")
     states = sorted(json.loads(line)["state"] for line in jobs_out.stdout.splitlines())
     assert states == ["failed", "failed", "succeeded"], jobs_out.stdout  # the dead runs closed
 
@@ -643,13 +757,30 @@ def test_bad_locations_are_refused_clearly(url: str, message: str, tmp_path: Pat
         open_location(BackupConfig(url=url), ArchiveConfig(), tmp_path)
 
 
-def test_cli_errors(tmp_path: Path) -> None:
-    env = {"CDRHOUSE_DATA_DIR": str(tmp_path / "data"), "CDRHOUSE_BACKUP": str(tmp_path / "b")}
-    unknown = cdrhouse(env, "backup", "verify", "20260101T000000Z-0000")
+def test_cli_errors(embedded_db: Database, embedded_dsn: str, tmp_path: Path,
+                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the CLI's entry point in this process (the exit code it ends with; that
+    it reaches the shell the crash test's real processes show). `serve` is given a data
+    directory this process cannot open: a bad schedule let through fails there, it
+    does not serve."""
+    for name in [k for k in os.environ if k.startswith(("CDRHOUSE_", "AWS_"))]:
+        monkeypatch.delenv(name)
+    env = {"COLUMNS": "200", "CDRHOUSE_DATA_DIR": str(tmp_path / "data"),
+           "CDRHOUSE_BACKUP": str(tmp_path / "b")}
+
+    def cli(extra: dict, *args: str) -> subprocess.CompletedProcess:
+        with monkeypatch.context() as m:
+            for name, value in {**env, **extra}.items():
+                m.setenv(name, value)
+            return subprocess.CompletedProcess(args, *run_cli(list(args)))
+
+    # a new store (this process's engine, a fresh database)
+    store = {"CDRHOUSE_CLICKHOUSE": embedded_dsn, "CDRHOUSE_DATABASE": embedded_db.name}
+    unknown = cli(store, "backup", "verify", "20260101T000000Z-0000")
     assert unknown.returncode == 1 and "no backup '20260101T000000Z-0000'" in unknown.stderr
-    bad = cdrhouse({**env, "CDRHOUSE_BACKUP_SCHEDULE": "daily"}, "serve")
+    bad = cli({"CDRHOUSE_BACKUP_SCHEDULE": "daily"}, "serve")
     assert bad.returncode == 2 and "backup schedule 'daily' is not a crontab" in bad.stderr
-    refused = cdrhouse({**env, "CDRHOUSE_BACKUP": "ftp://host/x"}, "backup", "list")
+    refused = cli({"CDRHOUSE_BACKUP": "ftp://host/x"}, "backup", "list")
     assert refused.returncode == 1 and "use a directory, file://… or s3://…" in refused.stderr
 
 
@@ -723,7 +854,7 @@ def test_a_sharded_cluster_is_backed_up_node_by_node_and_restored_on_every_node(
     database on every node equals the source node by node; a file missing from one
     node's part is named by verify, with the node."""
     from cdrhouse.engine import cluster
-    add_traffic(cluster_db, tmp_path, seed=31, rows=500)
+    add_traffic(cluster_db, tmp_path, seed=31, rows=200)
     loc = rclone_location(rclone_s3, f"cl-{uuid.uuid4().hex[:8]}")
     full = ops.run_backup(cluster_db, loc, BackupConfig()).record
     nodes = cluster.nodes(cluster_db)
@@ -735,7 +866,7 @@ def test_a_sharded_cluster_is_backed_up_node_by_node_and_restored_on_every_node(
             here = conn.scalar("SELECT count() FROM cdr_records_local FINAL")
         assert here > 0 and full.tables[f"{key}/cdr_records_local"].rows == here
     assert "shard1-replica1/accounts" in full.tables  # the small tables: the home node's
-    add_traffic(cluster_db, tmp_path, seed=32, rows=200)
+    add_traffic(cluster_db, tmp_path, seed=32, rows=80)
     inc = ops.run_backup(cluster_db, loc, BackupConfig()).record
     assert (inc.kind, inc.base_id) == ("incremental", full.backup_id)
     assert ops.verify_backup(cluster_db, loc, inc.backup_id).result.ok
