@@ -98,6 +98,10 @@ run_cli = _ns["run_cli"]
 #: from the backup by construction (checked separately)
 BOOKKEEPING = {"jobs", "backups"}
 
+#: the generated calls' tenants: one, as what is backed up and restored does not depend
+#: on how many there are (and each is one more file through the ingest path)
+TENANTS = ("acme",)
+
 
 def cdrhouse(env: dict, *args: str, timeout: float = 300,
              crash_at: str | None = None) -> subprocess.CompletedProcess:
@@ -115,11 +119,16 @@ def cdrhouse(env: dict, *args: str, timeout: float = 300,
 def cdrhouse_batch(env: dict, *commands: list[str],
                    timeout: float = 300) -> list[subprocess.CompletedProcess]:
     """Several CLI commands, one after another, in one new process (`CLI`): each one's
-    exit code, stdout and stderr as `cdrhouse()` gives them."""
+    exit code, stdout and stderr as `cdrhouse()` gives them. An argument "{i}" is the
+    stdout of the i-th command before it (stripped), e.g. the id a `backup run` printed."""
     inherited = {k: v for k, v in os.environ.items()
                  if not k.startswith(("CDRHOUSE_", "AWS_"))}
     code = CLI + ("\nimport json\n"
-                  "print(json.dumps([run_cli(a) for a in json.loads(sys.argv[1])]))\n")
+                  "done = []\n"
+                  "for args in json.loads(sys.argv[1]):\n"
+                  "    done.append(run_cli([a.format(*[d[1].strip() for d in done]) "
+                  "for a in args]))\n"
+                  "print(json.dumps(done))\n")
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(commands)],
                           capture_output=True, text=True, timeout=timeout,
                           env={**inherited, "COLUMNS": "200", **env})
@@ -151,7 +160,7 @@ def add_traffic(db: Database, tmp: Path, seed: int, rows: int = 150) -> None:
     """New calls through the real ingest path, and a payment (balances refreshed)."""
     work = tmp / f"gen-{seed}"
     work.mkdir(exist_ok=True)
-    spec = generate.GenSpec(rows=rows, months=2, seed=seed, end=END,
+    spec = generate.GenSpec(rows=rows, months=2, seed=seed, end=END, tenants=TENANTS,
                             customers_per_tenant=3, carriers_per_tenant=2)
     generate.load(db, spec, work)
     account = acc.find(db, "acme", "customer", generate.account_code("customer", 1))
@@ -162,7 +171,7 @@ def add_traffic(db: Database, tmp: Path, seed: int, rows: int = 150) -> None:
 def populate(db: Database, tmp: Path) -> str:
     """CDRs, accounts, rate cards, a payment, balances and an API key (its secret)."""
     add_traffic(db, tmp, seed=11, rows=400)
-    generate.load_rate_cards(db, generate.GenSpec(customers_per_tenant=3,
+    generate.load_rate_cards(db, generate.GenSpec(tenants=TENANTS, customers_per_tenant=3,
                                                   carriers_per_tenant=2))
     ledger.refresh(db, "acme")
     _, secret = keys.create_key(db, "admin", "restore drill")
@@ -190,70 +199,60 @@ def rclone_location(server, prefix: str) -> Location:
     return Location(store, f"s3://archive/{prefix}")
 
 
-def three_backups(db: Database, loc: Location, tmp: Path) -> list[BackupRecord]:
-    """A full backup and two incrementals, with new calls and payments in between."""
-    config = BackupConfig()
-    made = [jobs.run(db, loc, config).record]
-    for seed in (12, 13):
-        add_traffic(db, tmp, seed=seed)
-        made.append(jobs.run(db, loc, config).record)
-    return made
-
-
 class Chain(NamedTuple):
-    """A populated store and a full + two incrementals of it in `loc`."""
+    """The module's populated store and a full + two incrementals of it in `loc`."""
     db: Database
     loc: Location
     env: dict       # the environment naming `loc` for the CLI
     secret: str     # an API key made before the backups
     backups: list[BackupRecord]  # full, inc1, inc2
+    earlier: list[str]  # every backup of the store (either location) made before inc2
 
 
-def _make_chain(embedded_dsn: str, engine_dir: Path, tmp: Path, loc: Location, env: dict):
-    """A new store on the embedded engine, populated, and its chain in `loc`; dropped at
-    the end. Made once per module and location: the restore drill and the verify tests
-    only read the store (and the chain, or a copy of it, see `chain_on_disk`)."""
+@pytest.fixture(scope="module")
+def _chains(embedded_dsn: str, engine_dir: Path, tmp_path_factory,
+            rclone_s3) -> dict[str, Chain]:
+    """One populated store, backed up in turns to a directory and to the credential-
+    checking S3 server: a full backup and two incrementals each, with new calls and
+    payments in between. Made once for the module: the restore drill restores both
+    chains, the verify tests damage copies of the directory's (`chain_on_disk`), and
+    none of them writes to the store but its bookkeeping."""
     from cdrhouse.engine.migrate import migrate
+    tmp = tmp_path_factory.mktemp("chain")
+    root = tmp / "backups"
+    prefix = f"bk-{uuid.uuid4().hex[:8]}"
+    where = {
+        "directory": (Location(LocalStore(root), str(root)), {"CDRHOUSE_BACKUP": str(root)}),
+        "s3": (rclone_location(rclone_s3, prefix), {
+            "CDRHOUSE_BACKUP": f"s3://archive/{prefix}",
+            "CDRHOUSE_S3_ENDPOINT": rclone_s3.endpoint,
+            "AWS_ACCESS_KEY_ID": rclone_s3.access_key,
+            "AWS_SECRET_ACCESS_KEY": rclone_s3.secret_key})}
     db = Database(StoreConfig(data_dir=engine_dir, clickhouse=embedded_dsn,
                               database=f"t_{uuid.uuid4().hex[:10]}"))
     try:
         migrate(db)
         secret = populate(db, tmp)
-        yield Chain(db, loc, env, secret, three_backups(db, loc, tmp))
+        made: dict[str, list[BackupRecord]] = {w: [] for w in where}
+        order: list[str] = []
+        for seed in (None, 12, 13):
+            if seed is not None:
+                add_traffic(db, tmp, seed=seed)
+            for w, (loc, _) in where.items():
+                made[w].append(jobs.run(db, loc, BackupConfig()).record)
+                order.append(made[w][-1].backup_id)
+        chains = {w: Chain(db, loc, env, secret, made[w],
+                           order[:order.index(made[w][-1].backup_id)])
+                  for w, (loc, env) in where.items()}
+        # the incrementals took unchanged partitions' figures from their bases (the
+        # verify tests corrupt them: verify must still find it)
+        _, inc1, inc2 = chains["directory"].backups
+        assert inc1.partitions_reused > 0 and inc2.partitions_reused > 0
+        assert ops.verify_backup(db, chains["directory"].loc, inc2.backup_id).result.ok
+        yield chains
     finally:
         db.command(f"DROP DATABASE IF EXISTS `{db.name}` SYNC")
         db.close()
-
-
-@pytest.fixture(scope="module")
-def _chain(embedded_dsn: str, engine_dir: Path, tmp_path_factory) -> Chain:
-    """The module's chain in a directory (the verify tests damage copies of it)."""
-    tmp = tmp_path_factory.mktemp("chain")
-    root = tmp / "backups"
-    made = _make_chain(embedded_dsn, engine_dir, tmp, Location(LocalStore(root), str(root)),
-                       {"CDRHOUSE_BACKUP": str(root)})
-    chain = next(made)
-    # the incrementals took unchanged partitions' figures from their bases (the tests
-    # below corrupt them: verify must still find it)
-    _, inc1, inc2 = chain.backups
-    assert inc1.partitions_reused > 0 and inc2.partitions_reused > 0
-    assert ops.verify_backup(chain.db, chain.loc, inc2.backup_id).result.ok
-    yield chain
-    next(made, None)
-
-
-@pytest.fixture(scope="module")
-def _chain_s3(embedded_dsn: str, engine_dir: Path, tmp_path_factory, rclone_s3) -> Chain:
-    """The module's chain on the credential-checking S3 server."""
-    prefix = f"bk-{uuid.uuid4().hex[:8]}"
-    env = {"CDRHOUSE_BACKUP": f"s3://archive/{prefix}",
-           "CDRHOUSE_S3_ENDPOINT": rclone_s3.endpoint,
-           "AWS_ACCESS_KEY_ID": rclone_s3.access_key,
-           "AWS_SECRET_ACCESS_KEY": rclone_s3.secret_key}
-    made = _make_chain(embedded_dsn, engine_dir, tmp_path_factory.mktemp("chain-s3"),
-                       rclone_location(rclone_s3, prefix), env)
-    yield next(made)
-    next(made, None)
 
 
 def _get(url: str, secret: str | None = None) -> tuple[int, dict]:
@@ -270,11 +269,10 @@ def _get(url: str, secret: str | None = None) -> tuple[int, dict]:
 
 @pytest.mark.parametrize("where", ["s3", "directory"])
 def test_full_and_two_incrementals_restore_into_a_fresh_data_dir_and_serve(
-        request, where: str, tmp_path: Path) -> None:
-    """The module's chain (made with new calls and payments between the backups) at
-    each kind of location, restored by the CLI into a fresh data directory."""
-    db, loc, env, secret, (full, inc1, inc2) = request.getfixturevalue(
-        "_chain_s3" if where == "s3" else "_chain")
+        _chains: dict[str, Chain], where: str, tmp_path: Path) -> None:
+    """The module's chain at each kind of location, restored by the CLI into a fresh
+    data directory, read by another process, and served."""
+    db, loc, env, secret, (full, inc1, inc2), earlier = _chains[where]
     assert (full.kind, inc1.kind, inc2.kind) == ("full", "incremental", "incremental")
     assert (full.base_id, inc1.base_id, inc2.base_id) == (None, full.backup_id, inc1.backup_id)
     assert {inc1.full_id, inc2.full_id} == {full.backup_id}
@@ -295,9 +293,10 @@ def test_full_and_two_incrementals_restore_into_a_fresh_data_dir_and_serve(
     for table in set(source) - BOOKKEEPING:
         assert after[table] == source[table], table
     assert set(after) == set(source)
-    # the bookkeeping is the store's as it was when inc2 was taken (the two earlier
-    # backups recorded, inc2's job running), brought up to date by the restore
-    assert listed == sorted([full.backup_id, inc1.backup_id, inc2.backup_id])
+    # the bookkeeping is the store's as it was when inc2 was taken (the earlier backups
+    # recorded, inc2's job running), brought up to date by the restore
+    assert {full.backup_id, inc1.backup_id} <= set(earlier)
+    assert listed == sorted([*earlier, inc2.backup_id])
     assert state == "succeeded"
 
     # the service starts on the restored store, and the old API key still works
@@ -495,20 +494,21 @@ def _used_from_base(loc: LocalStore, backup_id: str) -> set[str]:
 
 
 @pytest.fixture
-def chain_on_disk(_chain: Chain) -> Chain:
-    """The module's chain (see `_chain`), put back as it was after each test (same
-    absolute path: a directory backup names its base by path)."""
-    loc = _chain.loc
+def chain_on_disk(_chains: dict[str, Chain]) -> Chain:
+    """The module's chain in a directory (see `_chains`), put back as it was after each
+    test (same absolute path: a directory backup names its base by path)."""
+    chain = _chains["directory"]
+    loc = chain.loc
     root = loc.store.root
     saved = root.with_name("backups.saved")
     shutil.copytree(root, saved)
-    yield _chain
+    yield chain
     shutil.rmtree(root)
     saved.rename(root)
 
 
 def test_a_corrupted_incremental_fails_verification_and_is_not_built_on(chain_on_disk) -> None:
-    db, loc, _, _, (full, inc1, inc2) = chain_on_disk
+    db, loc, _, _, (full, inc1, inc2), _ = chain_on_disk
     store = loc.store
     assert isinstance(store, LocalStore)
     # a data file that inc1 stores and inc2 takes from it
@@ -543,7 +543,7 @@ def test_a_corrupted_incremental_fails_verification_and_is_not_built_on(chain_on
 ])
 def test_a_missing_or_incomplete_incremental_is_named_by_verify(chain_on_disk, damage: str,
                                                                 message: str) -> None:
-    db, loc, _, _, (full, inc1, inc2) = chain_on_disk
+    db, loc, _, _, (full, inc1, inc2), _ = chain_on_disk
     store = loc.store
     assert isinstance(store, LocalStore)
     data_files = sorted(f for f in _stored_in(store, inc1.backup_id) if f.endswith(".bin"))
@@ -567,7 +567,7 @@ def test_a_missing_or_incomplete_incremental_is_named_by_verify(chain_on_disk, d
 
 
 def test_verify_of_an_unknown_backup_names_the_latest(chain_on_disk) -> None:
-    db, loc, _, _, (*_, inc2) = chain_on_disk
+    db, loc, _, _, (*_, inc2), _ = chain_on_disk
     with pytest.raises(BackupError, match=f"no backup 'nope'.*{inc2.backup_id}"):
         ops.verify_backup(db, loc, "nope")
 
@@ -603,8 +603,11 @@ def test_restore_over_a_live_database_needs_force_and_keeps_it(populated, tmp_pa
 
 # -- crashes ------------------------------------------------------------------------------------
 
-#: a store with calls in a data directory of its own (argv: the directory, the rows)
-OWN_STORE = r'''
+#: a process that makes a store with calls in a data directory of its own (argv: the
+#: directory, the rows), then runs `cdrhouse ARGS…` (the rest of argv) through the
+#: entry point: the store and the CLI share the process, as the engine allows one
+#: data directory per process
+OWN_STORE_THEN_CLI = r'''
 import sys
 from pathlib import Path
 from cdrhouse.engine import generate
@@ -615,39 +618,33 @@ work = data.parent / "gen"
 work.mkdir(parents=True)
 db = Database(StoreConfig(data_dir=data))
 migrate(db)
-generate.load(db, generate.GenSpec(rows=int(sys.argv[2]), months=2, seed=5), work)
+generate.load(db, generate.GenSpec(rows=int(sys.argv[2]), months=2, seed=5,
+                                   tenants=("acme",)), work)
 db.close()
+from cdrhouse.api.cli import main
+sys.argv = ["cdrhouse", *sys.argv[3:]]
+main()
 '''
 
 
-@pytest.fixture
-def own_store(tmp_path: Path) -> Path:
-    """A store of its own, for a CLI process to hold (and be killed holding); made in a
-    process of its own, as the engine holds one data directory per process."""
-    data = tmp_path / "data"
-    made = subprocess.run([sys.executable, "-c", OWN_STORE, str(data), "3000"],
-                          capture_output=True, text=True, timeout=300)
-    assert made.returncode == 0, made.stderr
-    return data
-
-
-def test_killed_backups_are_never_listed_and_the_next_run_completes(own_store: Path,
-                                                                    tmp_path: Path) -> None:
+def test_killed_backups_are_never_listed_and_the_next_run_completes(tmp_path: Path) -> None:
     """Killed twice — `kill -9` while ClickHouse writes the backup, then the process
     ending after BACKUP finished but before the manifest — then a normal run. The
-    commands after the two deaths run through the CLI's entry point, several in one
-    process (`cdrhouse_batch`): it is the store and the location they look at."""
-    data = own_store
+    first process makes its store before it backs it up; the commands after the two
+    deaths run through the CLI's entry point in one process (`cdrhouse_batch`)."""
+    data = tmp_path / "data"
     backups = tmp_path / "backups"
     env = {"CDRHOUSE_DATA_DIR": str(data), "CDRHOUSE_BACKUP": str(backups)}
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("CDRHOUSE_")}
-    # throttled so that it is still writing when killed (the store is ~1 MB compressed)
-    proc = subprocess.Popen([sys.executable, "-m", "cdrhouse.api.cli", "backup", "run",
-                             "--max-bandwidth", "100000"], env={**inherited, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # throttled so that it is still writing when killed (the backup is ~1 MB: 20 s)
+    log = tmp_path / "killed.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", OWN_STORE_THEN_CLI, str(data), "1000",
+                                 "backup", "run", "--max-bandwidth", "50000"],
+                                env={**inherited, **env}, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while not any(p.is_file() for p in backups.glob("2*/data/**/*")):
-        assert proc.poll() is None, proc.stderr.read().decode()
+        assert proc.poll() is None, log.read_text()[-2000:]
         assert time.monotonic() < deadline, "the backup never started writing"
         time.sleep(0.05)
     proc.kill()  # SIGKILL: the embedded engine dies with the process
@@ -660,10 +657,13 @@ def test_killed_backups_are_never_listed_and_the_next_run_completes(own_store: P
     second = [p.name for p in backups.glob("2*") if p.name not in first]
     assert len(second) == 1 and (backups / second[0] / ".backup").exists()  # ClickHouse done
 
-    # then the rerun; the variable that once armed the hook does nothing now (issue 13.7)
-    listed, status, rerun = cdrhouse_batch(
+    # then the rerun (the variable that once armed the hook does nothing now, issue
+    # 13.7), and what it left: listed, verified, the jobs
+    listed, status, rerun, listed_after, verified, jobs_out = cdrhouse_batch(
         {**env, "CDRHOUSE_BACKUP_FAULT": "backed-up"},
-        ["backup", "list", "--format", "json"], ["backup", "status"], ["backup", "run"])
+        ["backup", "list", "--format", "json"], ["backup", "status"], ["backup", "run"],
+        ["backup", "list", "--format", "json"], ["backup", "verify", "{2}"],
+        ["jobs", "--kind", "backup-run", "--format", "json"])
     assert listed.returncode == 0 and listed.stdout.strip() == "", listed.stdout
     assert status.returncode == 1 and "no good backup" in status.stderr
     assert "running" in status.stderr  # the dead run's job, as it was left
@@ -674,11 +674,8 @@ def test_killed_backups_are_never_listed_and_the_next_run_completes(own_store: P
         assert not (backups / half).exists()
     new_id = rerun.stdout.strip()
     assert "full backup" in rerun.stderr  # nothing unfinished was taken as a base
-    listed, verified, jobs_out = cdrhouse_batch(
-        env, ["backup", "list", "--format", "json"], ["backup", "verify", new_id],
-        ["jobs", "--kind", "backup-run", "--format", "json"])
-    assert listed.returncode == 0, listed.stderr
-    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert listed_after.returncode == 0, listed_after.stderr
+    rows = [json.loads(line) for line in listed_after.stdout.splitlines()]
     assert [(r["id"], r["state"]) for r in rows] == [(new_id, "completed")]
     assert verified.returncode == 0, verified.stderr
     states = sorted(json.loads(line)["state"] for line in jobs_out.stdout.splitlines())
