@@ -137,23 +137,26 @@ def cdrhouse_batch(env: dict, *commands: list[str],
             zip(commands, json.loads(proc.stdout.strip().splitlines()[-1]))]
 
 
-def read_restored(data_dir: Path, job_id: str) -> tuple[dict, list[str], str]:
-    """In a process of its own (the engine holds one data directory per process), as
-    the next process to open the restored store: its dump, the backups its bookkeeping
-    lists, and the state of the job `job_id`."""
-    code = DUMP + (
-        "\nimport json, sys, clickhouse_connect\n"
-        "client = clickhouse_connect.get_client(dsn='chdb://' + sys.argv[1])\n"
-        "listed = sorted(r[0] for r in client.query("
-        "'SELECT backup_id FROM cdrhouse.backups FINAL').result_rows)\n"
-        "state = client.query('SELECT state FROM cdrhouse.jobs FINAL WHERE job_id = "
-        "{j:String}', parameters={'j': sys.argv[2]}).result_rows[0][0]\n"
-        "print(json.dumps([dump(client, 'cdrhouse'), listed, state]))\n")
-    proc = subprocess.run([sys.executable, "-c", code, str(data_dir / "clickhouse"), job_id],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    dumped, listed, state = json.loads(proc.stdout.strip().splitlines()[-1])
-    return dumped, listed, state
+#: the next process to open a restored store (argv: its data directory, a job id, a file
+#: for the result, then `cdrhouse` arguments): reads it — the dump, the backups its
+#: bookkeeping lists, the job's state — into the file, then runs the CLI (`serve`) on it
+READ_THEN_CLI = DUMP + r'''
+import json, sys
+from pathlib import Path
+from cdrhouse.engine.db import Database, StoreConfig
+data, job_id, result = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+db = Database(StoreConfig(data_dir=data), create=False)
+listed = sorted(r[0] for r in db.client.query(
+    "SELECT backup_id FROM cdrhouse.backups FINAL").result_rows)
+state = db.client.query("SELECT state FROM cdrhouse.jobs FINAL WHERE job_id = {j:String}",
+                        parameters={"j": job_id}).result_rows[0][0]
+read = [dump(db.client, "cdrhouse"), listed, state]
+db.close()
+result.write_text(json.dumps(read))
+from cdrhouse.api.cli import main
+sys.argv = ["cdrhouse", "--data-dir", str(data), *sys.argv[4:]]
+main()
+'''
 
 
 def add_traffic(db: Database, tmp: Path, seed: int, rows: int = 150) -> None:
@@ -289,23 +292,14 @@ def test_full_and_two_incrementals_restore_into_a_fresh_data_dir_and_serve(
     assert restored.returncode == 0, restored.stderr
     assert f"chain {inc2.backup_id} <- {inc1.backup_id} <- {full.backup_id}" in restored.stderr
 
-    after, listed, state = read_restored(new, inc2.job_id)
-    for table in set(source) - BOOKKEEPING:
-        assert after[table] == source[table], table
-    assert set(after) == set(source)
-    # the bookkeeping is the store's as it was when inc2 was taken (the earlier backups
-    # recorded, inc2's job running), brought up to date by the restore
-    assert {full.backup_id, inc1.backup_id} <= set(earlier)
-    assert listed == sorted([*earlier, inc2.backup_id])
-    assert state == "succeeded"
-
-    # the service starts on the restored store, and the old API key still works
+    # another process opens the restored store, reads it (READ_THEN_CLI), then serves it
     port = free_port()
     log = open(tmp_path / "serve.log", "wb")
+    read = tmp_path / "read.json"
     inherited = {k: v for k, v in os.environ.items() if not k.startswith(("CDRHOUSE_", "AWS_"))}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cdrhouse.api.cli", "--data-dir", str(new), "serve", "--port",
-         str(port), "--tier-schedule", "off", "--backup-schedule", "off"],
+        [sys.executable, "-c", READ_THEN_CLI, str(new), inc2.job_id, str(read),
+         "serve", "--port", str(port), "--tier-schedule", "off", "--backup-schedule", "off"],
         stdout=log, stderr=subprocess.STDOUT, env=inherited)
     try:
         # a bound on start-up, not a speed check: generous for a machine shared by many
@@ -319,6 +313,17 @@ def test_full_and_two_incrementals_restore_into_a_fresh_data_dir_and_serve(
             assert proc.poll() is None and time.monotonic() < deadline, \
                 (tmp_path / "serve.log").read_text()[-2000:]
             time.sleep(0.1)
+        after, listed, state = json.loads(read.read_text())
+        for table in set(source) - BOOKKEEPING:
+            assert after[table] == source[table], table
+        assert set(after) == set(source)
+        # the bookkeeping is the store's as it was when inc2 was taken (the earlier
+        # backups recorded, inc2's job running), brought up to date by the restore
+        assert {full.backup_id, inc1.backup_id} <= set(earlier)
+        assert listed == sorted([*earlier, inc2.backup_id])
+        assert state == "succeeded"
+
+        # the service runs on the restored store, and the old API key still works
         status, body = _get(f"http://127.0.0.1:{port}/v1/balances?tenant=acme", secret)
         assert status == 200, body
         want = ledger.balances(db, "acme")
