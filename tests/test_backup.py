@@ -336,34 +336,68 @@ def test_full_and_two_incrementals_restore_into_a_fresh_data_dir_and_serve(
         log.close()
 
 
-def test_backup_and_restore_on_a_server_database_over_s3(store: Database, rclone_s3,
+def _verify_and_restore_over_s3(db: Database, loc: Location, made: list[BackupRecord],
+                                server, tmp: Path) -> None:
+    """A chain `made` (oldest first) of `db` on the credential-checking S3 server:
+    verified, its base named without credentials, restored into a new database of the
+    same server equal to `db`."""
+    inc, base = made[-1], made[-2]
+    assert inc.base_id == base.backup_id
+    assert ops.verify_backup(db, loc, inc.backup_id).result.ok
+
+    # credentials stay out of what ClickHouse records: the base is named by the collection
+    meta = (server.root / "archive" / loc.store.prefix / inc.backup_id / ".backup").read_text()
+    assert server.secret_key not in meta
+    assert f"<base_backup>S3(cdrhouse_backups, '{base.backup_id}')</base_backup>" in meta
+
+    target = StoreConfig(data_dir=tmp, clickhouse=db.config.dsn,
+                         database=f"r_{uuid.uuid4().hex[:10]}")
+    source = dump(db.client, db.name)
+    try:
+        report = ops.restore_backup(target, loc, inc.backup_id)
+        assert report.chain == [b.backup_id for b in reversed(made)]
+        assert report.set_aside is None
+        after = dump(db.client, target.database)
+        for table in set(source) - BOOKKEEPING:
+            assert after[table] == source[table], table
+    finally:
+        db.command(f"DROP DATABASE IF EXISTS `{target.database}` SYNC")
+
+
+@pytest.fixture
+def http_db(http_server, engine_dir: Path):
+    """A fresh, migrated database on the engine's HTTP interface (the session's server)."""
+    from cdrhouse.engine.migrate import migrate
+    db = Database(StoreConfig(data_dir=engine_dir, clickhouse=http_server.dsn,
+                              database=f"t_{uuid.uuid4().hex[:10]}"))
+    try:
+        migrate(db)
+        yield db
+    finally:
+        db.command(f"DROP DATABASE IF EXISTS `{db.name}` SYNC")
+        db.close()
+
+
+def test_backup_and_restore_on_a_server_database_over_s3(http_db: Database, rclone_s3,
                                                          tmp_path: Path) -> None:
-    """Both interfaces (embedded and HTTP): full + incremental to the credential-checking
-    server, verify, then a restore into a new database of the same server."""
+    """The HTTP interface: full + incremental to the credential-checking server, verify,
+    then a restore into a new database of the same server. (The embedded engine's
+    case is the next test, on the module's chain.)"""
+    store = http_db
     add_traffic(store, tmp_path, seed=21, rows=150)
     loc = rclone_location(rclone_s3, f"srv-{uuid.uuid4().hex[:8]}")
     full = ops.run_backup(store, loc, BackupConfig()).record
     add_traffic(store, tmp_path, seed=22, rows=80)
     inc = ops.run_backup(store, loc, BackupConfig()).record
-    assert inc.base_id == full.backup_id
-    assert ops.verify_backup(store, loc, inc.backup_id).result.ok
+    _verify_and_restore_over_s3(store, loc, [full, inc], rclone_s3, tmp_path)
 
-    # credentials stay out of what ClickHouse records: the base is named by the collection
-    meta = (rclone_s3.root / "archive" / loc.store.prefix / inc.backup_id / ".backup").read_text()
-    assert rclone_s3.secret_key not in meta
-    assert f"<base_backup>S3(cdrhouse_backups, '{full.backup_id}')</base_backup>" in meta
 
-    target = StoreConfig(data_dir=tmp_path, clickhouse=store.config.dsn,
-                         database=f"r_{uuid.uuid4().hex[:10]}")
-    source = dump(store.client, store.name)
-    try:
-        report = ops.restore_backup(target, loc, inc.backup_id)
-        assert report.chain == [inc.backup_id, full.backup_id] and report.set_aside is None
-        after = dump(store.client, target.database)
-        for table in set(source) - BOOKKEEPING:
-            assert after[table] == source[table], table
-    finally:
-        store.command(f"DROP DATABASE IF EXISTS `{target.database}` SYNC")
+def test_a_chain_of_the_embedded_engine_on_s3_verifies_and_restores_into_a_new_database(
+        _chains: dict[str, Chain], rclone_s3, tmp_path: Path) -> None:
+    """The embedded engine's case of the test above, on the module's chain on the
+    credential-checking server (made by the embedded engine, new calls between)."""
+    chain = _chains["s3"]
+    _verify_and_restore_over_s3(chain.db, chain.loc, chain.backups, rclone_s3, tmp_path)
 
 
 def test_wrong_credentials_are_named_and_nothing_is_catalogued(embedded_db: Database,
