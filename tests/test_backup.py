@@ -11,10 +11,10 @@ is read sorted (`ORDER BY ALL`, FINAL where the engine merges rows) and hashed i
 Python (`DUMP` below), not with the fingerprints the backup module records.
 
 Kept quick on purpose (the suite has a time budget): the stores are small (what is
-proven does not depend on their size), a chain of backups is made once per module
-and damaged only in copies, ClickHouse's ASYNC operations are polled often
+proven does not depend on their size), one store's chains of backups (in a directory
+and on S3) are made once per module and damaged only in copies, ClickHouse's ASYNC operations are polled often
 (`ops.POLL_SECONDS`), and CLI commands whose process is not the point run through the
-same entry point in this process or several in one process (`CLI` below); the
+same entry point in this process or several in one process (tests/cli_inproc.py); the
 restore into a fresh data directory, the kill and the crash stay real processes.
 """
 
@@ -68,31 +68,6 @@ _ns: dict = {}
 exec(DUMP, _ns)
 dump = _ns["dump"]
 
-#: `cdrhouse ARGS` through the console entry point (`main`, exit codes and all) inside
-#: the calling process: used here when the process is not the point, and in
-#: `cdrhouse_batch` to run several commands in one process (one start-up, not one each)
-CLI = r'''
-import contextlib
-import io
-import sys
-
-def run_cli(args):
-    from cdrhouse.api.cli import main
-    out, err = io.StringIO(), io.StringIO()
-    saved, sys.argv = sys.argv, ["cdrhouse", *args]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                main()
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-    finally:
-        sys.argv = saved
-    return code, out.getvalue(), err.getvalue()
-'''
-exec(CLI, _ns)
-run_cli = _ns["run_cli"]
 
 #: written by the backup machinery itself after its own snapshot, so they differ
 #: from the backup by construction (checked separately)
@@ -118,18 +93,22 @@ def cdrhouse(env: dict, *args: str, timeout: float = 300,
 
 def cdrhouse_batch(env: dict, *commands: list[str],
                    timeout: float = 300) -> list[subprocess.CompletedProcess]:
-    """Several CLI commands, one after another, in one new process (`CLI`): each one's
-    exit code, stdout and stderr as `cdrhouse()` gives them. An argument "{i}" is the
-    stdout of the i-th command before it (stripped), e.g. the id a `backup run` printed."""
+    """Several CLI commands, one after another, in one new process (through the entry
+    point, tests/cli_inproc.py): each one's exit code, stdout and stderr as `cdrhouse()`
+    gives them. An argument "{i}" is the stdout (stripped) of the i-th command before
+    it, e.g. the id a `backup run` printed."""
     inherited = {k: v for k, v in os.environ.items()
                  if not k.startswith(("CDRHOUSE_", "AWS_"))}
-    code = CLI + ("\nimport json\n"
-                  "done = []\n"
-                  "for args in json.loads(sys.argv[1]):\n"
-                  "    done.append(run_cli([a.format(*[d[1].strip() for d in done]) "
-                  "for a in args]))\n"
-                  "print(json.dumps(done))\n")
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(commands)],
+    code = ("import json, sys\n"
+            "sys.path.insert(0, sys.argv[2])\n"
+            "from cli_inproc import run_cli\n"
+            "done = []\n"
+            "for args in json.loads(sys.argv[1]):\n"
+            "    done.append(run_cli(*[a.format(*[d.stdout.strip() for d in done]) "
+            "for a in args], clean=False))\n"
+            "print(json.dumps([[d.returncode, d.stdout, d.stderr] for d in done]))\n")
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(commands),
+                           str(Path(__file__).parent)],
                           capture_output=True, text=True, timeout=timeout,
                           env={**inherited, "COLUMNS": "200", **env})
     assert proc.returncode == 0, proc.stderr
@@ -154,8 +133,7 @@ read = [dump(db.client, "cdrhouse"), listed, state]
 db.close()
 result.write_text(json.dumps(read))
 from cdrhouse.api.cli import main
-sys.argv = ["cdrhouse", "--data-dir", str(data), *sys.argv[4:]]
-main()
+main(["--data-dir", str(data), *sys.argv[4:]])
 '''
 
 
@@ -661,8 +639,7 @@ generate.load(db, generate.GenSpec(rows=int(sys.argv[2]), months=2, seed=5,
                                    tenants=("acme",)), work)
 db.close()
 from cdrhouse.api.cli import main
-sys.argv = ["cdrhouse", *sys.argv[3:]]
-main()
+main(sys.argv[3:])
 '''
 
 
@@ -793,22 +770,16 @@ def test_bad_locations_are_refused_clearly(url: str, message: str, tmp_path: Pat
         open_location(BackupConfig(url=url), ArchiveConfig(), tmp_path)
 
 
-def test_cli_errors(embedded_db: Database, embedded_dsn: str, tmp_path: Path,
-                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_errors(embedded_db: Database, embedded_dsn: str, tmp_path: Path) -> None:
     """Through the CLI's entry point in this process (the exit code it ends with; that
     it reaches the shell the crash test's real processes show). `serve` is given a data
     directory this process cannot open: a bad schedule let through fails there, it
     does not serve."""
-    for name in [k for k in os.environ if k.startswith(("CDRHOUSE_", "AWS_"))]:
-        monkeypatch.delenv(name)
-    env = {"COLUMNS": "200", "CDRHOUSE_DATA_DIR": str(tmp_path / "data"),
-           "CDRHOUSE_BACKUP": str(tmp_path / "b")}
+    from cli_inproc import run_cli
+    env = {"CDRHOUSE_DATA_DIR": str(tmp_path / "data"), "CDRHOUSE_BACKUP": str(tmp_path / "b")}
 
-    def cli(extra: dict, *args: str) -> subprocess.CompletedProcess:
-        with monkeypatch.context() as m:
-            for name, value in {**env, **extra}.items():
-                m.setenv(name, value)
-            return subprocess.CompletedProcess(args, *run_cli(list(args)))
+    def cli(extra: dict, *args: str):
+        return run_cli(*args, env={**env, **extra})
 
     # a new store (this process's engine, a fresh database)
     store = {"CDRHOUSE_CLICKHOUSE": embedded_dsn, "CDRHOUSE_DATABASE": embedded_db.name}
