@@ -122,20 +122,3 @@ def test_no_module_of_the_package_can_kill_the_process() -> None:
     offenders = [str(py.relative_to(REPO)) for top in MAPPED for py in (REPO / top).rglob("*.py")
                  if "os._exit" in py.read_text(encoding="utf-8")]
     assert offenders == []
-
-
-@pytest.mark.skipif(sys.platform == "win32", reason="uvloop is not declared on Windows")
-def test_serve_runs_on_the_c_http_parser_and_event_loop() -> None:
-    """`cdrhouse serve` leaves uvicorn's loop and HTTP parser on "auto", which picks
-    uvloop and httptools only when they are installed: the declared dependencies must
-    make that choice (pure-Python h11 and asyncio's loop cost more CPU per request,
-    measured in benchmarks/README.md). Resolved here the way uvicorn resolves it."""
-    import uvicorn
-    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    assert any(d.startswith("httptools") for d in declared)
-    assert any(d.startswith("uvloop") for d in declared)
-    config = uvicorn.Config(lambda scope, receive, send: None, loop="auto", http="auto")
-    config.load()
-    assert config.http_protocol_class.__module__ == "uvicorn.protocols.http.httptools_impl"
-    from uvicorn.loops.auto import auto_loop_factory
-    assert "uvloop" in auto_loop_factory(use_subprocess=False).__module__
