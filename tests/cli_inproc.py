@@ -12,11 +12,16 @@ killed run, a store held by another process) still start a real one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from unittest import mock
+
+import typer.main
+import typer.testing
 
 from cdrhouse.api.cli import main
 
@@ -65,3 +70,16 @@ def run_cli(*args: str, env: Mapping[str, str | None] | None = None, stdin: str 
         finally:
             sys.stdin = saved_stdin
     return Ran(list(args), code, out.getvalue(), err.getvalue())
+
+
+class CliRunner(typer.testing.CliRunner):
+    """typer's test runner, with the click command built from the app once per process:
+    typer rebuilds it on every invoke (~0.15 s of signature introspection each). The
+    command is the same object `cdrhouse` runs; each invoke still gets its own context.
+    (Patches typer's private `_get_command`: a typer release that renames it fails loudly.)"""
+
+    _command = staticmethod(functools.cache(typer.main.get_command))
+
+    def invoke(self, app, *args, **kwargs):
+        with mock.patch.object(typer.testing, "_get_command", self._command):
+            return super().invoke(app, *args, **kwargs)

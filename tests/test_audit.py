@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import functools
 import json
 import re
 import sys
@@ -23,12 +22,9 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import pytest
 from fastapi.testclient import TestClient
-import typer.main
-import typer.testing
 
 sys.path.insert(0, str(Path(__file__).parent))
 import webstore  # noqa: E402
@@ -43,16 +39,7 @@ from cdrhouse.engine import users  # noqa: E402
 from cdrhouse.engine.db import Database  # noqa: E402
 from cdrhouse.sql.recordings import RecordingPolicy  # noqa: E402
 
-class CliRunner(typer.testing.CliRunner):
-    """typer's runner, with the click command built from the app once per module: typer
-    rebuilds it on every invoke (~0.15 s of signature introspection, ~50 invokes here).
-    The command is the same object `cdrhouse` runs; each invoke still gets its own context."""
-
-    _command = staticmethod(functools.cache(typer.main.get_command))
-
-    def invoke(self, app, *args, **kwargs):
-        with mock.patch.object(typer.testing, "_get_command", self._command):
-            return super().invoke(app, *args, **kwargs)
+from cli_inproc import CliRunner  # noqa: E402  (typer's runner, command built once)
 
 
 ORIGIN = "http://testserver"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import functools
 import gzip
 import io
 import threading
@@ -19,12 +18,9 @@ import uuid
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
-from unittest import mock
 
 import pyarrow.parquet as pq
 import pytest
-import typer.main
-import typer.testing
 import zstandard
 from fastapi.testclient import TestClient
 
@@ -41,16 +37,7 @@ from cdrhouse.engine import userdata as ud
 from cdrhouse.engine.db import Database
 from cdrhouse.tiering.store import ArchiveConfig, LocalStore, S3Store
 
-class CliRunner(typer.testing.CliRunner):
-    """typer's runner, with the click command built from the app once per module: typer
-    rebuilds it on every invoke (~0.15 s of signature introspection, ~20 invokes here).
-    The command is the same object `cdrhouse` runs; each invoke still gets its own context."""
-
-    _command = staticmethod(functools.cache(typer.main.get_command))
-
-    def invoke(self, app, *args, **kwargs):
-        with mock.patch.object(typer.testing, "_get_command", self._command):
-            return super().invoke(app, *args, **kwargs)
+from cli_inproc import CliRunner  # noqa: E402  (typer's runner, command built once)
 
 
 UTC = dt.timezone.utc
