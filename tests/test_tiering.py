@@ -226,8 +226,12 @@ def test_wrong_credentials_missing_bucket_and_no_server_are_named(rclone_s3) -> 
                       access_key=rclone_s3.access_key, secret_key=rclone_s3.secret_key)
     with pytest.raises(ArchiveError, match="bucket 'no-such-bucket' does not exist"):
         missing.check()
+    # a refused port: no retries, so the message comes at once instead of after
+    # botocore's backoffs (the default retries a refused connection for ~15 s)
     nobody = S3Store("archive", "p", endpoint="http://127.0.0.1:9", access_key="a",
-                     secret_key="b")
+                     secret_key="b", retries=0, connect_timeout=1)
+    assert nobody.client.meta.config.retries["total_max_attempts"] == 1
+    assert nobody.client.meta.config.connect_timeout == 1
     with pytest.raises(ArchiveError, match="cannot reach the S3 endpoint http://127.0.0.1:9"):
         nobody.check()
 

@@ -10,7 +10,10 @@ query text: for S3 they live in a named collection created once per store.
 
 Errors are `ArchiveError`s whose message says what to fix (missing bucket,
 wrong credentials, no permission, unreachable endpoint); transient S3 errors
-are retried with exponential backoff by botocore's "standard" retry mode.
+are retried with exponential backoff by botocore's "standard" retry mode
+(`S3Store(retries=…, connect_timeout=…)`: the defaults ride out a flaky
+network; a caller that wants a dead endpoint reported at once — a health check,
+a test — passes retries=0 and a short connect_timeout).
 """
 
 from __future__ import annotations
@@ -44,6 +47,13 @@ class ObjectInfo:
 DEFAULT_PRESIGN_EXPIRY = 15 * 60
 #: SigV4's ceiling for a presigned URL (seven days).
 MAX_PRESIGN_EXPIRY = 7 * 24 * 3600
+#: botocore "standard" retry mode: retries of a failed request after the first try
+#: (botocore's `retries={"max_attempts": …}`), with exponential backoff between them —
+#: a refused connection is retried too, so by default an unreachable endpoint is
+#: reported only after the backoffs (~15 s).
+DEFAULT_S3_RETRIES = 5
+#: seconds to wait for a TCP connection to the S3 endpoint, per attempt
+DEFAULT_S3_CONNECT_TIMEOUT = 5.0
 
 
 def check_presign_expiry(seconds: int, where: str = "--presign-expiry") -> int:
@@ -255,12 +265,17 @@ class S3Store:
     (`?AWSAccessKeyId=…&Signature=…`) for a custom endpoint or us-east-1, which
     AWS regions opened since 2014, MinIO, rclone and most S3-compatible servers
     refuse (`UnsupportedAlgorithm`).
+
+    `retries` and `connect_timeout` go to botocore's client config (see
+    DEFAULT_S3_RETRIES): lower them where a dead endpoint should fail fast.
     """
 
     def __init__(self, bucket: str, prefix: str = "", *, endpoint: str | None = None,
                  region: str | None = None, access_key: str | None = None,
                  secret_key: str | None = None, multipart_threshold: int = 64 << 20,
-                 presign_expiry: int = DEFAULT_PRESIGN_EXPIRY) -> None:
+                 presign_expiry: int = DEFAULT_PRESIGN_EXPIRY,
+                 retries: int = DEFAULT_S3_RETRIES,
+                 connect_timeout: float = DEFAULT_S3_CONNECT_TIMEOUT) -> None:
         import boto3
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
@@ -280,8 +295,8 @@ class S3Store:
         self.client = session.client(
             "s3", endpoint_url=self.endpoint,
             config=Config(signature_version="s3v4", region_name=self.region,
-                          retries={"max_attempts": 5, "mode": "standard"},
-                          connect_timeout=5, read_timeout=120,
+                          retries={"max_attempts": retries, "mode": "standard"},
+                          connect_timeout=connect_timeout, read_timeout=120,
                           s3={"addressing_style": "path"} if self.endpoint else None))
         self.transfer = TransferConfig(multipart_threshold=multipart_threshold,
                                        multipart_chunksize=max(5 << 20, multipart_threshold))
