@@ -10,6 +10,7 @@ credentials.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import time
@@ -43,7 +44,8 @@ WHO = ("admin", "tenant:acme", "tenant:acme/customer:C001", "tenant:acme/carrier
        "tenant:globex", "tenant:globex/customer:C002")
 FROM = f"{OLDEST // 100:04d}-{OLDEST % 100:02d}-01"
 TO = f"{add_months(NEWEST, 1) // 100:04d}-{add_months(NEWEST, 1) % 100:02d}-01"
-RANGE = {"range": "custom", "from": FROM, "to": TO, "limit": 1000, "columns": "call_id"}
+#: pages of 500: every principal with more calls than that is read through the cursor
+RANGE = {"range": "custom", "from": FROM, "to": TO, "limit": 500, "columns": "call_id"}
 COUNT_SQL = "SELECT count() AS n, sum(billsec) AS b FROM cdrs"
 #: a region other than boto3's default, to see it signed into the URLs (moto's archive)
 REGION = "eu-central-1"
@@ -74,24 +76,26 @@ def snapshot(client: TestClient, secrets: dict, archive: bool) -> dict:
     return seen
 
 
-@pytest.fixture(scope="module", params=["local", "s3", "rclone"])
-def served(request, tmp_path_factory, embedded_dsn: str, engine_dir: Path):
-    """(client, secrets, before, ids, kind, db, archive) after tiering the archived months."""
-    tmp = tmp_path_factory.mktemp("archive-api")
+def _build(request, stack: contextlib.ExitStack, kind: str, tmp: Path, embedded_dsn: str,
+           engine_dir: Path) -> tuple:
+    """(client, secrets, before, ids, kind, db, archive) after tiering the archived months
+    of a fresh store into an archive of `kind`; torn down by `stack`."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     store = StoreConfig(data_dir=engine_dir, clickhouse=embedded_dsn, database=name)
     db = Database(store)
+    stack.callback(db.close)
+    stack.callback(db.command, f"DROP DATABASE `{name}`")
     migrate(db)
-    load(db, tmp, rows=3000)
+    load(db, tmp)  # test_tiering's size: one data template per worker
     secrets = {who: keys.create_key(db, who)[1] for who in WHO}
-    if request.param == "local":
+    # the service reads S3 credentials as a deployment would: from the environment, when
+    # it starts (boto3 resolves them then); they are unset again once it has started
+    mp = pytest.MonkeyPatch()
+    if kind == "local":
         archive_config = ArchiveConfig(url=str(tmp / "warm"))
         archive = LocalStore(tmp / "warm")
-    elif request.param == "s3":
+    elif kind == "s3":
         endpoint = request.getfixturevalue("moto_endpoint")
-        # the service reads S3 credentials as a deployment would: from the environment
-        mp = pytest.MonkeyPatch()
-        request.addfinalizer(mp.undo)
         mp.setenv("AWS_ACCESS_KEY_ID", "test")
         mp.setenv("AWS_SECRET_ACCESS_KEY", "test")
         bucket = f"api-{uuid.uuid4().hex[:8]}"
@@ -102,8 +106,6 @@ def served(request, tmp_path_factory, embedded_dsn: str, engine_dir: Path):
                           secret_key="test")
     else:
         rclone = request.getfixturevalue("rclone_s3")
-        mp = pytest.MonkeyPatch()
-        request.addfinalizer(mp.undo)
         mp.setenv("AWS_ACCESS_KEY_ID", rclone.access_key)
         mp.setenv("AWS_SECRET_ACCESS_KEY", rclone.secret_key)
         prefix = f"api-{uuid.uuid4().hex[:8]}"
@@ -111,17 +113,39 @@ def served(request, tmp_path_factory, embedded_dsn: str, engine_dir: Path):
         archive_config = ArchiveConfig(url=f"s3://archive/{prefix}", s3_endpoint=rclone.endpoint)
         archive = S3Store("archive", prefix, endpoint=rclone.endpoint,
                           access_key=rclone.access_key, secret_key=rclone.secret_key)
-    ids = {(t, kind, code): acc.find(db, t, kind, code).account_id for t, kind, code in (
+    ids = {(t, k, code): acc.find(db, t, k, code).account_id for t, k, code in (
         ("acme", "customer", "C001"), ("acme", "carrier", "K001"),
         ("globex", "customer", "C002"))}
     app = create_app(ServiceConfig(store=store, pool_size=2, auth_failures_per_minute=1000,
                                    archive=archive_config))
-    with TestClient(app) as client:
-        before = snapshot(client, secrets, archive=False)
-        Tiering(db, archive).run(today=TODAY)
-        yield client, secrets, before, ids, request.param, db, archive
-    db.command(f"DROP DATABASE `{name}`")
-    db.close()
+    try:
+        client = stack.enter_context(TestClient(app))
+    finally:
+        mp.undo()
+    before = snapshot(client, secrets, archive=False)
+    Tiering(db, archive).run(today=TODAY)
+    return client, secrets, before, ids, kind, db, archive
+
+
+@pytest.fixture(scope="module")
+def _served_by_kind(request, tmp_path_factory, embedded_dsn: str, engine_dir: Path):
+    """kind -> the module's served state for that archive, built on first use and kept
+    to the end of the module: the rclone-only tests ask for `served` with a parameter of
+    their own, which pytest would otherwise take for a new instance and build again."""
+    built: dict[str, tuple] = {}
+    with contextlib.ExitStack() as stack:
+        def get(kind: str) -> tuple:
+            if kind not in built:
+                built[kind] = _build(request, stack, kind, tmp_path_factory.mktemp("archive-api"),
+                                     embedded_dsn, engine_dir)
+            return built[kind]
+        yield get
+
+
+@pytest.fixture(scope="module", params=["local", "s3", "rclone"])
+def served(request, _served_by_kind):
+    """(client, secrets, before, ids, kind, db, archive) after tiering the archived months."""
+    return _served_by_kind(request.param)
 
 
 # -- the pure parts ------------------------------------------------------------------------

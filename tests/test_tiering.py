@@ -48,9 +48,13 @@ class Crash(Exception):
 
 
 _TEMPLATES: dict[tuple[str, int, int], str] = {}
+#: CDRs per test: ~40-150 per tenant and archived month, enough for several parts and
+#: row groups at small part sizes. One size for the module (and test_tier_cli, which
+#: uses it too), so each engine builds one template: building one costs seconds.
+ROWS = 1500
 
 
-def load(db: Database, tmp: Path, rows: int = 12_000, seed: int = 7) -> None:
+def load(db: Database, tmp: Path, rows: int = ROWS, seed: int = 7) -> None:
     """Generated CDRs through the real ingest path — once per engine and size, into a
     template database; each test then copies the template into its own database."""
     key = (db.config.dsn, rows, seed)
@@ -238,7 +242,7 @@ def test_wrong_credentials_missing_bucket_and_no_server_are_named(rclone_s3) -> 
 
 def test_a_run_with_wrong_credentials_changes_nothing(embedded_db: Database, rclone_s3,
                                                       tmp_path: Path) -> None:
-    load(embedded_db, tmp_path, rows=3000)
+    load(embedded_db, tmp_path)
     before = totals(embedded_db)
     wrong = S3Store("archive", "w", endpoint=rclone_s3.endpoint,
                     access_key=rclone_s3.access_key, secret_key="nope")
@@ -250,7 +254,7 @@ def test_a_run_with_wrong_credentials_changes_nothing(embedded_db: Database, rcl
 
 def test_the_job_runs_against_a_server_that_checks_credentials(embedded_db: Database, rclone_s3,
                                                                 tmp_path: Path) -> None:
-    load(embedded_db, tmp_path, rows=3000)
+    load(embedded_db, tmp_path)
     before = totals(embedded_db, ARCHIVED)
     store = S3Store("archive", f"run-{uuid.uuid4().hex[:6]}", endpoint=rclone_s3.endpoint,
                     access_key=rclone_s3.access_key, secret_key=rclone_s3.secret_key)
@@ -267,7 +271,7 @@ def test_archive_verify_drop_and_read_back_independently(store: Database, archiv
     load(store, tmp_path)
     before_all = totals(store)
     before = totals(store, ARCHIVED)
-    tier = Tiering(store, archive, Policy(max_part_rows=500))
+    tier = Tiering(store, archive, Policy(max_part_rows=60))
 
     dry = tier.run(today=TODAY, dry_run=True)
     assert [p.month for p in dry.plan if p.eligible] == ARCHIVED
@@ -289,7 +293,7 @@ def test_archive_verify_drop_and_read_back_independently(store: Database, archiv
     assert {(m["tenant"], m["month"]) for m in index["months"]} == {
         (t, m) for t in ("acme", "globex", "initech") for m in ARCHIVED}
     acme = warm.read_manifest(archive, "acme", MIDDLE)
-    assert len(acme.files) > 1 and all(f.rows <= 500 for f in acme.files)
+    assert len(acme.files) > 1 and all(f.rows <= 60 for f in acme.files)
     assert all(k.startswith(f"cdrs/tenant=acme/month={MIDDLE}/part-") for k in acme.keys)
     enum = "Enum8('outbound' = 1, 'inbound' = 2, 'internal' = 3)"
     assert acme.compression == "zstd" and ("direction", enum) in acme.columns
@@ -319,9 +323,9 @@ def test_archive_verify_drop_and_read_back_independently(store: Database, archiv
 
 def test_parquet_is_sorted_zstd_with_enums_as_strings(embedded_db: Database, tmp_path: Path) -> None:
     import pyarrow.parquet as pq
-    load(embedded_db, tmp_path, rows=4000)
+    load(embedded_db, tmp_path)
     archive = LocalStore(tmp_path / "warm")
-    Tiering(embedded_db, archive, Policy(row_group_rows=100)).run(today=TODAY, tenants=["acme"])
+    Tiering(embedded_db, archive, Policy(row_group_rows=50)).run(today=TODAY, tenants=["acme"])
     manifest = warm.read_manifest(archive, "acme", NEWEST)
     meta = pq.ParquetFile(archive.root / manifest.keys[0])
     assert meta.metadata.num_row_groups > 1
@@ -337,7 +341,7 @@ def test_parquet_is_sorted_zstd_with_enums_as_strings(embedded_db: Database, tmp
 
 def test_tenant_filter_archives_but_drops_only_when_every_tenant_is_in(
         embedded_db: Database, tmp_path: Path) -> None:
-    load(embedded_db, tmp_path, rows=3000)
+    load(embedded_db, tmp_path)
     tier = Tiering(embedded_db, LocalStore(tmp_path / "warm"))
     report = tier.run(today=TODAY, months=[NEWEST], tenants=["acme"])
     assert [(m.tenant, m.month) for m in report.archived] == [("acme", NEWEST)]
@@ -348,7 +352,7 @@ def test_tenant_filter_archives_but_drops_only_when_every_tenant_is_in(
 
 
 def test_a_month_inside_the_window_is_never_moved(embedded_db: Database, tmp_path: Path) -> None:
-    load(embedded_db, tmp_path, rows=2000)
+    load(embedded_db, tmp_path)
     tier = Tiering(embedded_db, LocalStore(tmp_path / "warm"))
     report = tier.run(today=TODAY, months=[HOT])
     assert report.archived == [] and report.dropped == []
@@ -358,7 +362,7 @@ def test_a_month_inside_the_window_is_never_moved(embedded_db: Database, tmp_pat
 
 def test_late_rows_for_an_archived_month_are_archived_again_without_loss(
         embedded_db: Database, tmp_path: Path) -> None:
-    load(embedded_db, tmp_path, rows=3000)
+    load(embedded_db, tmp_path)
     archive = LocalStore(tmp_path / "warm")
     tier = Tiering(embedded_db, archive)
     before = totals(embedded_db, ARCHIVED)
@@ -396,7 +400,7 @@ def test_a_crash_at_any_step_converges_on_rerun(request, embedded_db: Database, 
     else:
         archive = s3_store(request, kind)
     store = embedded_db
-    load(store, tmp_path, rows=1500)
+    load(store, tmp_path)
     before = totals(store, ARCHIVED)
     hot_before = totals(store)
     crashed = []
@@ -421,7 +425,7 @@ def test_a_crash_at_any_step_converges_on_rerun(request, embedded_db: Database, 
 
 def test_rows_that_reach_the_partition_after_the_check_are_returned_not_dropped(
         embedded_db: Database, tmp_path: Path) -> None:
-    load(embedded_db, tmp_path, rows=2000)
+    load(embedded_db, tmp_path)
     archive = LocalStore(tmp_path / "warm")
 
     def fault(at: str) -> None:
@@ -446,7 +450,7 @@ def test_rows_that_reach_the_partition_after_the_check_are_returned_not_dropped(
 
 def test_a_corrupt_archive_file_fails_verification_and_keeps_the_month(
         embedded_db: Database, tmp_path: Path) -> None:
-    load(embedded_db, tmp_path, rows=2000)
+    load(embedded_db, tmp_path)
     archive = LocalStore(tmp_path / "warm")
 
     def fault(at: str) -> None:
@@ -504,7 +508,7 @@ def test_restore_of_a_month_never_archived_is_refused(embedded_db: Database,
 
 
 def test_restore_refuses_an_incomplete_archive(embedded_db: Database, tmp_path: Path) -> None:
-    load(embedded_db, tmp_path, rows=2000)
+    load(embedded_db, tmp_path)
     archive = LocalStore(tmp_path / "warm")
     tier = Tiering(embedded_db, archive)
     tier.run(today=TODAY, months=[MIDDLE])
@@ -546,7 +550,7 @@ def test_the_checksum_sees_nulls_duplicates_and_every_column(embedded_db: Databa
 
 def test_a_row_written_during_the_run_is_never_dropped_with_the_partition(
         embedded_db: Database, tmp_path: Path) -> None:
-    load(embedded_db, tmp_path, rows=2000)
+    load(embedded_db, tmp_path)
     archive = LocalStore(tmp_path / "warm")
     wrote = []
 
@@ -574,7 +578,7 @@ def test_a_row_written_during_the_run_is_never_dropped_with_the_partition(
 def test_daily_summaries_stay_exact_through_archive_and_restore(embedded_db: Database,
                                                                 tmp_path: Path) -> None:
     from cdrhouse.engine import summary
-    load(embedded_db, tmp_path, rows=2000)
+    load(embedded_db, tmp_path)
     first = dt.date(OLDEST // 100, OLDEST % 100, 1)
     last = dt.date(TODAY.year, TODAY.month, 1)
     before = {t: summary.totals(embedded_db, t, first, last) for t in ("acme", "globex")}
