@@ -24,13 +24,13 @@ from pydantic import BaseModel, Field
 from cdrhouse.api.deps import caller, jsonable, service, store
 from cdrhouse.api.auth import Caller
 from cdrhouse.api.errors import Problem
+from cdrhouse.api.scaleout import launch_recalc
 from cdrhouse.api.userdata import job_json
 from cdrhouse.engine import accounts as acc
 from cdrhouse.engine import ledger
 from cdrhouse.engine import ratecards as rc
 from cdrhouse.engine import recalc as rec
 from cdrhouse.engine.db import Database
-from cdrhouse.engine.pool import DatabasePool
 from cdrhouse.sql.principal import NotPermitted, TenantNeeded
 
 router = APIRouter(prefix="/v1")
@@ -156,22 +156,6 @@ class RecalcIn(BaseModel):
     model_config = {"populate_by_name": True, "extra": "forbid"}
 
 
-def _launch(request: Request, job_id: str) -> None:
-    """Run the job to its end on the service's job runner (it records its own outcome)."""
-    svc = service(request)
-    pool: DatabasePool = svc.pool
-
-    def work() -> None:
-        with pool.acquire() as db:
-            rec.execute(db, job_id)
-
-    def abandon() -> None:
-        with pool.acquire(timeout=5) as db:
-            rec.abandon(db, job_id)
-
-    svc.jobs.submit(f"recalc-{job_id}", work, on_abandon=abandon)
-
-
 async def _start(request: Request, response: Response, who: Caller,
                  req: rec.RecalcRequest) -> dict:
     def work(db: Database):
@@ -184,7 +168,7 @@ async def _start(request: Request, response: Response, who: Caller,
         except rec.RecalcError as exc:
             raise Problem("invalid-request", str(exc)) from None
     job = await store(request, work)
-    _launch(request, job.job_id)
+    launch_recalc(service(request), job.job_id)
     response.status_code = 202
     response.headers["Location"] = f"/v1/jobs/{job.job_id}"
     return job_json(job, who)
@@ -234,7 +218,7 @@ async def post_resume(request: Request, response: Response, job_id: str,
         except rec.RecalcError as exc:
             raise Problem("invalid-request", str(exc)) from None
     job = await store(request, work)
-    _launch(request, job.job_id)
+    launch_recalc(service(request), job.job_id)
     response.status_code = 202
     response.headers["Location"] = f"/v1/jobs/{job.job_id}"
     return job_json(job, who)
