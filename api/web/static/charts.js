@@ -83,10 +83,19 @@
       legend: {show: true, live: true}, cursor: {drag: {x: false, y: false}}
     };
     el.textContent = "";
+    var valueScale = series[0].scale || "y";
+    opts.hooks = {setScale: [function (u, key) {   // the value axis' floor, as drawn
+      if (key === valueScale) el.dataset.yMin = u.scales[key].min;
+    }]};
     var u = new uPlot(opts, data, el);
     plots.push([u, el]);
     return u;
   }
+
+  // bars are read by their height, so their axis starts at zero: uPlot fits the range
+  // to the data, and two days of 40 and 60 calls would otherwise draw 1:3, not 2:3
+  function fromZero(u, min, max) { return [0, max > 0 ? max * 1.1 : 1]; }
+  var ZERO_Y = {y: {range: fromZero}};
 
   function bars(color, fill) {
     return {paths: uPlot.paths.bars({size: [0.7, 60], align: 0}), stroke: color, fill: fill, points: {show: false}};
@@ -104,10 +113,10 @@
     plot($("chart-calls"), [t, s.calls, s.connected], [
       Object.assign({label: "Calls", value: function (u, v) { return v === null ? "–" : num.format(v); }}, bars("#9bb5ea", "#9bb5ea")),
       Object.assign({label: "Connected", value: function (u, v) { return v === null ? "–" : num.format(v); }}, bars("#2457c5", "#2457c5"))
-    ], [x, {size: 44}], zone);
+    ], [x, {size: 44}], zone, ZERO_Y);
     plot($("chart-minutes"), [t, s.minutes], [
       Object.assign({label: "Minutes", value: function (u, v) { return v === null ? "–" : num2.format(v); }}, bars("#5a7fd0", "#5a7fd0"))
-    ], [x, {size: 50}], zone);
+    ], [x, {size: 50}], zone, ZERO_Y);
     plot($("chart-quality"), [t, s.asr.map(function (v) { return v === null ? null : v * 100; }), s.acd], [
       {label: "ASR %", scale: "%", stroke: "#1b8a5a", width: 2, spanGaps: false, points: {show: true, size: 5},
        value: function (u, v) { return v === null ? "–" : v.toFixed(1) + " %"; }},
@@ -115,7 +124,7 @@
        value: function (u, v) { return secs(v); }}
     ], [x, {scale: "%", size: 52, values: function (u, vals) { return vals.map(function (v) { return v + "%"; }); }},
         {scale: "s", side: 1, size: 44, grid: {show: false, stroke: "transparent", width: 0}, values: function (u, vals) { return vals.map(secs); }}],
-    zone, {"%": {range: [0, 100]}});
+    zone, {"%": {range: [0, 100]}, s: {range: fromZero}});
   }
 
   function render(body) {
