@@ -153,10 +153,22 @@ def main() -> None:
     results["load_after"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print("| scenario | requests | req/s | p50 ms | p99 ms | errors |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| scenario | requests | req/s | p50 ms | p99 ms | errors | server CPU ms/req "
+          "| client CPU ms/req |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in results["scenarios"].items():
-        print(f"| {name} | {r['requests']} | {r['req_per_s']} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} |")
+        print(f"| {name} | {r['requests']} | {r['req_per_s']} | {r['p50_ms']} | {r['p99_ms']} "
+              f"| {r['errors']} | {r['server_cpu_ms']} | {r['client_cpu_ms']} |")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its waited-for children, from /proc (Linux).
+
+    Per request, this is the steadier number on a shared machine: throughput and
+    latency move with whatever else runs, the CPU a request costs much less.
+    """
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def _measure(args, data_dir: Path, engine, secrets: dict, workers: int, tmp: Path):
@@ -187,8 +199,15 @@ def _measure(args, data_dir: Path, engine, secrets: dict, workers: int, tmp: Pat
             time.sleep(15)
         for who, secret in secrets.items():  # who: operators (1 key) or customers (8 keys)
             for name in args.scenarios.split(","):
-                out.append((f"{name} as {who}", asyncio.run(run_scenario(
-                    base, secret, name, args.clients, args.requests, args.max_seconds))))
+                server_cpu, client_cpu = cpu_seconds(server.pid), os.times()
+                r = asyncio.run(run_scenario(base, secret, name, args.clients, args.requests,
+                                             args.max_seconds))
+                n = max(r["requests"], 1)
+                r["server_cpu_ms"] = round((cpu_seconds(server.pid) - server_cpu) * 1000 / n, 2)
+                spent = os.times()
+                r["client_cpu_ms"] = round((spent.user + spent.system - client_cpu.user
+                                            - client_cpu.system) * 1000 / n, 2)
+                out.append((f"{name} as {who}", r))
     finally:
         server.terminate()
         try:
