@@ -18,9 +18,9 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
-from cdrhouse.engine import cluster
+from cdrhouse.engine import cluster, relayout
 from cdrhouse.engine.db import Database, StoreError
-from cdrhouse.sql.schema import Migration, migrations
+from cdrhouse.sql.schema import Migration, migrations, parse_rebuild
 from cdrhouse.sql.schema.topology import render
 
 _BOOKKEEPING = """
@@ -71,6 +71,15 @@ def is_current(db: Database) -> bool:
         return False
 
 
+def _execute(db: Database, sql: str) -> None:
+    """One schema statement: ClickHouse SQL, or a `REBUILD TABLE` step cdrhouse runs itself."""
+    step = parse_rebuild(sql)
+    if step is None:
+        db.command(sql)
+    else:
+        relayout.rebuild(db, step)
+
+
 def migrate(db: Database) -> MigrationReport:
     if cluster.topology(db).cluster:
         return _migrate_cluster(db)
@@ -78,7 +87,7 @@ def migrate(db: Database) -> MigrationReport:
     applied = []
     for mig in pending(db):
         for statement in mig.statements:
-            db.command(statement)
+            _execute(db, statement)
         db.insert_rows("schema_migrations", [(mig.version, mig.name, mig.checksum)],
                        ["version", "name", "checksum"])
         applied.append(f"{mig.version:03d}_{mig.name}")
@@ -116,12 +125,12 @@ def _migrate_cluster(db: Database) -> MigrationReport:
             statements = render(mig.statements, topo, db.name)
             if topo.replicated:
                 for st in statements:
-                    db.command(st.sql)
+                    _execute(db, st.sql)
             else:
                 for node, conn in targets:
                     for st in statements:
                         if st.where == "all" or (st.where == "home" and node.home):
-                            conn.command(st.sql)
+                            _execute(conn, st.sql)
             for node, conn in targets:
                 _record(conn, mig)
             applied.add(f"{mig.version:03d}_{mig.name}")

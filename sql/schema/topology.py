@@ -29,6 +29,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from cdrhouse.sql.schema import Rebuild, parse_rebuild
+
 #: public name -> sharding key of its Distributed table. Every version of a call
 #: (tenant_id, call_id) lands on one shard, so ReplacingMergeTree deduplication,
 #: FINAL and re-rating stay exact per shard (ARCHITECTURE.md).
@@ -142,6 +144,14 @@ def render_statement(sql: str, topology: Topology, database: str) -> list[Statem
         return [Statement(sql, "all")]
     once: Where = "once"
     every: Where = once if topology.replicated else "all"
+    if step := parse_rebuild(sql):
+        if step.table not in SHARDED:
+            raise SchemaRenderError(f"REBUILD TABLE {step.table}: only sharded tables are rebuilt")
+        if topology.replicated:
+            # Each shard's replicas would have to copy once and swap together (Keeper
+            # paths, ON CLUSTER EXCHANGE): not done; the table keeps its settings there.
+            return []
+        return [Statement(Rebuild(local_name(step.table, topology), step.settings).sql, "all")]
     if m := _CREATE.match(sql):
         name, body = m.groups()
         if name in SHARDED:

@@ -573,3 +573,4 @@ ENGINE = ReplicatedMergeTree('/clickhouse/tables/all/{database}/{table}', '{shar
 ORDER BY (client, at)
 TTL toDateTime(at) + INTERVAL 1 DAY;
 
+-- 014_granules.sql

@@ -559,3 +559,7 @@ ENGINE = MergeTree
 ORDER BY (client, at)
 TTL toDateTime(at) + INTERVAL 1 DAY;
 
+-- 014_granules.sql
+-- where: all
+REBUILD TABLE cdr_records SETTINGS index_granularity = 1024, min_compress_block_size = 8192, max_compress_block_size = 65536;
+

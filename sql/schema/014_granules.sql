@@ -1,0 +1,22 @@
+-- Finer granules for cdr_records (issue 17: interactive pages under load).
+--
+-- A viewer page reads its window's sort-key columns, picks the newest 100 calls, and
+-- then reads the other columns of just those rows (ClickHouse's lazy materialization).
+-- With 8192-row granules and compression blocks of up to 1 MiB, each of those rows
+-- costs a whole block per column; a tenant's page has its rows spread over every
+-- customer's stretch of the sort key, so it decompressed ~12 blocks per column.
+-- 1024-row granules with 8-64 KiB compression blocks cut that ~8x. Measured on 5M
+-- CDRs (benchmarks/README.md, "Finer granules"): server CPU per page at 32 clients
+-- 34-38 -> 21-23 ms for a tenant's page and 17-20 -> 14 ms for a customer's, the same
+-- rows, the same size on disk. The primary index grows 8x (~0.4 MiB per 5M rows).
+--
+-- ClickHouse fixes index_granularity when a table is created, so this is not an
+-- ALTER: `REBUILD TABLE` is carried out by cdrhouse (engine/relayout.py): a new
+-- table with these settings gets every row, partition by partition, is checked
+-- against the old one and swapped in with EXCHANGE TABLES; the daily summary's view
+-- follows the name and is not fed twice. It needs free disk for one more copy of the
+-- table, time (~2-3 s per million rows on two cores), and writers stopped. A store
+-- that already has the settings is left alone. On a replicated cluster the tables
+-- keep their settings (replicas would have to copy and swap together: not done).
+
+REBUILD TABLE cdr_records SETTINGS index_granularity = 1024, min_compress_block_size = 8192, max_compress_block_size = 65536;
