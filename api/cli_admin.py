@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
 from typing import Annotated, Optional
 
 import typer
@@ -18,12 +22,29 @@ accounts_app = typer.Typer(help="Customers and carriers of a tenant.", no_args_i
 keys_app = typer.Typer(help="API keys for the HTTP service.", no_args_is_help=True)
 
 
+@contextlib.contextmanager
+def _progress() -> Iterator[None]:
+    """The migration's progress lines (a table rebuild's partitions) on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger("cdrhouse.migrate")
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
 def init(ctx: typer.Context) -> None:
     """Create the store (or bring its schema up to date). Safe to run again."""
     config: StoreConfig = ctx.obj
     db = Database(config)
     try:
-        report = migrate(db)
+        with _progress():
+            report = migrate(db)
     finally:
         db.close()
     where = config.dsn if not config.embedded else str(config.data_dir / "clickhouse")

@@ -92,7 +92,8 @@ def rebuild(db: Database, step: Rebuild) -> bool:
         db.command(f"ALTER TABLE {table} REPLACE PARTITION ID {{p:String}} FROM {staging}",
                    {"p": partition})
     db.command(f"DROP TABLE {staging} SYNC")
-    log.info("rebuilt %s with %s (%d partitions)", table, step.settings, len(expected))
+    (log.info if expected else log.debug)("rebuilt %s with %s (%d partitions)", table,
+                                          step.settings, len(expected))
     return True
 
 

@@ -249,3 +249,33 @@ def test_sql_and_search_are_guarded_per_principal(demo_dir: Path) -> None:
     assert rows2[0]["start_time"] <= rows[-1]["start_time"]
     bad = run(demo_dir, "search", "--as", "tenant:acme/carrier:K001", "--columns", "customer_charge")
     assert bad.returncode == 2 and "customer_charge" in bad.stderr
+
+
+def test_init_upgrades_an_older_store_and_shows_the_rebuild(tmp_path: Path, monkeypatch) -> None:
+    """A store made before schema 014 (8192-row granules, CDRs in it): `cdrhouse init`
+    rebuilds cdr_records, says so partition by partition, and keeps every row."""
+    import datetime as dt
+
+    from cdrhouse.engine import generate, migrate as mig, relayout
+    from cdrhouse.engine.db import Database, StoreConfig
+    from cdrhouse.sql.schema import migrations
+    with monkeypatch.context() as m:
+        m.setattr(mig, "migrations", lambda: [x for x in migrations() if x.version < 14])
+        db = Database(StoreConfig(data_dir=tmp_path))
+        mig.migrate(db)
+        generate.load(db, generate.GenSpec(rows=2_000, months=2, seed=2, end=dt.datetime(
+            2026, 11, 1, tzinfo=dt.timezone.utc)), tmp_path)
+        before = db.rows("SELECT count(), sum(cityHash64(tuple(*))) FROM cdr_records")
+        assert relayout.table_settings(db, "cdr_records")["index_granularity"] == "8192"
+        db.close()
+    out = run(tmp_path, "init", check=True)
+    assert re.search(r"rebuild of cdr_records: partition 2026\d\d copied \(1 of [23]\)", out.stderr)
+    assert "rebuilt cdr_records" in out.stderr
+    assert "applied schema 014_granules" in out.stderr
+    db = Database(StoreConfig(data_dir=tmp_path))
+    try:
+        assert relayout.table_settings(db, "cdr_records")["index_granularity"] == "1024"
+        assert db.rows("SELECT count(), sum(cityHash64(tuple(*))) FROM cdr_records") == before
+    finally:
+        db.close()
+    assert "rebuild" not in run(tmp_path, "init", check=True).stderr
