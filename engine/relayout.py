@@ -51,32 +51,40 @@ def split_settings(definition: str) -> tuple[str, dict[str, str]]:
     return head, {k.strip(): v.strip() for k, v in (p.split("=", 1) for p in pairs)}
 
 
+def _definition(db: Database, table: str) -> tuple[str, str, str]:
+    """The table's engine clause, its CREATE statement, and its database's engine."""
+    row = db.rows("SELECT t.engine_full, t.create_table_query, d.engine FROM system.tables AS t "
+                  "JOIN system.databases AS d ON d.name = t.database "
+                  "WHERE t.database = currentDatabase() AND t.name = {t:String}", {"t": table})
+    if not row:
+        raise StoreError(f"cannot rebuild table {table}: it does not exist")
+    return row[0]
+
+
 def table_settings(db: Database, table: str) -> dict[str, str]:
     """The table's storage settings as written in its definition (name -> text)."""
-    engine = db.scalar("SELECT engine_full FROM system.tables WHERE database = currentDatabase() "
-                       "AND name = {t:String}", {"t": table})
-    if engine is None:
-        raise StoreError(f"cannot rebuild table {table}: it does not exist")
-    return split_settings(engine)[1]
+    return split_settings(_definition(db, table)[0])[1]
 
 
 def rebuild(db: Database, step: Rebuild) -> bool:
     """Carry out `step` on `db`'s node (module docstring). True if the table was rebuilt."""
     table, staging = step.table, step.table + SUFFIX
-    current = table_settings(db, table)
+    engine_full, ddl, db_engine = _definition(db, table)
+    current = split_settings(engine_full)[1]
     if all(current.get(k) == v for k, v in step.settings.items()):
         db.command(f"DROP TABLE IF EXISTS {staging} SYNC")     # an interrupted run's old table
         return False
-    engine = db.scalar("SELECT engine FROM system.databases WHERE name = currentDatabase()")
-    if engine != "Atomic":
+    if db_engine != "Atomic":
         log.warning("not rebuilding %s with %s: database engine %s cannot EXCHANGE tables",
-                    table, step.settings, engine)
+                    table, step.settings, db_engine)
         return False
     db.command(f"DROP TABLE IF EXISTS {staging} SYNC")         # a partial copy
-    db.command(_staging_ddl(db, table, staging, {**current, **step.settings}))
-    paused = _pause_merges(db, table)
+    db.command(_staging_ddl(table, ddl, staging, {**current, **step.settings}))
+    partitions = [p for (p,) in db.rows(
+        f"SELECT DISTINCT _partition_id FROM {table} ORDER BY _partition_id")]
+    paused = bool(partitions) and _pause_merges(db, table)
     try:
-        expected = _copy(db, table, staging)
+        expected = _copy(db, table, staging, partitions)
         db.command(f"EXCHANGE TABLES {table} AND {staging}")
     except BaseException:
         with contextlib.suppress(Exception):    # the original error is the one to report
@@ -97,9 +105,7 @@ def rebuild(db: Database, step: Rebuild) -> bool:
     return True
 
 
-def _staging_ddl(db: Database, table: str, staging: str, settings: dict[str, str]) -> str:
-    ddl = db.scalar("SELECT create_table_query FROM system.tables "
-                    "WHERE database = currentDatabase() AND name = {t:String}", {"t": table})
+def _staging_ddl(table: str, ddl: str, staging: str, settings: dict[str, str]) -> str:
     head = re.match(r"^CREATE TABLE \S+ ", ddl)
     if head is None:
         raise StoreError(f"cannot rebuild table {table}: unexpected definition {ddl[:80]!r}")
@@ -115,10 +121,9 @@ def _sums(db: Database, table: str) -> dict[str, tuple[int, int]]:
         "GROUP BY _partition_id")}
 
 
-def _copy(db: Database, table: str, staging: str) -> dict[str, tuple[int, int]]:
+def _copy(db: Database, table: str, staging: str,
+          partitions: list[str]) -> dict[str, tuple[int, int]]:
     """Copy every partition verbatim and check it; the partitions' sums as copied."""
-    partitions = [p for (p,) in db.rows(
-        f"SELECT DISTINCT _partition_id FROM {table} ORDER BY _partition_id")]
     if not partitions:          # (a new store) nothing to copy or compare
         return {}
     for i, partition in enumerate(partitions, 1):
