@@ -66,11 +66,15 @@ def _tag(principal: Principal, query_id: str) -> str:
 
 def _run(db: Database, principal: Principal, sql: str, parameters: Mapping[str, Any],
          query_id: str | None, limit_overrides: Mapping[str, int] | None,
-         warm: bool = False, user_sql: str | None = None) -> tuple[Any, str]:
+         warm: bool = False, user_sql: str | None = None,
+         tuning: Mapping[str, Any] | None = None) -> tuple[Any, str]:
+    """`tuning`: the compiler's speed-only settings (CompiledQuery.settings); the
+    limits are applied after them, so a limit is never loosened by one."""
     query_id = query_id or uuid.uuid4().hex
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", query_id):
         raise ValueError("query id: use 1-64 letters, digits, '-' or '_'")
-    settings = limits_for(principal.role, warm, **dict(limit_overrides or {}))
+    settings = {**dict(tuning or {}),
+                **limits_for(principal.role, warm, **dict(limit_overrides or {}))}
     # The tag rides as the log_comment setting: system.processes shows it in
     # Settings on the embedded engine and on a server alike (comments in the
     # SQL text do not survive the driver).
@@ -127,12 +131,12 @@ def run_view(db: Database, principal: Principal, request: ViewRequest,
     for since in time_slices(request, principal, now):
         sliced = compile_view(request, principal, now, newer_than=since)
         res, qid = _run(db, principal, with_archive(sliced.sql, archive), sliced.parameters,
-                        query_id, limit_overrides, warm=warm)
+                        query_id, limit_overrides, warm=warm, tuning=sliced.settings)
         if compiled.limit is not None and len(res.result_rows) > compiled.limit:
             page = compiled.page(res.result_rows)
             return ViewResult(compiled, list(page.rows), page.next_cursor, qid)
     res, qid = _run(db, principal, with_archive(compiled.sql, archive), compiled.parameters,
-                    query_id, limit_overrides, warm=warm)
+                    query_id, limit_overrides, warm=warm, tuning=compiled.settings)
     page = compiled.page(res.result_rows)
     return ViewResult(compiled, list(page.rows), page.next_cursor, qid)
 

@@ -233,6 +233,24 @@ def test_request_errors_name_the_part(principal: Principal, kw: dict, message: s
     assert error(principal, **kw) == message
 
 
+SMALL_BLOCKS = {"max_block_size": 1024}
+
+
+@pytest.mark.parametrize("principal, kw, settings", [
+    (CUSTOMER, {}, SMALL_BLOCKS),                                   # newest first
+    (CUSTOMER, {"sort": "start_time"}, SMALL_BLOCKS),               # oldest first
+    (CUSTOMER, {"sort": "-start_time", "number": "4420*"}, SMALL_BLOCKS),
+    (CUSTOMER, {"sort": "-billsec"}, {}),                           # not the key's order
+    (CUSTOMER, {"for_download": True, "limit": None}, {}),          # no page to stop at
+    (OPERATOR, {}, {}),                                             # every customer: sorted
+    (CARRIER, {}, {}),
+    (ADMIN, {}, {}),
+])
+def test_only_pages_read_in_key_order_get_small_blocks(principal: Principal, kw: dict,
+                                                       settings: dict) -> None:
+    assert compile_view(ViewRequest(**kw), principal, NOW).settings == settings
+
+
 def test_page_size_cap_is_inclusive() -> None:
     assert view(limit=1000).limit == 1000
     assert view(limit=1000).sql.endswith("LIMIT 1001\n)\nORDER BY start_time DESC, call_id DESC")
