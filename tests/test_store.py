@@ -34,6 +34,26 @@ def test_migrator_refuses_an_applied_file_that_changed(store: Database, monkeypa
         pending(store)
 
 
+def test_a_failing_file_keeps_the_record_of_the_files_before_it(store: Database,
+                                                               monkeypatch) -> None:
+    """Files are recorded together at the end of a run; a run stopped by an error
+    still records the files it finished, so the next run starts at the failed one."""
+    extra = [Migration(90, "fine", "CREATE TABLE IF NOT EXISTS t90 (x UInt8) ENGINE = Memory;\n"),
+             Migration(91, "broken", "CREATE TABLE IF NOT EXISTS t91 (x NoSuchType) ENGINE = Memory;\n"),
+             Migration(92, "later", "CREATE TABLE IF NOT EXISTS t92 (x UInt8) ENGINE = Memory;\n")]
+    shipped = migrations()
+    monkeypatch.setattr("cdrhouse.engine.migrate.migrations", lambda: [*shipped, *extra])
+    with pytest.raises(Exception, match="NoSuchType"):
+        migrate(store)
+    assert [m.name for m in pending(store)] == ["broken", "later"]
+    assert store.table_exists("t90") and not store.table_exists("t92")
+    fixed = Migration(91, "broken", "CREATE TABLE IF NOT EXISTS t91 (x UInt8) ENGINE = Memory;\n")
+    monkeypatch.setattr("cdrhouse.engine.migrate.migrations", lambda: [*shipped, extra[0], fixed,
+                                                                      extra[2]])
+    assert migrate(store).applied == ["091_broken", "092_later"]
+    assert is_current(store)
+
+
 def test_migration_statements_split_on_semicolons() -> None:
     m = Migration(1, "x", "-- comment; with semicolon\nCREATE TABLE a (x UInt8) ENGINE = Memory;\n"
                           "CREATE TABLE b (s String DEFAULT ';') ENGINE = Memory;\n")
