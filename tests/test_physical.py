@@ -138,22 +138,26 @@ def test_indexes_are_built_for_existing_parts(loaded):
 
 @pytest.mark.parametrize("sort", ["-start_time", "start_time"])
 @pytest.mark.parametrize("account", [1, 2, 3])
-def test_small_blocks_give_the_same_pages(loaded, account, sort):
-    """Five pages of a customer, walked by cursor, with and without the compiler's small
-    blocks: the same rows, also where a call's newer version sits in another part."""
+@pytest.mark.parametrize("as_operator", [False, True], ids=["customer", "operator-narrowed"])
+def test_small_blocks_give_the_same_pages(loaded, account, sort, as_operator):
+    """Five pages of a customer (its own, or an operator's narrowed to it), walked by
+    cursor, with and without the compiler's small blocks: the same rows, also where a
+    call's newer version sits in another part."""
     db = loaded
-    who = Principal.customer("acme", account)
+    who = Principal.operator("acme") if as_operator else Principal.customer("acme", account)
+    narrow = ({"field": "customer_id", "operator": "equal", "value": account},) if as_operator else ()
     rules = [None, {"condition": "AND", "rules": [
         {"field": "billsec", "operator": "greater", "value": 20}]}]
     for rule in rules:
         cursor, pages = None, 0
         while pages < 5:
             req = ViewRequest(columns=["start_time", "billsec", "dst_number", "call_id"],
-                              range="all", sort=sort, limit=100, rules=rule, cursor=cursor)
+                              range="all", sort=sort, limit=100, rules=rule, cursor=cursor,
+                              account_rules=narrow)
             c = compile_view(req, who, END)
             assert c.settings == {"max_block_size": 1024}
-            small = db.rows(c.sql, c.parameters, {**c.settings, **limits_for("customer")})
-            default = db.rows(c.sql, c.parameters, {**limits_for("customer"),
+            small = db.rows(c.sql, c.parameters, {**c.settings, **limits_for(who.role)})
+            default = db.rows(c.sql, c.parameters, {**limits_for(who.role),
                                                     "max_block_size": 65409})
             assert small == default and small
             page = c.page(small)

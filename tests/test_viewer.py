@@ -234,6 +234,8 @@ def test_request_errors_name_the_part(principal: Principal, kw: dict, message: s
 
 
 SMALL_BLOCKS = {"max_block_size": 1024}
+ONE_CUSTOMER = {"field": "customer_id", "operator": "equal", "value": 5}
+ONE_CARRIER = {"field": "carrier_id", "operator": "equal", "value": 10}
 
 
 @pytest.mark.parametrize("principal, kw, settings", [
@@ -243,8 +245,14 @@ SMALL_BLOCKS = {"max_block_size": 1024}
     (CUSTOMER, {"sort": "-billsec"}, {}),                           # not the key's order
     (CUSTOMER, {"for_download": True, "limit": None}, {}),          # no page to stop at
     (OPERATOR, {}, {}),                                             # every customer: sorted
+    (OPERATOR, {"account_rules": [ONE_CUSTOMER]}, SMALL_BLOCKS),    # narrowed to one
+    (OPERATOR, {"account_rules": [ONE_CARRIER]}, {}),
+    (OPERATOR, {"account_rules": [{**ONE_CUSTOMER, "operator": "in", "value": [5, 6]}]}, {}),
     (CARRIER, {}, {}),
     (ADMIN, {}, {}),
+    (ADMIN, {"account_rules": [ONE_CUSTOMER]}, {}),                 # customer 5 of every tenant
+    (ADMIN, {"account_rules": [{"field": "tenant_id", "operator": "equal", "value": "acme"},
+                               ONE_CUSTOMER]}, SMALL_BLOCKS),
 ])
 def test_only_pages_read_in_key_order_get_small_blocks(principal: Principal, kw: dict,
                                                        settings: dict) -> None:
