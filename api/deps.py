@@ -89,8 +89,54 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+#: values `jsonable` returns as they are (exact types: a subclass goes through `jsonable`)
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
+def _iso_datetime(value: dt.datetime) -> str:
+    return jsonable(value)
+
+
+#: `jsonable` for one exact type, without its chain of checks
+_BY_TYPE: dict[type, Callable[[Any], Any]] = {
+    decimal.Decimal: str, dt.datetime: _iso_datetime, dt.date: dt.date.isoformat,
+    dt.time: dt.time.isoformat}
+
+
+def _json_column(values: tuple) -> tuple | list:
+    """One result column through `jsonable`; strings and numbers (most of a page) as they are."""
+    kinds = set(map(type, values))
+    if kinds <= _PLAIN:
+        return values
+    kinds.discard(type(None))
+    convert = _BY_TYPE.get(kinds.pop()) if len(kinds) == 1 else None
+    if convert is None:                  # mixed, bytes or unusual types: the general path
+        return list(map(jsonable, values))
+    return [v if v is None else convert(v) for v in values]
+
+
+def _json_columns(rows: list[tuple] | list[list]) -> list[tuple | list]:
+    return [_json_column(column) for column in zip(*rows)]
+
+
 def rows_json(columns: list[str] | tuple[str, ...], rows: list[tuple]) -> list[dict]:
-    return [{c: jsonable(v) for c, v in zip(columns, row)} for row in rows]
+    """Rows as JSON objects, values through `jsonable` — column by column: a page's
+    values are mostly strings and numbers, and calling `jsonable` on each of them
+    was most of the time a page spent in Python."""
+    names = list(columns)
+    if not rows:
+        return []
+    if len(set(names)) != len(names) or any(len(row) != len(names) for row in rows):
+        # a repeated name (the last value wins) or a ragged row: value by value
+        return [{c: jsonable(v) for c, v in zip(names, row)} for row in rows]
+    return [dict(zip(names, row)) for row in zip(*_json_columns(rows))]
+
+
+def rows_json_lists(rows: list[tuple]) -> list[list]:
+    """Rows as JSON arrays, values through `jsonable` (column by column, as `rows_json`)."""
+    if not rows or any(len(row) != len(rows[0]) for row in rows):
+        return [[jsonable(v) for v in row] for row in rows]
+    return [list(row) for row in zip(*_json_columns(rows))]
 
 
 def _split(values: list[str] | None) -> list[str] | None:
@@ -100,7 +146,7 @@ def _split(values: list[str] | None) -> list[str] | None:
     return out
 
 
-def view_params(
+async def view_params(
     columns: list[str] | None = Query(None, description="Fields, comma-separated or repeated."),
     sort: list[str] | None = Query(None, description="e.g. -start_time,call_id"),
     limit: int = Query(100), cursor: str | None = Query(None),
@@ -111,6 +157,8 @@ def view_params(
     carrier: str | None = Query(None),
     include_archive: bool = Query(False, description="Also read archived (warm) months."),
 ) -> ViewParams:
+    # `async def` (as every dependency that does no I/O): FastAPI runs a plain `def`
+    # dependency in a worker thread, a hop that costs more than the work itself
     return ViewParams(columns=_split(columns), sort=_split(sort) or ["-start_time"], limit=limit,
                       cursor=cursor, range=range, date_from=date_from, date_to=date_to, tz=tz,
                       connected_only=connected_only, number=number, tenant=tenant,
@@ -125,12 +173,13 @@ def _query_names(dependant: Any) -> set[str]:
     return names
 
 
-def reject_unknown_query_params(request: Request) -> None:
+async def reject_unknown_query_params(request: Request) -> None:
     """400 for a query parameter the endpoint does not take, naming it and the accepted ones.
 
     A misspelt parameter silently ignored changes the answer (`preset=` for `range=`
     listed today's calls instead of the week's); saying so costs nothing. A router
-    dependency: every /v1 endpoint gets it (app.py).
+    dependency: every /v1 endpoint gets it (app.py). `async def` although it does no
+    I/O: a plain `def` dependency is run in a worker thread, on every request.
     """
     route = request.scope.get("route")
     dependant = getattr(route, "dependant", None)
@@ -243,22 +292,46 @@ def response_cap(request: Request, who: Caller) -> int:
     return configured or 2 * limits_for(who.principal.role)["max_result_bytes"]
 
 
+def capped_encode(body: dict, cap: int) -> bytes:
+    """`body` as compact ASCII JSON (the bytes of `_ENCODER.encode(body)`), refused (422)
+    past `cap` bytes. A list value (the rows) is encoded item by item, so an oversized
+    answer stops at the cap instead of being built whole; each piece goes through the C
+    encoder (`iterencode` of the whole body would run the pure-Python one, several
+    times slower on every answer)."""
+    encode = _ENCODER.encode
+    parts: list[str] = []
+    size = 0
+
+    def add(piece: str) -> None:
+        nonlocal size
+        size += len(piece)  # ASCII-only: characters are bytes
+        if size > cap:
+            raise Problem("limit-exceeded", f"the response would be larger than allowed "
+                                            f"(at most {cap:,} bytes of JSON); select fewer "
+                                            "or smaller values, add LIMIT, or aggregate")
+        parts.append(piece)
+
+    add("{")
+    for n, (key, value) in enumerate(body.items()):
+        add(("," if n else "") + encode(str(key)) + ":")
+        if isinstance(value, list):
+            add("[")
+            for i, item in enumerate(value):
+                add(("," if i else "") + encode(item))
+            add("]")
+        else:
+            add(encode(value))
+    add("}")
+    return "".join(parts).encode("ascii")
+
+
 async def capped_json(request: Request, who: Caller, body: dict) -> Response:
     """`body` as JSON, refused (422) past `response_cap` — encoded piece by piece in a
-    worker thread, so an oversized answer stops at the cap instead of being built whole."""
+    worker thread (`capped_encode`), so an oversized answer stops at the cap instead of
+    being built whole."""
     cap = response_cap(request, who)
-
-    def encode() -> bytes:
-        size, parts = 0, []
-        for piece in _ENCODER.iterencode(body):
-            size += len(piece)  # ASCII-only: characters are bytes
-            if size > cap:
-                raise Problem("limit-exceeded", f"the response would be larger than allowed "
-                                                f"(at most {cap:,} bytes of JSON); select fewer "
-                                                "or smaller values, add LIMIT, or aggregate")
-            parts.append(piece)
-        return "".join(parts).encode("ascii")
-    return Response(await anyio.to_thread.run_sync(encode), media_type="application/json")
+    return Response(await anyio.to_thread.run_sync(capped_encode, body, cap),
+                    media_type="application/json")
 
 
 async def run_view(request: Request, who: Caller, p: ViewParams, rules: dict | None) -> dict:
@@ -326,7 +399,7 @@ async def run_sql(request: Request, who: Caller, body: SQLBody) -> dict:
     res, sources = await service(request).run(request, who, work)
     request.state.rows = len(res.rows)
     return {"columns": [{"name": n, "type": t} for n, t in zip(res.columns, res.types)],
-            "rows": [[jsonable(v) for v in row] for row in res.rows],
+            "rows": rows_json_lists(res.rows),
             "row_count": len(res.rows),
             "archive": archive_json(body.include_archive, sources)}
 

@@ -9,12 +9,15 @@ import pytest
 from fastapi.testclient import TestClient
 
 from cdrhouse.api.app import create_app
+from cdrhouse.api.models import FieldsOut
 from cdrhouse.api.service import ServiceConfig
 from cdrhouse.engine import instances
 from cdrhouse.engine import accounts as acc
 from cdrhouse.engine import keys
 from cdrhouse.engine.db import Database, StoreConfig
 from cdrhouse.engine.migrate import migrate
+from cdrhouse.sql import catalogue
+from cdrhouse.sql.principal import PrincipalRef
 
 ROWS = [
     # tenant, call_id, customer_id, carrier_id, start, billsec, charge, cost, src, dst, recording
@@ -167,6 +170,20 @@ def test_fields_follow_the_role(api) -> None:
     assert "between" in {op["key"] for op in billsec["operators"]}
     carrier = client.get("/v1/fields", headers=h(secrets, "tenant:acme/carrier:K1")).json()
     assert not {f["name"] for f in carrier["fields"]} & {"customer_charge", "customer_id"}
+
+
+def test_fields_are_the_response_model_as_fastapi_would_encode_it(api) -> None:
+    """/v1/fields is encoded once per role, not through its response model on every
+    request: the answer must still be exactly FieldsOut's own encoding of it (same keys,
+    order, types and bytes) and name the caller's principal."""
+    client, secrets = api
+    for who in ("admin", "tenant:acme", "tenant:acme/customer:C1", "tenant:acme/carrier:K1"):
+        r = client.get("/v1/fields", headers=h(secrets, who))
+        assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+        model = FieldsOut.model_validate_json(r.content)
+        assert model.model_dump_json().encode() == r.content
+        assert model.principal == who
+        assert model.default_columns == list(catalogue.DEFAULT_COLUMNS[PrincipalRef.parse(who).role])
 
 
 def test_time_zone_display_and_paging(api) -> None:
