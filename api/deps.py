@@ -94,7 +94,8 @@ _PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
 def _iso_datetime(value: dt.datetime) -> str:
-    return jsonable(value)
+    text = value.isoformat(timespec="milliseconds")
+    return text + "+00:00" if value.tzinfo is None else text   # naive: UTC, as `jsonable`
 
 
 #: `jsonable` for one exact type, without its chain of checks
@@ -126,7 +127,7 @@ def rows_json(columns: list[str] | tuple[str, ...], rows: list[tuple]) -> list[d
     names = list(columns)
     if not rows:
         return []
-    if len(set(names)) != len(names) or any(len(row) != len(names) for row in rows):
+    if len(set(names)) != len(names) or set(map(len, rows)) != {len(names)}:
         # a repeated name (the last value wins) or a ragged row: value by value
         return [{c: jsonable(v) for c, v in zip(names, row)} for row in rows]
     return [dict(zip(names, row)) for row in zip(*_json_columns(rows))]
@@ -134,7 +135,7 @@ def rows_json(columns: list[str] | tuple[str, ...], rows: list[tuple]) -> list[d
 
 def rows_json_lists(rows: list[tuple]) -> list[list]:
     """Rows as JSON arrays, values through `jsonable` (column by column, as `rows_json`)."""
-    if not rows or any(len(row) != len(rows[0]) for row in rows):
+    if len(set(map(len, rows))) > 1:
         return [[jsonable(v) for v in row] for row in rows]
     return [list(row) for row in zip(*_json_columns(rows))]
 
@@ -325,13 +326,47 @@ def capped_encode(body: dict, cap: int) -> bytes:
     return "".join(parts).encode("ascii")
 
 
+#: answers surely smaller than this are encoded on the event loop (`_surely_small`)
+SMALL_ANSWER = 64 * 1024
+_NUMBERS = frozenset({int, float, bool, type(None)})
+_TEXTS = frozenset({str, type(None)})
+
+
+def _surely_small(body: dict) -> bool:
+    """Whether `body` (a user-SQL answer) is surely under `SMALL_ANSWER` bytes of JSON,
+    judged without encoding it: numbers (at most 80 characters each: Int256), strings
+    (at most 12 characters of JSON per character: a non-BMP one as two escapes), nothing
+    else (arrays, maps: not judged, so not small). Cheap: column by column, in C."""
+    rows = body.get("rows")
+    if not isinstance(rows, list) or len(rows) > 4096:
+        return False
+    size = 512 + 12 * sum(len(c.get("name", "")) + len(c.get("type", ""))
+                          for c in body.get("columns", ()))
+    size += 24 * len(body.get("archive", {}).get("months", ()))
+    for column in zip(*rows):
+        kinds = set(map(type, column))
+        if kinds <= _NUMBERS:
+            size += 81 * len(column)
+        elif kinds <= _TEXTS:
+            size += 12 * sum(map(len, filter(None, column))) + 7 * len(column)
+        else:
+            return False
+        if size > SMALL_ANSWER:
+            return False
+    return size <= SMALL_ANSWER
+
+
 async def capped_json(request: Request, who: Caller, body: dict) -> Response:
-    """`body` as JSON, refused (422) past `response_cap` — encoded piece by piece in a
-    worker thread (`capped_encode`), so an oversized answer stops at the cap instead of
-    being built whole."""
+    """`body` as JSON, refused (422) past `response_cap` — encoded piece by piece
+    (`capped_encode`), so an oversized answer stops at the cap instead of being built
+    whole; in a worker thread unless the answer is surely small (then the hop to the
+    thread would cost more than the encoding, and the event loop is not held long)."""
     cap = response_cap(request, who)
-    return Response(await anyio.to_thread.run_sync(capped_encode, body, cap),
-                    media_type="application/json")
+    if _surely_small(body):
+        data = capped_encode(body, cap)
+    else:
+        data = await anyio.to_thread.run_sync(capped_encode, body, cap)
+    return Response(data, media_type="application/json")
 
 
 async def run_view(request: Request, who: Caller, p: ViewParams, rules: dict | None) -> dict:

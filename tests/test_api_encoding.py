@@ -127,3 +127,33 @@ def test_capped_encode_does_not_encode_past_the_cap() -> None:
     finally:
         deps._ENCODER = real
     assert len(seen) < 20
+
+
+def _answer(rows, columns=(("c", "String"),), months=()):
+    return {"columns": [{"name": n, "type": t} for n, t in columns], "rows": rows,
+            "row_count": len(rows), "archive": {"included": bool(months), "months": list(months)}}
+
+
+@pytest.mark.parametrize("body, small", [
+    (_answer([]), True),
+    (_answer([["GB", 1, 2.5, None, True]] * 10), True),      # the usual aggregate
+    (_answer([[2**255, -2**255, 1e308, float("nan")]] * 100), True),
+    (_answer([["\U0001F600" * 100]] * 50), True),           # 60 kB of escapes: still under
+    (_answer([["x" * 1000]] * 5), True),
+    (_answer([[1]] * 3, months=[f"2026-{m:02d}" for m in range(1, 13)]), True),
+    (_answer([[None, None]] * 100), True),
+    (_answer([["x" * 100_000]]), False),                     # one long string
+    (_answer([["\U0001F600" * 6000]]), False),              # 6,000 characters, 72 kB of JSON
+    (_answer([["x" * 5000]] * 4), False),                    # 20,000 characters, judged at 12x
+    (_answer([[1]] * 5000), False),                          # many rows
+    (_answer([[[1, 2, 3]]]), False),                         # an array: not judged
+    (_answer([[{"k": "v"}]]), False),                        # a map: not judged
+    (_answer([[1]], columns=[("c" * 100_000, "String")]), False),   # a long column name
+    ({"rows": "not a list"}, False),
+])
+def test_which_answers_are_judged_small(body, small) -> None:
+    """Answers judged small are encoded on the event loop: their JSON must really be under
+    the bound, whatever the characters (escapes), numbers or column names."""
+    assert deps._surely_small(body) is small
+    if small:
+        assert len(json.dumps(body, ensure_ascii=True, separators=(",", ":"))) <= deps.SMALL_ANSWER
