@@ -124,6 +124,8 @@ class Service:
     jobs: JobRunner = field(default_factory=JobRunner)
     admission: FairQueue | None = None
     _auth_cache: dict[str, tuple[Caller, float]] = field(default_factory=dict)
+    #: key lookups in progress (on the event loop), by the same hash as `_auth_cache`
+    _auth_pending: dict[str, asyncio.Future] = field(default_factory=dict)
     #: key id → Preferences (api/cache.py; see ServiceConfig.prefs_cache_seconds)
     prefs: TTLCache = field(default_factory=lambda: TTLCache(2.0))
     #: live instances sharing the caps (share_caps), and the event loop admission runs on
@@ -183,15 +185,49 @@ class Service:
         if hit and hit[1] > time.monotonic():
             caller = hit[0]
         else:
-            def work() -> Caller:
-                with self._db() as db:
-                    return authenticate(db, request, self.limiter)
-            caller = await anyio.to_thread.run_sync(work)
-            if len(self._auth_cache) > 10_000:
-                self._auth_cache.clear()
-            self._auth_cache[cache_key] = (caller, time.monotonic() + self.config.auth_cache_seconds)
+            caller = await self._look_up(request, cache_key)
         request.state.principal = caller.principal_text
         request.state.key_id = caller.key_id
+        return caller
+
+    async def _look_up(self, request: Request, cache_key: str) -> Caller:
+        """Verify the request's key in the store, once for all requests that miss the
+        cache with the same key at the same time: at expiry, every waiting request of a
+        busy key looked it up again (32 lookups, each on a pooled client, instead of 1).
+
+        Only a success is shared, and it is what a cache hit would have given those
+        requests a moment later. A failed lookup is not: each waiting request then
+        makes its own, so the failed-attempt limit counts every request of its client
+        as before."""
+        pending = self._auth_pending.get(cache_key)
+        if pending is not None:
+            await asyncio.wait({pending})   # not cancelled with us; a failure is not raised
+            if not pending.cancelled() and pending.exception() is None:
+                return pending.result()
+
+        def work() -> Caller:
+            with self._db() as db:
+                return authenticate(db, request, self.limiter)
+        own = cache_key not in self._auth_pending
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        if own:
+            self._auth_pending[cache_key] = future
+        try:
+            caller = await anyio.to_thread.run_sync(work)
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                future.set_exception(exc)
+                future.exception()      # retrieved: no warning when nobody waited
+            else:
+                future.cancel()
+            raise
+        finally:
+            if own:
+                self._auth_pending.pop(cache_key, None)
+        future.set_result(caller)
+        if len(self._auth_cache) > 10_000:
+            self._auth_cache.clear()
+        self._auth_cache[cache_key] = (caller, time.monotonic() + self.config.auth_cache_seconds)
         return caller
 
     # -- running queries -------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -184,6 +186,36 @@ def test_fields_are_the_response_model_as_fastapi_would_encode_it(api) -> None:
         assert model.model_dump_json().encode() == r.content
         assert model.principal == who
         assert model.default_columns == list(catalogue.DEFAULT_COLUMNS[PrincipalRef.parse(who).role])
+
+
+def test_concurrent_requests_of_one_key_share_its_lookup(api) -> None:
+    """At cache expiry, concurrent requests with one key look it up once, not once each;
+    a key that fails is still looked up (and counted against its client) per request."""
+    client, secrets = api
+    limiter = client.app.state.service.limiter
+    checks: list[str] = []
+    real_check = limiter.check
+
+    def slow_check(address: str, db=None) -> None:   # the real check, slowed: requests overlap
+        checks.append(address)
+        time.sleep(0.3)
+        return real_check(address, db)
+
+    def many(headers: dict, n: int) -> list[int]:
+        with ThreadPoolExecutor(n) as pool:
+            return list(pool.map(lambda _: client.get("/v1/fields", headers=headers).status_code,
+                                 range(n)))
+
+    limiter.check = slow_check
+    try:
+        client.app.state.service._auth_cache.clear()
+        assert many(h(secrets, "tenant:acme"), 6) == [200] * 6
+        assert len(checks) < 6
+        checks.clear()
+        assert many({"Authorization": "Bearer cdrk_nope"}, 4) == [401] * 4
+        assert len(checks) == 4
+    finally:
+        del limiter.check
 
 
 def test_time_zone_display_and_paging(api) -> None:
