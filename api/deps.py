@@ -338,8 +338,8 @@ def _surely_small(body: dict) -> bool:
     (at most 12 characters of JSON per character: a non-BMP one as two escapes), nothing
     else (arrays, maps: not judged, so not small). Cheap: column by column, in C."""
     rows = body.get("rows")
-    if not isinstance(rows, list) or len(rows) > 4096:
-        return False
+    if not isinstance(rows, list) or len(rows) > 4096 or len(set(map(len, rows))) > 1:
+        return False                     # many rows, or ragged ones (zip would skip cells)
     size = 512 + 12 * sum(len(c.get("name", "")) + len(c.get("type", ""))
                           for c in body.get("columns", ()))
     size += 24 * len(body.get("archive", {}).get("months", ()))

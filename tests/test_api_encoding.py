@@ -150,6 +150,7 @@ def _answer(rows, columns=(("c", "String"),), months=()):
     (_answer([[{"k": "v"}]]), False),                        # a map: not judged
     (_answer([[1]], columns=[("c" * 100_000, "String")]), False),   # a long column name
     ({"rows": "not a list"}, False),
+    (_answer([[1], [1, "x" * 100_000]]), False),             # ragged: every cell counts
 ])
 def test_which_answers_are_judged_small(body, small) -> None:
     """Answers judged small are encoded on the event loop: their JSON must really be under
