@@ -6,9 +6,9 @@
 -- costs a whole block per column; a tenant's page has its rows spread over every
 -- customer's stretch of the sort key, so it decompressed ~12 blocks per column.
 -- 1024-row granules with 8-64 KiB compression blocks cut that ~8x. Measured on 5M
--- CDRs (benchmarks/README.md, "Finer granules"): server CPU per page at 32 clients
--- 34-38 -> 21-23 ms for a tenant's page and 17-20 -> 14 ms for a customer's, the same
--- rows, the same size on disk. The primary index grows 8x (~0.4 MiB per 5M rows).
+-- CDRs (benchmarks/README.md, "Finer granules"): a tenant's page 30 -> 15 ms alone,
+-- and at 32 clients ~1.45x the pages per second for operators; the same rows, +0.4 %
+-- on disk (the marks grow ~3x, to 0.36 MiB per 5M rows).
 --
 -- ClickHouse fixes index_granularity when a table is created, so this is not an
 -- ALTER: `REBUILD TABLE` is carried out by cdrhouse (engine/relayout.py): a new
