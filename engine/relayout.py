@@ -1,8 +1,8 @@
 """Rebuild a MergeTree table with storage settings ClickHouse will not ALTER.
 
 Why: `index_granularity` (rows per granule, the unit ClickHouse reads) is fixed when a
-table is created; `ALTER TABLE … MODIFY SETTING` refuses it. Finer granules made the
-viewer's pages 1.3–1.7× cheaper (benchmarks/README.md, issue 17), so a schema file
+table is created; `ALTER TABLE … MODIFY SETTING` refuses it. Finer granules made a
+tenant's viewer page 2× cheaper (benchmarks/README.md, issue 17), so a schema file
 asks for them with `REBUILD TABLE t SETTINGS …` (cdrhouse.sql.schema.Rebuild) and this
 module carries it out on one node:
 
