@@ -155,10 +155,10 @@ def test_small_blocks_give_the_same_pages(loaded, account, sort, as_operator):
                               range="all", sort=sort, limit=100, rules=rule, cursor=cursor,
                               account_rules=narrow)
             c = compile_view(req, who, END)
-            assert c.settings == {"max_block_size": 1024}
+            assert c.settings["max_block_size"] == 1024 and c.settings["max_threads"] == 1
             small = db.rows(c.sql, c.parameters, {**c.settings, **limits_for(who.role)})
             default = db.rows(c.sql, c.parameters, {**limits_for(who.role),
-                                                    "max_block_size": 65409})
+                                                    "max_block_size": 65409, "max_threads": 2})
             assert small == default and small
             page = c.page(small)
             pages += 1

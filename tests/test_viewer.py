@@ -233,7 +233,8 @@ def test_request_errors_name_the_part(principal: Principal, kw: dict, message: s
     assert error(principal, **kw) == message
 
 
-SMALL_BLOCKS = {"max_block_size": 1024}
+SMALL_BLOCKS = {"max_block_size": 1024, "max_threads": 1, "local_filesystem_read_method": "pread"}
+SMALL_READ = {"max_threads": 1, "local_filesystem_read_method": "pread"}
 ONE_CUSTOMER = {"field": "customer_id", "operator": "equal", "value": 5}
 ONE_CARRIER = {"field": "carrier_id", "operator": "equal", "value": 10}
 
@@ -257,6 +258,18 @@ ONE_CARRIER = {"field": "carrier_id", "operator": "equal", "value": 10}
 def test_only_pages_read_in_key_order_get_small_blocks(principal: Principal, kw: dict,
                                                        settings: dict) -> None:
     assert compile_view(ViewRequest(**kw), principal, NOW).settings == settings
+
+
+@pytest.mark.parametrize("principal, kw, settings", [
+    (OPERATOR, {}, SMALL_READ),                   # a tenant's recent slice: one thread
+    (ADMIN, {}, SMALL_READ),
+    (CUSTOMER, {}, SMALL_BLOCKS),                 # in key order: small blocks as well
+    (OPERATOR, {"for_download": True, "limit": None}, {}),
+])
+def test_recent_slices_are_read_on_one_thread(principal: Principal, kw: dict,
+                                              settings: dict) -> None:
+    sliced = compile_view(ViewRequest(**kw), principal, NOW, newer_than=NOW - timedelta(days=1))
+    assert sliced.settings == settings
 
 
 def test_page_size_cap_is_inclusive() -> None:
