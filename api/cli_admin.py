@@ -2,40 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import sys
-from collections.abc import Iterator
 from typing import Annotated, Optional
 
 import typer
 
 from cdrhouse.api.cli_audit import note
-from cdrhouse.api.cli_common import check_format, err, open_store
+from cdrhouse.api.cli_common import check_format, err, migrate_shown, open_store
 from cdrhouse.api.render import render
 from cdrhouse.engine import accounts as acc
 from cdrhouse.engine import keys
 from cdrhouse.engine.db import Database, StoreConfig
-from cdrhouse.engine.migrate import migrate
 
 accounts_app = typer.Typer(help="Customers and carriers of a tenant.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys for the HTTP service.", no_args_is_help=True)
-
-
-@contextlib.contextmanager
-def _progress() -> Iterator[None]:
-    """The migration's progress lines (a table rebuild's partitions) on stderr."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    log = logging.getLogger("cdrhouse.migrate")
-    level = log.level
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        log.removeHandler(handler)
-        log.setLevel(level)
 
 
 def init(ctx: typer.Context) -> None:
@@ -43,8 +22,7 @@ def init(ctx: typer.Context) -> None:
     config: StoreConfig = ctx.obj
     db = Database(config)
     try:
-        with _progress():
-            report = migrate(db)
+        report = migrate_shown(db)
     finally:
         db.close()
     where = config.dsn if not config.embedded else str(config.data_dir / "clickhouse")

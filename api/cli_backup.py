@@ -18,13 +18,12 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cdrhouse.api.cli_common import check_format
+from cdrhouse.api.cli_common import check_format, migrate_shown
 from cdrhouse.api.render import render
 from cdrhouse.backup import jobs, ops
 from cdrhouse.backup.location import (DEFAULT_FULL_EVERY_DAYS, DEFAULT_KEEP_FULLS, BackupConfig,
                                       BackupError, Location, open_location)
 from cdrhouse.engine.db import Database, StoreConfig
-from cdrhouse.engine.migrate import migrate
 from cdrhouse.tiering.store import ArchiveConfig, ArchiveError, LocalStore
 
 err = Console(stderr=True, soft_wrap=True)
@@ -94,7 +93,7 @@ def _location(ctx: typer.Context) -> tuple[Location, BackupConfig]:
 def _open(ctx: typer.Context) -> Database:
     db = Database(ctx.obj)
     try:
-        migrate(db)
+        migrate_shown(db)
     except Exception:
         db.close()
         raise

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import logging
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +29,7 @@ from cdrhouse.api.render import FORMATS
 
 if TYPE_CHECKING:
     from cdrhouse.engine.db import Database, StoreConfig
+    from cdrhouse.engine.migrate import MigrationReport
 
 # The engine and the error classes below are imported where first used, not here: every
 # command module imports this one, and `cdrhouse --help` should not wait for them.
@@ -40,16 +43,33 @@ class Failed(Exception):
     """The command ran but its work failed (exit 1)."""
 
 
+def migrate_shown(db: Database) -> MigrationReport:
+    """Bring the store's schema up to date, its progress lines (a table rebuild's
+    partitions, which can take minutes on a large store) on stderr."""
+    from cdrhouse.engine.migrate import migrate
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger("cdrhouse.migrate")
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        return migrate(db)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
 @contextmanager
 def open_store(ctx: typer.Context) -> Iterator[Database]:
     """The store for this command (the global options), migrated to the current schema."""
     from cdrhouse.engine.db import Database
-    from cdrhouse.engine.migrate import migrate
 
     config: StoreConfig = ctx.obj
     db = Database(config)
     try:
-        migrate(db)
+        migrate_shown(db)
         yield db
     finally:
         db.close()

@@ -10,9 +10,9 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn)
 
+from cdrhouse.api.cli_common import migrate_shown
 from cdrhouse.api.render import render
 from cdrhouse.engine.db import Database, StoreConfig
-from cdrhouse.engine.migrate import migrate
 from cdrhouse.tiering import archive, jobs, layout, warm
 from cdrhouse.tiering.policy import DEFAULT_KEEP_MONTHS, Policy, parse_month
 from cdrhouse.tiering.store import ArchiveConfig, ObjectStore, open_archive
@@ -58,7 +58,7 @@ def _open(ctx: typer.Context) -> tuple[Database, ObjectStore, Policy]:
     store = open_archive(settings.archive, config.data_dir)
     db = Database(config)
     try:
-        migrate(db)
+        migrate_shown(db)
     except Exception:
         db.close()
         raise
