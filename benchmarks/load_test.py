@@ -162,22 +162,25 @@ def main() -> None:
               f"| {r['client_cpu_ms']} |")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its waited-for children, from /proc (Linux).
+def _stat_cpu(stat: Path, children: bool) -> float:
+    """User + system CPU seconds from a /proc stat file (Linux); `children` adds the
+    waited-for children's."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15 if children else 13]) / os.sysconf("SC_CLK_TCK")
 
-    Per request, this is the steadier number on a shared machine: throughput and
-    latency move with whatever else runs, the CPU a request costs much less.
-    """
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+def cpu_seconds(pid: int) -> float:
+    """CPU of a process and its waited-for children. Per request, this is the steadier
+    number on a shared machine: throughput and latency move with whatever else runs,
+    the CPU a request costs much less."""
+    return _stat_cpu(Path(f"/proc/{pid}/stat"), children=True)
 
 
 def thread_cpu_seconds(pid: int, tid: int) -> float:
-    """User + system CPU of one thread of a process, from /proc (Linux). The server's
-    main thread (tid == pid) is its event loop: pure Python (HTTP, middleware, FastAPI,
-    the endpoints), apart from the engine, which runs in the worker and engine threads."""
-    fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(v) for v in fields[11:13]) / os.sysconf("SC_CLK_TCK")
+    """CPU of one thread of a process. The server's main thread (tid == pid) is its
+    event loop: pure Python (HTTP, middleware, FastAPI, the endpoints), apart from the
+    engine, which runs in the worker and engine threads."""
+    return _stat_cpu(Path(f"/proc/{pid}/task/{tid}/stat"), children=False)
 
 
 def _measure(args, data_dir: Path, engine, secrets: dict, workers: int, tmp: Path):

@@ -19,11 +19,11 @@ BERLIN = zoneinfo.ZoneInfo("Europe/Berlin")
 
 
 class MyStr(str):
-    pass
+    """A str subclass: not a plain value, so it must take the general path."""
 
 
 class MyDecimal(decimal.Decimal):
-    pass
+    """A Decimal subclass: likewise."""
 
 
 #: columns of values as a result may hold them: plain, converted, NULLs, mixed, subclasses
