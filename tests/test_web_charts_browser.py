@@ -175,6 +175,9 @@ def test_operator_charts_equal_sql(ctx: BrowserContext, server: Server) -> None:
     # collapsed stays collapsed (remembered), and queries nothing
     page.locator("#charts-panel > summary").click()
     expect(page.locator("#charts-panel")).not_to_have_attribute("open", "")
+    # <details> fires `toggle` (which remembers the choice) in a task after the click:
+    # wait for it, as a user's reload would come long after
+    page.wait_for_function("localStorage.getItem('cdrhouse.charts.open') === '0'")
     asked: list[str] = []
     page.on("request", lambda r: asked.append(r.url) if "/v1/charts" in r.url else None)
     page.reload()
