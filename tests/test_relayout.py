@@ -1,9 +1,11 @@
-"""Rebuilding cdr_records with new storage settings (engine/relayout.py, 014_granules.sql).
+"""Rebuilding cdr_records with new storage settings (engine/relayout.py, 014_granules.sql),
+and settling partitions into one merged part (015_settled.sql).
 
-A rebuild changes how rows are stored, never which rows: every version of every call
-(not only what FINAL shows), the daily summary (not fed twice by the copy, still fed
-by the next ingest), and it is safe to run again after a crash at any step. A write
-during the copy stops it with nothing changed.
+A rebuild changes how rows are stored, never what a reader sees: every call as FINAL
+shows it, the daily summary (not fed twice by the copy, still fed by the next ingest),
+and it is safe to run again after a crash at any step. The copy is compared verbatim
+(every version), so a write during it stops the rebuild with nothing changed; then
+each copied partition is merged into one part, which keeps each call's newest version.
 """
 
 from __future__ import annotations
@@ -40,6 +42,19 @@ def _load(db: Database, tmp: Path) -> Database:
 
 def _state(db: Database) -> tuple[list, list, list]:
     return db.rows(ALL_ROWS), db.rows(SEEN), db.rows(SUMMARY)
+
+
+def _parts(db: Database, table: str = "cdr_records") -> dict[str, list[int]]:
+    """partition -> the levels of its active parts (a settled partition: one level > 0)."""
+    return {p: sorted(levels) for p, levels in db.rows(
+        "SELECT partition_id, groupArray(level) FROM system.parts WHERE active AND "
+        "database = currentDatabase() AND table = {t:String} GROUP BY partition_id",
+        {"t": table})}
+
+
+def _settled(db: Database, table: str = "cdr_records") -> bool:
+    parts = _parts(db, table)
+    return bool(parts) and all(len(lv) == 1 and lv[0] > 0 for lv in parts.values())
 
 
 def _tables(db: Database) -> set[str]:
@@ -97,15 +112,21 @@ def test_new_stores_have_fine_granules(store: Database) -> None:
     assert [m.version for m in migrations()][-1] >= 14
 
 
-def test_rebuild_keeps_every_version_and_the_summary(store: Database, tmp_path: Path) -> None:
+def test_rebuild_keeps_what_final_shows_and_the_summary_and_settles(store: Database,
+                                                                      tmp_path: Path) -> None:
     db = _load(store, tmp_path)
     before = _state(db)
     assert db.scalar("SELECT count() FROM cdr_records") > db.scalar(
-        "SELECT count() FROM cdr_records FINAL")           # versions to keep
+        "SELECT count() FROM cdr_records FINAL")           # older versions in other parts
+    assert not _settled(db)
     assert relayout.rebuild(db, Rebuild("cdr_records", {"index_granularity": "2048"}))
     assert relayout.table_settings(db, "cdr_records")["index_granularity"] == "2048"
     assert relayout.table_settings(db, "cdr_records")["max_compress_block_size"] == "65536"
-    assert _state(db) == before
+    assert _state(db)[1:] == before[1:]
+    # every partition is one merged part: FINAL has nothing left to merge when reading,
+    # and the merge kept each call's newest version only
+    assert _settled(db)
+    assert db.scalar("SELECT count() FROM cdr_records") == len(before[1])
     assert "cdr_records__rebuild" not in _tables(db)
     # the summary's view follows the name: the next ingest is summarised, once
     calls = db.scalar("SELECT sum(calls) FROM cdr_daily_summary")
@@ -124,12 +145,13 @@ def test_rebuild_after_a_crash_at_any_step(embedded_db: Database, tmp_path: Path
     db.command("CREATE TABLE cdr_records__rebuild AS cdr_records")
     db.command("INSERT INTO cdr_records__rebuild SELECT * FROM cdr_records LIMIT 10")
     assert relayout.rebuild(db, step)
-    assert _state(db) == before
+    assert _state(db)[1:] == before[1:]
+    after = _state(db)
     # crashed after the swap, before dropping the old table (now under the staging name)
     db.command("CREATE TABLE cdr_records__rebuild AS cdr_records")
     db.command("INSERT INTO cdr_records__rebuild SELECT * FROM cdr_records")
     assert not relayout.rebuild(db, step)
-    assert _state(db) == before
+    assert _state(db) == after
     assert "cdr_records__rebuild" not in _tables(db)
 
 
@@ -190,3 +212,40 @@ def test_the_sharded_cluster_rebuilds_each_nodes_table(cluster_db: Database) -> 
             assert "cdr_records_local__rebuild" not in _tables(conn)
     # migrating again finds nothing to do
     assert migrate(cluster_db).applied == []
+
+
+@pytest.mark.parametrize("topology, expected", [
+    (Topology(), [("OPTIMIZE TABLE cdr_records FINAL", "all")]),
+    (Topology("c"), [("OPTIMIZE TABLE cdr_records_local FINAL", "all")]),
+    (Topology("c", replicated=True), []),
+])
+def test_optimize_is_placed_per_topology(topology: Topology, expected: list) -> None:
+    out = render_statement("OPTIMIZE TABLE cdr_records FINAL", topology, "cdrhouse")
+    assert [(s.sql, s.where) for s in out] == expected
+
+
+def test_schema_015_settles_unmerged_partitions_and_lets_idle_ones_settle(
+        embedded_db: Database, tmp_path: Path) -> None:
+    """A store made before 015 whose months are each one unmerged part (as 014's copy
+    left them): migrating merges each into one part, and nothing a reader sees changes.
+    Both tables ask ClickHouse to merge a partition idle for six hours into one part."""
+    db = embedded_db
+    for table in ("cdr_records", "cdr_daily_summary"):    # the store as it was before 015
+        db.command(f"ALTER TABLE {table} RESET SETTING min_age_to_force_merge_seconds, "
+                   "min_age_to_force_merge_on_partition_only")
+        assert "min_age_to_force_merge_seconds" not in relayout.table_settings(db, table)
+    db.command("DELETE FROM schema_migrations WHERE version = 15")
+    _load(db, tmp_path)
+    db.command("CREATE TABLE copy AS cdr_records")
+    db.command("INSERT INTO copy SELECT * FROM cdr_records", settings={"optimize_on_insert": 0})
+    db.command("EXCHANGE TABLES copy AND cdr_records")
+    db.command("DROP TABLE copy SYNC")
+    assert set(map(len, _parts(db).values())) == {1} and not _settled(db)
+    before = _state(db)
+    assert "015_settled" in ", ".join(migrate(db).applied)
+    assert _settled(db)
+    assert _state(db)[1:] == before[1:]
+    for table in ("cdr_records", "cdr_daily_summary"):
+        settings = relayout.table_settings(db, table)
+        assert settings["min_age_to_force_merge_seconds"] == "21600"
+        assert settings["min_age_to_force_merge_on_partition_only"] == "1"

@@ -11,7 +11,8 @@ cluster (pure text rewriting here; engine/migrate.py runs the result):
 - materialized views read and write the local tables (each shard summarises its
   own calls; the summary is read with sum(), which adds the shards up);
 - ALTERs of a sharded table go to the local table (indexes, mutations) and, for
-  columns, to the Distributed table as well;
+  columns, to the Distributed table as well; an OPTIMIZE goes to each node's local
+  table (not run when replicated: the replicas' own merges apply);
 - every **other table** (accounts, API keys, saved queries, preferences, jobs,
   rate cards, ledger, balances, recalc rows, warm months) is small and read
   whole by the application: when replicated, a copy on every node
@@ -93,6 +94,7 @@ _CREATE = re.compile(r"^CREATE TABLE IF NOT EXISTS (\w+)\b(.*)$", re.S)
 _ENGINE = re.compile(r"\bENGINE\s*=\s*(\w*MergeTree)\b(\s*\()?", re.S)
 _MV = re.compile(r"^CREATE MATERIALIZED VIEW IF NOT EXISTS (\w+) TO (\w+)\b(.*)$", re.S)
 _ALTER = re.compile(r"^ALTER TABLE (\w+) (.*)$", re.S)
+_OPTIMIZE = re.compile(r"^OPTIMIZE TABLE (\w+)\b(.*)$", re.S)
 _COLUMN_ALTER = re.compile(r"^(ADD|DROP|MODIFY|RENAME|COMMENT) COLUMN\b", re.I)
 _LOCAL_ALTER = re.compile(r"^(ADD INDEX|DROP INDEX|MATERIALIZE INDEX|CLEAR INDEX|"
                           r"ADD PROJECTION|DROP PROJECTION|MATERIALIZE PROJECTION|"
@@ -175,6 +177,15 @@ def render_statement(sql: str, topology: Topology, database: str) -> list[Statem
         return [Statement(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {name}"
                           f"{_on_cluster(topology)} TO {target}{rest}",
                           once if topology.replicated else "home")]
+    if m := _OPTIMIZE.match(sql):
+        name, rest = m.groups()
+        if topology.replicated:
+            # each replica would merge on its own; ClickHouse's own merges (and their
+            # settings) keep replicated tables merged: nothing to run
+            return []
+        if name in SHARDED:
+            return [Statement(f"OPTIMIZE TABLE {local_name(name, topology)}{rest}", "all")]
+        return [Statement(sql, "home")]
     if m := _ALTER.match(sql):
         name, action = m.groups()
         if name not in SHARDED:

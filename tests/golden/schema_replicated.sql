@@ -574,3 +574,10 @@ ORDER BY (client, at)
 TTL toDateTime(at) + INTERVAL 1 DAY;
 
 -- 014_granules.sql
+-- 015_settled.sql
+-- where: once
+ALTER TABLE cdr_records_local ON CLUSTER cdr_cluster MODIFY SETTING min_age_to_force_merge_seconds = 21600, min_age_to_force_merge_on_partition_only = 1;
+
+-- where: once
+ALTER TABLE cdr_daily_summary_local ON CLUSTER cdr_cluster MODIFY SETTING min_age_to_force_merge_seconds = 21600, min_age_to_force_merge_on_partition_only = 1;
+

@@ -563,3 +563,16 @@ TTL toDateTime(at) + INTERVAL 1 DAY;
 -- where: all
 REBUILD TABLE cdr_records SETTINGS index_granularity = 1024, min_compress_block_size = 8192, max_compress_block_size = 65536;
 
+-- 015_settled.sql
+-- where: all
+ALTER TABLE cdr_records MODIFY SETTING min_age_to_force_merge_seconds = 21600, min_age_to_force_merge_on_partition_only = 1;
+
+-- where: all
+ALTER TABLE cdr_daily_summary MODIFY SETTING min_age_to_force_merge_seconds = 21600, min_age_to_force_merge_on_partition_only = 1;
+
+-- where: all
+OPTIMIZE TABLE cdr_records FINAL SETTINGS optimize_skip_merged_partitions = 1;
+
+-- where: all
+OPTIMIZE TABLE cdr_daily_summary FINAL SETTINGS optimize_skip_merged_partitions = 1;
+
