@@ -71,11 +71,12 @@ def scenario_request(name: str, i: int) -> tuple[str, str, dict | None]:
 
 
 async def run_scenario(base: str, secrets: list[str], name: str, clients: int, total: int,
-                       max_seconds: float) -> dict:
-    """`clients` concurrent clients, client i using key i mod len(secrets)."""
+                       max_seconds: float, first: int = 0) -> dict:
+    """`clients` concurrent clients, client i using key i mod len(secrets); requests
+    `first` … `first + total - 1` of the scenario (each number its own parameters)."""
     latencies: list[float] = []
     errors = 0
-    counter = iter(range(total))
+    counter = iter(range(first, first + total))
     deadline = time.monotonic() + max_seconds
 
     async def worker(client: httpx.AsyncClient, secret: str) -> None:
@@ -122,6 +123,11 @@ def main() -> None:
     ap.add_argument("--workers", default="1",
                     help="Comma-separated `cdrhouse serve --workers` counts to measure in turn "
                          "(more than 1 needs --server).")
+    ap.add_argument("--warmup", type=int, default=0,
+                    help="Requests of each scenario sent, per role, before measuring it and "
+                         "not counted: a fresh server's first pages fill its caches (marks, "
+                         "keys) and land in the p99 of a short run. Default 0, as in the "
+                         "2026-11-22 table; benchmarks/README.md reports both.")
     ap.add_argument("--scenarios", default="listing,search,sql",
                     help="Comma-separated: listing, search, sql, and fields (a page with no "
                          "query: where Python alone is the limit).")
@@ -211,6 +217,10 @@ def _measure(args, data_dir: Path, engine, secrets: dict, workers: int, tmp: Pat
             time.sleep(15)
         for who, secret in secrets.items():  # who: operators (1 key) or customers (8 keys)
             for name in args.scenarios.split(","):
+                if args.warmup:
+                    # other parameters than the measured requests': nothing is reused
+                    asyncio.run(run_scenario(base, secret, name, args.clients, args.warmup,
+                                             args.max_seconds, first=10**6))
                 server_cpu, client_cpu = cpu_seconds(server.pid), os.times()
                 loop_cpu = thread_cpu_seconds(server.pid, server.pid)
                 r = asyncio.run(run_scenario(base, secret, name, args.clients, args.requests,
