@@ -605,6 +605,23 @@ def test_daily_summaries_stay_exact_through_archive_and_restore(embedded_db: Dat
     assert {t: summary.totals(embedded_db, t, first, last) for t in before} == before
 
 
+def test_a_restored_month_is_one_merged_part(embedded_db: Database, tmp_path: Path) -> None:
+    """One tenant restored into an emptied month is one insert, i.e. one unmerged part,
+    which ClickHouse never merges on its own and FINAL would merge on every read
+    (sql/schema/015_settled.sql): the restore merges it, and the rows are the same."""
+    load(embedded_db, tmp_path)
+    before = [r for r in totals(embedded_db, [MIDDLE]) if r[0] == "acme"]
+    tier = Tiering(embedded_db, LocalStore(tmp_path / "warm"))
+    tier.run(today=TODAY)
+    assert MIDDLE not in hot_month_set(embedded_db)
+    assert tier.restore(MIDDLE, ["acme"])[0][2] == "restored"
+    levels = [lv for (lv,) in embedded_db.rows(
+        "SELECT level FROM system.parts WHERE active AND database = currentDatabase() "
+        "AND table = 'cdr_records' AND partition_id = {p:String}", {"p": str(MIDDLE)})]
+    assert len(levels) == 1 and levels[0] > 0
+    assert totals(embedded_db, [MIDDLE]) == before
+
+
 @pytest.mark.parametrize("code, message", [
     ("AccessDenied", "no permission to write s3://bkt/p/k.json.*grant the archive's credentials"),
     ("InvalidAccessKeyId", "rejected the credentials \\(InvalidAccessKeyId\\)"),

@@ -564,8 +564,21 @@ class Tiering:
             for i, tenant in enumerate(chosen):
                 self.progress(f"restore {tenant} {layout.month_label(month)}", i, len(chosen))
                 done.append(self._restore_one(tenant, month))
+            if any(what == "restored" for _, _, what in done):
+                self.progress(f"merge {layout.month_label(month)}", len(chosen), len(chosen))
+                self._settle(month)
             self.progress("done", len(chosen), len(chosen))
             return done
+
+    def _settle(self, month: int) -> None:
+        """Merge the restored month into one part (sql/schema/015_settled.sql says why).
+        A month restored into an empty partition is one unmerged part, which ClickHouse
+        never merges on its own, so every FINAL read of it would merge it again. Not on
+        a replicated cluster, whose replicas merge as usual (as in 015)."""
+        if cluster.topology(self.db).replicated:
+            return
+        cluster.each_node(self.db, f"OPTIMIZE TABLE {cluster.local(self.db, HOT)}{{on_cluster}} "
+                                   f"PARTITION {int(month)} FINAL")
 
     def _restore_one(self, tenant: str, month: int) -> tuple[str, int, str]:
         manifest = warm.read_manifest(self.store, tenant, month)
