@@ -130,6 +130,8 @@ def run(
             err.print(f"already archived {t} {layout.month_label(m)} (verified, unchanged)")
         for m in report.dropped:
             err.print(f"dropped hot partition {layout.month_label(m)}")
+        for m in report.merged:
+            err.print(f"merged hot month {layout.month_label(m)} into one part (idle, unmerged)")
         if report.returned_rows:
             err.print(f"{report.returned_rows:,} row(s) that arrived during the run stay hot "
                       "and go with the next run")

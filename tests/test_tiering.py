@@ -22,7 +22,7 @@ import pyarrow.fs as pafs
 import pytest
 from s3servers import s3_client
 
-from cdrhouse.engine import generate
+from cdrhouse.engine import cluster, generate
 from cdrhouse.engine.db import Database
 from cdrhouse.engine.migrate import migrate
 from cdrhouse.tiering import layout, warm
@@ -620,6 +620,42 @@ def test_a_restored_month_is_one_merged_part(embedded_db: Database, tmp_path: Pa
         "AND table = 'cdr_records' AND partition_id = {p:String}", {"p": str(MIDDLE)})]
     assert len(levels) == 1 and levels[0] > 0
     assert totals(embedded_db, [MIDDLE]) == before
+
+
+def test_the_run_merges_idle_months_that_are_one_unmerged_part(store: Database,
+                                                                tmp_path: Path) -> None:
+    """A backfill that wrote a month with one insert leaves it one unmerged part, which
+    ClickHouse never merges on its own (015_settled.sql): the run merges such a month
+    once it is idle for `settle_idle_hours`, leaves the current month to ClickHouse, and
+    changes no row. (On the cluster the same happens on each node's table.)"""
+    load(store, tmp_path)
+    table = cluster.local(store, "cdr_records")
+    # every month written by one insert, as a backfill does, and never merged
+    cluster.each_node(store, f"CREATE TABLE IF NOT EXISTS backfill{{on_cluster}} AS {table}")
+    cluster.each_node(store, f"INSERT INTO backfill SELECT * FROM {table} "
+                             "SETTINGS optimize_on_insert = 0")   # as engine/ingest.py
+    cluster.each_node(store, f"EXCHANGE TABLES backfill AND {table}")
+    cluster.each_node(store, "DROP TABLE backfill SYNC")
+    current = month_of(TODAY)
+    store.command("INSERT INTO cdr_records SELECT * REPLACE (concat(call_id, '-now') AS call_id, "
+                  "now64(3) AS start_time) FROM cdr_records FINAL LIMIT 3",
+                  settings={"optimize_on_insert": 0, "distributed_foreground_insert": 1})
+
+    def unmerged() -> set[int]:
+        return {int(p) for (p,) in store.rows(
+            f"SELECT partition FROM {cluster.parts_table(store)} WHERE active AND "
+            "database = {db:String} AND table = {t:String} AND level = 0",
+            {"db": store.name, "t": table})}
+
+    assert HOT in unmerged() and current in unmerged()
+    tier = Tiering(store, LocalStore(tmp_path / "warm"))          # six idle hours: none
+    assert tier.run(today=TODAY).merged == []
+    before = totals(store)
+    report = Tiering(store, LocalStore(tmp_path / "warm"),
+                     Policy(settle_idle_hours=0)).run(today=TODAY)
+    assert HOT in report.merged and current not in report.merged
+    assert unmerged() == {current}
+    assert totals(store) == before
 
 
 @pytest.mark.parametrize("code, message", [

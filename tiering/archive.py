@@ -18,6 +18,10 @@ checked once more against the manifests — a row that arrived after the export
 is put back into the hot table, not lost — and dropped; `warm_months` says
 `archived`.
 
+Then the run merges each hot month other than the current one that holds an unmerged
+part and was not written for `Policy.settle_idle_hours` into one part (`settle_idle`;
+sql/schema/015_settled.sql says why), and a restore merges the month it restored.
+
 Crash safety comes from the order: nothing is deleted before its replacement is
 verified and committed, every step is repeatable, and a rerun starts by
 finishing what a dead run left (a partition in the holding table, verified
@@ -49,7 +53,7 @@ from cdrhouse.tiering import layout, verify, warm
 from cdrhouse.tiering.layout import FileEntry, Manifest
 from cdrhouse.tiering.lock import run_lock
 from cdrhouse.sql.months import first_day, last_day
-from cdrhouse.tiering.policy import Policy, first_hot_month, is_eligible
+from cdrhouse.tiering.policy import Policy, first_hot_month, is_eligible, month_of
 from cdrhouse.tiering.store import ArchiveError, ObjectStore, sql_string
 from cdrhouse.tiering.verify import Fingerprint
 
@@ -99,6 +103,8 @@ class RunReport:
     archived: list[Manifest] = field(default_factory=list)
     unchanged: list[tuple[str, int]] = field(default_factory=list)
     dropped: list[int] = field(default_factory=list)
+    #: hot months merged into one part (settle_idle)
+    merged: list[int] = field(default_factory=list)
     returned_rows: int = 0
     skipped: list[str] = field(default_factory=list)
     #: the job that recorded this run, when it ran as one (tiering/jobs.py)
@@ -244,9 +250,37 @@ class Tiering:
                 else:
                     report.dropped.append(month_plan.month)
                 done += 1
+            report.merged = self.settle_idle(today)
             self.progress("done", total, total)
             warm.write_index(self.store)
         return report
+
+    def settle_idle(self, today: dt.date) -> list[int]:
+        """Merge into one part each hot month, the current one excepted, that holds an
+        unmerged part and had no write for `policy.settle_idle_hours`; the months merged.
+
+        Why: every read uses FINAL, which merges an unmerged month on every read and
+        costs nothing on a month that is one merged part (015_settled.sql). ClickHouse
+        merges an idle month of several parts by itself, never a month that is *one*
+        unmerged part: what a backfill leaves when one insert wrote the month. Not on a
+        replicated cluster, whose replicas merge as usual (as in 015)."""
+        if cluster.topology(self.db).replicated:
+            return []
+        per_node = ", getMacro('shard'), getMacro('replica')" if cluster.topology(
+            self.db).cluster else ""
+        months = sorted({int(p) for (p,) in self.db.rows(
+            f"SELECT partition FROM {cluster.parts_table(self.db)} WHERE active "
+            "AND database = {db:String} AND table = {t:String} "
+            f"GROUP BY partition{per_node} HAVING min(level) = 0 "
+            "AND max(modification_time) <= now() - toIntervalHour({h:UInt32})",
+            {"db": self.db.name, "t": cluster.local(self.db, HOT),
+             "h": self.policy.settle_idle_hours})} - {month_of(today)})
+        for month in months:
+            self.progress(f"merge {layout.month_label(month)}", 0, 0)
+            cluster.each_node(self.db, f"OPTIMIZE TABLE {cluster.local(self.db, HOT)}"
+                                       f"{{on_cluster}} PARTITION {month} FINAL "
+                                       "SETTINGS optimize_skip_merged_partitions = 1")
+        return months
 
     def archive_tenant_month(self, tenant: str, month: int, run_id: str) -> Manifest | None:
         """Archive one tenant's rows of one month; None if the archive already holds

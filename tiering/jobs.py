@@ -29,6 +29,7 @@ def report_json(report: RunReport) -> dict[str, Any]:
                       "files": len(m.files)} for m in report.archived],
         "unchanged": [{"tenant": t, "month": m} for t, m in report.unchanged],
         "dropped": report.dropped,
+        "merged": report.merged,
         "returned_rows": report.returned_rows,
         "skipped": report.skipped,
         "rows": report.rows,

@@ -27,12 +27,18 @@ class Policy:
     max_part_rows: int = 2_000_000
     #: rows per Parquet row group: small enough for readers to skip by customer
     row_group_rows: int = 131_072
+    #: a hot month (not the current one) with an unmerged part and no write for this
+    #: long is merged into one part by the run (Tiering.settle_idle); the same six
+    #: hours after which ClickHouse merges a month of several parts (015_settled.sql)
+    settle_idle_hours: int = 6
 
     def __post_init__(self) -> None:
         if self.keep_months < 1:
             raise ValueError("keep_months: keep at least one full month hot")
         if self.max_part_rows < 1 or self.row_group_rows < 1:
             raise ValueError("max_part_rows and row_group_rows must be positive")
+        if self.settle_idle_hours < 0:
+            raise ValueError("settle_idle_hours: zero or more hours")
 
 
 def first_hot_month(today: dt.date, keep_months: int) -> int:
