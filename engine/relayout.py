@@ -146,13 +146,13 @@ def _copy(db: Database, table: str, staging: str,
             "now). Nothing was changed; stop the processes writing to the store and run "
             "`cdrhouse init` again")
     for i, partition in enumerate(partitions, 1):
-        settle_partition(db, staging, partition)
+        _settle_partition(db, staging, partition)
         log.info("rebuild of %s: partition %s merged (%d of %d)", table, partition, i,
                  len(partitions))
     return source
 
 
-def settle_partition(db: Database, table: str, partition: str) -> None:
+def _settle_partition(db: Database, table: str, partition: str) -> None:
     """Merge one partition of `table` into a single part (module docstring, step 5)."""
     if not re.fullmatch(r"\w+", partition):
         raise StoreError(f"cannot merge partition {partition!r} of {table}: not a partition id")
