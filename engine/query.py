@@ -22,6 +22,7 @@ from typing import Any
 
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
+from cdrhouse.engine import cluster
 from cdrhouse.engine.db import Database
 from cdrhouse.sql.errors import UserError
 from cdrhouse.sql.archive import with_archive
@@ -105,7 +106,8 @@ def run_sql(db: Database, principal: Principal, sql: str,
             archive: Sequence[str] = ()) -> Result:
     """User SQL, guarded for `principal` (GuardError if refused, QueryFailed if it fails).
     `archive`: SELECTs of archived months the `cdrs` table includes (sql/archive.py)."""
-    compiled = compile_user_sql(sql, principal, dict(params or {}))
+    compiled = compile_user_sql(sql, principal, dict(params or {}),
+                                sharded=bool(cluster.topology(db).cluster))
     text = _MATERIALIZE.format(with_archive(compiled.sql, archive))
     res, qid = _run(db, principal, text, compiled.parameters, query_id, limit_overrides,
                     warm=bool(archive), user_sql=sql)

@@ -163,15 +163,18 @@ _CLAUSE_MESSAGES: dict[str, str] = {
 # -- the public API ----------------------------------------------------------------------
 
 def compile_user_sql(sql: str, principal: Principal,
-                     params: Mapping[str, Any] | None = None) -> CompiledSQL:
+                     params: Mapping[str, Any] | None = None, *,
+                     sharded: bool = False) -> CompiledSQL:
     """Check `sql` for `principal` and return it with every logical table guarded.
 
     Pure: no database. Raises GuardError (a UserSQLError) with a message naming
     what was refused. `params` are the user's `{name:Type}` values; each must be
-    used by the SQL and none may use the reserved `__guard` prefix.
+    used by the SQL and none may use the reserved `__guard` prefix. `sharded`: the
+    store is a cluster, which changes how the daily summary is read (never what the
+    guard adds; sql/logical.py).
     """
     user_params = _check_param_names(params)
-    out, placeholders, tables, guard_keys = _compile_text(sql, principal.role)
+    out, placeholders, tables, guard_keys = _compile_text(sql, principal.role, sharded)
     missing = sorted(placeholders - user_params.keys())
     if missing:
         raise GuardError(f"no value given for query parameter(s): {', '.join(missing)}")
@@ -199,8 +202,10 @@ def _guard_params(principal: Principal) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=1024)
-def _compile_text(sql: str, role: str) -> tuple[str, frozenset[str], tuple[str, ...], frozenset[str]]:
-    """The guarded SQL text for `role` — cached: it depends on the SQL and the role only.
+def _compile_text(sql: str, role: str, sharded: bool = False
+                  ) -> tuple[str, frozenset[str], tuple[str, ...], frozenset[str]]:
+    """The guarded SQL text for `role` — cached: it depends on the SQL, the role and
+    the topology only.
 
     Guard values (tenant, account) are bound parameters, never text, so one
     compiled text serves every principal of a role; dashboards that repeat a
@@ -208,7 +213,7 @@ def _compile_text(sql: str, role: str) -> tuple[str, frozenset[str], tuple[str, 
     """
     principal = _STAND_IN[role]
     tree = _parse(sql)
-    checker = _Checker(principal)
+    checker = _Checker(principal, sharded=sharded)
     _guarded(checker.visit, tree)
     tree = _guarded(checker.rewrite, tree)
     out = _print(tree)
@@ -219,7 +224,7 @@ def _compile_text(sql: str, role: str) -> tuple[str, frozenset[str], tuple[str, 
     if _print(again) != out:
         raise GuardError("the SQL could not be rewritten safely (it does not print back "
                          "to itself); simplify the query")
-    _guarded(_Checker(principal, verify=checker.guard_sql).visit, again)
+    _guarded(_Checker(principal, verify=checker.guard_sql, sharded=sharded).visit, again)
     return (out, frozenset(checker.placeholders), tuple(sorted(checker.tables_read)),
             frozenset(checker.guard_params))
 
@@ -288,8 +293,10 @@ class _Checker:
     re-checks printed output: those subqueries are trusted, logical tables must be gone.
     """
 
-    def __init__(self, principal: Principal, verify: set[str] | None = None) -> None:
+    def __init__(self, principal: Principal, verify: set[str] | None = None,
+                 sharded: bool = False) -> None:
         self.principal = principal
+        self.sharded = sharded
         self.role = principal.role
         self.verify = verify
         self.logical: dict[str, LogicalTable] = dict(TABLES)
@@ -504,7 +511,8 @@ class _Checker:
         if not columns:
             raise GuardError(f"{table.name} has no columns visible to {self.role} users")
         predicate, params = self.principal.guard(table.account_column_map())
-        select = sqlglot.parse_one(table.select(columns, predicate), read="clickhouse")
+        select = sqlglot.parse_one(table.select(columns, predicate, sharded=self.sharded),
+                                   read="clickhouse")
         where = select.args.get("where")
         if where is not None:
             for col in where.find_all(exp.Column):

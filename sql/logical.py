@@ -48,10 +48,10 @@ class LogicalTable:
     extra_roles: tuple[tuple[str, frozenset[str]], ...] = ()
     #: a predicate every read carries, before any guard (see DAILY_SUMMARY)
     always: str = ""
-    #: (column, aggregate) pairs: the table is read grouped by its other columns
-    #: (see DAILY_SUMMARY); empty: read row by row
+    #: (column, aggregate) pairs: on a cluster the table is read grouped by its other
+    #: columns, on one node with FINAL (see DAILY_SUMMARY); empty: read row by row
     aggregates: tuple[tuple[str, str], ...] = ()
-    #: (column, expression over the aggregates) computed after the grouping
+    #: (column, expression over the aggregates) computed after the grouping (or FINAL)
     derived: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
@@ -79,12 +79,21 @@ class LogicalTable:
     def account_column_map(self) -> dict[str, str]:
         return dict(self.account_columns)
 
-    def select(self, columns: tuple[str, ...] | None = None, where: str | None = None) -> str:
-        """The subquery that stands in for this table (optionally with a guard predicate)."""
-        cols = ", ".join(columns or self.columns)
-        if self.aggregates:
-            return self._grouped(cols, where)
-        final = " FINAL" if self.final else ""
+    def select(self, columns: tuple[str, ...] | None = None, where: str | None = None, *,
+               sharded: bool = False) -> str:
+        """The subquery that stands in for this table (optionally with a guard predicate).
+
+        A table with `aggregates` is read grouped by its key when `sharded` (the store is
+        a cluster: a key's rows may sit on several shards, and FINAL would merge them per
+        shard only); on one node FINAL does the same merge, and on a month that is one
+        merged part (schema 015) it has nothing to do: measured 10 against 179 ms for a
+        tenant's six months by day (benchmarks/README.md, "Settled partitions")."""
+        if self.aggregates and sharded:
+            return self._grouped(", ".join(columns or self.columns), where)
+        derived = dict(self.derived)
+        cols = ", ".join(f"{derived[c]} AS {c}" if c in derived else c
+                         for c in columns or self.columns)
+        final = " FINAL" if self.final or self.aggregates else ""
         sql = f"SELECT {cols} FROM {self.physical}{final}"
         conditions = [c for c in (self.always, where) if c]
         if conditions:
@@ -118,10 +127,11 @@ class LogicalTable:
 CDRS = LogicalTable("cdrs", "cdr_records", catalogue.NAMES)
 
 #: Per UTC day x customer x carrier x destination (schema 004; kept by engine.summary).
-#: The physical table is a SummingMergeTree of deltas; it is read grouped by its key
-#: with the sums (what FINAL does on one node). On a cluster a key's deltas sit on
-#: several shards (each shard summarises its own calls) and FINAL, which runs per
-#: shard, would show a key once per shard; the grouping adds the shards up.
+#: The physical table is a SummingMergeTree of deltas; on one node it is read with
+#: FINAL, which sums them. On a cluster a key's deltas sit on several shards (each
+#: shard summarises its own calls) and FINAL, which runs per shard, would show a key
+#: once per shard: there it is read grouped by its key with the sums, which adds the
+#: shards up (`LogicalTable.select(sharded=True)`).
 #: Catalogue names keep the catalogue's roles (customers never see carrier_id or
 #: carrier_cost, carriers never customer_id or customer_charge); margin and the
 #: unrated count (which reveals the other side) are for operators only.

@@ -113,3 +113,39 @@ def test_operators_see_margin_and_asr(loaded: Database) -> None:
     assert [(r[0].isoformat(), r[1], r[2], r[3]) for r in result.rows] == [
         ("2026-03-01", 1, Decimal("0.5"), 1.0), ("2026-03-01", 2, Decimal("0.5"), 1.0),
         ("2026-03-02", 1, Decimal("0.5"), 1.0)]
+
+
+@pytest.mark.parametrize("sharded, expected", [
+    (False, "SELECT day, calls, if(calls = 0, 0, connected / calls) AS asr FROM "
+            "cdr_daily_summary FINAL WHERE (calls != 0) AND (tenant_id = {t:String})"),
+    (True, "SELECT day, calls, asr FROM (SELECT tenant_id, day, customer_id, carrier_id, "
+           "country, dst_prefix, currency, calls, connected, duration, billsec, billed_sec, "
+           "customer_charge, carrier_cost, unrated, if(calls = 0, 0, connected / calls) AS asr, "
+           "if(connected = 0, 0, billsec / connected) AS acd, customer_charge - carrier_cost AS "
+           "margin FROM (SELECT tenant_id, day, customer_id, carrier_id, country, dst_prefix, "
+           "currency, sum(calls) AS calls, sum(connected) AS connected, sum(duration) AS "
+           "duration, sum(billsec) AS billsec, sum(billed_sec) AS billed_sec, "
+           "sum(customer_charge) AS customer_charge, sum(carrier_cost) AS carrier_cost, "
+           "sum(unrated) AS unrated FROM cdr_daily_summary WHERE tenant_id = {t:String} "
+           "GROUP BY tenant_id, day, customer_id, carrier_id, country, dst_prefix, currency)) "
+           "AS cdr_daily_summary WHERE (calls != 0) AND (tenant_id = {t:String})"),
+])
+def test_the_summary_is_read_with_final_on_one_node_and_grouped_on_a_cluster(
+        sharded: bool, expected: str) -> None:
+    """FINAL merges a key's deltas on one node (and costs nothing on a merged month);
+    on a cluster it would merge them per shard only, so the rows are grouped instead."""
+    from cdrhouse.sql.logical import DAILY_SUMMARY
+    assert DAILY_SUMMARY.select(("day", "calls", "asr"), "tenant_id = {t:String}",
+                                sharded=sharded) == expected
+    compiled = compile_user_sql("SELECT day FROM daily_summary", WHO["acme"], sharded=sharded)
+    assert ("GROUP BY" in compiled.sql) is sharded and ("FINAL" in compiled.sql) is not sharded
+
+
+def test_each_key_is_one_summed_row(loaded: Database) -> None:
+    """Two delta rows were written per key: every topology shows each key once, summed
+    (FINAL on one node, the grouping on the cluster, whose shards each hold deltas)."""
+    import datetime as dt
+    result = run_sql(loaded, WHO["admin"], "SELECT tenant_id, day, customer_id, carrier_id, "
+                     "calls, customer_charge FROM daily_summary ORDER BY ALL")
+    assert result.rows == sorted((t, dt.date.fromisoformat(d), cu, ca, calls, Decimal(charge))
+                                 for t, d, cu, ca, calls, charge, _ in ROWS)
