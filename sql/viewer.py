@@ -40,8 +40,10 @@ Decisions worth knowing:
   cursor is base64url JSON of the sort spec and the last row's sort values; on
   the way back every value is validated by its field's type and bound as a
   parameter, so a forged cursor is at worst a wrong position.
-- **Time zones**: date-time columns are shown in `tz` (`toTimeZone` in the
-  outer SELECT, after filtering and sorting on the stored UTC values);
+- **Time zones**: date-time columns are shown in `tz` (`toTimeZone(c, tz) AS c`
+  in the SELECT; WHERE and ORDER BY name the stored UTC column, because the query
+  runs with `prefer_column_name_to_alias = 1`, and a zone changes how an instant
+  is shown, never which instant, so neither rows nor order could differ anyway);
   downloads (`for_download=True`) stay UTC.
 """
 
@@ -557,16 +559,19 @@ def compile_view(request: ViewRequest, principal: Principal, now: datetime, *,
         inner.append(f"LIMIT {limit + 1}")
     shown = [f"toTimeZone({c}, {{tz:String}}) AS {c}"
              if catalogue.BY_NAME[c].kind == "datetime" else c for c in output]
+    settings = page_settings(principal, keys, limit, request.account_rules,
+                             sliced=newer_than is not None)
     if request.for_download or shown == list(output):
         sql = "\n".join(inner)
     else:
+        # One SELECT, not an outer SELECT converting the page of an inner one: the
+        # subquery cost ~1 ms of a 7-9 ms page (benchmarks/README.md, "Settled
+        # partitions"); the setting keeps WHERE and ORDER BY on the stored column
         params["tz"] = request.tz
-        sql = "\n".join([f"SELECT {', '.join(shown)}", "FROM (", *inner, ")",
-                         f"ORDER BY {order}"])
+        sql = "\n".join([f"SELECT {', '.join(shown)}", *inner[1:]])
+        settings["prefer_column_name_to_alias"] = 1
     return CompiledQuery(sql, params, columns, output, applied, keys, limit, request.tz,
-                         request.for_download,
-                         page_settings(principal, keys, limit, request.account_rules,
-                                       sliced=newer_than is not None))
+                         request.for_download, settings)
 
 
 #: a small read (see page_settings): one thread, reading on it
