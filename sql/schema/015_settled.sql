@@ -7,7 +7,7 @@
 -- version per key; any other partition is merged on every read. Measured on 5M CDRs
 -- (benchmarks/README.md, "Settled partitions"): a customer's page 11 -> 7 ms alone,
 -- an operator's page 16.8 -> 15.0 ms of server CPU at 32 clients. The daily summary
--- is read the same way (a peers run found its reads 10x slower in 14 unmerged parts).
+-- is read with FINAL on one node as well (sql/logical.py).
 --
 -- 1. ClickHouse merges a partition whose parts are all older than six hours into one
 --    part. The month being ingested keeps getting new parts, so it is left to the
