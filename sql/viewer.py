@@ -565,8 +565,8 @@ def compile_view(request: ViewRequest, principal: Principal, now: datetime, *,
         sql = "\n".join(inner)
     else:
         # One SELECT, not an outer SELECT converting the page of an inner one: the
-        # subquery cost ~1 ms of a 7-9 ms page (benchmarks/README.md, "Settled
-        # partitions"); the setting keeps WHERE and ORDER BY on the stored column
+        # subquery cost ~1 ms of a 7-9 ms page (benchmarks/README.md, "one SELECT
+        # per page"); the setting keeps WHERE and ORDER BY on the stored column
         params["tz"] = request.tz
         sql = "\n".join([f"SELECT {', '.join(shown)}", *inner[1:]])
         settings["prefer_column_name_to_alias"] = 1
