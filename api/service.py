@@ -208,23 +208,27 @@ class Service:
         def work() -> Caller:
             with self._db() as db:
                 return authenticate(db, request, self.limiter)
-        own = cache_key not in self._auth_pending
-        future: asyncio.Future = asyncio.get_running_loop().create_future()
-        if own:
+        # the lookup others wait for, unless one is already in progress (this request
+        # then retries after its failure, on its own)
+        future: asyncio.Future | None = None
+        if cache_key not in self._auth_pending:
+            future = asyncio.get_running_loop().create_future()
             self._auth_pending[cache_key] = future
         try:
             caller = await anyio.to_thread.run_sync(work)
         except BaseException as exc:
-            if isinstance(exc, Exception):
-                future.set_exception(exc)
-                future.exception()      # retrieved: no warning when nobody waited
-            else:
-                future.cancel()
+            if future is not None:
+                if isinstance(exc, Exception):
+                    future.set_exception(exc)
+                    future.exception()      # retrieved: no warning when nobody waited
+                else:
+                    future.cancel()
             raise
         finally:
-            if own:
+            if future is not None:
                 self._auth_pending.pop(cache_key, None)
-        future.set_result(caller)
+        if future is not None:
+            future.set_result(caller)
         if len(self._auth_cache) > 10_000:
             self._auth_cache.clear()
         self._auth_cache[cache_key] = (caller, time.monotonic() + self.config.auth_cache_seconds)

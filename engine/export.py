@@ -74,10 +74,8 @@ from typing import Any
 import zstandard
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from cdrhouse.engine import cluster
 from cdrhouse.engine import query as q
 from cdrhouse.engine.db import Database
-from cdrhouse.sql.guard import compile_user_sql
 from cdrhouse.sql.archive import with_archive
 from cdrhouse.sql.limits import limits_for
 from cdrhouse.sql.principal import Principal
@@ -193,8 +191,7 @@ def sql_export(db: Database, principal: Principal, sql: str, params: Mapping[str
                query_id: str, limit_overrides: Mapping[str, int] | None = None,
                archive: Sequence[str] = ()) -> Export:
     """User SQL as a download (GuardError if refused, QueryFailed if ClickHouse cannot type it)."""
-    compiled = compile_user_sql(sql, principal, dict(params or {}),
-                                sharded=bool(cluster.topology(db).cluster))
+    compiled = q.compile_for(db, sql, principal, params)
     text = with_archive(compiled.sql, archive)
     columns, types = describe(db, principal, text, compiled.parameters, query_id,
                               limit_overrides, warm=bool(archive), user_sql=sql)

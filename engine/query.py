@@ -27,7 +27,7 @@ from cdrhouse.engine.db import Database
 from cdrhouse.sql.errors import UserError
 from cdrhouse.sql.archive import with_archive
 from cdrhouse.sql.charts import ChartQuery
-from cdrhouse.sql.guard import compile_user_sql
+from cdrhouse.sql.guard import CompiledSQL, compile_user_sql
 from cdrhouse.sql.limits import SETTING_NAMES, error_code, explain_limit_error, limits_for
 from cdrhouse.sql.logical import PHYSICAL_TABLES, TABLES
 from cdrhouse.sql.principal import Principal
@@ -100,14 +100,21 @@ def _unwrapped(name: str) -> str:
     return m.group(1) if m else name
 
 
+def compile_for(db: Database, sql: str, principal: Principal,
+                params: Mapping[str, Any] | None) -> CompiledSQL:
+    """User SQL guarded for `principal` as `db`'s topology reads it (a cluster reads the
+    daily summary grouped, one node with FINAL: sql/logical.py)."""
+    return compile_user_sql(sql, principal, dict(params or {}),
+                            sharded=bool(cluster.topology(db).cluster))
+
+
 def run_sql(db: Database, principal: Principal, sql: str,
             params: Mapping[str, Any] | None = None, *, query_id: str | None = None,
             limit_overrides: Mapping[str, int] | None = None,
             archive: Sequence[str] = ()) -> Result:
     """User SQL, guarded for `principal` (GuardError if refused, QueryFailed if it fails).
     `archive`: SELECTs of archived months the `cdrs` table includes (sql/archive.py)."""
-    compiled = compile_user_sql(sql, principal, dict(params or {}),
-                                sharded=bool(cluster.topology(db).cluster))
+    compiled = compile_for(db, sql, principal, params)
     text = _MATERIALIZE.format(with_archive(compiled.sql, archive))
     res, qid = _run(db, principal, text, compiled.parameters, query_id, limit_overrides,
                     warm=bool(archive), user_sql=sql)

@@ -277,9 +277,7 @@ class Tiering:
              "h": self.policy.settle_idle_hours})} - {month_of(today)})
         for month in months:
             self.progress(f"merge {layout.month_label(month)}", 0, 0)
-            cluster.each_node(self.db, f"OPTIMIZE TABLE {cluster.local(self.db, HOT)}"
-                                       f"{{on_cluster}} PARTITION {month} FINAL "
-                                       "SETTINGS optimize_skip_merged_partitions = 1")
+            self._settle(month)
         return months
 
     def archive_tenant_month(self, tenant: str, month: int, run_id: str) -> Manifest | None:
@@ -605,14 +603,16 @@ class Tiering:
             return done
 
     def _settle(self, month: int) -> None:
-        """Merge the restored month into one part (sql/schema/015_settled.sql says why).
-        A month restored into an empty partition is one unmerged part, which ClickHouse
-        never merges on its own, so every FINAL read of it would merge it again. Not on
-        a replicated cluster, whose replicas merge as usual (as in 015)."""
+        """Merge a hot month into one part on each node (sql/schema/015_settled.sql says
+        why), for `settle_idle` and a restore: a month restored into an empty partition
+        is one unmerged part, which ClickHouse never merges on its own, so every FINAL
+        read of it would merge it again. A node where it is one merged part already
+        skips it. Not on a replicated cluster, whose replicas merge as usual (as in 015)."""
         if cluster.topology(self.db).replicated:
             return
         cluster.each_node(self.db, f"OPTIMIZE TABLE {cluster.local(self.db, HOT)}{{on_cluster}} "
-                                   f"PARTITION {int(month)} FINAL")
+                                   f"PARTITION {int(month)} FINAL "
+                                   "SETTINGS optimize_skip_merged_partitions = 1")
 
     def _restore_one(self, tenant: str, month: int) -> tuple[str, int, str]:
         manifest = warm.read_manifest(self.store, tenant, month)
