@@ -345,6 +345,16 @@ def test_customer_sees_no_carrier_field(ctx: BrowserContext, server: Server) -> 
     watch.assert_clean(allowed=("status of 400",))
 
 
+def press_and_load(page: Page, key: str) -> None:
+    """Press a key that navigates, and wait for the new page's load event.
+
+    A URL assertion alone passes as soon as the navigation commits, before the
+    new page's scripts listen for keys; the next key pressed then goes nowhere.
+    """
+    with page.expect_navigation():
+        page.keyboard.press(key)
+
+
 def test_keyboard_shortcuts(ctx: BrowserContext, server: Server) -> None:
     page = ctx.new_page()
     watch = Watch(page)
@@ -359,16 +369,16 @@ def test_keyboard_shortcuts(ctx: BrowserContext, server: Server) -> None:
     expect(page.locator("#keys-dialog")).to_be_hidden()
     # next and previous page (also with a checkbox focused: it takes no text)
     page.locator("#select-page").focus()
-    page.keyboard.press("j")
+    press_and_load(page, "j")
     expect(page).to_have_url(re.compile(r"[?&]c="))
     second = grid_ids(page)
     assert second and second[0] not in first
-    page.keyboard.press("k")
+    press_and_load(page, "k")
     expect(page).not_to_have_url(re.compile(r"[?&]c="))
     assert grid_ids(page) == first
-    page.keyboard.press("]")
+    press_and_load(page, "]")
     expect(page).to_have_url(re.compile(r"[?&]c="))
-    page.keyboard.press("[")
+    press_and_load(page, "[")
     expect(page).not_to_have_url(re.compile(r"[?&]c="))
     # `/` focuses the number search; keys typed there are text, not shortcuts
     page.keyboard.press("/")
@@ -377,7 +387,7 @@ def test_keyboard_shortcuts(ctx: BrowserContext, server: Server) -> None:
     expect(page.locator("#number")).to_have_value("jk4420*")
     assert "c=" not in page.url
     page.locator("#number").fill("4420555*")
-    page.keyboard.press("Control+Enter")        # in the toolbar: applies the toolbar
+    press_and_load(page, "Control+Enter")       # in the toolbar: applies the toolbar
     expect(page).to_have_url(re.compile(r"number=4420555"))
     assert grid_ids(page) == ["acme-rec-1", "acme-rec-gone"]
     # `b` opens the builder; Ctrl+Enter applies it
