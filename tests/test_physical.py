@@ -283,6 +283,120 @@ def test_forged_cursor_with_sliced_pages_stays_in_the_tenant(loaded):
             assert tenants == {"globex"}
 
 
+# -- the first slice sized by the pages before it (engine/page_spans.py) --------------------
+
+def test_time_slices_try_a_narrower_first_window():
+    from cdrhouse.sql.viewer import time_slices
+    op = Principal.operator("acme")
+    page = ViewRequest(range="last_30_days")
+    fixed = time_slices(page, op, END)
+    assert time_slices(page, op, END, first=dt.timedelta(hours=6)) == [
+        END - dt.timedelta(hours=6), *fixed]
+    # not narrower than the first fixed window, or nothing: the fixed slices alone
+    for first in (dt.timedelta(days=1), dt.timedelta(days=3), dt.timedelta(0), None):
+        assert time_slices(page, op, END, first=first) == fixed
+    # where slicing cannot help, a proposal changes nothing
+    cust = Principal.customer("acme", 1)
+    assert time_slices(page, cust, END, first=dt.timedelta(hours=6)) == []
+    # the top is the cursor's time: the window counts back from there
+    from cdrhouse.sql.viewer import encode_cursor, slice_top
+    cursor = encode_cursor(["-start_time", "-call_id"], ["2026-10-20 12:00:00.000", "x"])
+    paged = ViewRequest(range="last_30_days", cursor=cursor)
+    top = dt.datetime(2026, 10, 20, 12, tzinfo=dt.timezone.utc)
+    assert slice_top(paged, op, END) == top
+    assert time_slices(paged, op, END, first=dt.timedelta(hours=2))[0] == top - dt.timedelta(hours=2)
+
+
+@pytest.mark.parametrize("a, b, same", [
+    (dict(), dict(range="all", tz="Europe/Berlin", columns=["call_id"]), True),
+    (dict(rules={"condition": "AND", "rules": [{"field": "billsec", "operator": "greater", "value": 5}]}),
+     dict(rules={"condition": "AND", "rules": [{"field": "billsec", "operator": "greater", "value": 60}]}),
+     True),                                                   # values do not count
+    (dict(rules={"condition": "AND", "rules": [{"field": "billsec", "operator": "greater", "value": 5}]}),
+     dict(rules={"condition": "OR", "rules": [{"condition": "AND", "rules": [
+         {"field": "country", "operator": "equal", "value": "DE"}]}]}), False),   # fields do
+    (dict(), dict(limit=500), False),
+    (dict(), dict(connected_only=True), False),
+    (dict(), dict(number="!4420*"), False),
+    (dict(), dict(account_rules=[{"field": "carrier_id", "operator": "equal", "value": 3}]), False),
+])
+def test_page_shape(a, b, same):
+    from cdrhouse.sql.viewer import page_shape
+    assert (page_shape(ViewRequest(**a)) == page_shape(ViewRequest(**b))) is same
+
+
+def test_page_spans_propose_a_margin_over_the_farthest_recent_reach():
+    from cdrhouse.engine.page_spans import PageSpans
+    spans = PageSpans(keep=3, margin=1.25, min_seen=2, max_shapes=2)
+    h = dt.timedelta(hours=1)
+    assert spans.first_window("a") is None
+    spans.record("a", 4 * h)
+    assert spans.first_window("a") is None                    # one page is not a pattern
+    spans.record("a", 2 * h)
+    assert spans.first_window("a") == 5 * h                   # 1.25 × 4 h
+    spans.record("a", 1 * h)
+    spans.record("a", 1 * h)
+    spans.record("a", dt.timedelta(minutes=61))                # 4 h and 2 h aged out
+    assert spans.first_window("a") == dt.timedelta(minutes=90)  # 76.25 min, up to 15 min
+    spans.record("a", None)                                    # a page that did not fill
+    assert spans.first_window("a") is None
+    spans.record("a", h)
+    spans.record("a", h)
+    assert spans.first_window("a") == dt.timedelta(minutes=75)
+    spans.record("a", dt.timedelta(0))
+    assert spans.first_window("a") == dt.timedelta(minutes=75)
+    for shape in ("b", "c"):                                   # at most two shapes kept
+        spans.record(shape, h)
+        spans.record(shape, h)
+    assert spans.first_window("a") is None and spans.first_window("c") is not None
+    with pytest.raises(ValueError):
+        PageSpans(keep=1, min_seen=2)
+
+
+@pytest.mark.parametrize("who", ["tenant", "carrier", "admin"])
+def test_sized_first_slices_give_the_whole_range_page(loaded, who):
+    """Pages through a PageSpans equal the unsliced query's, whether the sized first
+    slice answers (most pages here) or falls short and the fixed slices follow."""
+    from cdrhouse.engine.page_spans import PageSpans, shape_of
+    from cdrhouse.engine.query import run_view
+    from cdrhouse.sql.viewer import slice_top, time_slices
+    db = loaded
+    carrier = db.scalar("SELECT carrier_id FROM cdr_records WHERE tenant_id = 'acme' "
+                        "GROUP BY carrier_id ORDER BY count() DESC LIMIT 1")
+    principal = {"tenant": Principal.operator("acme"), "carrier": Principal.carrier("acme", carrier),
+                 "admin": Principal.admin()}[who]
+    spans = PageSpans()
+    answered_by_first = 0
+    for i, case in enumerate([0, 0, 0, 7, 7, 7, 0, 1, 1, 1]):
+        day = dt.datetime(2026, 10, 25 - i, (9 + 5 * i) % 24, tzinfo=dt.timezone.utc)
+        request = ViewRequest(**{"limit": 50, **SLICE_CASES[case], "range": "custom",
+                                 "date_from": "2026-09-01", "date_to": day.isoformat()})
+        first = spans.first_window(shape_of(principal, request))
+        if first is not None:
+            bounds = time_slices(request, principal, END, first=first)
+            sliced = compile_view(request, principal, END, newer_than=bounds[0])
+            got_first = db.rows(sliced.sql, sliced.parameters, limits_for(principal.role))
+            answered_by_first += len(got_first) > request.limit
+        got = run_view(db, principal, request, now=END, spans=spans)
+        want = _full_page(db, request, principal)
+        assert got.rows == want.rows and got.next_cursor == want.next_cursor, (i, case)
+    assert answered_by_first >= 2          # the sized slices did answer pages
+    # a proposal far too narrow: the 15-minute slice falls short, the fixed ones answer
+    request = ViewRequest(limit=50, range="last_30_days")
+    shape = shape_of(principal, request)
+    spans = PageSpans()
+    for _ in range(2):
+        spans.record(shape, dt.timedelta(minutes=1))
+    assert spans.first_window(shape) == dt.timedelta(minutes=15)
+    top = slice_top(request, principal, END)
+    narrow = compile_view(request, principal, END, newer_than=top - dt.timedelta(minutes=15))
+    assert len(db.rows(narrow.sql, narrow.parameters, limits_for(principal.role))) <= 50
+    got = run_view(db, principal, request, now=END, spans=spans)
+    want = _full_page(db, request, principal)
+    assert got.rows == want.rows and got.next_cursor == want.next_cursor
+    assert spans.first_window(shape) > dt.timedelta(minutes=15)   # it learned the real reach
+
+
 # -- ingest leaves the text indexes to merges (engine/ingest.py) ---------------------------
 
 def _index_bytes(db) -> list[int]:
