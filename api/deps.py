@@ -383,8 +383,7 @@ async def _run_view(request: Request, who: Caller, p: ViewParams, rules: dict | 
             sources = warm_sources(request, db, who, p.include_archive,
                                    *resolve_range(req, now))
             return q.run_view(db, who.principal, req, now, query_id=qid,
-                              archive=sources.selects, spans=service(request).page_spans), \
-                sources, version
+                              archive=sources.selects), sources, version
         except Exception as exc:  # noqa: BLE001 - translated or re-raised
             raise translate(exc) from None
     res, sources, version = await service(request).run(request, who, work)

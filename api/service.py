@@ -35,7 +35,6 @@ from cdrhouse.engine.audit import AuditSettings
 from cdrhouse.engine.alerts import AlertConfig
 from cdrhouse.engine.db import Database, StoreConfig
 from cdrhouse.engine.jobs import JobRunner
-from cdrhouse.engine.page_spans import PageSpans
 from cdrhouse.engine.pool import DatabasePool, PoolExhausted
 from cdrhouse.sql.recordings import RecordingPolicy
 from cdrhouse.tiering.policy import DEFAULT_KEEP_MONTHS
@@ -129,9 +128,6 @@ class Service:
     _auth_pending: dict[str, asyncio.Future] = field(default_factory=dict)
     #: key id → Preferences (api/cache.py; see ServiceConfig.prefs_cache_seconds)
     prefs: TTLCache = field(default_factory=lambda: TTLCache(2.0))
-    #: how far back recent newest-first pages reached, per principal and shape: sizes
-    #: the next page's first slice (engine/page_spans.py)
-    page_spans: PageSpans = field(default_factory=PageSpans)
     #: live instances sharing the caps (share_caps), and the event loop admission runs on
     instances: int = 1
     loop: asyncio.AbstractEventLoop | None = None

@@ -31,10 +31,7 @@ from cdrhouse.sql.guard import CompiledSQL, compile_user_sql
 from cdrhouse.sql.limits import SETTING_NAMES, error_code, explain_limit_error, limits_for
 from cdrhouse.sql.logical import PHYSICAL_TABLES, TABLES
 from cdrhouse.sql.principal import Principal
-from cdrhouse.engine.page_spans import PageSpans, shape_of
-from cdrhouse.sql.viewer import (
-    CompiledQuery, ViewRequest, compile_view, page_reach, slice_top, time_slices,
-)
+from cdrhouse.sql.viewer import CompiledQuery, ViewRequest, compile_view, time_slices
 
 _TAG_SAFE = re.compile(r"[^A-Za-z0-9:#/_.-]")
 log = logging.getLogger("cdrhouse.query")
@@ -128,39 +125,28 @@ def run_sql(db: Database, principal: Principal, sql: str,
 def run_view(db: Database, principal: Principal, request: ViewRequest,
              now: dt.datetime | None = None, *, query_id: str | None = None,
              limit_overrides: Mapping[str, int] | None = None,
-             archive: Sequence[str] = (), spans: PageSpans | None = None) -> ViewResult:
+             archive: Sequence[str] = ()) -> ViewResult:
     """A viewer page (ViewerError if the request is invalid, QueryFailed if it fails).
 
     A newest-first page over a long range first tries recent slices of it
     (sql.viewer.time_slices): a slice holding a full page gives exactly the
-    page of the whole range, at the cost of reading the slice only. With `spans`,
-    the first slice is sized from how far back this principal's recent pages of the
-    same shape reached (engine/page_spans.py), and this page's reach is recorded.
+    page of the whole range, at the cost of reading the slice only.
     `archive`: SELECTs of archived months to read too (sql/archive.py).
     """
     now = now or dt.datetime.now(dt.timezone.utc)
     compiled = compile_view(request, principal, now)
     query_id = query_id or uuid.uuid4().hex
     warm = bool(archive)
-    top = slice_top(request, principal, now) if spans is not None else None
-    shape = shape_of(principal, request) if top is not None else None
-    first = spans.first_window(shape) if spans is not None and shape is not None else None
-    for since in time_slices(request, principal, now, first):
+    for since in time_slices(request, principal, now):
         sliced = compile_view(request, principal, now, newer_than=since)
         res, qid = _run(db, principal, with_archive(sliced.sql, archive), sliced.parameters,
                         query_id, limit_overrides, warm=warm, tuning=sliced.settings)
         if compiled.limit is not None and len(res.result_rows) > compiled.limit:
-            return _viewed(compiled, res.result_rows, qid, spans, shape, top)
+            page = compiled.page(res.result_rows)
+            return ViewResult(compiled, list(page.rows), page.next_cursor, qid)
     res, qid = _run(db, principal, with_archive(compiled.sql, archive), compiled.parameters,
                     query_id, limit_overrides, warm=warm, tuning=compiled.settings)
-    return _viewed(compiled, res.result_rows, qid, spans, shape, top)
-
-
-def _viewed(compiled: CompiledQuery, rows: Sequence[Any], qid: str, spans: PageSpans | None,
-            shape: Any, top: dt.datetime | None) -> ViewResult:
-    if spans is not None and shape is not None and top is not None:
-        spans.record(shape, page_reach(compiled, rows, top))
-    page = compiled.page(rows)
+    page = compiled.page(res.result_rows)
     return ViewResult(compiled, list(page.rows), page.next_cursor, qid)
 
 

@@ -615,44 +615,7 @@ def page_settings(principal: Principal, keys: Sequence[SortKey], limit: int | No
 SLICE_WINDOWS: tuple[timedelta, ...] = (timedelta(days=1), timedelta(days=8))
 
 
-def slice_top(request: ViewRequest, principal: Principal, now: datetime) -> datetime | None:
-    """The instant a page's recent slices count back from, or None where slicing cannot help.
-
-    Pure. None for downloads, other sorts, customer pages (read in sort-key order
-    already), and number searches: their matches are few (a number, a 4-digit prefix or
-    suffix), so a slice rarely fills a page and the slices only add queries (measured on
-    1M CDRs: prefix 23 -> 42 ms, suffix 28 -> 67 ms with slicing); exact numbers are
-    served by the text indexes over the whole range instead. Also None for an invalid
-    request: compile_view reports it.
-    """
-    return _slicing(request, principal, now)[0]
-
-
-def _slicing(request: ViewRequest, principal: Principal,
-             now: datetime) -> tuple[datetime | None, datetime | None]:
-    """(slice_top, the range's lower bound)."""
-    if request.for_download or request.limit is None or principal.role == "customer":
-        return None, None
-    try:
-        keys = resolve_sort(request.sort, principal)
-        start, end = resolve_range(request, now)
-        items = parse_number_search(request.number) if request.number is not None else []
-        cursor = decode_cursor(request.cursor, keys) if request.cursor is not None else None
-    except ViewerError:
-        return None, None
-    if keys[0].field != "start_time" or not keys[0].descending:
-        return None, None
-    if any(not item.negated for item in items):
-        return None, None
-    # slices end where the data does: a preset's range runs to the end of today
-    top = min(end, _now(now)) if end is not None else _now(now)
-    if cursor is not None and cursor[0] is not None:
-        top = min(top, datetime.strptime(cursor[0], "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC))
-    return top, start
-
-
-def time_slices(request: ViewRequest, principal: Principal, now: datetime,
-                first: timedelta | None = None) -> list[datetime]:
+def time_slices(request: ViewRequest, principal: Principal, now: datetime) -> list[datetime]:
     """Lower bounds on start_time worth trying, in order, before the page's whole range.
 
     A page sorted newest first whose rows are not stored in that order reads
@@ -665,46 +628,31 @@ def time_slices(request: ViewRequest, principal: Principal, now: datetime,
     NULL). `engine.query.run_view` tries the bounds in order and otherwise
     runs the full query, so the result never changes; only the cost does.
 
-    `first`: a narrower window to try before the fixed ones, sized from how far back
-    recent pages of the same kind reached (engine/page_spans.py); ignored unless it is
-    narrower than the first fixed window. Pure; [] where `slice_top` is None.
+    Pure. Returns [] where slicing cannot help: downloads, other sorts,
+    customer pages (read in sort-key order already), and number searches:
+    their matches are few (a number, a 4-digit prefix or suffix), so a slice
+    rarely fills a page and the slices only add queries (measured on 1M CDRs:
+    prefix 23 -> 42 ms, suffix 28 -> 67 ms with slicing); exact numbers are
+    served by the text indexes over the whole range instead.
     """
-    top, start = _slicing(request, principal, now)
-    if top is None:
+    if request.for_download or request.limit is None or principal.role == "customer":
         return []
-    windows = SLICE_WINDOWS
-    if first is not None and timedelta(0) < first < SLICE_WINDOWS[0]:
-        windows = (first, *SLICE_WINDOWS)
-    return [top - w for w in windows if start is None or top - w > start]
-
-
-def page_reach(compiled: CompiledQuery, rows: Sequence[Any], top: datetime) -> timedelta | None:
-    """How far back from `top` a newest-first page reached: to its look-ahead row.
-
-    None when the query gave no look-ahead row (the page did not fill): no slice
-    narrower than its whole range would have answered it.
-    """
-    if compiled.limit is None or len(rows) <= compiled.limit:
-        return None
-    last = rows[compiled.limit][compiled.output_columns.index("start_time")]
-    if last.tzinfo is None:                     # a naive value is UTC (downloads)
-        last = last.replace(tzinfo=UTC)
-    return max(top - last, timedelta(0))
-
-
-def page_shape(request: ViewRequest) -> tuple:
-    """What, besides the principal, decides how far back a newest-first page reaches:
-    its length and which filters it has, not their values (a search for billsec > 20
-    and one for billsec > 40 reach about as far). Hashable; for engine/page_spans.py."""
-    def fields(node: Any) -> list[tuple[str, str]]:
-        if not isinstance(node, Mapping):
-            return []
-        if isinstance(node.get("rules"), Sequence) and not isinstance(node.get("rules"), str):
-            return [f for child in node["rules"] for f in fields(child)]
-        return [(str(node.get("field")), str(node.get("operator")))]
-    used = fields(request.rules) + [f for r in request.account_rules for f in fields(r)]
-    return (request.limit, tuple(sorted(set(used))), request.connected_only,
-            request.number is not None)
+    try:
+        keys = resolve_sort(request.sort, principal)
+        start, end = resolve_range(request, now)
+        items = parse_number_search(request.number) if request.number is not None else []
+        cursor = decode_cursor(request.cursor, keys) if request.cursor is not None else None
+    except ViewerError:
+        return []                          # compile_view reports it
+    if keys[0].field != "start_time" or not keys[0].descending:
+        return []
+    if any(not item.negated for item in items):
+        return []
+    # slices end where the data does: a preset's range runs to the end of today
+    top = min(end, _now(now)) if end is not None else _now(now)
+    if cursor is not None and cursor[0] is not None:
+        top = min(top, datetime.strptime(cursor[0], "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC))
+    return [top - w for w in SLICE_WINDOWS if start is None or top - w > start]
 
 
 def compile_count(request: ViewRequest, principal: Principal, now: datetime) -> CountQuery:

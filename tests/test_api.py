@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -238,28 +237,6 @@ def test_time_zone_display_and_paging(api) -> None:
     assert day["range"] == {"from": "2026-02-28T15:00:00.000+00:00",
                             "to": "2026-03-01T15:00:00.000+00:00", "timezone": "UTC"}
     assert {r["call_id"] for r in day["rows"]} == {"acme-c1-1"}
-
-
-def test_operator_pages_size_the_next_first_slice(api) -> None:
-    """The service remembers how far back an operator's newest-first pages reached
-    (engine/page_spans.py), whatever zone they are shown in; customers' pages, read in
-    sort-key order, leave nothing."""
-    from cdrhouse.engine.page_spans import shape_of
-    from cdrhouse.sql.principal import Principal
-    from cdrhouse.sql.viewer import ViewRequest
-    client, secrets = api
-    spans = client.app.state.service.page_spans
-    shape = shape_of(Principal.operator("acme"), ViewRequest(limit=1))
-    url = "/v1/cdrs?range=custom&from=2026-03-01&to=2026-03-03&limit=1&columns=call_id&tz=Asia/Tokyo"
-    for _ in range(2):
-        assert ids(client.get(url, headers=h(secrets, "tenant:acme"))) == {"acme-c3-1"}
-    # the range ends at 03-03 00:00 in Tokyo (03-02 15:00 UTC); the look-ahead row
-    # (acme-c1-2, 03-01 23:30 UTC) is 15.5 h before: 1.25 × 15.5 h, up to 15 minutes
-    assert spans.first_window(shape) == dt.timedelta(hours=19, minutes=30)
-    customer = shape_of(Principal.customer("acme", 1), ViewRequest(limit=1))
-    for _ in range(2):
-        client.get(url, headers=h(secrets, "tenant:acme/customer:C1"))
-    assert spans.first_window(customer) is None
 
 
 def test_money_is_exact_and_sql_reports_types(api) -> None:
