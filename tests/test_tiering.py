@@ -12,6 +12,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import time
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -508,6 +509,37 @@ def test_two_runs_cannot_hold_the_archive_at_once(request, server: str) -> None:
         taken = json.loads(store.get_bytes(layout.LOCK_KEY))
     assert taken["host"] != "elsewhere"
     assert store.get_bytes(layout.LOCK_KEY) is None
+
+
+def _lock_of(store) -> dict:
+    return json.loads(store.get_bytes(layout.LOCK_KEY))
+
+
+def test_the_lock_is_renewed_while_held_and_left_alone_once_lost(archive) -> None:
+    """A run keeps the archive however long it takes by renewing a short lock; a dead
+    holder on another host therefore blocks for minutes (DEFAULT_TTL), not hours. A lock
+    taken over meanwhile (after an expiry) is the other run's: never rewritten or deleted."""
+    from cdrhouse.tiering.lock import DEFAULT_TTL
+    assert DEFAULT_TTL <= dt.timedelta(minutes=10)
+    beat = dict(ttl=dt.timedelta(seconds=30), renew_every=dt.timedelta(seconds=0.1))
+    with run_lock(archive, **beat) as token:
+        first = _lock_of(archive)
+        deadline = time.monotonic() + 15
+        while _lock_of(archive)["expires_at"] == first["expires_at"]:
+            assert time.monotonic() < deadline, "the lock was never renewed"
+            time.sleep(0.05)
+        renewed = _lock_of(archive)
+        assert renewed["token"] == token and renewed["started_at"] == first["started_at"]
+        assert renewed["expires_at"] > first["expires_at"]
+    assert archive.get_bytes(layout.LOCK_KEY) is None
+    other = {"token": "other", "host": "elsewhere", "pid": 1, "what": "tier run",
+             "started_at": "2026-11-29T00:00:00+00:00", "expires_at": "2999-01-01T00:00:00+00:00"}
+    with run_lock(archive, **beat):
+        archive.put_bytes(layout.LOCK_KEY, json.dumps(other).encode())
+        time.sleep(0.5)                              # several beats
+        assert _lock_of(archive) == other
+    assert _lock_of(archive) == other
+    archive.delete(layout.LOCK_KEY)
 
 
 def test_restore_of_a_month_never_archived_is_refused(embedded_db: Database,
