@@ -25,11 +25,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import json
-import os
 import re
 import secrets
-import socket
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -43,10 +40,10 @@ from cdrhouse.backup.location import BackupConfig, BackupError, Location
 from cdrhouse.engine import cluster
 from cdrhouse.engine.db import Database, StoreConfig
 from cdrhouse.engine.migrate import applied_versions, migrate
+from cdrhouse.tiering.lock import store_lock
 
 #: (what, done, total) — total 0 when unknown
 Progress = Callable[[str, int, int], None]
-LOCK_TTL = dt.timedelta(hours=12)
 KIND_RUN = "backup-run"
 KIND_VERIFY = "backup-verify"
 #: seconds between two looks at system.backups while a BACKUP or RESTORE runs ASYNC.
@@ -99,53 +96,10 @@ def _first_line(exc: BaseException) -> str:
 
 @contextmanager
 def location_lock(location: Location, what: str) -> Iterator[None]:
-    """One backup operation per location (an object created only if absent; a dead
-    holder's lock — same host, process gone, or older than 12 h — is taken over)."""
-    if not _in_process.acquire(blocking=False):
-        raise BackupLocked("a backup operation is already running in this process")
-    store = location.store
-    try:
-        now = dt.datetime.now(dt.UTC)
-        token = secrets.token_hex(8)
-        body = json.dumps({"token": token, "what": what, "host": socket.gethostname(),
-                           "pid": os.getpid(), "started_at": now.isoformat()}).encode()
-        if not store.put_if_absent(catalog.LOCK_KEY, body):
-            raw = store.get_bytes(catalog.LOCK_KEY)
-            holder = json.loads(raw) if raw else {}
-            if raw is not None and not _stale(holder, now):
-                raise BackupLocked(
-                    f"another backup operation ({holder.get('what')}) holds {location.location} "
-                    f"(host {holder.get('host')}, pid {holder.get('pid')}, since "
-                    f"{holder.get('started_at')}); wait for it to finish")
-            store.delete(catalog.LOCK_KEY)
-            if not store.put_if_absent(catalog.LOCK_KEY, body):
-                raise BackupLocked(f"another backup operation took {location.location} just now")
-        try:
-            yield
-        finally:
-            raw = store.get_bytes(catalog.LOCK_KEY)
-            if raw and json.loads(raw).get("token") == token:
-                store.delete(catalog.LOCK_KEY)
-    finally:
-        _in_process.release()
-
-
-def _stale(holder: dict, now: dt.datetime) -> bool:
-    try:
-        started = dt.datetime.fromisoformat(holder["started_at"])
-    except (KeyError, ValueError):
-        return True
-    if now - started > LOCK_TTL:
-        return True
-    if holder.get("host") != socket.gethostname():
-        return False
-    try:
-        os.kill(int(holder.get("pid", 0)), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, ValueError):
-        return False
-    return False
+    """One backup operation per location: the same renewed lock object as tiering's
+    (tiering/lock.py), so a dead holder on another host blocks for minutes."""
+    with store_lock(location.store, catalog.LOCK_KEY, what, BackupLocked, _in_process):
+        yield
 
 
 # -- run ------------------------------------------------------------------------------------

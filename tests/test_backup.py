@@ -916,3 +916,31 @@ def test_a_sharded_cluster_is_backed_up_node_by_node_and_restored_on_every_node(
     assert not result.ok
     assert any(f"{inc.backup_id} (shard2-replica1): 1 file(s) missing" in p
                for p in result.problems), result.problems
+
+
+def test_one_backup_operation_per_location(embedded_db: Database, tmp_path: Path) -> None:
+    """The location's lock (tiering/lock.py's renewed lock object): another operation is
+    refused with who holds it and when its lock expires; a holder on another host whose
+    lock expired (it stopped renewing: it died) is taken over; a lock written before
+    locks were renewed (no expiry) is honoured for its old 12 hours."""
+    loc = Location(LocalStore(tmp_path / "b"), str(tmp_path / "b"))
+    with ops.location_lock(loc, "backup run"), \
+            pytest.raises(ops.BackupLocked, match="already in progress in this process"):
+        ops.run_backup(embedded_db, loc, BackupConfig())
+    now = dt.datetime.now(dt.UTC)
+    live = {"token": "x", "host": "elsewhere", "pid": 1, "what": "backup prune",
+            "started_at": now.isoformat(),
+            "expires_at": (now + dt.timedelta(minutes=5)).isoformat()}
+    legacy = {"token": "x", "host": "elsewhere", "pid": 1, "what": "backup run",
+              "started_at": (now - dt.timedelta(hours=1)).isoformat()}
+    for holder in (live, legacy):
+        loc.store.put_bytes(catalog.LOCK_KEY, json.dumps(holder).encode())
+        with pytest.raises(ops.BackupLocked, match=r"backup (prune|run) holds .*host elsewhere"
+                                                   r".*lock expires at 20"):
+            ops.run_backup(embedded_db, loc, BackupConfig())
+    assert catalog.read_all(loc)[0] == []                   # nothing was written meanwhile
+    dead = {**live, "expires_at": (now - dt.timedelta(seconds=1)).isoformat()}
+    loc.store.put_bytes(catalog.LOCK_KEY, json.dumps(dead).encode())
+    rec = ops.run_backup(embedded_db, loc, BackupConfig()).record
+    assert ops.verify_backup(embedded_db, loc, rec.backup_id).result.ok
+    assert loc.store.get_bytes(catalog.LOCK_KEY) is None

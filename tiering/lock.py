@@ -1,17 +1,18 @@
-"""One tiering run at a time, per archive.
+"""One run at a time per object store: tiering runs per archive, backup operations per
+backup location (backup/ops.py).
 
-The lock is an object in the archive itself (`_lock.json`), created only if
-absent (S3 `If-None-Match: *`, `O_EXCL` for a directory), so two processes on
-two machines sharing a bucket cannot both run. A run that died leaves its lock
-behind; the next run takes it over when the holder is provably gone (same host,
-process not alive) or when the lock has expired.
+The lock is an object in the store itself (`_lock.json`), created only if absent (S3
+`If-None-Match: *`, `O_EXCL` for a directory), so two processes on two machines sharing
+a bucket cannot both run. A run that died leaves its lock behind; the next run takes it
+over when the holder is provably gone (same host, process not alive) or when the lock
+has expired.
 
 Why a heartbeat: a run lasts as long as its months take (minutes to hours), but a
-holder that died on another machine (a restarted container has a new host name)
-can only be recognised by its lock expiring. So the lock is short-lived (`ttl`, ten
+holder that died on another machine (a restarted container has a new host name) can
+only be recognised by its lock expiring. So the lock is short-lived (`ttl`, ten
 minutes) and the holder renews it every quarter of that while it runs: a live run
-keeps it however long it takes, and a dead one stops blocking the archive within
-ten minutes, not twelve hours.
+keeps it however long it takes, and a dead one stops blocking the store within ten
+minutes, not twelve hours.
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ from cdrhouse.tiering.layout import LOCK_KEY
 from cdrhouse.tiering.store import ArchiveError, ObjectStore
 
 DEFAULT_TTL = dt.timedelta(minutes=10)
+#: how long a lock written before locks were renewed (no `expires_at`) may be held
+LEGACY_TTL = dt.timedelta(hours=12)
 
-log = logging.getLogger("cdrhouse.tiering")
+log = logging.getLogger("cdrhouse.lock")
 
-#: runs inside this process (the scheduler and an API-started run share a process)
+#: tiering runs inside this process (the scheduler and an API-started run share a process)
 _in_process = threading.Lock()
 
 
@@ -51,14 +54,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _expires(holder: dict) -> dt.datetime:
+    if "expires_at" in holder:
+        return dt.datetime.fromisoformat(holder["expires_at"])
+    return dt.datetime.fromisoformat(holder["started_at"]) + LEGACY_TTL
+
+
 def _stale(holder: dict, now: dt.datetime) -> bool:
     try:
-        expires = dt.datetime.fromisoformat(holder["expires_at"])
-    except (KeyError, ValueError):
+        if now >= _expires(holder):
+            return True
+        pid = int(holder.get("pid", 0))
+    except (KeyError, ValueError, TypeError):
         return True
-    if now >= expires:
-        return True
-    return holder.get("host") == socket.gethostname() and not _alive(int(holder.get("pid", 0)))
+    return holder.get("host") == socket.gethostname() and not _alive(pid)
 
 
 def _body(token: str, what: str, started: dt.datetime, now: dt.datetime,
@@ -69,8 +78,8 @@ def _body(token: str, what: str, started: dt.datetime, now: dt.datetime,
                        "expires_at": (now + ttl).isoformat()}).encode()
 
 
-def _held_by(store: ObjectStore, token: str) -> bool:
-    raw = store.get_bytes(LOCK_KEY)
+def _held_by(store: ObjectStore, key: str, token: str) -> bool:
+    raw = store.get_bytes(key)
     try:
         return bool(raw) and json.loads(raw).get("token") == token
     except ValueError:
@@ -81,68 +90,75 @@ class _Heartbeat(threading.Thread):
     """Renews the lock every `every` until stopped; stops renewing if the lock is no
     longer ours (taken over after an expiry: it is then the other run's to keep)."""
 
-    def __init__(self, store: ObjectStore, token: str, what: str, started: dt.datetime,
-                 ttl: dt.timedelta, every: dt.timedelta) -> None:
-        super().__init__(name="tier-lock-heartbeat", daemon=True)
-        self.store, self.token, self.what, self.started = store, token, what, started
-        self.ttl, self.every = ttl, every
+    def __init__(self, store: ObjectStore, key: str, token: str, what: str,
+                 started: dt.datetime, ttl: dt.timedelta, every: dt.timedelta) -> None:
+        super().__init__(name="store-lock-heartbeat", daemon=True)
+        self.store, self.key, self.token, self.what = store, key, token, what
+        self.started, self.ttl, self.every = started, ttl, every
         self.stopped = threading.Event()
-        self.lost = False
 
     def run(self) -> None:
         while not self.stopped.wait(self.every.total_seconds()):
             try:
-                if not _held_by(self.store, self.token):
-                    self.lost = True
-                    log.warning("the archive lock of %s was taken by another run while this "
-                                "%s held it; no longer renewing it", self.store.location, self.what)
+                if not _held_by(self.store, self.key, self.token):
+                    log.warning("the lock of %s was taken by another run while this %s held "
+                                "it; no longer renewing it", self.store.location, self.what)
                     return
                 now = dt.datetime.now(dt.UTC)
-                self.store.put_bytes(LOCK_KEY, _body(self.token, self.what, self.started,
+                self.store.put_bytes(self.key, _body(self.token, self.what, self.started,
                                                      now, self.ttl))
             except Exception as exc:  # noqa: BLE001 - the next beat tries again
-                log.warning("could not renew the archive lock of %s: %s", self.store.location, exc)
+                log.warning("could not renew the lock of %s: %s", self.store.location, exc)
 
 
 @contextmanager
-def run_lock(store: ObjectStore, what: str = "tier run",
-             ttl: dt.timedelta = DEFAULT_TTL,
-             renew_every: dt.timedelta | None = None) -> Iterator[str]:
-    """Hold the archive's run lock for the duration of the block; yields the token.
+def store_lock(store: ObjectStore, key: str, what: str, locked: type[Exception],
+               here: threading.Lock, ttl: dt.timedelta = DEFAULT_TTL,
+               renew_every: dt.timedelta | None = None) -> Iterator[str]:
+    """Hold `store`'s lock object `key` for the duration of the block; yields the token.
 
-    The lock expires `ttl` after its last renewal; it is renewed every `renew_every`
-    (a quarter of `ttl` unless given) while the block runs."""
-    if not _in_process.acquire(blocking=False):
-        raise TierLocked("a tiering run is already in progress in this process")
+    `locked` is raised when another run holds it; `here` keeps two runs of this process
+    apart. The lock expires `ttl` after its last renewal; it is renewed every
+    `renew_every` (a quarter of `ttl` unless given) while the block runs."""
+    if not here.acquire(blocking=False):
+        raise locked(f"a {what} is already in progress in this process")
     try:
         now = dt.datetime.now(dt.UTC)
         token = uuid.uuid4().hex
         body = _body(token, what, now, now, ttl)
-        if not store.put_if_absent(LOCK_KEY, body):
-            raw = store.get_bytes(LOCK_KEY)
+        if not store.put_if_absent(key, body):
+            raw = store.get_bytes(key)
             holder = json.loads(raw) if raw else {}
             if raw is not None and not _stale(holder, now):
-                raise TierLocked(
-                    f"another {holder.get('what', 'tier run')} holds the archive "
-                    f"{store.location} (host {holder.get('host')}, pid {holder.get('pid')}, "
+                raise locked(
+                    f"another {holder.get('what', what)} holds {store.location} "
+                    f"(host {holder.get('host')}, pid {holder.get('pid')}, "
                     f"since {holder.get('started_at')}); wait for it to finish. If that "
-                    f"run is gone, its lock expires at {holder.get('expires_at')}")
-            store.delete(LOCK_KEY)  # the holder is gone: take over
-            if not store.put_if_absent(LOCK_KEY, body):
-                raise TierLocked(f"another run took the archive lock of {store.location} "
-                                 "just now; wait for it to finish")
+                    f"run is gone, its lock expires at {_expires(holder).isoformat()}")
+            store.delete(key)  # the holder is gone: take over
+            if not store.put_if_absent(key, body):
+                raise locked(f"another run took the lock of {store.location} just now; "
+                             "wait for it to finish")
         # a server that ignores If-None-Match lets the last writer win: read it back
-        if not _held_by(store, token):
-            raise TierLocked(f"another run took the archive lock of {store.location} "
-                             "at the same moment; wait for it to finish")
-        beat = _Heartbeat(store, token, what, now, ttl, renew_every or ttl / 4)
+        if not _held_by(store, key, token):
+            raise locked(f"another run took the lock of {store.location} at the same "
+                         "moment; wait for it to finish")
+        beat = _Heartbeat(store, key, token, what, now, ttl, renew_every or ttl / 4)
         beat.start()
         try:
             yield token
         finally:
             beat.stopped.set()
             beat.join()
-            if _held_by(store, token):
-                store.delete(LOCK_KEY)
+            if _held_by(store, key, token):
+                store.delete(key)
     finally:
-        _in_process.release()
+        here.release()
+
+
+@contextmanager
+def run_lock(store: ObjectStore, what: str = "tier run", ttl: dt.timedelta = DEFAULT_TTL,
+             renew_every: dt.timedelta | None = None) -> Iterator[str]:
+    """Hold the archive's run lock for the duration of the block; yields the token."""
+    with store_lock(store, LOCK_KEY, what, TierLocked, _in_process, ttl, renew_every) as token:
+        yield token
