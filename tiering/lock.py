@@ -23,6 +23,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -78,8 +79,21 @@ def _body(token: str, what: str, started: dt.datetime, now: dt.datetime,
                        "expires_at": (now + ttl).isoformat()}).encode()
 
 
+def _read(store: ObjectStore, key: str) -> bytes | None:
+    """The lock object. Retried briefly: a store may fail a read that races the holder's
+    renewal of the same key (rclone answers such a GET with a 500)."""
+    for attempt in range(3):
+        try:
+            return store.get_bytes(key)
+        except Exception:
+            if attempt == 2:
+                raise
+            time.sleep(0.1)
+    raise AssertionError("unreachable")
+
+
 def _held_by(store: ObjectStore, key: str, token: str) -> bool:
-    raw = store.get_bytes(key)
+    raw = _read(store, key)
     try:
         return bool(raw) and json.loads(raw).get("token") == token
     except ValueError:
@@ -127,7 +141,7 @@ def store_lock(store: ObjectStore, key: str, what: str, locked: type[Exception],
         token = uuid.uuid4().hex
         body = _body(token, what, now, now, ttl)
         if not store.put_if_absent(key, body):
-            raw = store.get_bytes(key)
+            raw = _read(store, key)
             holder = json.loads(raw) if raw else {}
             if raw is not None and not _stale(holder, now):
                 raise locked(
