@@ -12,15 +12,17 @@ import json
 import logging
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram,
+                               ProcessCollector, generate_latest)
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from cdrhouse.api import (alerts, archive, audit, billing, charts, downloads, errors,
-                          scaleout, schedules, userdata, web)
+                          scaleout, schedules, userdata, web, workermetrics)
 from cdrhouse.api import scheduler as export_scheduler
 from cdrhouse.api.deps import reject_unknown_query_params
 from cdrhouse.api.forwarded import ForwardedClient, TrustedProxies
@@ -38,10 +40,17 @@ access_log = logging.getLogger("cdrhouse.access")
 
 
 class Metrics:
-    """Prometheus metrics of one app (its own registry: no process globals)."""
+    """Prometheus metrics of one app (its own registries: no process globals).
+
+    `registry` holds this process's numbers (requests, its audit writer, CPU and
+    memory); `store` the collectors that read the store at scrape time, the same
+    whichever process answers. With `--workers`, each scrape answers every worker's
+    process numbers (api/workermetrics.py) and the store's once."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.store = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
         self.requests = Counter("cdrhouse_http_requests_total", "HTTP requests",
                                 ["route", "method", "status"], registry=self.registry)
         self.latency = Histogram("cdrhouse_http_request_seconds", "HTTP request latency",
@@ -51,6 +60,20 @@ class Metrics:
                             ["route"], registry=self.registry)
         self.errors = Counter("cdrhouse_errors_total", "Errors by kind", ["kind"],
                               registry=self.registry)
+
+    def exposition(self, instance: str, workers_dir: Path | None, every: float) -> bytes:
+        """The /metrics answer of `instance`, every sample labelled with its instance."""
+        own = scaleout.with_instance_label(generate_latest(self.registry), instance)
+        shared = scaleout.with_instance_label(generate_latest(self.store), instance)
+        if workers_dir is None:
+            return own + shared
+        workermetrics.publish(workers_dir, instance, own)
+        return workermetrics.gather(workers_dir, instance, own + shared, 3 * every)
+
+    def publish(self, instance: str, workers_dir: Path) -> None:
+        """Write this process's numbers where the other workers read them."""
+        workermetrics.publish(workers_dir, instance, scaleout.with_instance_label(
+            generate_latest(self.registry), instance))
 
 
 class Observe:
@@ -116,6 +139,13 @@ def create_app(config: ServiceConfig) -> FastAPI:
         audit.start_writer(app, config.audit)   # every request recorded (api/audit.py)
         service.loop = asyncio.get_running_loop()
         stop_scaleout = scaleout.start(service)   # heartbeat, shared caps, job sweeper
+        publisher = None
+        if config.metrics_dir is not None:      # one of several workers (api/workermetrics.py)
+            async def publish_every() -> None:
+                while True:
+                    app.state.metrics.publish(instances.instance_id(), config.metrics_dir)
+                    await asyncio.sleep(config.metrics_every)
+            publisher = asyncio.create_task(publish_every())
         scheduler = None
         if config.tier_cron:
             scheduler = start_scheduler(config.tier_cron, service.warm.store,
@@ -143,6 +173,9 @@ def create_app(config: ServiceConfig) -> FastAPI:
         try:
             yield
         finally:
+            if publisher is not None:
+                publisher.cancel()
+                workermetrics.withdraw(config.metrics_dir, instances.instance_id())
             if alert_scheduler is not None:
                 alert_scheduler.shutdown(wait=True)
             if export_ticker is not None:
@@ -165,9 +198,9 @@ def create_app(config: ServiceConfig) -> FastAPI:
     app.state.service = None
     app.state.audit = None
     metrics.registry.register(audit.AuditCollector(app))
-    metrics.registry.register(backup_schedule.BackupCollector(
+    metrics.store.register(backup_schedule.BackupCollector(
         lambda: app.state.service.pool.acquire() if app.state.service else None))
-    metrics.registry.register(alert_engine.AlertCollector(
+    metrics.store.register(alert_engine.AlertCollector(
         lambda: app.state.service.pool.acquire() if app.state.service else None))
     app.add_exception_handler(errors.Problem, errors.handle_problem)
     app.add_exception_handler(RequestValidationError, errors.handle_validation)
@@ -195,8 +228,8 @@ def create_app(config: ServiceConfig) -> FastAPI:
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:
-        return Response(scaleout.with_instance_label(generate_latest(metrics.registry),
-                                                     instances.instance_id()),
+        return Response(metrics.exposition(instances.instance_id(), config.metrics_dir,
+                                           config.metrics_every),
                         media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -5,6 +5,9 @@ from __future__ import annotations
 import base64
 import os
 import pickle
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -192,12 +195,17 @@ def serve(
         migrate(db)           # once, before the workers start (each would race to)
     err.print(f"workers: {workers} processes on port {port}, each with {pool} clients; "
               "scheduled work runs once across them (leases)")
+    # each scrape answers every worker's numbers (api/workermetrics.py)
+    service_config.metrics_dir = Path(tempfile.mkdtemp(prefix="cdrhouse-metrics-"))
     os.environ[_CONFIG_ENV] = base64.b64encode(pickle.dumps(service_config)).decode()
     # uvicorn kills a worker that does not answer its supervisor's ping within 5 s by
     # default — a worker busy on two loaded cores can miss that, and its requests die
     # with it (seen in benchmarks.load_test); a hung worker is still replaced
-    uvicorn.run(f"{__name__}:worker_app", factory=True, workers=workers,
-                timeout_worker_healthcheck=60, **options)
+    try:
+        uvicorn.run(f"{__name__}:worker_app", factory=True, workers=workers,
+                    timeout_worker_healthcheck=60, **options)
+    finally:
+        shutil.rmtree(service_config.metrics_dir, ignore_errors=True)
 
 
 _CONFIG_ENV = "CDRHOUSE_SERVE_CONFIG"

@@ -18,6 +18,7 @@ import uuid
 import contextlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -96,6 +97,10 @@ class ServiceConfig:
     alerts_for_accounts: bool = True
     #: this instance's name among several (default host:pid; engine/instances.py)
     instance_name: str | None = None
+    #: set by `serve --workers N`: where the workers share their /metrics numbers, and
+    #: how often each publishes them (api/workermetrics.py)
+    metrics_dir: Path | None = None
+    metrics_every: float = 5.0
     #: how often (s) an instance looks for jobs whose instance died (api/scaleout.py);
     #: 0: never
     sweep_seconds: float = 15.0

@@ -224,17 +224,33 @@ def test_readyz_and_metrics_speak_for_their_instance(pair) -> None:
     assert len(workers) == 2 and {i for i, _ in workers} == {f"api-b:{p}" for _, p in workers}
     assert b.proc.pid not in {p for _, p in workers}          # the workers, not the parent
     for inst in (a, b):
-        ready = httpx.get(f"{inst.base}/readyz").json()
+        for _ in range(100):    # refreshed at each beat: 3 once all have beaten
+            ready = httpx.get(f"{inst.base}/readyz").json()
+            if ready["instances"] >= 2 and ready["leases"]:
+                break
+            time.sleep(0.2)
         me = ready["instance"]
         assert (me == "api-a") if inst is a else (me in {i for i, _ in workers})
-        assert ready["instances"] in (2, 3)    # refreshed at each beat: 3 once all have beaten
+        assert ready["instances"] in (2, 3)
         kinds = {lease["kind"]: lease for lease in ready["leases"]}
         assert "tiering" in kinds and kinds["tiering"]["last_done_for"]
         with httpx.Client(base_url=inst.base) as c:    # one connection: one worker
             ready = c.get("/readyz").json()
             metrics = c.get("/metrics").text
         assert f'cdrhouse_http_requests_total{{instance="{ready["instance"]}",' in metrics
-        assert len(set(re.findall(r'instance="([^"]+)"', metrics))) == 1
+        seen = set(re.findall(r'instance="([^"]+)"', metrics))
+        if inst is a:
+            assert seen == {"api-a"}
+            continue
+        # --workers: whichever worker answers, the scrape has every worker's own numbers
+        # (api/workermetrics.py), each under its instance, and the store's numbers once
+        assert seen == {i for i, _ in workers}, metrics[-2000:]
+        for worker, _ in workers:
+            assert f'process_start_time_seconds{{instance="{worker}"}}' in metrics
+        store_wide = re.findall(r'^cdrhouse_backup_\w+\{instance="([^"]+)"', metrics, re.M)
+        assert set(store_wide) <= {ready["instance"]}
+        families = re.findall(r"^# TYPE (\S+)", metrics, re.M)
+        assert len(families) == len(set(families))           # one family, many instances
 
 
 def _clean_run(dsn: str, tmp: Path) -> Database:
