@@ -98,7 +98,8 @@ def _first_line(exc: BaseException) -> str:
 def location_lock(location: Location, what: str) -> Iterator[None]:
     """One backup operation per location: the same renewed lock object as tiering's
     (tiering/lock.py), so a dead holder on another host blocks for minutes."""
-    with store_lock(location.store, catalog.LOCK_KEY, what, BackupLocked, _in_process):
+    with store_lock(location.store, catalog.LOCK_KEY, what, BackupLocked, _in_process,
+                    "backup operation"):
         yield
 
 

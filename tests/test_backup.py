@@ -924,8 +924,8 @@ def test_one_backup_operation_per_location(embedded_db: Database, tmp_path: Path
     lock expired (it stopped renewing: it died) is taken over; a lock written before
     locks were renewed (no expiry) is honoured for its old 12 hours."""
     loc = Location(LocalStore(tmp_path / "b"), str(tmp_path / "b"))
-    with ops.location_lock(loc, "backup run"), \
-            pytest.raises(ops.BackupLocked, match="already in progress in this process"):
+    with ops.location_lock(loc, "backup prune"), pytest.raises(
+            ops.BackupLocked, match="a backup operation is already in progress in this process"):
         ops.run_backup(embedded_db, loc, BackupConfig())
     now = dt.datetime.now(dt.UTC)
     live = {"token": "x", "host": "elsewhere", "pid": 1, "what": "backup prune",

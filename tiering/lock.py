@@ -127,15 +127,16 @@ class _Heartbeat(threading.Thread):
 
 @contextmanager
 def store_lock(store: ObjectStore, key: str, what: str, locked: type[Exception],
-               here: threading.Lock, ttl: dt.timedelta = DEFAULT_TTL,
+               here: threading.Lock, kind: str, ttl: dt.timedelta = DEFAULT_TTL,
                renew_every: dt.timedelta | None = None) -> Iterator[str]:
     """Hold `store`'s lock object `key` for the duration of the block; yields the token.
 
     `locked` is raised when another run holds it; `here` keeps two runs of this process
-    apart. The lock expires `ttl` after its last renewal; it is renewed every
-    `renew_every` (a quarter of `ttl` unless given) while the block runs."""
+    apart (any `kind` of run: "tiering run", "backup operation"). The lock expires `ttl`
+    after its last renewal; it is renewed every `renew_every` (a quarter of `ttl` unless
+    given) while the block runs."""
     if not here.acquire(blocking=False):
-        raise locked(f"a {what} is already in progress in this process")
+        raise locked(f"a {kind} is already in progress in this process")
     try:
         now = dt.datetime.now(dt.UTC)
         token = uuid.uuid4().hex
@@ -174,5 +175,6 @@ def store_lock(store: ObjectStore, key: str, what: str, locked: type[Exception],
 def run_lock(store: ObjectStore, what: str = "tier run", ttl: dt.timedelta = DEFAULT_TTL,
              renew_every: dt.timedelta | None = None) -> Iterator[str]:
     """Hold the archive's run lock for the duration of the block; yields the token."""
-    with store_lock(store, LOCK_KEY, what, TierLocked, _in_process, ttl, renew_every) as token:
+    with store_lock(store, LOCK_KEY, what, TierLocked, _in_process, "tiering run", ttl,
+                    renew_every) as token:
         yield token
