@@ -490,7 +490,8 @@ def test_two_runs_cannot_hold_the_archive_at_once(request, server: str) -> None:
     """Also on a server that ignores If-None-Match (rclone): the lock must not be taken
     by overwriting a live holder's object."""
     store = s3_store(request, server, "")
-    with run_lock(store), pytest.raises(TierLocked, match="a tiering run is already in progress in this process"):
+    with run_lock(store), pytest.raises(
+            TierLocked, match="a tiering run is already in progress in this process"):
         with run_lock(store):
             pytest.fail("a second run took the lock")
     # another process (alive, on another host) holds it
