@@ -16,6 +16,7 @@ A worker's numbers in another worker's answer are at most `every` seconds old.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -26,17 +27,23 @@ from prometheus_client.parser import text_string_to_metric_families
 
 SUFFIX = ".prom"
 
+log = logging.getLogger("cdrhouse.metrics")
+
 
 def _file(directory: Path, instance: str) -> Path:
     return directory / (re.sub(r"[^A-Za-z0-9_.-]", "_", instance) + SUFFIX)
 
 
 def publish(directory: Path, instance: str, exposition: bytes) -> None:
-    """Write this worker's exposition where the others read it (atomically)."""
+    """Write this worker's exposition where the others read it (atomically). Never
+    fails a scrape: the directory is gone only while the run is ending."""
     path = _file(directory, instance)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(exposition)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(exposition)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("could not publish this worker's metrics to %s: %s", directory, exc)
 
 
 def withdraw(directory: Path, instance: str) -> None:

@@ -60,3 +60,12 @@ def test_an_instance_name_is_a_file_name(tmp_path: Path) -> None:
     text = workermetrics.gather(tmp_path, "api:9", _exposition("api:9", 2), max_age=15)
     assert set(_samples(text)) == {("cdrhouse_http_requests_total", "../host/x:12"),
                                    ("cdrhouse_http_requests_total", "api:9")}
+
+
+def test_a_missing_directory_fails_no_scrape(tmp_path: Path) -> None:
+    """The parent removes the directory as the run ends; a worker still answering must
+    not fail its scrape or its publishing loop."""
+    gone = tmp_path / "gone"
+    workermetrics.publish(gone, "api:1", _exposition("api:1", 1))
+    text = workermetrics.gather(gone, "api:1", _exposition("api:1", 2), max_age=15)
+    assert set(_samples(text)) == {("cdrhouse_http_requests_total", "api:1")}
