@@ -143,7 +143,10 @@ def create_app(config: ServiceConfig) -> FastAPI:
         if config.metrics_dir is not None:      # one of several workers (api/workermetrics.py)
             async def publish_every() -> None:
                 while True:
-                    app.state.metrics.publish(instances.instance_id(), config.metrics_dir)
+                    try:
+                        app.state.metrics.publish(instances.instance_id(), config.metrics_dir)
+                    except Exception:  # noqa: BLE001 - the next round tries again
+                        logging.getLogger("cdrhouse.metrics").exception("publishing failed")
                     await asyncio.sleep(config.metrics_every)
             publisher = asyncio.create_task(publish_every())
         scheduler = None
