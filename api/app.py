@@ -63,17 +63,19 @@ class Metrics:
 
     def exposition(self, instance: str, workers_dir: Path | None, every: float) -> bytes:
         """The /metrics answer of `instance`, every sample labelled with its instance."""
-        own = scaleout.with_instance_label(generate_latest(self.registry), instance)
+        own = self.publish(instance, workers_dir)
         shared = scaleout.with_instance_label(generate_latest(self.store), instance)
         if workers_dir is None:
             return own + shared
-        workermetrics.publish(workers_dir, instance, own)
         return workermetrics.gather(workers_dir, instance, own + shared, 3 * every)
 
-    def publish(self, instance: str, workers_dir: Path) -> None:
-        """Write this process's numbers where the other workers read them."""
-        workermetrics.publish(workers_dir, instance, scaleout.with_instance_label(
-            generate_latest(self.registry), instance))
+    def publish(self, instance: str, workers_dir: Path | None) -> bytes:
+        """This process's numbers, labelled; written where the other workers read them
+        when there are any (`workers_dir`)."""
+        own = scaleout.with_instance_label(generate_latest(self.registry), instance)
+        if workers_dir is not None:
+            workermetrics.publish(workers_dir, instance, own)
+        return own
 
 
 class Observe:

@@ -31,7 +31,7 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 from cdrhouse.backup import catalog
@@ -94,13 +94,11 @@ def _first_line(exc: BaseException) -> str:
 
 # -- the run lock -------------------------------------------------------------------------
 
-@contextmanager
-def location_lock(location: Location, what: str) -> Iterator[None]:
+def location_lock(location: Location, what: str) -> AbstractContextManager[str]:
     """One backup operation per location: the same renewed lock object as tiering's
     (tiering/lock.py), so a dead holder on another host blocks for minutes."""
-    with store_lock(location.store, catalog.LOCK_KEY, what, BackupLocked, _in_process,
-                    "backup operation"):
-        yield
+    return store_lock(location.store, catalog.LOCK_KEY, what, BackupLocked, _in_process,
+                      "backup operation")
 
 
 # -- run ------------------------------------------------------------------------------------

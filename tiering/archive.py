@@ -264,10 +264,10 @@ class Tiering:
         merges an idle month of several parts by itself, never a month that is *one*
         unmerged part: what a backfill leaves when one insert wrote the month. Not on a
         replicated cluster, whose replicas merge as usual (as in 015)."""
-        if cluster.topology(self.db).replicated:
+        topo = cluster.topology(self.db)
+        if topo.replicated:
             return []
-        per_node = ", getMacro('shard'), getMacro('replica')" if cluster.topology(
-            self.db).cluster else ""
+        per_node = ", getMacro('shard'), getMacro('replica')" if topo.cluster else ""
         months = sorted({int(p) for (p,) in self.db.rows(
             f"SELECT partition FROM {cluster.parts_table(self.db)} WHERE active "
             "AND database = {db:String} AND table = {t:String} "

@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 from cdrhouse.tiering.layout import LOCK_KEY
 from cdrhouse.tiering.store import ArchiveError, ObjectStore
@@ -171,10 +171,8 @@ def store_lock(store: ObjectStore, key: str, what: str, locked: type[Exception],
         here.release()
 
 
-@contextmanager
 def run_lock(store: ObjectStore, what: str = "tier run", ttl: dt.timedelta = DEFAULT_TTL,
-             renew_every: dt.timedelta | None = None) -> Iterator[str]:
-    """Hold the archive's run lock for the duration of the block; yields the token."""
-    with store_lock(store, LOCK_KEY, what, TierLocked, _in_process, "tiering run", ttl,
-                    renew_every) as token:
-        yield token
+             renew_every: dt.timedelta | None = None) -> AbstractContextManager[str]:
+    """The archive's run lock, held for the duration of a `with` block (yields the token)."""
+    return store_lock(store, LOCK_KEY, what, TierLocked, _in_process, "tiering run", ttl,
+                      renew_every)
