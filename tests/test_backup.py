@@ -500,9 +500,12 @@ def test_a_table_created_again_is_read_again_though_its_part_names_repeat(
 # -- verify finds what is wrong ------------------------------------------------------------
 
 def _stored_in(loc: LocalStore, backup_id: str) -> set[str]:
+    """Files whose data this backup holds under their own name (a file equal to another
+    one of the backup names it as its `data_file` and is stored once, under that name)."""
     root = ET.fromstring((loc.root / backup_id / ".backup").read_bytes())
     return {n.findtext("name") for n in root.iter("file")
-            if (n.findtext("use_base") or "") != "true" and int(n.findtext("size") or 0)}
+            if (n.findtext("use_base") or "") != "true" and int(n.findtext("size") or 0)
+            and (n.findtext("data_file") or n.findtext("name")) == n.findtext("name")}
 
 
 def _used_from_base(loc: LocalStore, backup_id: str) -> set[str]:

@@ -71,6 +71,10 @@ def test_sharded_tables_are_distributed_over_local_tables(kind: str) -> None:
     mv = creates["cdr_daily_summary_mv"]
     assert "TO cdr_daily_summary_local" in mv and "FROM cdr_records_local" in mv
     assert not re.search(r"\bcdr_records\b", mv)
+    # the time-ordered copy: placed by the same key, so each shard copies its own calls
+    assert SHARDED["cdr_records_by_time"] == SHARDED["cdr_records"]
+    mv = creates["cdr_records_by_time_mv"]
+    assert "TO cdr_records_by_time_local" in mv and "FROM cdr_records_local" in mv
 
 
 def test_replicated_paths_and_on_cluster() -> None:
@@ -84,7 +88,13 @@ def test_replicated_paths_and_on_cluster() -> None:
            "'{shard}-{replica}')" in creates["ledger"]
     for mig in migrations():
         for st in render(mig.statements, TOPOLOGIES["replicated"], "cdrhouse"):
-            assert st.where == "once" and " ON CLUSTER cdr_cluster" in st.sql
+            assert st.where == "once"
+            if st.sql.startswith("INSERT INTO "):
+                # a one-time copy runs once between the Distributed tables, which place
+                # every row on one replica of its shard (replication does the rest)
+                assert not re.search(r"\w+_local\b", st.sql), st.sql
+            else:
+                assert " ON CLUSTER cdr_cluster" in st.sql
 
 
 def test_sharded_small_tables_live_on_the_home_node() -> None:

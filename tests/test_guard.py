@@ -295,6 +295,11 @@ CORPUS: list[Case] = [
          "refused: FINAL is only accepted on a logical table"),
     Case("hot-table-bare", "acme/c1", "SELECT call_id FROM cdrs, cdr_records",
          "refused: unknown table 'cdr_records': cdr_records " + PHYS),
+    Case("time-copy-bare", "acme/c1", "SELECT call_id FROM cdr_records_by_time",
+         "refused: unknown table 'cdr_records_by_time': cdr_records_by_time " + PHYS),
+    Case("time-copy-in", "acme/c1", "SELECT call_id FROM cdrs WHERE call_id IN "
+         "(SELECT call_id FROM cdr_records_by_time FINAL)",
+         "refused: FINAL is only accepted on a logical table"),
     # -- table functions, wherever they appear --------------------------------------------
     Case("tf-file", "acme/c1", "SELECT * FROM file('/etc/passwd', 'LineAsString')", TF + "file"),
     Case("tf-url", "acme/c1", "SELECT * FROM url('http://169.254.169.254/', CSV)", TF + "url"),

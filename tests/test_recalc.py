@@ -12,6 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from bytime import assert_copy_exact
 
 from cdrhouse.engine import accounts as acc
 from cdrhouse.engine import ledger, recalc, summary
@@ -143,6 +144,7 @@ def test_rerate_reprices_exactly_the_calls_in_range(loaded: Database) -> None:
     assert job.result["charge"] == {"before": "1.500000", "after": "0.370000",
                                     "difference": "-1.130000"}
     assert_summary_exact(loaded)
+    assert_copy_exact(loaded)            # the new versions reached the time-ordered copy
 
 
 @pytest.mark.parametrize("extra, changed", [
@@ -270,6 +272,7 @@ def test_undo_restores_calls_summaries_and_balances_exactly(loaded: Database) ->
     assert undo.state == "succeeded" and undo.result["calls_changed"] == 3
     assert (snapshot(loaded), summary.totals(loaded, "acme", *MARCH), balances(loaded)) == before
     assert_summary_exact(loaded)
+    assert_copy_exact(loaded)
     with pytest.raises(RecalcError, match=f"already undone by job {undo.job_id}"):
         recalc.run(loaded, RecalcRequest("acme", "undo", target_job=job.job_id), OP)
     assert recalc.undo_state(loaded, job) == undo.job_id

@@ -249,3 +249,35 @@ def test_schema_015_settles_unmerged_partitions_and_lets_idle_ones_settle(
         settings = relayout.table_settings(db, table)
         assert settings["min_age_to_force_merge_seconds"] == "21600"
         assert settings["min_age_to_force_merge_on_partition_only"] == "1"
+
+
+@pytest.mark.parametrize("kind", ["embedded", "cluster"])
+def test_schema_016_fills_the_time_ordered_copy_of_an_existing_store(
+        request, kind: str, embedded_dsn: str, engine_dir: Path, tmp_path: Path) -> None:
+    """A store made before 016: migrating creates the time-ordered copy with every
+    version of every stored call, merged (on a cluster, each shard its own calls), and
+    from then on every write reaches it through its view."""
+    from bytime import assert_copy_exact
+    from conftest import _drop, fresh_db
+    db = fresh_db(request, kind, embedded_dsn, engine_dir)
+    try:
+        cluster.each_node(db, "DROP VIEW cdr_records_by_time_mv{on_cluster} SYNC")
+        for name in ("cdr_records_by_time", cluster.local(db, "cdr_records_by_time")):
+            cluster.each_node(db, f"DROP TABLE IF EXISTS {name}{{on_cluster}} SYNC")
+        cluster.each_node(db, "DELETE FROM schema_migrations WHERE version = 16")
+        _load(db, tmp_path)
+        assert "016_by_time" in ", ".join(migrate(db).applied)
+        assert_copy_exact(db)
+        copy = cluster.local(db, "cdr_records_by_time")
+        if not db.config.cluster:
+            assert _settled(db, copy)
+        for node in cluster.nodes(db):
+            with cluster.open_node(db, node) as there:
+                assert _settled(there, copy), node.label
+        db.command("INSERT INTO cdr_records SELECT * REPLACE (version + 1 AS version, 0 AS "
+                   "billsec) FROM cdr_records FINAL WHERE cityHash64(call_id) % 5 = 0",
+                   settings={"distributed_foreground_insert": 1})
+        assert_copy_exact(db)
+    finally:
+        _drop(db)
+

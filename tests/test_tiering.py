@@ -21,6 +21,7 @@ import duckdb
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pytest
+from bytime import assert_copy_exact
 from s3servers import s3_client
 
 from cdrhouse.engine import cluster, generate
@@ -288,6 +289,7 @@ def test_archive_verify_drop_and_read_back_independently(store: Database, archiv
     assert report.dropped == ARCHIVED
     assert report.rows == sum(r[2] for r in before)
     assert not hot_month_set(store) & set(ARCHIVED)
+    assert_copy_exact(store)            # the months left the time-ordered copy too
     assert totals(store) == [r for r in before_all if r not in before]  # hot months untouched
 
     # the archive as stored: Hive keys, bounded parts, manifests, the index
@@ -318,6 +320,7 @@ def test_archive_verify_drop_and_read_back_independently(store: Database, archiv
     assert tier.restore(MIDDLE)[0][2] == "already hot"
     assert totals(store, [MIDDLE]) == [r for r in before if r[1].startswith(layout.month_label(MIDDLE))]
     assert warm.warm_month(store, "acme", MIDDLE).state == "restored"
+    assert_copy_exact(store)
     # … and tiering it again reuses the archive instead of writing it twice
     parts_before = [o.key for o in archive.list(f"cdrs/tenant=acme/month={MIDDLE}/")]
     third = tier.run(today=TODAY)
@@ -629,12 +632,34 @@ def test_a_row_written_during_the_run_is_never_dropped_with_the_partition(
     assert report.dropped == [OLDEST] and report.returned_rows == 1
     assert embedded_db.rows("SELECT call_id FROM cdr_records WHERE call_id = 'during-run'") == [
         ("during-run",)]
+    assert_copy_exact(embedded_db)      # the returned row is in the time-ordered copy too
     again = Tiering(embedded_db, archive).run(today=TODAY, months=[OLDEST])
     assert again.dropped == [OLDEST]
     assert not embedded_db.rows("SELECT 1 FROM cdr_records WHERE call_id = 'during-run'")
     table = pads.dataset(str(archive.root / layout.ROOT), format="parquet",
                          partitioning="hive").to_table(filter=pads.field("call_id") == "during-run")
     assert table.num_rows == 1
+
+
+def test_a_row_written_after_the_move_stays_in_the_time_ordered_copy(
+        embedded_db: Database, tmp_path: Path) -> None:
+    """A call written to the month once its partition has left the hot table (and before
+    the month leaves the time-ordered copy) stays hot, and in the copy."""
+    load(embedded_db, tmp_path)
+
+    def fault(at: str) -> None:
+        if at == "moved":
+            embedded_db.command(
+                "INSERT INTO cdr_records SELECT * REPLACE ('after-move' AS call_id) FROM "
+                f"{HOLD} WHERE tenant_id = 'initech' AND toYYYYMM(start_time) = {OLDEST} LIMIT 1")
+
+    report = Tiering(embedded_db, LocalStore(tmp_path / "warm"), fault=fault).run(
+        today=TODAY, months=[OLDEST])
+    assert report.dropped == [OLDEST]
+    for table in ("cdr_records", "cdr_records_by_time"):
+        assert embedded_db.rows(f"SELECT call_id FROM {table} WHERE toYYYYMM(start_time) = "
+                                f"{OLDEST}") == [("after-move",)]
+    assert_copy_exact(embedded_db)
 
 
 def test_daily_summaries_stay_exact_through_archive_and_restore(embedded_db: Database,

@@ -58,6 +58,10 @@ from cdrhouse.tiering.store import ArchiveError, ObjectStore, sql_string
 from cdrhouse.tiering.verify import Fingerprint
 
 HOT = "cdr_records"
+#: the time-ordered copy of the hot table (sql/schema/016_by_time.sql): a month leaves
+#: it when it leaves the hot table; rows written back to the hot table reach it again
+#: through its materialized view
+BY_TIME = "cdr_records_by_time"
 #: where a partition waits between leaving the hot table and being dropped
 HOLD = "cdr_tiering_hold"
 #: the source of rows the drop puts back into the hot table (engine/summary.py)
@@ -511,6 +515,7 @@ class Tiering:
         drop_month), return any row the archive lacks to the hot table, drop the
         partition, record `archived`."""
         returned = 0
+        self._drop_by_time(month)
         held = hot_months(self.db, HOLD).get(month, {})
         for tenant in held:
             if trusted and tenant in manifests:
@@ -541,6 +546,19 @@ class Tiering:
                 if manifest:
                     warm.record(self.db, manifest, "archived")
         return returned
+
+    def _drop_by_time(self, month: int) -> None:
+        """The month leaves the time-ordered copy too (016_by_time.sql), once it has left
+        the hot table. Before the rows that go back are returned (they reach the copy
+        again through its view); and whatever the hot table got for the month since the
+        move (a late write, after the copy's partition was dropped or before) is copied
+        again, so the copy never lacks a hot row. A rerun after a crash does the same:
+        the same rows."""
+        cluster.each_node(self.db, f"ALTER TABLE {cluster.local(self.db, BY_TIME)}{{on_cluster}} "
+                                   f"DROP PARTITION {int(month)}")
+        self.db.command(f"INSERT INTO {BY_TIME} SETTINGS distributed_foreground_insert = 1 "
+                        f"SELECT * FROM {HOT} WHERE toYYYYMM(start_time) = {{month:UInt32}}",
+                        {"month": int(month)})
 
     def _unarchived_sql(self, table: str, manifest: Manifest) -> str:
         """The rows of `table` (deduplicated) that the archive does not hold, in this
@@ -610,9 +628,10 @@ class Tiering:
         skips it. Not on a replicated cluster, whose replicas merge as usual (as in 015)."""
         if cluster.topology(self.db).replicated:
             return
-        cluster.each_node(self.db, f"OPTIMIZE TABLE {cluster.local(self.db, HOT)}{{on_cluster}} "
-                                   f"PARTITION {int(month)} FINAL "
-                                   "SETTINGS optimize_skip_merged_partitions = 1")
+        for table in (HOT, BY_TIME):        # the copy got the same writes
+            cluster.each_node(self.db, f"OPTIMIZE TABLE {cluster.local(self.db, table)}"
+                                       f"{{on_cluster}} PARTITION {int(month)} FINAL "
+                                       "SETTINGS optimize_skip_merged_partitions = 1")
 
     def _restore_one(self, tenant: str, month: int) -> tuple[str, int, str]:
         manifest = warm.read_manifest(self.store, tenant, month)

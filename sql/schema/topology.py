@@ -10,6 +10,9 @@ cluster (pure text rewriting here; engine/migrate.py runs the result):
   cdrhouse keeps naming `cdr_records`;
 - materialized views read and write the local tables (each shard summarises its
   own calls; the summary is read with sum(), which adds the shards up);
+- an `INSERT … SELECT` (a one-time copy between two sharded tables of the same
+  sharding key) copies each node's local rows locally; replicated, it runs once
+  between the public (Distributed) tables, which place every row by that key;
 - ALTERs of a sharded table go to the local table (indexes, mutations) and, for
   columns, to the Distributed table as well; an OPTIMIZE goes to each node's local
   table (not run when replicated: the replicas' own merges apply);
@@ -37,6 +40,9 @@ from cdrhouse.sql.schema import Rebuild, parse_rebuild
 #: FINAL and re-rating stay exact per shard (ARCHITECTURE.md).
 SHARDED: dict[str, str] = {
     "cdr_records": "cityHash64(tenant_id, call_id)",
+    # the time-ordered copy (016_by_time.sql): the same key, so each shard's view
+    # copies its own calls and a call's versions meet on one shard here too
+    "cdr_records_by_time": "cityHash64(tenant_id, call_id)",
     "cdr_tiering_hold": "cityHash64(tenant_id, call_id)",
     # rows here are deltas read with sum(): any placement is exact; the materialized
     # view writes each shard's own calls locally, rebuild's deltas go by this key
@@ -95,6 +101,7 @@ _ENGINE = re.compile(r"\bENGINE\s*=\s*(\w*MergeTree)\b(\s*\()?", re.S)
 _MV = re.compile(r"^CREATE MATERIALIZED VIEW IF NOT EXISTS (\w+) TO (\w+)\b(.*)$", re.S)
 _ALTER = re.compile(r"^ALTER TABLE (\w+) (.*)$", re.S)
 _OPTIMIZE = re.compile(r"^OPTIMIZE TABLE (\w+)\b(.*)$", re.S)
+_INSERT = re.compile(r"^INSERT INTO (\w+)\b(.*)$", re.S)
 _COLUMN_ALTER = re.compile(r"^(ADD|DROP|MODIFY|RENAME|COMMENT) COLUMN\b", re.I)
 _LOCAL_ALTER = re.compile(r"^(ADD INDEX|DROP INDEX|MATERIALIZE INDEX|CLEAR INDEX|"
                           r"ADD PROJECTION|DROP PROJECTION|MATERIALIZE PROJECTION|"
@@ -177,6 +184,17 @@ def render_statement(sql: str, topology: Topology, database: str) -> list[Statem
         return [Statement(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {name}"
                           f"{_on_cluster(topology)} TO {target}{rest}",
                           once if topology.replicated else "home")]
+    if m := _INSERT.match(sql):
+        # a one-time copy between sharded tables of the same sharding key (016): each
+        # node copies its own rows into its own local table; replicated, once through
+        # the Distributed tables, which place every row by that key on one replica of
+        # its shard (internal_replication), so it lands where its call lives
+        if m.group(1) not in SHARDED:
+            raise SchemaRenderError(f"INSERT INTO {m.group(1)}: only sharded tables are filled "
+                                    "by a schema file")
+        if topology.replicated:
+            return [Statement(sql, "once")]
+        return [Statement(_sharded_sql(sql, topology), "all")]
     if m := _OPTIMIZE.match(sql):
         name, rest = m.groups()
         if topology.replicated:

@@ -576,3 +576,55 @@ OPTIMIZE TABLE cdr_records FINAL SETTINGS optimize_skip_merged_partitions = 1;
 -- where: all
 OPTIMIZE TABLE cdr_daily_summary FINAL SETTINGS optimize_skip_merged_partitions = 1;
 
+-- 016_by_time.sql
+-- where: all
+CREATE TABLE IF NOT EXISTS cdr_records_by_time
+(
+    tenant_id       LowCardinality(String),
+    call_id         String,
+    start_time      DateTime64(3, 'UTC'),
+    answer_time     Nullable(DateTime64(3, 'UTC')),
+    end_time        DateTime64(3, 'UTC'),
+    duration        UInt32,
+    billsec         UInt32,
+    customer_id     UInt32,
+    carrier_id      UInt32,
+    direction       Enum8('outbound' = 1, 'inbound' = 2, 'internal' = 3),
+    disposition     Enum8('ANSWERED' = 1, 'NO ANSWER' = 2, 'BUSY' = 3, 'FAILED' = 4, 'CONGESTION' = 5),
+    src_number      String,
+    dst_number      String,
+    dst_prefix      LowCardinality(String),
+    country         LowCardinality(String),
+    release_reason  LowCardinality(String),
+    sip_code        UInt16,
+    sip_reason      LowCardinality(String),
+    pdd_ms          UInt32,
+    src_ip          String,
+    dst_ip          String,
+    codec           LowCardinality(String),
+    customer_rate   Nullable(Decimal(18, 6)),
+    customer_charge Nullable(Decimal(18, 6)),
+    carrier_rate    Nullable(Decimal(18, 6)),
+    carrier_cost    Nullable(Decimal(18, 6)),
+    currency        LowCardinality(String),
+    recording_url   String,
+    version         UInt64,
+    ingested_at     DateTime64(3, 'UTC') DEFAULT now64(3),
+    source          LowCardinality(String) DEFAULT '',
+    rating_status   LowCardinality(String) DEFAULT '',
+    customer_billsec Nullable(UInt32)
+)
+ENGINE = ReplacingMergeTree(version)
+PARTITION BY toYYYYMM(start_time)
+ORDER BY (tenant_id, start_time, call_id, customer_id)
+SETTINGS index_granularity = 1024, min_compress_block_size = 8192, max_compress_block_size = 65536, min_age_to_force_merge_seconds = 21600, min_age_to_force_merge_on_partition_only = 1;
+
+-- where: all
+CREATE MATERIALIZED VIEW IF NOT EXISTS cdr_records_by_time_mv TO cdr_records_by_time AS SELECT * FROM cdr_records;
+
+-- where: all
+INSERT INTO cdr_records_by_time SETTINGS distributed_foreground_insert = 1 SELECT * FROM cdr_records;
+
+-- where: all
+OPTIMIZE TABLE cdr_records_by_time FINAL SETTINGS optimize_skip_merged_partitions = 1;
+
