@@ -8,6 +8,7 @@ closes everything at shutdown. Metrics live in a registry of the app's own.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import time
@@ -175,6 +176,9 @@ def create_app(config: ServiceConfig) -> FastAPI:
             alert_scheduler = alert_engine.start_scheduler(
                 config.alert_every, service.pool.acquire, config.alert_config)
             app.state.alert_scheduler = alert_scheduler
+        if config.freeze_gc:
+            gc.collect()
+            gc.freeze()
         try:
             yield
         finally:

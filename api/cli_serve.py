@@ -182,7 +182,7 @@ def serve(
                                    alerts_for_accounts=alerts_for_accounts,
                                    instance_name=instance_name,
                                    auth_cache_seconds=auth_cache_seconds,
-                                   sweep_seconds=sweep_seconds)
+                                   sweep_seconds=sweep_seconds, freeze_gc=True)
     # uvicorn's own proxy handling is off (it trusts 127.0.0.1 by default and drops the
     # real peer): api/forwarded.py applies --forwarded-allow-ips and logs both addresses
     options = dict(host=host, port=port, log_level="warning", access_log=False,

@@ -95,6 +95,12 @@ class ServiceConfig:
     alert_every: int | None = None
     alert_config: AlertConfig = field(default_factory=AlertConfig)
     alerts_for_accounts: bool = True
+    #: after starting, move every object made so far out of the cyclic garbage
+    #: collector's sight (`gc.freeze`): a serving process (`cdrhouse serve`) then no
+    #: longer walks the app's, the drivers' and the parsers' objects in each full
+    #: collection, which paused it 70-80 ms at a time under load (20-30 ms after).
+    #: Off by default: a test process makes many apps, and frozen objects are never freed
+    freeze_gc: bool = False
     #: this instance's name among several (default host:pid; engine/instances.py)
     instance_name: str | None = None
     #: set by `serve --workers N`: where the workers share their /metrics numbers, and

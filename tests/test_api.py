@@ -265,3 +265,26 @@ def test_health_readiness_metrics_docs(api) -> None:
     assert f'cdrhouse_errors_total{{instance="{me}",kind="unauthorized"}}' in metrics
     spec = client.get("/openapi.json").json()
     assert "/v1/cdrs/search" in spec["paths"] and "/v1/sql" in spec["paths"]
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_a_serving_process_freezes_its_startup_objects(embedded_dsn: str, engine_dir: Path,
+                                                       freeze: bool) -> None:
+    """`cdrhouse serve` (freeze_gc) moves what startup made out of the collector's sight,
+    so full collections under load do not walk it; apps made for tests do not."""
+    import gc
+
+    store = StoreConfig(data_dir=engine_dir, clickhouse=embedded_dsn,
+                        database=f"t_{uuid.uuid4().hex[:12]}")
+    gc.unfreeze()
+    try:
+        with TestClient(create_app(ServiceConfig(store=store, pool_size=1,
+                                                 freeze_gc=freeze))) as client:
+            assert client.get("/healthz").status_code == 200
+            assert (gc.get_freeze_count() > 0) is freeze
+    finally:
+        gc.unfreeze()
+        db = Database(store)
+        db.command(f"DROP DATABASE IF EXISTS `{store.database}`")
+        db.close()
+
