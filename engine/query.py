@@ -31,8 +31,8 @@ from cdrhouse.sql.guard import CompiledSQL, compile_user_sql
 from cdrhouse.sql.limits import SETTING_NAMES, error_code, explain_limit_error, limits_for
 from cdrhouse.sql.logical import PHYSICAL_TABLES, TABLES
 from cdrhouse.sql.principal import Principal
-from cdrhouse.sql.viewer import (CompiledQuery, ViewRequest, compile_view, reads_by_time,
-                                 time_slices)
+from cdrhouse.sql.viewer import (CompiledQuery, ViewRequest, compile_view, page_slices,
+                                 reads_by_time)
 
 _TAG_SAFE = re.compile(r"[^A-Za-z0-9:#/_.-]")
 log = logging.getLogger("cdrhouse.query")
@@ -130,9 +130,9 @@ def run_view(db: Database, principal: Principal, request: ViewRequest,
     """A viewer page (ViewerError if the request is invalid, QueryFailed if it fails).
 
     A page across a tenant's customers sorted by time reads the time-ordered copy
-    of the CDRs (sql.viewer.reads_by_time), in order, from the end it needs. Any
-    other newest-first page over a long range first tries recent slices of it
-    (sql.viewer.time_slices): a slice holding a full page gives exactly the
+    of the CDRs (sql.viewer.reads_by_time), in order, from the end it needs. A
+    newest-first page over a long range may first try recent slices of it
+    (sql.viewer.page_slices): a slice holding a full page gives exactly the
     page of the whole range, at the cost of reading the slice only.
     `archive`: SELECTs of archived months to read too (sql/archive.py).
     """
@@ -143,8 +143,8 @@ def run_view(db: Database, principal: Principal, request: ViewRequest,
     compiled = compile_view(request, principal, now, by_time=by_time)
     query_id = query_id or uuid.uuid4().hex
     warm = bool(archive)
-    for since in [] if by_time else time_slices(request, principal, now):
-        sliced = compile_view(request, principal, now, newer_than=since)
+    for since in page_slices(request, principal, now, by_time):
+        sliced = compile_view(request, principal, now, newer_than=since, by_time=by_time)
         res, qid = _run(db, principal, with_archive(sliced.sql, archive), sliced.parameters,
                         query_id, limit_overrides, warm=warm, tuning=sliced.settings)
         if compiled.limit is not None and len(res.result_rows) > compiled.limit:

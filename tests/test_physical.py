@@ -356,9 +356,33 @@ def test_which_pages_read_the_time_ordered_copy(principal, request_kw, expected)
     if expected and "cursor" not in request_kw:
         compiled = compile_view(request, principal, END, by_time=True)
         assert f"FROM {BY_TIME} FINAL" in compiled.sql
-        assert compiled.settings["max_block_size"] == 1024      # stops near the page
+        filtered = bool({"rules", "number", "connected_only"} & set(request_kw))
+        # unfiltered, the read stops near the page: one thread, one granule a block;
+        # a filtered page's whole range may be walked: bigger blocks, default threads
+        assert compiled.settings["max_block_size"] == (8192 if filtered else 1024)
+        assert ("max_threads" in compiled.settings) is not filtered
+        sliced = compile_view(request, principal, END, by_time=True,
+                              newer_than=END - dt.timedelta(days=1))
+        assert f"FROM {BY_TIME} FINAL" in sliced.sql and "slice_from" in sliced.sql
+        assert sliced.settings["max_block_size"] == 1024 and sliced.settings["max_threads"] == 1
     if not expected and "sort" not in request_kw:
         assert "FROM cdr_records FINAL" in compile_view(request, principal, END, by_time=True).sql
+
+
+def test_page_slices_for_the_time_ordered_copy():
+    """Read in time order, an unfiltered page needs no slice; a filtered one tries its
+    last day first (the same slices as cdr_records' pages, the first of them only)."""
+    from cdrhouse.sql.viewer import page_slices, time_slices
+    plain = ViewRequest(range="last_30_days")
+    rules = ViewRequest(range="last_30_days", rules=_rule("billsec", "greater", 30))
+    connected = ViewRequest(range="last_30_days", connected_only=True)
+    assert len(time_slices(plain, OP, END)) == 2
+    assert page_slices(plain, OP, END, by_time=False) == time_slices(plain, OP, END)
+    assert page_slices(plain, OP, END, by_time=True) == []
+    for filtered in (rules, connected):
+        assert page_slices(filtered, OP, END, by_time=True) == time_slices(filtered, OP, END)[:1]
+        assert len(page_slices(filtered, OP, END, by_time=True)) == 1
+    assert page_slices(ViewRequest(range="today", connected_only=True), OP, END, True) == []
 
 
 BY_TIME_CASES = [

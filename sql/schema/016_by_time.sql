@@ -11,8 +11,8 @@
 -- FINAL. So the pages that need time order get a second table sorted by it, kept by a
 -- materialized view: every INSERT into cdr_records (ingest, re-rate, undo, rows the
 -- tiering run returns, a restore from the archive) is copied here in the same block.
--- Measured at 32 clients: operators' listing 99-112 -> 126-172 req/s, server CPU
--- 14-16 -> 8-11 ms a page (benchmarks/README.md, "A time-ordered copy").
+-- Measured at 32 clients: operators' listing 105-114 -> 145-169 req/s, server CPU
+-- 14-16 -> 9-10 ms a page (benchmarks/README.md, "A time-ordered copy").
 --
 -- Exactness: the copy holds every version of every call, and its key has the same
 -- columns as cdr_records' (tenant, customer, start_time, call_id, only in another
