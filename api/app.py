@@ -132,6 +132,18 @@ class Observe:
             "error": kind}))
 
 
+def _load_driver_modules() -> None:
+    """Import now what clickhouse-connect imports on first use (numpy, pandas, pyarrow).
+
+    Why: its first insert (the audit trail's first flush, a heartbeat) imported pandas
+    in a background thread while the first requests were served, holding the
+    interpreter for the better part of a second: a fresh server answered its first
+    ~100 requests at half speed (benchmarks/README.md, "A time-ordered copy")."""
+    from clickhouse_connect.driver import options
+    for name in ("np", "pd", "arrow"):
+        getattr(options, name)
+
+
 def create_app(config: ServiceConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -176,6 +188,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
             alert_scheduler = alert_engine.start_scheduler(
                 config.alert_every, service.pool.acquire, config.alert_config)
             app.state.alert_scheduler = alert_scheduler
+        _load_driver_modules()
         if config.freeze_gc:
             gc.collect()
             gc.freeze()
