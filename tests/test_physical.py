@@ -195,27 +195,42 @@ SLICE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", range(len(SLICE_CASES)))
-@pytest.mark.parametrize("who", ["tenant", "carrier", "admin"])
-def test_sliced_pages_equal_the_whole_range(loaded, who, case):
-    from cdrhouse.engine.query import run_view
-    from cdrhouse.sql.viewer import time_slices
-    db = loaded
+def _principal(db, who: str) -> Principal:
+    """tenant acme's operator, its busiest carrier, or the admin."""
     carrier = db.scalar("SELECT carrier_id FROM cdr_records WHERE tenant_id = 'acme' "
                         "GROUP BY carrier_id ORDER BY count() DESC LIMIT 1")
-    principal = {"tenant": Principal.operator("acme"), "carrier": Principal.carrier("acme", carrier),
-                 "admin": Principal.admin()}[who]
-    request = ViewRequest(**{"limit": 50, **SLICE_CASES[case]})
-    cursor = None
-    for _page in range(3):                    # walk a few pages with the keyset cursor
+    return {"tenant": Principal.operator("acme"), "carrier": Principal.carrier("acme", carrier),
+            "admin": Principal.admin()}[who]
+
+
+def _walk_equal_to_the_whole_range(db, principal, request, pages):
+    """Walk up to `pages` pages with the keyset cursor through `run_view`, each equal
+    (rows and next cursor) to the page of the unsliced query over cdr_records; the
+    requests walked and the last page's rows."""
+    from cdrhouse.engine.query import run_view
+    cursor, walked, rows = None, [], []
+    while len(walked) < pages:
         req = ViewRequest(**{**request.__dict__, "cursor": cursor})
         got = run_view(db, principal, req, now=END)
         want = _full_page(db, req, principal)
         assert got.rows == want.rows
         assert got.next_cursor == want.next_cursor
+        walked.append(req)
+        rows = got.rows
         if not got.next_cursor:
             break
         cursor = got.next_cursor
+    return walked, rows
+
+
+@pytest.mark.parametrize("case", range(len(SLICE_CASES)))
+@pytest.mark.parametrize("who", ["tenant", "carrier", "admin"])
+def test_sliced_pages_equal_the_whole_range(loaded, who, case):
+    from cdrhouse.sql.viewer import time_slices
+    db = loaded
+    principal = _principal(db, who)
+    request = ViewRequest(**{"limit": 50, **SLICE_CASES[case]})
+    _walk_equal_to_the_whole_range(db, principal, request, pages=3)
     if case == 0:
         bounds = time_slices(request, principal, END)
         assert bounds and bounds == sorted(bounds, reverse=True)
@@ -407,31 +422,17 @@ def test_pages_from_the_time_ordered_copy_equal_cdr_records(loaded, who, case):
     """Pages walked by cursor, read from the copy as `run_view` does, and from
     cdr_records as compiled before the copy existed: the same rows and cursors, also
     where a call's newer version (another number) sits in another part."""
-    from cdrhouse.engine.query import run_view
     from cdrhouse.sql.viewer import reads_by_time
     db = loaded
-    carrier = db.scalar("SELECT carrier_id FROM cdr_records WHERE tenant_id = 'acme' "
-                        "GROUP BY carrier_id ORDER BY count() DESC LIMIT 1")
-    principal = {"tenant": OP, "carrier": Principal.carrier("acme", carrier),
-                 "admin": Principal.admin()}[who]
+    principal = _principal(db, who)
     kw = {"limit": 50, **BY_TIME_CASES[case]}
     if who == "admin":
         kw["account_rules"] = NARROW_TENANT
-    cursor, pages = None, 0
-    while pages < 4:
-        req = ViewRequest(**{**kw, "cursor": cursor})
-        assert reads_by_time(req, principal)
-        got = run_view(db, principal, req, now=END)
-        want = _full_page(db, req, principal)
-        assert got.rows == want.rows
-        assert got.next_cursor == want.next_cursor
-        pages += 1
-        if not got.next_cursor:
-            break
-        cursor = got.next_cursor
+    walked, rows = _walk_equal_to_the_whole_range(db, principal, ViewRequest(**kw), pages=4)
+    assert all(reads_by_time(req, principal) for req in walked)
     if case == 0:
-        assert pages == 4                   # walked past the first page
-        assert got.rows                     # and rows to compare
+        assert len(walked) == 4             # walked past the first page
+        assert rows                         # and rows to compare
 
 
 def test_the_copy_has_the_hot_tables_columns_and_rows(loaded):
