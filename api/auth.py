@@ -107,9 +107,20 @@ def authenticate(db: Database, request: Request, limiter: FailureLimiter) -> Cal
         limiter.fail(client, db)
         raise Problem("unauthorized", "send an API key as 'Authorization: Bearer <key>' or "
                                       "'X-API-Key: <key>'", headers={"WWW-Authenticate": "Bearer"})
+    try:
+        return verify(db, secret)
+    except Problem as exc:
+        if exc.slug == "unauthorized":
+            limiter.fail(client, db)
+        raise
+
+
+def verify(db: Database, secret: str) -> Caller:
+    """The caller behind `secret` as the store has it now (401 if the key is unknown or
+    revoked, 403 if its account is gone). No failure is counted here: `authenticate`
+    counts a client's; a service re-checking a key it holds is not a client's attempt."""
     key = keys.authenticate(db, secret)
     if key is None:
-        limiter.fail(client, db)
         raise Problem("unauthorized", "the API key is not valid (unknown or revoked)",
                       headers={"WWW-Authenticate": "Bearer"})
     try:

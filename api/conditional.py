@@ -24,6 +24,7 @@ import hashlib
 import json
 from typing import Any
 
+import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
@@ -59,9 +60,36 @@ def not_modified(tag: str) -> Response:
     return Response(status_code=304, headers={"ETag": tag, **HEADERS})
 
 
+#: orjson leaves these to the standard library (it raises for them), as json.dumps would
+_ORJSON_OPTIONS = (orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATETIME
+                   | orjson.OPT_PASSTHROUGH_DATACLASS)
+
+
+def encode(body: Any) -> bytes:
+    """`body` as compact ASCII JSON, as `json.dumps(body, ensure_ascii=True,
+    separators=(",", ":"))` writes it, made by orjson where it can.
+
+    Why: encoding a 100-row page with the standard library took 0.28 ms of the event
+    loop (14 % of its work per page under load); orjson takes 0.04. Whatever orjson
+    would write differently goes through the standard library instead: text with
+    non-ASCII characters (orjson writes UTF-8, not escapes), integers beyond 64 bits,
+    subclasses of str/int/dict/list, and dates and dataclasses (which `json` refuses,
+    as before). What remains different: a float's exponent is written `1e16`, not
+    `1e+16` (the same number); NaN and infinity become `null` (`json` writes `NaN`,
+    which no JSON parser accepts); a UUID or an Enum, which `json` refuses, is written
+    as its value. Pages hold none of these (api/deps.rows_json made them strings)."""
+    try:
+        data = orjson.dumps(body, option=_ORJSON_OPTIONS)
+    except orjson.JSONEncodeError:
+        data = None
+    if data is not None and data.isascii():
+        return data
+    return json.dumps(body, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
 def json_response(body: dict, tag: str | None = None) -> Response:
     """`body` as JSON, encoded once (no response-model pass: the page is built to its
     model already), with its tag and caching headers when it has one."""
-    data = json.dumps(body, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+    data = encode(body)
     headers = {"ETag": tag, **HEADERS} if tag else None
     return Response(data, media_type="application/json", headers=headers)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import time
 import uuid
@@ -28,7 +29,7 @@ from fastapi import Request
 from cdrhouse.api.admission import FairQueue, QueueTimeout
 from cdrhouse.api.cache import TTLCache
 from cdrhouse.api.auth import (Caller, FailureLimiter, StoreFailureLimiter, authenticate,
-                               secret_from)
+                               secret_from, verify)
 from cdrhouse.api.errors import Problem
 from cdrhouse.backup.location import BackupConfig
 from cdrhouse.engine import query as q
@@ -43,6 +44,8 @@ from cdrhouse.tiering.reader import WarmReader
 from cdrhouse.tiering.store import ArchiveConfig, open_archive
 
 T = TypeVar("T")
+
+log = logging.getLogger("cdrhouse.api")
 
 
 @dataclass
@@ -134,9 +137,13 @@ class Service:
     #: long-running work (recalc jobs, scheduled tiering): known, waited for at close
     jobs: JobRunner = field(default_factory=JobRunner)
     admission: FairQueue | None = None
-    _auth_cache: dict[str, tuple[Caller, float]] = field(default_factory=dict)
+    #: sha256 of a secret → (caller, expires at, re-check from), on the monotonic clock
+    _auth_cache: dict[str, tuple[Caller, float, float]] = field(default_factory=dict)
     #: key lookups in progress (on the event loop), by the same hash as `_auth_cache`
     _auth_pending: dict[str, asyncio.Future] = field(default_factory=dict)
+    #: background re-checks of cached keys in progress (hashes), and their tasks
+    _auth_rechecking: set[str] = field(default_factory=set)
+    _auth_tasks: set[asyncio.Task] = field(default_factory=set)
     #: key id → Preferences (api/cache.py; see ServiceConfig.prefs_cache_seconds)
     prefs: TTLCache = field(default_factory=lambda: TTLCache(2.0))
     #: live instances sharing the caps (share_caps), and the event loop admission runs on
@@ -190,11 +197,17 @@ class Service:
     async def caller(self, request: Request) -> Caller:
         """The caller behind the request's key. A verified key is remembered for
         `auth_cache_seconds` (a revocation takes effect within that time), which
-        saves two lookups per request under load."""
-        cache_key = hashlib.sha256((secret_from(request) or "").encode()).hexdigest()
+        saves two lookups per request under load. A key in use is checked again in
+        the background from half that time on (`_recheck`), so it does not expire in
+        front of its requests."""
+        secret = secret_from(request) or ""
+        cache_key = hashlib.sha256(secret.encode()).hexdigest()
         hit = self._auth_cache.get(cache_key)
-        if hit and hit[1] > time.monotonic():
+        now = time.monotonic()
+        if hit and hit[1] > now:
             caller = hit[0]
+            if hit[2] <= now and cache_key not in self._auth_rechecking:
+                self._recheck(cache_key, secret)
         else:
             caller = await self._look_up(request, cache_key)
         request.state.principal = caller.principal_text
@@ -219,6 +232,7 @@ class Service:
         def work() -> Caller:
             with self._db() as db:
                 return authenticate(db, request, self.limiter)
+        started = time.monotonic()
         # the lookup others wait for, unless one is already in progress (this request
         # then retries after its failure, on its own)
         future: asyncio.Future | None = None
@@ -240,10 +254,45 @@ class Service:
                 self._auth_pending.pop(cache_key, None)
         if future is not None:
             future.set_result(caller)
+        self._remember(cache_key, caller, started)
+        return caller
+
+    def _remember(self, cache_key: str, caller: Caller, read_at: float) -> None:
+        """Keep a verified key for `auth_cache_seconds` from when the store was read."""
         if len(self._auth_cache) > 10_000:
             self._auth_cache.clear()
-        self._auth_cache[cache_key] = (caller, time.monotonic() + self.config.auth_cache_seconds)
-        return caller
+        seconds = self.config.auth_cache_seconds
+        self._auth_cache[cache_key] = (caller, read_at + seconds, read_at + seconds / 2)
+
+    def _recheck(self, cache_key: str, secret: str) -> None:
+        """Verify a cached key again in the background, while its requests go on with the
+        cached caller (which stays no older than `auth_cache_seconds`). Why: at each
+        expiry, every request of a busy key waited for the one lookup, queued behind the
+        pages of all clients. A key found revoked (or its account gone) is dropped: the
+        next request makes the full lookup, which refuses it and counts the failure."""
+        self._auth_rechecking.add(cache_key)
+
+        def work() -> Caller:
+            with self._db() as db:
+                return verify(db, secret)
+
+        async def run() -> None:
+            started = time.monotonic()
+            try:
+                caller = await anyio.to_thread.run_sync(work)
+            except Problem as exc:
+                if exc.slug in ("unauthorized", "forbidden"):
+                    self._auth_cache.pop(cache_key, None)
+                # else (a full pool): the cached caller stays to its expiry
+            except Exception as exc:           # the store unreachable: likewise
+                log.warning("re-checking a cached API key failed: %s", exc)
+            else:
+                self._remember(cache_key, caller, started)
+            finally:
+                self._auth_rechecking.discard(cache_key)
+        task = asyncio.ensure_future(run())
+        self._auth_tasks.add(task)
+        task.add_done_callback(self._auth_tasks.discard)
 
     # -- running queries -------------------------------------------------------------
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -10,6 +12,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from cdrhouse.api import auth
 from cdrhouse.api.app import create_app
 from cdrhouse.api.models import FieldsOut
 from cdrhouse.api.service import ServiceConfig
@@ -216,6 +219,63 @@ def test_concurrent_requests_of_one_key_share_its_lookup(api) -> None:
         assert len(checks) == 4
     finally:
         del limiter.check
+
+
+def _due_for_recheck(service, secret: str) -> None:
+    """Age the cached entry of `secret` to half its time: due for a re-check, not expired."""
+    cache_key = hashlib.sha256(secret.encode()).hexdigest()
+    caller, expires, _ = service._auth_cache[cache_key]
+    service._auth_cache[cache_key] = (caller, expires, 0.0)
+
+
+def _rechecks_done(service) -> None:
+    for _ in range(200):
+        if not service._auth_rechecking:
+            return
+        time.sleep(0.05)
+    raise AssertionError("a background re-check of a key never finished")
+
+
+def test_a_busy_key_is_checked_again_in_the_background_not_in_front_of_its_requests(
+        api, monkeypatch) -> None:
+    client, secrets = api
+    service = client.app.state.service
+    import cdrhouse.api.service as service_module
+    release, calls = threading.Event(), []
+
+    def held_verify(db, secret):       # the real check, held until the requests are answered
+        calls.append(secret)
+        assert release.wait(30)
+        return auth.verify(db, secret)
+    monkeypatch.setattr(service_module, "verify", held_verify)
+    headers = h(secrets, "tenant:acme")
+    assert client.get("/v1/fields", headers=headers).status_code == 200
+    _due_for_recheck(service, secrets["tenant:acme"])
+    # answered while the re-check is still held: nobody waits for it, and there is one
+    assert [client.get("/v1/fields", headers=headers).status_code for _ in range(3)] == [200] * 3
+    assert calls == [secrets["tenant:acme"]]
+    release.set()
+    _rechecks_done(service)
+    cache_key = hashlib.sha256(secrets["tenant:acme"].encode()).hexdigest()
+    _, expires, recheck_from = service._auth_cache[cache_key]
+    assert recheck_from > time.monotonic() - 1 and expires > recheck_from, "not renewed"
+
+
+def test_a_key_revoked_while_cached_is_refused_after_its_background_recheck(api) -> None:
+    client, secrets = api
+    service = client.app.state.service
+    with Database(service.config.store) as db:
+        key, secret = keys.create_key(db, "tenant:acme", "revoked while cached")
+    headers = {"Authorization": f"Bearer {secret}"}
+    assert client.get("/v1/fields", headers=headers).status_code == 200
+    with Database(service.config.store) as db:
+        keys.revoke_key(db, key.key_id)
+    _due_for_recheck(service, secret)
+    # still within its cache time: served, and the re-check starts
+    assert client.get("/v1/fields", headers=headers).status_code == 200
+    _rechecks_done(service)
+    r = client.get("/v1/fields", headers=headers)
+    assert r.status_code == 401 and "revoked" in r.json()["detail"]
 
 
 def test_time_zone_display_and_paging(api) -> None:

@@ -74,3 +74,78 @@ def test_a_failed_load_is_raised_to_every_waiter_and_not_kept() -> None:
     assert all(isinstance(e, RuntimeError) for e in out) and c.get("k") is None
     with pytest.raises(RuntimeError):
         run(c.get_or_load("k", load))
+
+
+class Loads:
+    """A load that counts its calls, takes `delay` seconds and returns (or raises) in turn."""
+
+    def __init__(self, *results: object, delay: float = 0.05) -> None:
+        self.results = list(results)
+        self.calls = 0
+        self.delay = delay
+
+    async def __call__(self) -> object:
+        self.calls += 1
+        await asyncio.sleep(self.delay)
+        result = self.results.pop(0)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+
+def test_a_fresh_value_is_served_without_a_load() -> None:
+    c: TTLCache[str] = TTLCache(10, refresh_after=0.5)
+    c.put("k", "v")
+    load = Loads("other")
+    assert run(c.get_or_load("k", load)) == "v" and load.calls == 0
+
+
+def test_a_value_due_for_refresh_is_served_at_once_and_replaced_by_one_background_load() -> None:
+    c: TTLCache[str] = TTLCache(1.0, refresh_after=0.1)
+    c.put("k", "old")
+    time.sleep(0.15)                      # due for a refresh, far from expiry
+    load = Loads("new", delay=0.2)
+
+    async def main() -> tuple[list[str], float, str | None]:
+        started = time.monotonic()
+        served = await asyncio.gather(*(c.get_or_load("k", load) for _ in range(20)))
+        waited = time.monotonic() - started
+        await asyncio.sleep(0.3)          # the background load lands
+        return served, waited, c.get("k")
+    served, waited, after = run(main())
+    assert served == ["old"] * 20 and waited < 0.2, "a request waited for the refresh"
+    assert load.calls == 1, "each request started its own refresh"
+    assert after == "new"
+
+
+def test_a_failed_refresh_keeps_the_value_until_it_expires() -> None:
+    c: TTLCache[str] = TTLCache(0.4, refresh_after=0.1)
+    c.put("k", "old")
+    time.sleep(0.15)
+    load = Loads(RuntimeError("store down"), RuntimeError("still down"), delay=0.01)
+
+    async def main() -> str | None:
+        assert await c.get_or_load("k", load) == "old"
+        await asyncio.sleep(0.05)         # the refresh failed
+        return c.get("k")
+    assert run(main()) == "old"
+    time.sleep(0.3)                       # past its expiry: never served older than `seconds`
+    with pytest.raises(RuntimeError, match="still down"):
+        run(c.get_or_load("k", load))
+    assert c.get("k") is None
+
+
+def test_a_refresh_overtaken_by_a_write_is_not_kept() -> None:
+    c: TTLCache[str] = TTLCache(1.0, refresh_after=0.1)
+    c.put("k", "old")
+    time.sleep(0.15)
+
+    async def main() -> str | None:
+        async def load() -> str:
+            await asyncio.sleep(0.02)
+            c.forget("k")                 # a save lands while the refresh reads
+            return "read before the save"
+        assert await c.get_or_load("k", load) == "old"
+        await asyncio.sleep(0.1)
+        return c.get("k")
+    assert run(main()) is None

@@ -158,3 +158,48 @@ def test_which_answers_are_judged_small(body, small) -> None:
     assert deps._surely_small(body) is small
     if small:
         assert len(json.dumps(body, ensure_ascii=True, separators=(",", ":"))) <= deps.SMALL_ANSWER
+
+
+class MyInt(int):
+    """An int subclass (an IntEnum is one): orjson must leave it to `json`."""
+
+
+#: (body, expected bytes): pages and answers as `json.dumps(ensure_ascii, compact)` writes
+#: them, whichever encoder made them (api/conditional.encode)
+PAGE = {"columns": ["start_time", "src_number", "billsec", "customer_charge"],
+        "rows": [{"start_time": "2026-08-01T12:00:00.000+00:00", "src_number": f"+1415555{i:04d}",
+                  "billsec": i, "customer_charge": None if i % 3 else "0.012300"}
+                 for i in range(101)],
+        "next_cursor": "eyJ0IjoiMjAyNi0wOC0wMSJ9", "query_id": "0" * 32, "more": True}
+ENCODED = [
+    (PAGE, json.dumps(PAGE, ensure_ascii=True, separators=(",", ":")).encode()),
+    ({"n": "Z\u00fcrich \U0001F600"}, b'{"n":"Z\\u00fcrich \\ud83d\\ude00"}'),   # escapes, not UTF-8
+    ({"ctl": "\x00\x1f\"\\/\u2028"}, b'{"ctl":"\\u0000\\u001f\\"\\\\/\\u2028"}'),
+    ({"big": 2**70, "max": 2**64 - 1, "min": -2**63}, b'{"big":1180591620717411303424,'
+                                                       b'"max":18446744073709551615,"min":-9223372036854775808}'),
+    ({"sub": MyStr("s"), "int": MyInt(7)}, b'{"sub":"s","int":7}'),
+    ({1: "int key", "t": (1, 2)}, b'{"1":"int key","t":[1,2]}'),
+    ({"f": 0.1, "z": -0.0, "b": False, "n": None}, b'{"f":0.1,"z":-0.0,"b":false,"n":null}'),
+    ({}, b"{}"),
+]
+
+
+@pytest.mark.parametrize("body, expected", ENCODED)
+def test_encode_writes_what_the_standard_library_writes(body, expected) -> None:
+    from cdrhouse.api.conditional import encode
+    assert encode(body) == expected
+    assert json.loads(expected) == json.loads(encode(body))
+
+
+def test_encode_refuses_what_the_standard_library_refuses() -> None:
+    from cdrhouse.api.conditional import encode
+    for value in (dt.datetime(2026, 1, 1), dt.date(2026, 1, 1), decimal.Decimal("1.5")):
+        with pytest.raises(TypeError, match="not JSON serializable"):
+            encode({"v": value})
+
+
+def test_encode_writes_floats_as_the_same_numbers_and_non_finite_ones_as_null() -> None:
+    """The two documented differences from `json`: exponent spelling and NaN."""
+    from cdrhouse.api.conditional import encode
+    assert json.loads(encode({"f": 1e16, "g": 1.5e-7})) == {"f": 1e16, "g": 1.5e-7}
+    assert encode({"nan": float("nan"), "inf": float("-inf")}) == b'{"nan":null,"inf":null}'
