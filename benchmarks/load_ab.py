@@ -1,7 +1,12 @@
 """A/B of the HTTP API under load: two builds of cdrhouse, alternating, on one store.
 
     python -m benchmarks.load_ab --data-dir STORE --a /path/to/base/.venv/bin/python \
-        [--b python] [--rounds 3] [--requests 300] [--clients 32]
+        [--b python] [--rounds 3] [--requests 300] [--clients 32] [--warmup 64]
+
+    # the code of 2026-11-22 (commit fd0efd7, its own venv and its own store built by
+    # its own benchmarks.load_test.build_store) against this one, on this one's store:
+    python -m benchmarks.load_ab --data-dir STORE --a OLD/.venv/bin/python \
+        --a-store OLD_STORE --a-module api.cli --scenarios "listing as operators,..."
 
 On a shared machine absolute latencies move with the neighbours' load, so this
 compares two servers (each the `cdrhouse serve` of its own interpreter, e.g. a
@@ -10,6 +15,12 @@ A then B (B then A on odd rounds) on the same store, each scenario of
 `benchmarks.load_test`, and reports per scenario the median req/s, p50 and p99
 of each side and the ratio B/A. The load average is recorded with every run.
 The embedded store admits one process at a time, so the servers never overlap.
+Each side may have its own store (`--a-store`, `--b-store`: a build whose schema
+differs needs one built by its own code) and its own entry module (`--a-module`:
+before the package was named `cdrhouse`, the server was `python -m api.cli`). The
+load generator is this tree's (`benchmarks.load_test.run_scenario`, its collector
+paused per scenario) for both sides, and each result carries the server's CPU per
+request (`server_cpu_ms`, from /proc: the steadier number on a shared machine).
 Keys are created once by `benchmarks.load_test.build_store` (pass the same
 `--data-dir`); everything started is stopped; traffic goes to 127.0.0.1 only.
 """
@@ -29,23 +40,30 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.load_test import build_store, run_scenario
+from benchmarks.load_test import _run_paused_gc, build_store, cpu_seconds, run_scenario
 from tests.ports import free_port
 
 SCENARIOS = (("operators", "listing"), ("operators", "search"),
              ("customers", "listing"), ("customers", "search"))
 
 
-def serve(python: str, data_dir: Path, pool: int, log: Path) -> tuple[subprocess.Popen, str]:
+#: the server's entry module today; "api.cli" is the layout of 2026-11-22 (no package name,
+#: and no schedules to turn off: that code had none)
+MODULE = "cdrhouse.api.cli"
+
+
+def serve(python: str, data_dir: Path, pool: int, log: Path,
+          module: str = MODULE) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "CDRHOUSE_DATA_DIR": str(data_dir)}
     env.pop("CDRHOUSE_CLICKHOUSE", None)
     out = open(log, "ab")
-    proc = subprocess.Popen([python, "-m", "cdrhouse.api.cli", "serve", "--host", "127.0.0.1",
-                             "--port", str(port), "--pool", str(pool), "--tier-schedule", "off",
-                             "--backup-schedule", "off"],
+    schedules = ["--tier-schedule", "off", "--backup-schedule", "off"] if module == MODULE else []
+    proc = subprocess.Popen([python, "-m", module, "serve", "--host", "127.0.0.1",
+                             "--port", str(port), "--pool", str(pool), *schedules],
                             env=env, stdout=subprocess.DEVNULL, stderr=out,
-                            cwd=str(Path(python).resolve().parents[2]) if "/.venv/" in python else None)
+                            # a checkout's venv: run from the checkout
+                            cwd=str(Path(python).parents[2]) if "/.venv/" in python else None)
     base = f"http://127.0.0.1:{port}"
     for _ in range(240):
         with contextlib.suppress(httpx.HTTPError):  # not listening yet: poll again
@@ -111,6 +129,13 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--a", default=sys.executable, help="python of build A (the baseline)")
     ap.add_argument("--b", default=sys.executable, help="python of build B")
+    ap.add_argument("--a-store", type=Path, default=None,
+                    help="build A's store (default --data-dir), with its load-secrets.json")
+    ap.add_argument("--b-store", type=Path, default=None, help="build B's store (default --data-dir)")
+    ap.add_argument("--a-module", default=MODULE, help=f"build A's server module (default {MODULE})")
+    ap.add_argument("--b-module", default=MODULE)
+    ap.add_argument("--warmup", type=int, default=0,
+                    help="requests of each scenario sent before measuring it (not counted)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--clients", type=int, default=32)
@@ -133,37 +158,55 @@ def main() -> None:
     wanted = [s.strip() for s in args.scenarios.split(",")]
     runs: dict[str, dict[str, list[dict]]] = {"A": {}, "B": {}}
     log = args.data_dir / "ab-server.log"
+    sides = {"A": (args.a, args.a_store or args.data_dir, args.a_module),
+             "B": (args.b, args.b_store or args.data_dir, args.b_module)}
+    keys = {side: secrets if store == args.data_dir
+            else json.loads((store / "load-secrets.json").read_text())
+            for side, (_, store, _) in sides.items()}
     for r in range(args.rounds):
         for side in ("AB" if r % 2 == 0 else "BA"):
-            proc, base = serve(args.a if side == "A" else args.b, args.data_dir, args.pool, log)
+            python, store, module = sides[side]
+            proc, base = serve(python, store, args.pool, log, module)
             try:
                 for label in wanted:
                     name, who = label.split(" as ")
-                    res = asyncio.run(run_scenario(base, secrets[who], name, args.clients,
-                                                   args.requests, args.max_seconds))
+                    if args.warmup:     # other parameters than the measured requests'
+                        _run_paused_gc(run_scenario(base, keys[side][who], name, args.clients,
+                                                    args.warmup, args.max_seconds, first=10**6))
+                    cpu = cpu_seconds(proc.pid)
+                    res = _run_paused_gc(run_scenario(base, keys[side][who], name, args.clients,
+                                                      args.requests, args.max_seconds))
+                    res["server_cpu_ms"] = round((cpu_seconds(proc.pid) - cpu) * 1000
+                                                 / max(res["requests"], 1), 2)
                     res["load1"] = round(os.getloadavg()[0], 1)
                     runs[side].setdefault(label, []).append(res)
                     print(json.dumps({"round": r, "side": side, label: res}), flush=True)
             finally:
                 stop(proc)
     summary = {}
-    print("| scenario | A req/s | B req/s | B/A | A p50 | B p50 | A p99 | B p99 | B/A p99 | errors A/B | load |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+    print("| scenario | A req/s | B req/s | B/A | A p50 | B p50 | A p99 | B p99 | B/A p99 "
+          "| A / B server CPU ms/req | errors A/B | load |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|")
     for label in wanted:
         a, b = runs["A"][label], runs["B"][label]
-        med = {s: {k: statistics.median(x[k] for x in v) for k in ("req_per_s", "p50_ms", "p99_ms")}
+        med = {s: {k: statistics.median(x[k] for x in v)
+                   for k in ("req_per_s", "p50_ms", "p99_ms", "server_cpu_ms")}
                for s, v in (("A", a), ("B", b))}
         summary[label] = {**med, "errors": [sum(x["errors"] for x in a), sum(x["errors"] for x in b)],
                           "load1": [x["load1"] for x in a + b]}
         print(f"| {label} | {med['A']['req_per_s']:.1f} | {med['B']['req_per_s']:.1f} | "
               f"{med['B']['req_per_s'] / med['A']['req_per_s']:.2f} | {med['A']['p50_ms']:.0f} | "
               f"{med['B']['p50_ms']:.0f} | {med['A']['p99_ms']:.0f} | {med['B']['p99_ms']:.0f} | "
-              f"{med['B']['p99_ms'] / med['A']['p99_ms']:.2f} | {summary[label]['errors']} | "
+              f"{med['B']['p99_ms'] / med['A']['p99_ms']:.2f} | "
+              f"{med['A']['server_cpu_ms']:.1f} / {med['B']['server_cpu_ms']:.1f} | "
+              f"{summary[label]['errors']} | "
               f"{statistics.median(summary[label]['load1']):.0f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                     "a": args.a, "b": args.b, "rounds": args.rounds,
+                                    "a_store": str(sides["A"][1]), "b_store": str(sides["B"][1]),
                                     "requests": args.requests, "clients": args.clients,
+                                    "warmup": args.warmup,
                                     "runs": runs, "summary": summary}, indent=2) + "\n")
 
 
