@@ -269,7 +269,9 @@ class Service:
         cached caller (which stays no older than `auth_cache_seconds`). Why: at each
         expiry, every request of a busy key waited for the one lookup, queued behind the
         pages of all clients. A key found revoked (or its account gone) is dropped: the
-        next request makes the full lookup, which refuses it and counts the failure."""
+        next request makes the full lookup, which refuses it and counts the failure.
+        The failed-attempt limiter is not consulted here: it limits guesses, which
+        always miss this cache and still meet it (`authenticate`)."""
         self._auth_rechecking.add(cache_key)
 
         def work() -> Caller:
