@@ -774,3 +774,22 @@ def test_too_long_or_too_deep_sql_is_refused_cleanly() -> None:
     deep = "SELECT " + "(" * 3000 + "1" + ")" * 3000
     with pytest.raises(GuardError):
         compile_user_sql(deep, WHO["acme/c1"])
+
+
+def test_an_account_is_found_by_tenant_kind_and_code_alone(embedded_db) -> None:
+    """A key's principal names its account by code: resolving it must find that one
+    account (same code in another kind or tenant, codes case-sensitive)."""
+    db = embedded_db
+    mine = acc.add_account(db, "acme", "X1", "customer")
+    same_code_carrier = acc.add_account(db, "acme", "X1", "carrier")
+    other_tenant = acc.add_account(db, "globex", "X1", "customer")
+    assert acc.find(db, "acme", "customer", "X1") == mine
+    assert acc.find(db, "acme", "carrier", "X1") == same_code_carrier
+    assert acc.find(db, "globex", "customer", "X1") == other_tenant
+    assert acc.find(db, "acme", "customer", "x1") is None
+    assert acc.find(db, "acme", "customer", "X") is None
+    assert acc.find(db, "initech", "customer", "X1") is None
+    assert (acc.resolve_principal(db, "tenant:globex/customer:X1")
+            == Principal.customer("globex", other_tenant.account_id))
+    with pytest.raises(acc.AccountError, match="no customer 'X2' in tenant 'acme'"):
+        acc.resolve_principal(db, "tenant:acme/customer:X2")

@@ -257,7 +257,7 @@ ONE_CARRIER = {"field": "carrier_id", "operator": "equal", "value": 10}
 def test_only_pages_read_in_key_order_get_small_blocks(principal: Principal, kw: dict,
                                                        settings: dict) -> None:
     expected = settings if kw.get("for_download") else {**settings, **BY_COLUMN}
-    assert compile_view(ViewRequest(**kw), principal, NOW).settings == expected
+    assert _read_settings(compile_view(ViewRequest(**kw), principal, NOW)) == expected
 
 
 @pytest.mark.parametrize("principal, kw, settings", [
@@ -269,7 +269,44 @@ def test_only_pages_read_in_key_order_get_small_blocks(principal: Principal, kw:
 def test_recent_slices_are_read_on_one_thread(principal: Principal, kw: dict,
                                               settings: dict) -> None:
     sliced = compile_view(ViewRequest(**kw), principal, NOW, newer_than=NOW - timedelta(days=1))
-    assert sliced.settings == (settings if kw.get("for_download") else {**settings, **BY_COLUMN})
+    assert _read_settings(sliced) == (settings if kw.get("for_download")
+                                      else {**settings, **BY_COLUMN})
+
+
+def _read_settings(compiled) -> dict:
+    """A page's settings but the skip-index one (its own test below)."""
+    return {k: v for k, v in compiled.settings.items() if k != "use_skip_indexes"}
+
+
+NUMBER_RULE = {"condition": "AND", "rules": [
+    {"field": "billsec", "operator": "greater", "value": 0},
+    {"condition": "OR", "rules": [
+        {"field": "dst_number", "operator": "begins_with", "value": "4420"}]}]}
+
+
+@pytest.mark.parametrize("principal, kw, by_time, indexes", [
+    (CUSTOMER, {}, False, False),
+    (CUSTOMER, {"rules": {"condition": "AND", "rules": [
+        {"field": "billsec", "operator": "greater", "value": 20}]}}, False, False),
+    (CUSTOMER, {"connected_only": True, "sort": "-billsec"}, False, False),
+    (CUSTOMER, {"for_download": True, "limit": None}, False, False),
+    (CUSTOMER, {"number": "4420*"}, False, True),
+    (CUSTOMER, {"number": "!4420*"}, False, True),
+    (CUSTOMER, {"rules": NUMBER_RULE}, False, True),                # nested in a group
+    (OPERATOR, {"account_rules": [ONE_CUSTOMER]}, False, False),
+    (OPERATOR, {"account_rules": [{"field": "src_number", "operator": "equal",
+                                   "value": "442079460000"}]}, False, True),
+    (OPERATOR, {"number": "442079460000"}, True, True),             # TABLE: its indexes find it
+    (OPERATOR, {}, True, True),                                     # the time-ordered copy:
+])                                                                  # no skip index to turn off
+def test_skip_indexes_only_where_a_page_filters_a_number(principal: Principal, kw: dict,
+                                                          by_time: bool, indexes: bool) -> None:
+    """TABLE's text indexes (on the numbers) are analysed for a filtered read even when
+    they cannot drop a granule; a page filtering no number turns them off."""
+    compiled = compile_view(ViewRequest(**kw), principal, NOW, by_time=by_time)
+    assert ("use_skip_indexes" not in compiled.settings) is indexes
+    if not indexes:
+        assert compiled.settings["use_skip_indexes"] == 0
 
 
 def test_page_size_cap_is_inclusive() -> None:
