@@ -1,5 +1,6 @@
 """The engine's floor of one viewer page: the page as compiled, then the same query
-stripped step by step (no time-zone wrapper, no FINAL, two columns, a count, SELECT 1).
+stripped step by step (no time-zone wrapper, no FINAL, two columns, a count, only its
+plan, SELECT 1).
 
     python -m benchmarks.page_floor --data-dir STORE [--rounds 21]
 
@@ -53,6 +54,8 @@ def variants(principal: Principal, i: int) -> dict[str, tuple[str, dict]]:
     out["no FINAL"] = (inner.replace(" FINAL", ""), page.parameters)
     out["start_time, call_id only"] = ("SELECT start_time, call_id\n" + rest, page.parameters)
     out["count() of the range"] = ("SELECT count()\n" + rest.split("ORDER BY")[0], page.parameters)
+    # parse, analysis and planning (index analysis included), nothing read or sent
+    out["its plan only (EXPLAIN)"] = ("EXPLAIN PLAN " + page.sql, page.parameters)
     out["SELECT 1"] = ("SELECT 1", {})
     return out
 
