@@ -625,11 +625,11 @@ def _filters_numbers(request: ViewRequest) -> bool:
     """Does the page filter a column that has a skip index (a number search, or a rule
     on a number)?
 
-    If not, the text indexes cannot drop a granule, yet ClickHouse still analyses them
-    for every filtered read, and under FINAL (exact mode) that costs a customer's search
-    page ~0.25 ms of its ~8.7 (interleaved, 1,200 rounds, benchmarks/README.md, "Skip
-    indexes only where a page filters a number"). Turning them off changes no row: a
-    skip index only ever chooses granules to read."""
+    If not, the text indexes cannot drop a granule, yet ClickHouse still spends time on
+    them: a customer's search page (rules on billsec and country) ~0.25 ms of its ~8.7
+    (interleaved, 1,200 rounds; benchmarks/README.md, "Where the rest of a customer's
+    page goes"). Turning them off changes no row: a skip index only ever chooses
+    granules to read."""
     fields = _rule_fields(request.rules)
     for rule in request.account_rules:
         fields |= _rule_fields(rule)
