@@ -67,9 +67,11 @@ def find(db: Database, tenant: str, kind: str, code: str) -> Account | None:
     and reading the tenant's whole list for it grew with the tenant."""
     rows = db.rows("SELECT tenant_id, account_id, code, toString(kind), name, currency "
                    "FROM accounts FINAL WHERE tenant_id = {tenant:String} AND kind = "
-                   "{kind:String} AND code = {code:String} ORDER BY account_id LIMIT 1",
+                   "{kind:String} AND code = {code:String}",
                    {"tenant": tenant, "kind": kind, "code": code})
-    return Account(*rows[0]) if rows else None
+    # one row (add_account refuses a second); the lowest id if ever more. Sorted here:
+    # ORDER BY … LIMIT 1 cost the engine 0.8 ms more to plan than the read itself
+    return Account(*min(rows, key=lambda r: r[1])) if rows else None
 
 
 def add_account(db: Database, tenant: str, code: str, kind: str, name: str = "",
