@@ -541,7 +541,15 @@ def restore_backup(target: StoreConfig, location: Location, backup_id: str, *,
     """Restore `backup_id` as the database `target` names, verified before it goes live.
 
     A database that already holds tables is refused unless `force`; with it, the
-    current database is renamed aside, never dropped."""
+    current database is renamed aside, never dropped. It holds the location's lock,
+    as every other backup operation does: a prune elsewhere must not delete the files
+    of the chain while they are being read."""
+    with location_lock(location, "backup restore"):
+        return _restore_backup(target, location, backup_id, force, progress)
+
+
+def _restore_backup(target: StoreConfig, location: Location, backup_id: str, force: bool,
+                    progress: Progress) -> RestoreReport:
     records, _ = catalog.read_all(location)
     progress("check files", 0, 0)
     links = check_chain(location, records, backup_id)

@@ -947,3 +947,14 @@ def test_one_backup_operation_per_location(embedded_db: Database, tmp_path: Path
     rec = ops.run_backup(embedded_db, loc, BackupConfig()).record
     assert ops.verify_backup(embedded_db, loc, rec.backup_id).result.ok
     assert loc.store.get_bytes(catalog.LOCK_KEY) is None
+    # a restore is one of them: a prune elsewhere must not delete the chain it reads
+    target = StoreConfig(data_dir=tmp_path / "restored", clickhouse=embedded_db.config.dsn,
+                         database=f"r_{uuid.uuid4().hex[:10]}")
+    with ops.location_lock(loc, "backup prune"), pytest.raises(
+            ops.BackupLocked, match="a backup operation is already in progress in this process"):
+        ops.restore_backup(target, loc, rec.backup_id)
+    loc.store.put_bytes(catalog.LOCK_KEY, json.dumps(live).encode())
+    with pytest.raises(ops.BackupLocked, match=r"backup prune holds .*host elsewhere"):
+        ops.restore_backup(target, loc, rec.backup_id)
+    assert not embedded_db.rows("SELECT name FROM system.databases WHERE name = {d:String}",
+                                {"d": target.database})      # nothing was restored
