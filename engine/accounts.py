@@ -1,7 +1,8 @@
 """Accounts: the customers (who send traffic) and carriers (who terminate it) of a tenant.
 
-A tenant's accounts are few (hundreds, not millions), so they are read whole
-and resolved in Python or joined in ClickHouse; ids are small integers,
+A tenant's accounts are few (hundreds, not millions), so lists are read whole
+and resolved in Python or joined in ClickHouse (one account by its code is read
+alone: a key's verification asks for it); ids are small integers,
 unique within a tenant, so CDRs store a UInt32 rather than a code.
 """
 
