@@ -40,7 +40,7 @@ from cdrhouse.backup.location import BackupConfig, BackupError, Location
 from cdrhouse.engine import cluster
 from cdrhouse.engine.db import Database, StoreConfig
 from cdrhouse.engine.migrate import applied_versions, migrate
-from cdrhouse.tiering.lock import store_lock
+from cdrhouse.tiering.lock import Held, store_lock
 
 #: (what, done, total) — total 0 when unknown
 Progress = Callable[[str, int, int], None]
@@ -94,7 +94,7 @@ def _first_line(exc: BaseException) -> str:
 
 # -- the run lock -------------------------------------------------------------------------
 
-def location_lock(location: Location, what: str) -> AbstractContextManager[str]:
+def location_lock(location: Location, what: str) -> AbstractContextManager[Held]:
     """One backup operation per location: the same renewed lock object as tiering's
     (tiering/lock.py), so a dead holder on another host blocks for minutes."""
     return store_lock(location.store, catalog.LOCK_KEY, what, BackupLocked, _in_process,
@@ -192,7 +192,7 @@ def run_backup(db: Database, location: Location, config: BackupConfig, *,
     (`catalog.fingerprint_since`); `reuse_fingerprints=False` reads every partition
     (benchmarks/backup_bench.py measures the difference)."""
     location.check()
-    with location_lock(location, "backup run"), _members(db) as members:
+    with location_lock(location, "backup run") as held, _members(db) as members:
         _close_interrupted(db, job_id)
         records, verifies = catalog.read_all(location)
         started = now or dt.datetime.now(dt.UTC)
@@ -301,10 +301,11 @@ def run_backup(db: Database, location: Location, config: BackupConfig, *,
             backup_seconds=round(backup_seconds, 3), nodes=[k for k in keys if k],
             partitions_read=n_read, partitions_reused=n_reused)
         progress("write manifest", 0, 0)
+        held.ensure(f"writing the manifest of {backup_id}")
         catalog.write(location, record)          # the commit point
         catalog.mirror(db, record, location.location, state="completed")
         report = RunReport(record=record, reason=reason, fingerprinted=fingerprinted)
-        report.pruned, report.orphans = _prune(db, location, config)
+        report.pruned, report.orphans = _prune(db, location, config, held)
         return report
 
 
@@ -484,7 +485,7 @@ def verify_backup(db: Database, location: Location, backup_id: str, *,
                   progress: Progress = _quiet) -> VerifyReport:
     """Restore `backup_id` (with its chain) into a scratch database next to `db`'s and
     compare every table and partition with the manifest. The result is recorded."""
-    with location_lock(location, "backup verify"):
+    with location_lock(location, "backup verify") as held:
         records, _ = catalog.read_all(location)
         t0 = time.monotonic()
         chain_ids: list[str] = []
@@ -511,6 +512,7 @@ def verify_backup(db: Database, location: Location, backup_id: str, *,
                               verified_at=catalog.now_iso(),
                               seconds=round(time.monotonic() - t0, 3), problems=problems,
                               tables=len(record.tables), rows=record.rows)
+        held.ensure(f"recording the verification of {backup_id}")
         catalog.write_verify(location, result)
         catalog.mirror(db, record, location.location,
                        state="verified" if result.ok else "verify_failed",
@@ -544,12 +546,12 @@ def restore_backup(target: StoreConfig, location: Location, backup_id: str, *,
     current database is renamed aside, never dropped. It holds the location's lock,
     as every other backup operation does: a prune elsewhere must not delete the files
     of the chain while they are being read."""
-    with location_lock(location, "backup restore"):
-        return _restore_backup(target, location, backup_id, force, progress)
+    with location_lock(location, "backup restore") as held:
+        return _restore_backup(target, location, backup_id, force, progress, held)
 
 
 def _restore_backup(target: StoreConfig, location: Location, backup_id: str, force: bool,
-                    progress: Progress) -> RestoreReport:
+                    progress: Progress, held: Held) -> RestoreReport:
     records, _ = catalog.read_all(location)
     progress("check files", 0, 0)
     links = check_chain(location, records, backup_id)
@@ -562,7 +564,7 @@ def _restore_backup(target: StoreConfig, location: Location, backup_id: str, for
     try:
         with _members(db) as members:
             set_aside, got = _restore_members(members, target, location, record, force,
-                                              progress)
+                                              progress, held)
     finally:
         db.close()
     db = Database(target)
@@ -580,7 +582,8 @@ def _restore_backup(target: StoreConfig, location: Location, backup_id: str, for
 
 def _restore_members(members: list[tuple[str, Database]], target: StoreConfig,
                      location: Location, record: BackupRecord, force: bool,
-                     progress: Progress) -> tuple[str | None, dict[str, TableRecord]]:
+                     progress: Progress, held: Held
+                     ) -> tuple[str | None, dict[str, TableRecord]]:
     """Stage the backup on every node, compare, and only then swap it in everywhere."""
     existing = sum(live_tables(mdb, target.database) for _, mdb in members)
     where = target.dsn if not target.embedded else str(target.data_dir / "clickhouse")
@@ -601,6 +604,11 @@ def _restore_members(members: list[tuple[str, Database]], target: StoreConfig,
         _drop_everywhere(members, staging)
         raise BackupError(f"the restored copy of {record.backup_id} differs from what was "
                           f"backed up; nothing was changed: {'; '.join(problems[:5])}")
+    try:
+        held.ensure(f"putting the restored copy in place as {target.database}")
+    except BackupLocked:
+        _drop_everywhere(members, staging)
+        raise
     set_aside = None
     if existing:
         set_aside = f"{target.database}_before_restore_{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
@@ -628,7 +636,7 @@ def _close_backup_job(db: Database, record: BackupRecord) -> None:
 
 # -- retention ----------------------------------------------------------------------------------
 
-def _prune(db: Database, location: Location, config: BackupConfig
+def _prune(db: Database, location: Location, config: BackupConfig, held: Held
            ) -> tuple[list[str], list[str]]:
     """Delete chains older than the newest `keep_fulls` fulls, and files of backups
     that never finished (no manifest). Catalogue entries go first, so a backup
@@ -637,6 +645,7 @@ def _prune(db: Database, location: Location, config: BackupConfig
     fulls = [r.backup_id for r in records if r.kind == "full"]
     keep = set(fulls[-config.keep_fulls:]) if config.keep_fulls > 0 else set(fulls)
     doomed = [r.backup_id for r in records if r.full_id not in keep]
+    held.ensure("deleting old backups")
     for backup_id in doomed:
         location.store.delete(catalog.manifest_key(backup_id))
         location.store.delete(catalog.verify_key(backup_id))
@@ -657,8 +666,8 @@ def _prune(db: Database, location: Location, config: BackupConfig
 
 
 def prune(db: Database, location: Location, config: BackupConfig) -> tuple[list[str], list[str]]:
-    with location_lock(location, "backup prune"):
-        return _prune(db, location, config)
+    with location_lock(location, "backup prune") as held:
+        return _prune(db, location, config, held)
 
 
 # -- status ---------------------------------------------------------------------------------------

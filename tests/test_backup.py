@@ -921,6 +921,29 @@ def test_a_sharded_cluster_is_backed_up_node_by_node_and_restored_on_every_node(
                for p in result.problems), result.problems
 
 
+def test_an_operation_that_lost_the_lock_commits_nothing(embedded_db: Database,
+                                                        tmp_path: Path) -> None:
+    """A backup run stopped longer than its lock lasts finds the lock taken over when it
+    wakes: it writes no manifest (so no listing shows it and nothing builds on it), and
+    its next prune deletes nothing."""
+    loc = Location(LocalStore(tmp_path / "b"), str(tmp_path / "b"))
+    other = {"token": "other", "host": "elsewhere", "pid": 1, "what": "backup prune",
+             "started_at": "2026-11-29T00:00:00+00:00", "expires_at": "2999-01-01T00:00:00+00:00"}
+
+    def progress(step: str, done: int, total: int) -> None:
+        if step == "write manifest":           # meanwhile, another operation took it over
+            loc.store.put_bytes(catalog.LOCK_KEY, json.dumps(other).encode())
+
+    with pytest.raises(ops.BackupLocked, match="this backup run lost the lock .* stopped "
+                                               "before writing the manifest of "):
+        ops.run_backup(embedded_db, loc, BackupConfig(), progress=progress)
+    assert catalog.read_all(loc)[0] == []
+    assert json.loads(loc.store.get_bytes(catalog.LOCK_KEY)) == other
+    loc.store.delete(catalog.LOCK_KEY)
+    first = ops.run_backup(embedded_db, loc, BackupConfig(), full=True).record
+    assert [r.backup_id for r in catalog.read_all(loc)[0]] == [first.backup_id]
+
+
 def test_one_backup_operation_per_location(embedded_db: Database, tmp_path: Path) -> None:
     """The location's lock (tiering/lock.py's renewed lock object): another operation is
     refused with who holds it and when its lock expires; a holder on another host whose

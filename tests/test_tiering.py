@@ -546,10 +546,10 @@ def test_the_lock_is_renewed_while_held_and_left_alone_once_lost(archive) -> Non
     from cdrhouse.tiering.lock import DEFAULT_TTL
     assert DEFAULT_TTL <= dt.timedelta(minutes=10)
     beat = dict(ttl=dt.timedelta(seconds=30), renew_every=dt.timedelta(seconds=0.5))
-    with run_lock(archive, **beat) as token:
+    with run_lock(archive, **beat) as held:
         first = _lock_of(archive)
         renewed = _next_beat(archive, first)
-        assert renewed["token"] == token and renewed["started_at"] == first["started_at"]
+        assert renewed["token"] == held.token and renewed["started_at"] == first["started_at"]
         assert renewed["expires_at"] > first["expires_at"]
     assert archive.get_bytes(layout.LOCK_KEY) is None
     other = {"token": "other", "host": "elsewhere", "pid": 1, "what": "tier run",
@@ -561,6 +561,31 @@ def test_the_lock_is_renewed_while_held_and_left_alone_once_lost(archive) -> Non
         assert _lock_of(archive) == other
     assert _lock_of(archive) == other
     archive.delete(layout.LOCK_KEY)
+
+
+def test_a_run_that_lost_its_lock_stops_before_dropping(embedded_db: Database,
+                                                        tmp_path: Path) -> None:
+    """A run stopped longer than its lock lasts (a paused VM) finds the lock taken over by
+    another run when it wakes: it must not drop the month the other run now owns."""
+    load(embedded_db, tmp_path)
+    archive = LocalStore(tmp_path / "warm")
+    before = embedded_db.rows(f"SELECT count() FROM cdr_records WHERE toYYYYMM(start_time) "
+                              f"= {OLDEST}")
+    other = {"token": "other", "host": "elsewhere", "pid": 1, "what": "tier run",
+             "started_at": "2026-11-29T00:00:00+00:00", "expires_at": "2999-01-01T00:00:00+00:00"}
+
+    def progress(what: str, done: int, total: int) -> None:
+        if what.startswith("drop "):            # meanwhile, another run took it over
+            archive.put_bytes(layout.LOCK_KEY, json.dumps(other).encode())
+
+    with pytest.raises(TierLocked, match=rf"this tier run lost the lock .* stopped before "
+                                         rf"dropping month {OLDEST} from the hot store"):
+        Tiering(embedded_db, archive, progress=progress).run(today=TODAY, months=[OLDEST])
+    assert embedded_db.rows(f"SELECT count() FROM cdr_records WHERE toYYYYMM(start_time) "
+                            f"= {OLDEST}") == before             # nothing dropped
+    assert _lock_of(archive) == other                              # and its lock left alone
+    archive.delete(layout.LOCK_KEY)
+    assert Tiering(embedded_db, archive).run(today=TODAY, months=[OLDEST]).dropped == [OLDEST]
 
 
 def test_restore_of_a_month_never_archived_is_refused(embedded_db: Database,

@@ -230,7 +230,7 @@ class Tiering:
         check = getattr(self.store, "check", None)
         if check:
             check()
-        with run_lock(self.store):
+        with run_lock(self.store) as held:
             self.recover()
             report.plan = plan(self.db, self.policy, today, months, tenants)
             todo = [p for p in report.plan if p.eligible and p.tenants]
@@ -248,6 +248,7 @@ class Tiering:
                         report.archived.append(manifest)
                     done += 1
                 self.progress(f"drop {layout.month_label(month_plan.month)}", done, total)
+                held.ensure(f"dropping month {month_plan.month} from the hot store")
                 why_not = self.drop_month(month_plan.month, report, before)
                 if why_not:
                     report.skipped.append(why_not)

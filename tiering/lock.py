@@ -27,6 +27,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 
 from cdrhouse.tiering.layout import LOCK_KEY
 from cdrhouse.tiering.store import ArchiveError, ObjectStore
@@ -125,11 +126,36 @@ class _Heartbeat(threading.Thread):
                 log.warning("could not renew the lock of %s: %s", self.store.location, exc)
 
 
+@dataclass(frozen=True)
+class Held:
+    """A lock as this run holds it (what `store_lock` yields).
+
+    The heartbeat keeps it while the run is alive; but a run that stops for longer
+    than the lock's expiry (a paused VM or container, a stalled disk) finds on waking
+    that another run has taken the lock over, and both would go on. `ensure` before an
+    irreversible step (dropping a month, writing a manifest, deleting backups) stops the
+    one that lost it there."""
+
+    store: ObjectStore
+    key: str
+    token: str
+    what: str
+    locked: type[Exception]
+
+    def ensure(self, step: str) -> None:
+        """Raise `locked` unless the lock is still this run's."""
+        if not _held_by(self.store, self.key, self.token):
+            raise self.locked(
+                f"this {self.what} lost the lock of {self.store.location} (another run took "
+                f"it over after it expired: this one was stopped longer than the lock "
+                f"lasts); it stopped before {step}, which was not done")
+
+
 @contextmanager
 def store_lock(store: ObjectStore, key: str, what: str, locked: type[Exception],
                here: threading.Lock, kind: str, ttl: dt.timedelta = DEFAULT_TTL,
-               renew_every: dt.timedelta | None = None) -> Iterator[str]:
-    """Hold `store`'s lock object `key` for the duration of the block; yields the token.
+               renew_every: dt.timedelta | None = None) -> Iterator[Held]:
+    """Hold `store`'s lock object `key` for the duration of the block; yields it (`Held`).
 
     `locked` is raised when another run holds it; `here` keeps two runs of this process
     apart (any `kind` of run: "tiering run", "backup operation"). The lock expires `ttl`
@@ -161,7 +187,7 @@ def store_lock(store: ObjectStore, key: str, what: str, locked: type[Exception],
         beat = _Heartbeat(store, key, token, what, now, ttl, renew_every or ttl / 4)
         beat.start()
         try:
-            yield token
+            yield Held(store, key, token, what, locked)
         finally:
             beat.stopped.set()
             beat.join()
@@ -172,7 +198,7 @@ def store_lock(store: ObjectStore, key: str, what: str, locked: type[Exception],
 
 
 def run_lock(store: ObjectStore, what: str = "tier run", ttl: dt.timedelta = DEFAULT_TTL,
-             renew_every: dt.timedelta | None = None) -> AbstractContextManager[str]:
-    """The archive's run lock, held for the duration of a `with` block (yields the token)."""
+             renew_every: dt.timedelta | None = None) -> AbstractContextManager[Held]:
+    """The archive's run lock, held for the duration of a `with` block (yields `Held`)."""
     return store_lock(store, LOCK_KEY, what, TierLocked, _in_process, "tiering run", ttl,
                       renew_every)
