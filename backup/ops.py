@@ -547,37 +547,32 @@ def restore_backup(target: StoreConfig, location: Location, backup_id: str, *,
     as every other backup operation does: a prune elsewhere must not delete the files
     of the chain while they are being read."""
     with location_lock(location, "backup restore") as held:
-        return _restore_backup(target, location, backup_id, force, progress, held)
-
-
-def _restore_backup(target: StoreConfig, location: Location, backup_id: str, force: bool,
-                    progress: Progress, held: Held) -> RestoreReport:
-    records, _ = catalog.read_all(location)
-    progress("check files", 0, 0)
-    links = check_chain(location, records, backup_id)
-    record = links[0]
-    t0 = time.monotonic()
-    # a client bound to `system`: the target database is dropped or renamed below, and
-    # a client bound to it would fail every later request (the HTTP interface sends it)
-    Database(target).close()  # creates the database if absent (and reports a held store)
-    db = Database(dataclasses.replace(target, database="system"), create=False)
-    try:
-        with _members(db) as members:
-            set_aside, got = _restore_members(members, target, location, record, force,
-                                              progress, held)
-    finally:
-        db.close()
-    db = Database(target)
-    try:
-        migrate(db)
-        _close_backup_job(db, record)
-        catalog.mirror(db, record, location.location, state="completed")
-    finally:
-        db.close()
-    return RestoreReport(record=record, database=target.database, set_aside=set_aside,
-                         tables=len(got), rows=sum(t.rows for t in got.values()),
-                         seconds=round(time.monotonic() - t0, 3),
-                         chain=[r.backup_id for r in links])
+        records, _ = catalog.read_all(location)
+        progress("check files", 0, 0)
+        links = check_chain(location, records, backup_id)
+        record = links[0]
+        t0 = time.monotonic()
+        # a client bound to `system`: the target database is dropped or renamed below, and
+        # a client bound to it would fail every later request (the HTTP interface sends it)
+        Database(target).close()  # creates the database if absent (and reports a held store)
+        db = Database(dataclasses.replace(target, database="system"), create=False)
+        try:
+            with _members(db) as members:
+                set_aside, got = _restore_members(members, target, location, record, force,
+                                                  progress, held)
+        finally:
+            db.close()
+        db = Database(target)
+        try:
+            migrate(db)
+            _close_backup_job(db, record)
+            catalog.mirror(db, record, location.location, state="completed")
+        finally:
+            db.close()
+        return RestoreReport(record=record, database=target.database, set_aside=set_aside,
+                             tables=len(got), rows=sum(t.rows for t in got.values()),
+                             seconds=round(time.monotonic() - t0, 3),
+                             chain=[r.backup_id for r in links])
 
 
 def _restore_members(members: list[tuple[str, Database]], target: StoreConfig,
@@ -597,16 +592,11 @@ def _restore_members(members: list[tuple[str, Database]], target: StoreConfig,
     try:
         _restore_into(members, location, record, staging, progress)
         problems, got = _compare_restored(members, record, staging, progress)
-    except BackupError:
-        _drop_everywhere(members, staging)
-        raise
-    if problems:
-        _drop_everywhere(members, staging)
-        raise BackupError(f"the restored copy of {record.backup_id} differs from what was "
-                          f"backed up; nothing was changed: {'; '.join(problems[:5])}")
-    try:
+        if problems:
+            raise BackupError(f"the restored copy of {record.backup_id} differs from what "
+                              f"was backed up; nothing was changed: {'; '.join(problems[:5])}")
         held.ensure(f"putting the restored copy in place as {target.database}")
-    except BackupLocked:
+    except BackupError:       # a failed restore, a difference, the lock lost: no swap
         _drop_everywhere(members, staging)
         raise
     set_aside = None
