@@ -181,12 +181,21 @@ def settle(page: Page, within: float = 60.0) -> None:
                 raise
 
 
+def parsed(page: Page) -> None:
+    """Wait until the current document is parsed whole. A click on a link returns once
+    the next page's response has begun, and a read right then was seen (once, in CI) to
+    find 59 of a page's 100 rows: the parser had not reached the rest."""
+    page.wait_for_load_state("domcontentloaded")
+
+
 def grid_ids(page: Page) -> list[str]:
+    parsed(page)
     return page.locator("#grid tbody tr[data-call]").evaluate_all(
         "rows => rows.map(r => r.dataset.call)")
 
 
 def column(page: Page, name: str) -> list[str]:
+    parsed(page)
     idx = page.locator("#grid thead th").evaluate_all(
         f"ths => ths.findIndex(t => t.dataset.col === {json.dumps(name)})")
     assert idx >= 0, f"no column {name}"
