@@ -41,6 +41,7 @@ if CHROMIUM is None:
                 allow_module_level=True)
 
 from playwright.sync_api import Browser, Page, expect  # noqa: E402
+from playwright.sync_api import Error as PlaywrightError  # noqa: E402
 from playwright.sync_api import TimeoutError as PlaywrightTimeout  # noqa: E402
 
 # generous waits: CI runs this beside the rest of the suite on two cores
@@ -192,6 +193,29 @@ def grid_ids(page: Page) -> list[str]:
     parsed(page)
     return page.locator("#grid tbody tr[data-call]").evaluate_all(
         "rows => rows.map(r => r.dataset.call)")
+
+
+def expect_grid(page: Page, want: list[str], within: float = 20.0) -> None:
+    """The grid shows exactly the calls `want`, in order, waited for as Playwright's own
+    `expect` waits: a click on a link (Next, a sort, a filter's chip) can return before
+    the next page has replaced this one, and a read right then sees the old grid (CI
+    once compared page 3's 59 rows where page 2 was due). An empty grid is waited for
+    by its "no calls" row, which the page writes only after the table's last row."""
+    if not want:
+        expect(page.locator("#grid tbody tr.empty")).to_have_count(1)
+        assert grid_ids(page) == []
+        return
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            got: list[str] | None = grid_ids(page)
+        except PlaywrightError:          # the document went away while being read
+            got = None
+        if got == want:
+            return
+        if time.monotonic() > deadline:
+            assert got == want
+        time.sleep(0.1)
 
 
 def column(page: Page, name: str) -> list[str]:

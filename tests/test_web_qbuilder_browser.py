@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 sys.path.insert(0, str(Path(__file__).parent))
 from browser import (  # noqa: E402,F401  (fixtures are found by name)
-    Server, Watch, browser_type_launch_args, csv_ids, ctx, download_text, grid_ids, server,
+    Server, Watch, browser_type_launch_args, csv_ids, ctx, download_text, expect_grid, grid_ids, server,
     shot, sign_in)
 from playwright.sync_api import BrowserContext, Page, expect  # noqa: E402
 
@@ -125,7 +125,7 @@ def test_two_groups_any_all_not_equals_the_api(ctx: BrowserContext, server: Serv
     expect(page.locator("#qb-0-0-v2")).to_have_value("150")
     expect(page.locator("#qb-0-1-v1")).to_have_value("2")
     expect(page.locator("#qb-1-1-v1")).to_have_value("4930999")
-    assert grid_ids(page) == ids
+    expect_grid(page, ids)
     assert q_param(page) == expected_tree
     # a saved view keeps the tree
     page.locator("#views-btn").click()
@@ -137,7 +137,7 @@ def test_two_groups_any_all_not_equals_the_api(ctx: BrowserContext, server: Serv
     page.get_by_role("link", name="Two groups").click()
     expect(page.locator(".chip")).to_contain_text("Query-builder rules")
     assert q_param(page) == expected_tree
-    assert grid_ids(page) == ids
+    expect_grid(page, ids)
 
     # reorder: group 2 moves up; remove a rule; the result follows
     page.locator("#qb-1-up").click()
@@ -148,7 +148,7 @@ def test_two_groups_any_all_not_equals_the_api(ctx: BrowserContext, server: Serv
     tree2 = {"combinator": "or", "rules": [expected_tree["rules"][1], {
         "combinator": "and", "rules": [expected_tree["rules"][0]["rules"][0]]}]}
     assert q_param(page) == tree2
-    assert grid_ids(page) == api_ids(server, tree2)
+    expect_grid(page, api_ids(server, tree2))
     page.emulate_media(color_scheme="dark")
     shot(page, "qb-dark")
     watch.assert_clean()
@@ -170,7 +170,7 @@ def test_dst_aware_times_in_the_display_zone(ctx: BrowserContext, server: Server
     # wall times became instants with the zone's offset of that moment
     assert f_params(page) == ["start_time:between:2026-03-29T00:00:00+01:00,"
                               "2026-03-29T23:59:59+02:00"]
-    assert grid_ids(page) == ["acme-dst-noon", "acme-dst-after", "acme-dst-night"]
+    expect_grid(page, ["acme-dst-noon", "acme-dst-after", "acme-dst-night"])
     expect(page.locator(".chip").first).to_contain_text("Start between 2026-03-29T00:00:00+01:00")
     # the builder shows them back as wall times in the zone
     open_builder(page)
@@ -191,7 +191,7 @@ def test_dst_aware_times_in_the_display_zone(ctx: BrowserContext, server: Server
     open_builder(page)
     expect(page.locator("#qb-0-v1")).to_have_value("2026-03-28T19:00")
     expect(page.locator("#qb-0-v2")).to_have_value("2026-03-29T17:59:59")
-    assert grid_ids(page) == ["acme-dst-noon", "acme-dst-after", "acme-dst-night"]
+    expect_grid(page, ["acme-dst-noon", "acme-dst-after", "acme-dst-night"])
     watch.assert_clean()
 
 
@@ -219,7 +219,7 @@ def test_header_filters_are_rules_and_rules_are_header_filters(ctx: BrowserConte
     page.locator("#qb-0-v2").fill("110")
     page.locator("#qb-0-v2").press("Enter")          # Enter in a value applies, as in a form
     expect(page.locator(".chip").first).to_contain_text("Billsec between 100 and 110")
-    assert grid_ids(page) == [c["call_id"] for c in acme if 100 <= c["billsec"] <= 110]
+    expect_grid(page, [c["call_id"] for c in acme if 100 <= c["billsec"] <= 110])
     # a rule added in the builder under All becomes a header filter (a chip) too
     open_builder(page)
     page.locator("#qb-root-add-rule").click()
@@ -231,8 +231,8 @@ def test_header_filters_are_rules_and_rules_are_header_filters(ctx: BrowserConte
     expect(page.locator(".chip").nth(1)).to_contain_text("Carrier in K2")
     assert f_params(page) == ["billsec:between:100,110", "carrier_id:in:4"]
     assert q_param(page) is None
-    assert grid_ids(page) == [c["call_id"] for c in acme if 100 <= c["billsec"] <= 110
-                              and c["carrier"] == "K2"]
+    expect_grid(page, [c["call_id"] for c in acme if 100 <= c["billsec"] <= 110
+                       and c["carrier"] == "K2"])
     expect(page.locator('#grid th[data-col="carrier_id"]')).to_have_attribute("data-filtered", "")
     # removing the chip removes the rule
     page.get_by_role("link", name="Remove filter Billsec between 100 and 110").click()
@@ -254,7 +254,7 @@ def test_header_filters_are_rules_and_rules_are_header_filters(ctx: BrowserConte
     page.keyboard.press("Control+Enter")
     expect(page.locator("#qb-dirty")).to_be_hidden()
     k2_answered = [c["call_id"] for c in acme if c["carrier"] == "K2" and c["billsec"] > 0]
-    assert grid_ids(page)[:100] == k2_answered[:100]
+    expect_grid(page, k2_answered[:100])
     assert f_params(page) == ["carrier_id:in:4"]
     assert q_param(page) == {"combinator": "and", "rules": [
         {"field": "billsec", "operator": "<", "valueSource": "field", "value": "duration"},
@@ -263,7 +263,7 @@ def test_header_filters_are_rules_and_rules_are_header_filters(ctx: BrowserConte
     page.locator("#qb-1-op").select_option("greater")
     page.locator("#qb-apply").click()
     expect(page.locator("#grid tr.empty")).to_be_visible()
-    assert grid_ids(page) == []
+    expect_grid(page, [])
     watch.assert_clean()
 
 
@@ -289,7 +289,7 @@ def test_validation_errors_show_at_their_rule(ctx: BrowserContext, server: Serve
     expect(bad).to_have_class(re.compile(r"\bbad\b"))
     expect(rule(page, "rules[0]").locator(".qb-err")).to_have_count(0)
     expect(page.locator("#problem")).to_contain_text("rules[1].rules[0]")
-    assert grid_ids(page) == []
+    expect_grid(page, [])
     shot(page, "qb-error")
     # fixing it runs the view
     page.locator("#qb-1-0-v1").fill("0.36")
@@ -330,7 +330,7 @@ def test_customer_sees_no_carrier_field(ctx: BrowserContext, server: Server) -> 
     expect(rule(page, "rules[1].rules[0]").locator(".qb-err")).to_have_text(
         "field 'carrier_cost' is not visible to a customer user")
     expect(page.locator("#qb-1-0-field")).to_have_value("carrier_cost")
-    assert grid_ids(page) == []
+    expect_grid(page, [])
     # a tree that is not even rules: drawn as far as it goes, the error at its place
     page.goto("/?range=all&tz=UTC&q=" + quote(json.dumps(
         {"combinator": "or", "rules": [{"field": "billsec", "operator": ">", "value": 1}, None,
@@ -375,7 +375,7 @@ def test_keyboard_shortcuts(ctx: BrowserContext, server: Server) -> None:
     assert second and second[0] not in first
     press_and_load(page, "k")
     expect(page).not_to_have_url(re.compile(r"[?&]c="))
-    assert grid_ids(page) == first
+    expect_grid(page, first)
     press_and_load(page, "]")
     expect(page).to_have_url(re.compile(r"[?&]c="))
     press_and_load(page, "[")
@@ -389,7 +389,7 @@ def test_keyboard_shortcuts(ctx: BrowserContext, server: Server) -> None:
     page.locator("#number").fill("4420555*")
     press_and_load(page, "Control+Enter")       # in the toolbar: applies the toolbar
     expect(page).to_have_url(re.compile(r"number=4420555"))
-    assert grid_ids(page) == ["acme-rec-1", "acme-rec-gone"]
+    expect_grid(page, ["acme-rec-1", "acme-rec-gone"])
     # `b` opens the builder; Ctrl+Enter applies it
     page.locator("#status").click()
     page.keyboard.press("b")
@@ -401,7 +401,7 @@ def test_keyboard_shortcuts(ctx: BrowserContext, server: Server) -> None:
     page.locator("#qb-0-v1").fill("gone")
     page.keyboard.press("Control+Enter")
     expect(page.locator(".chip").first).to_contain_text("gone")
-    assert grid_ids(page) == ["acme-rec-gone"]
+    expect_grid(page, ["acme-rec-gone"])
     # a key typed into a builder input stays there
     page.locator("#qb-0-v1").fill("")
     page.locator("#qb-0-v1").type("j/k?")

@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from browser import (  # noqa: E402,F401  (fixtures are found by name)
-    Server, Watch, browser_type_launch_args, column, ctx, grid_ids, server, settle, shot,
+    Server, Watch, browser_type_launch_args, column, ctx, expect_grid, grid_ids, server, settle, shot,
     sign_in)
 import recalcstore  # noqa: E402
 from playwright.sync_api import BrowserContext, Page, expect  # noqa: E402
@@ -111,7 +111,7 @@ def test_worked_example_preview_run_undo(ctx: BrowserContext, server: Server) ->
     example = recalcstore.EXAMPLE_ID
     assert charge_of(server, example) == ("0.360000", "0.180000", 3605)
     sign_in(page, "operator", path=f"/?range=last_7_days&number={recalcstore.EXAMPLE_DST}")
-    assert grid_ids(page) == [example]
+    expect_grid(page, [example])
     assert column(page, "customer_charge") == ["0.36"]
     assert column(page, "carrier_cost") == ["0.18"]
 
