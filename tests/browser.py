@@ -183,9 +183,9 @@ def settle(page: Page, within: float = 60.0) -> None:
 
 
 def parsed(page: Page) -> None:
-    """Wait until the current document is parsed whole. A click on a link returns once
-    the next page's response has begun, and a read right then was seen (once, in CI) to
-    find 59 of a page's 100 rows: the parser had not reached the rest."""
+    """Wait until the current document is parsed whole: an `expect` on the toolbar can
+    pass while the grid below it is still being parsed, and a read then finds part of
+    its rows. (Waiting for the *next* page after a click is `expect_grid`'s job.)"""
     page.wait_for_load_state("domcontentloaded")
 
 
