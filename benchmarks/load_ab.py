@@ -142,6 +142,8 @@ def main() -> None:
     ap.add_argument("--pool", type=int, default=4)
     ap.add_argument("--max-seconds", type=float, default=90)
     ap.add_argument("--scenarios", default=",".join(f"{n} as {w}" for w, n in SCENARIOS))
+    ap.add_argument("--client", choices=("httpx", "aiohttp"), default="httpx",
+                    help="the load generator's HTTP library (benchmarks.load_test --client)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/load_ab.json"))
     ap.add_argument("--refresh", action="store_true",
                     help="instead: build B only, a dashboard refreshing unchanged pages, "
@@ -172,10 +174,12 @@ def main() -> None:
                     name, who = label.split(" as ")
                     if args.warmup:     # other parameters than the measured requests'
                         _run_paused_gc(run_scenario(base, keys[side][who], name, args.clients,
-                                                    args.warmup, args.max_seconds, first=10**6))
+                                                    args.warmup, args.max_seconds, first=10**6,
+                                                    client=args.client))
                     cpu = cpu_seconds(proc.pid)
                     res = _run_paused_gc(run_scenario(base, keys[side][who], name, args.clients,
-                                                      args.requests, args.max_seconds))
+                                                      args.requests, args.max_seconds,
+                                                      client=args.client))
                     res["server_cpu_ms"] = round((cpu_seconds(proc.pid) - cpu) * 1000
                                                  / max(res["requests"], 1), 2)
                     res["load1"] = round(os.getloadavg()[0], 1)
@@ -206,7 +210,7 @@ def main() -> None:
                                     "a": args.a, "b": args.b, "rounds": args.rounds,
                                     "a_store": str(sides["A"][1]), "b_store": str(sides["B"][1]),
                                     "requests": args.requests, "clients": args.clients,
-                                    "warmup": args.warmup,
+                                    "warmup": args.warmup, "client": args.client,
                                     "runs": runs, "summary": summary}, indent=2) + "\n")
 
 

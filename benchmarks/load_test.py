@@ -72,15 +72,29 @@ def scenario_request(name: str, i: int) -> tuple[str, str, dict | None]:
 
 
 async def run_scenario(base: str, secrets: list[str], name: str, clients: int, total: int,
-                       max_seconds: float, first: int = 0) -> dict:
+                       max_seconds: float, first: int = 0, client: str = "httpx") -> dict:
     """`clients` concurrent clients, client i using key i mod len(secrets); requests
-    `first` … `first + total - 1` of the scenario (each number its own parameters)."""
+    `first` … `first + total - 1` of the scenario (each number its own parameters).
+
+    `client`: the HTTP library the clients use. "httpx" (the default, as every table
+    before 2026-11-30 was measured) costs ~1.8 ms of CPU per request on the cores the
+    server runs on; "aiohttp" (C-accelerated parsing) costs a fraction of that, so less
+    of the machine goes to the load generator (benchmarks/README.md, *a leaner load
+    generator*)."""
     latencies: list[float] = []
     errors = 0
     counter = iter(range(first, first + total))
     deadline = time.monotonic() + max_seconds
 
-    async def worker(client: httpx.AsyncClient, secret: str) -> None:
+    async def send(session, method: str, url: str, body: dict | None, secret: str) -> int:
+        headers = {"Authorization": f"Bearer {secret}"}
+        if client == "httpx":
+            return (await session.request(method, url, json=body, headers=headers)).status_code
+        async with session.request(method, url, json=body, headers=headers) as r:
+            await r.read()
+            return r.status
+
+    async def worker(session, secret: str) -> None:
         nonlocal errors
         for i in counter:
             if time.monotonic() > deadline:
@@ -88,19 +102,28 @@ async def run_scenario(base: str, secrets: list[str], name: str, clients: int, t
             method, url, body = scenario_request(name, i)
             t0 = time.perf_counter()
             try:
-                r = await client.request(method, url, json=body,
-                                         headers={"Authorization": f"Bearer {secret}"})
-            except httpx.TransportError:      # a dropped connection is an error, not a crash
+                status = await send(session, method, url, body, secret)
+            except transport_errors:      # a dropped connection is an error, not a crash
                 errors += 1
                 continue
             latencies.append(time.perf_counter() - t0)
-            if r.status_code != 200:
+            if status != 200:
                 errors += 1
 
+    if client == "httpx":
+        transport_errors: tuple[type[BaseException], ...] = (httpx.TransportError,)
+        session = httpx.AsyncClient(base_url=base, timeout=60,
+                                    limits=httpx.Limits(max_connections=clients))
+    elif client == "aiohttp":
+        import aiohttp   # the bench extra (pyproject.toml)
+        transport_errors = (aiohttp.ClientError, asyncio.TimeoutError)
+        session = aiohttp.ClientSession(base_url=base, timeout=aiohttp.ClientTimeout(total=60),
+                                        connector=aiohttp.TCPConnector(limit=clients))
+    else:
+        raise ValueError(f"unknown load-generator client {client!r} (httpx, aiohttp)")
     started = time.perf_counter()
-    async with httpx.AsyncClient(base_url=base, timeout=60,
-                                 limits=httpx.Limits(max_connections=clients)) as client:
-        await asyncio.gather(*(worker(client, secrets[i % len(secrets)]) for i in range(clients)))
+    async with session:
+        await asyncio.gather(*(worker(session, secrets[i % len(secrets)]) for i in range(clients)))
     elapsed = time.perf_counter() - started
     lat = sorted(latencies) or [float("nan")]    # nothing answered: say so, do not crash
     return {"requests": len(latencies), "errors": errors, "seconds": round(elapsed, 1),
@@ -129,6 +152,9 @@ def main() -> None:
                          "not counted: a fresh server's first pages fill its caches (marks, "
                          "keys) and land in the p99 of a short run. Default 0, as in the "
                          "2026-11-22 table; benchmarks/README.md reports both.")
+    ap.add_argument("--client", choices=("httpx", "aiohttp"), default="httpx",
+                    help="The load generator's HTTP library: httpx (as the tables before "
+                         "2026-11-30) or aiohttp (less CPU per request on the server's cores).")
     ap.add_argument("--scenarios", default="listing,search,sql",
                     help="Comma-separated: listing, search, sql, and fields (a page with no "
                          "query: where Python alone is the limit).")
@@ -145,7 +171,8 @@ def main() -> None:
         engine = ClickHouseHTTPServer(Path(tmp.name) / "engine").start()
     results = {"date": dt.date.today().isoformat(), "rows": args.rows, "clients": args.clients,
                "pool": args.pool, "cpus": os.cpu_count(), "load_before": os.getloadavg(),
-               "engine": "http" if engine else "embedded", "scenarios": {}}
+               "engine": "http" if engine else "embedded", "client": args.client,
+               "scenarios": {}}
     try:
         secrets = build_store(data_dir, args.rows, engine.dsn if engine else None)
         for n in workers:
@@ -237,11 +264,12 @@ def _measure(args, data_dir: Path, engine, secrets: dict, workers: int, tmp: Pat
                 if args.warmup:
                     # other parameters than the measured requests': nothing is reused
                     _run_paused_gc(run_scenario(base, secret, name, args.clients, args.warmup,
-                                                args.max_seconds, first=10**6))
+                                                args.max_seconds, first=10**6,
+                                                client=args.client))
                 server_cpu, client_cpu = cpu_seconds(server.pid), os.times()
                 loop_cpu = thread_cpu_seconds(server.pid, server.pid)
                 r = _run_paused_gc(run_scenario(base, secret, name, args.clients, args.requests,
-                                                args.max_seconds))
+                                                args.max_seconds, client=args.client))
                 n = max(r["requests"], 1)
                 r["server_cpu_ms"] = round((cpu_seconds(server.pid) - server_cpu) * 1000 / n, 2)
                 r["loop_cpu_ms"] = round((thread_cpu_seconds(server.pid, server.pid) - loop_cpu)

@@ -232,7 +232,8 @@ def test_request_errors_name_the_part(principal: Principal, kw: dict, message: s
 
 SMALL_BLOCKS = {"max_block_size": 1024, "max_threads": 1, "local_filesystem_read_method": "pread"}
 SMALL_READ = {"max_threads": 1, "local_filesystem_read_method": "pread"}
-#: every page showing a date-time column: WHERE and ORDER BY name the stored column
+#: every page showing a date-time column in another zone than UTC: WHERE and ORDER BY
+#: name the stored column
 BY_COLUMN = {"prefer_column_name_to_alias": 1}
 ONE_CUSTOMER = {"field": "customer_id", "operator": "equal", "value": 5}
 ONE_CARRIER = {"field": "carrier_id", "operator": "equal", "value": 10}
@@ -256,8 +257,30 @@ ONE_CARRIER = {"field": "carrier_id", "operator": "equal", "value": 10}
 ])
 def test_only_pages_read_in_key_order_get_small_blocks(principal: Principal, kw: dict,
                                                        settings: dict) -> None:
+    assert _read_settings(compile_view(ViewRequest(**kw), principal, NOW)) == settings
+    # the same page shown in another zone also names the stored columns in WHERE/ORDER BY
     expected = settings if kw.get("for_download") else {**settings, **BY_COLUMN}
-    assert _read_settings(compile_view(ViewRequest(**kw), principal, NOW)) == expected
+    zoned = compile_view(ViewRequest(**kw, tz="Asia/Tokyo"), principal, NOW)
+    assert _read_settings(zoned) == expected
+
+
+@pytest.mark.parametrize("tz, for_download, select", [
+    # stored in UTC: shown in UTC as stored, no conversion and no setting
+    ("UTC", False, "SELECT start_time, call_id, answer_time"),
+    ("Europe/Berlin", False, "SELECT toTimeZone(start_time, {tz:String}) AS start_time, "
+                             "call_id, toTimeZone(answer_time, {tz:String}) AS answer_time"),
+    ("Etc/UTC", False, "SELECT toTimeZone(start_time, {tz:String}) AS start_time, "
+                       "call_id, toTimeZone(answer_time, {tz:String}) AS answer_time"),
+    ("Europe/Berlin", True, "SELECT start_time, call_id, answer_time"),   # downloads: UTC
+])
+def test_date_times_are_converted_only_to_another_zone(tz: str, for_download: bool,
+                                                       select: str) -> None:
+    q = compile_view(ViewRequest(columns=["start_time", "call_id", "answer_time"], tz=tz,
+                                 for_download=for_download), CUSTOMER, NOW)
+    assert q.sql.splitlines()[0] == select
+    converted = "toTimeZone" in select
+    assert ("tz" in q.parameters, "prefer_column_name_to_alias" in q.settings) == (
+        converted, converted)
 
 
 @pytest.mark.parametrize("principal, kw, settings", [
@@ -269,8 +292,11 @@ def test_only_pages_read_in_key_order_get_small_blocks(principal: Principal, kw:
 def test_recent_slices_are_read_on_one_thread(principal: Principal, kw: dict,
                                               settings: dict) -> None:
     sliced = compile_view(ViewRequest(**kw), principal, NOW, newer_than=NOW - timedelta(days=1))
-    assert _read_settings(sliced) == (settings if kw.get("for_download")
-                                      else {**settings, **BY_COLUMN})
+    assert _read_settings(sliced) == settings
+    zoned = compile_view(ViewRequest(**kw, tz="Asia/Tokyo"), principal, NOW,
+                         newer_than=NOW - timedelta(days=1))
+    assert _read_settings(zoned) == (settings if kw.get("for_download")
+                                     else {**settings, **BY_COLUMN})
 
 
 def _read_settings(compiled) -> dict:
