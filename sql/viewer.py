@@ -44,6 +44,7 @@ Decisions worth knowing:
   in the SELECT; WHERE and ORDER BY name the stored UTC column, because the query
   runs with `prefer_column_name_to_alias = 1`, and a zone changes how an instant
   is shown, never which instant, so neither rows nor order could differ anyway);
+  shown in UTC, the zone they are stored in, they are selected as they are;
   downloads (`for_download=True`) stay UTC.
 """
 
