@@ -5,22 +5,41 @@ it counts; a client library that dropped bodies, misread statuses or lost reques
 would report numbers for work the server never did. Each client runs a scenario
 against a small HTTP/1.1 server on loopback that checks every request as the cdrhouse
 API would (method, path, key, JSON body) and counts what it saw. No timing is asserted.
+
+The clients run as the benchmarks do, from the repository's root in a process of their
+own (`benchmarks` is not an installed package).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
+import subprocess
+import sys
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from benchmarks.load_test import run_scenario
-
+ROOT = Path(__file__).resolve().parent.parent
 GOOD = "cdrh_good"
+RUN = ("import asyncio, json, sys\n"
+       "from benchmarks.load_test import run_scenario\n"
+       "print(json.dumps(asyncio.run(run_scenario(**json.loads(sys.argv[1])))))")
+
+
+def run_scenario(base: str, secrets: list[str], name: str, clients: int, total: int,
+                 client: str) -> dict:
+    """`benchmarks.load_test.run_scenario` with these arguments, from the repository root."""
+    args = dict(base=base, secrets=secrets, name=name, clients=clients, total=total,
+                max_seconds=60, client=client)
+    proc = subprocess.run([sys.executable, "-c", RUN, json.dumps(args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    if proc.returncode:
+        raise RuntimeError(proc.stderr[-3000:])
+    return json.loads(proc.stdout)
 
 
 class Checking(BaseHTTPRequestHandler):
@@ -86,8 +105,7 @@ def server():
 @pytest.mark.parametrize("client", ["httpx", "aiohttp"])
 @pytest.mark.parametrize("name", ["listing", "search"])
 def test_every_request_is_sent_and_counted(server: str, client: str, name: str) -> None:
-    r = asyncio.run(run_scenario(server, [GOOD], name, clients=8, total=60, max_seconds=60,
-                                 client=client))
+    r = run_scenario(server, [GOOD], name, clients=8, total=60, client=client)
     assert (r["requests"], r["errors"]) == (60, 0)
     assert Checking.seen == {name: 60}
     assert 0 < r["p50_ms"] <= r["p99_ms"] and r["req_per_s"] > 0
@@ -97,13 +115,12 @@ def test_every_request_is_sent_and_counted(server: str, client: str, name: str) 
 def test_an_answer_other_than_200_is_an_error(server: str, client: str) -> None:
     # clients 0, 2, 4 use the good key, 1, 3, 5 another one: each request is answered,
     # and every refused one is counted as an error
-    r = asyncio.run(run_scenario(server, [GOOD, "cdrh_wrong"], "search", clients=6, total=90,
-                                 max_seconds=60, client=client))
+    r = run_scenario(server, [GOOD, "cdrh_wrong"], "search", clients=6, total=90, client=client)
     assert r["requests"] == 90
     assert r["errors"] == Checking.seen["refused"] > 0
     assert Checking.seen["search"] + Checking.seen["refused"] == 90
 
 
 def test_an_unknown_client_is_refused(server: str) -> None:
-    with pytest.raises(ValueError, match="unknown load-generator client 'curl'"):
-        asyncio.run(run_scenario(server, [GOOD], "listing", 1, 1, 10, client="curl"))
+    with pytest.raises(RuntimeError, match="ValueError: unknown load-generator client 'curl'"):
+        run_scenario(server, [GOOD], "listing", 1, 1, client="curl")

@@ -20,8 +20,10 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pyarrow.parquet as pq
+import pytest
 import zstandard
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -97,6 +99,20 @@ def sql_aggregate(server: Server, who: str, rng: dict, where: str = "1",
             "countries": [(k, int(v)) for k, v in top]}
 
 
+def afternoon_zone(now: dt.datetime) -> str:
+    """A fixed-offset zone (no DST) where it is between 16:00 and 17:00 at `now`."""
+    east = (16 - now.astimezone(UTC).hour + 12) % 24 - 12        # hours east of UTC, -12..11
+    return f"Etc/GMT{-east:+d}"       # the Etc names count the other way: Etc/GMT-3 is UTC+3
+
+
+@pytest.mark.parametrize("hour, zone", [(0, "Etc/GMT+8"), (4, "Etc/GMT+12"), (5, "Etc/GMT-11"),
+                                        (10, "Etc/GMT-6"), (16, "Etc/GMT+0"), (23, "Etc/GMT+7")])
+def test_afternoon_zone(hour: int, zone: str) -> None:
+    now = dt.datetime(2026, 11, 30, hour, 30, tzinfo=UTC)
+    assert afternoon_zone(now) == zone
+    assert now.astimezone(ZoneInfo(zone)).hour == 16
+
+
 def open_charts(page: Page, path: str) -> dict:
     """Go to `path` and wait for the charts; returns the /v1/charts answer the page drew."""
     page.goto("about:blank")   # no answer of the previous page may be taken for this one's
@@ -154,11 +170,16 @@ def test_operator_charts_equal_sql(ctx: BrowserContext, server: Server) -> None:
     assert body["plan"]["source"] == "daily_summary"
     want = sql_aggregate(server, "tenant:acme", body["range"], "customer_id IN (2)")
     assert_matches(page, want)
-    # and a query-builder tree in the URL (q), on a field the summary lacks: the CDRs
+    # and a query-builder tree in the URL (q), on a field the summary lacks: the CDRs, by
+    # day in a zone where it is afternoon (the calls with billsec > 100 are 8-27 hours
+    # old: by UTC days, today's bucket would be empty for the first eight hours of a day)
     tree = {"condition": "AND", "rules": [{"field": "billsec", "operator": "greater",
                                            "value": 100}]}
-    body = open_charts(page, "/?range=all&tz=UTC&q=" + urllib.request.quote(json.dumps(tree)))
-    assert body["plan"]["source"] == "cdrs"
+    zone = afternoon_zone(server.now)
+    body = open_charts(page, f"/?range=all&tz={urllib.request.quote(zone, safe='')}&q="
+                       + urllib.request.quote(json.dumps(tree)))
+    assert (body["plan"]["source"], body["plan"]["bucket"], body["plan"]["zone"]) == (
+        "cdrs", "day", zone)
     assert_matches(page, sql_aggregate(server, "tenant:acme", body["range"], "billsec > 100"))
     # bars are read by their height: their axis starts at zero even when no bucket is
     # near it (here every bucket holds calls), and so does the ACD axis
