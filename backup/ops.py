@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import logging
 import re
 import secrets
 import threading
@@ -46,11 +47,17 @@ from cdrhouse.tiering.lock import Held, store_lock
 Progress = Callable[[str, int, int], None]
 KIND_RUN = "backup-run"
 KIND_VERIFY = "backup-verify"
+#: A RESTORE that fails is run once more before its failure is reported. Reading a backup
+#: from S3 can fail for a moment (a dropped connection; "Unexpected EOF" was seen from an
+#: S3 server under load), and a verify would then call a sound backup damaged. A damaged
+#: backup fails the same way twice; the restored copy is compared with the manifest anyway.
+RESTORE_ATTEMPTS = 2
 #: seconds between two looks at system.backups while a BACKUP or RESTORE runs ASYNC.
 #: A run of a small store is over in a fraction of this; the tests, which make dozens,
 #: set it shorter (read at each wait, so assigning the module attribute is enough).
 POLL_SECONDS = 0.2
 _in_process = threading.Lock()
+log = logging.getLogger("cdrhouse.backup")
 
 
 class BackupLocked(BackupError):
@@ -431,19 +438,22 @@ def _restore_into(members: list[tuple[str, Database]], location: Location,
                           f"{', '.join(_keys(record)) or 'one node'}; this store is "
                           f"{', '.join(have) or 'one node'}: restore it on the same nodes")
     for key, mdb in members:
-        mdb.command(f"DROP DATABASE IF EXISTS `{database}` SYNC")
-        op_id = f"{record.backup_id}-restore-{secrets.token_hex(3)}"
-        progress("restore", 0, 0)
         where = f"{record.backup_id}" + (f" ({key})" if key else "")
-        try:
-            mdb.command(f"RESTORE DATABASE `{record.database}` AS `{database}` FROM "
-                        f"{location.target(mdb, _sub(record.backup_id, key))} "
-                        f"SETTINGS id = '{op_id}' ASYNC")
-            _wait(mdb, op_id, progress)
-        except BackupError as exc:
-            raise BackupError(f"restoring {where} failed: {exc}") from None
-        except Exception as exc:
-            raise BackupError(f"restoring {where} failed: {_first_line(exc)}") from None
+        for attempt in range(1, RESTORE_ATTEMPTS + 1):
+            mdb.command(f"DROP DATABASE IF EXISTS `{database}` SYNC")
+            op_id = f"{record.backup_id}-restore-{secrets.token_hex(3)}"
+            progress("restore", 0, 0)
+            try:
+                mdb.command(f"RESTORE DATABASE `{record.database}` AS `{database}` FROM "
+                            f"{location.target(mdb, _sub(record.backup_id, key))} "
+                            f"SETTINGS id = '{op_id}' ASYNC")
+                _wait(mdb, op_id, progress)
+                break
+            except Exception as exc:  # noqa: BLE001 - tried again, then reported
+                why = str(exc) if isinstance(exc, BackupError) else _first_line(exc)
+                if attempt == RESTORE_ATTEMPTS:
+                    raise BackupError(f"restoring {where} failed: {why}") from None
+                log.warning("restoring %s failed, trying once more: %s", where, why)
 
 
 def _compare_restored(members: list[tuple[str, Database]], record: BackupRecord,

@@ -586,6 +586,37 @@ def test_a_missing_or_incomplete_incremental_is_named_by_verify(chain_on_disk, d
                                        database="never"), loc, inc2.backup_id)
 
 
+@pytest.mark.parametrize("unreadable_for", [1, 2], ids=["one attempt", "every attempt"])
+def test_a_restore_that_fails_once_is_run_again(chain_on_disk, caplog, unreadable_for: int
+                                                ) -> None:
+    """A RESTORE that fails (here: its .backup made unreadable, same size, so the file
+    checks pass) is run once more; a verify reports a failure only if both attempts fail."""
+    db, loc, _, _, (*_, inc2), _ = chain_on_disk
+    meta = loc.store.root / inc2.backup_id / ".backup"
+    good = meta.read_bytes()
+    attempts = []
+
+    def progress(what: str, _done: int, _total: int) -> None:
+        if what == "restore":          # just before each RESTORE
+            attempts.append(1)
+            meta.write_bytes(good if len(attempts) > unreadable_for
+                             else bytes(0x5A ^ b for b in good))
+
+    report = ops.verify_backup(db, loc, inc2.backup_id, progress=progress)
+    meta.write_bytes(good)
+    assert len(attempts) == 2
+    assert [r.getMessage().split(":")[0] for r in caplog.records if r.name == "cdrhouse.backup"] \
+        == [f"restoring {inc2.backup_id} failed, trying once more"]
+    if unreadable_for == 1:
+        assert report.result.ok, report.result.problems
+        assert ops.listing(loc, db).state(inc2.backup_id) == "verified"
+    else:
+        assert not report.result.ok
+        assert [p.split(":")[0] for p in report.result.problems] == [
+            f"restoring {inc2.backup_id} failed"]
+        assert ops.listing(loc, db).state(inc2.backup_id) == "verify_failed"
+
+
 def test_verify_of_an_unknown_backup_names_the_latest(chain_on_disk) -> None:
     db, loc, _, _, (*_, inc2), _ = chain_on_disk
     with pytest.raises(BackupError, match=f"no backup 'nope'.*{inc2.backup_id}"):
