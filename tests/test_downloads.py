@@ -335,7 +335,9 @@ def test_a_million_rows_stream_with_flat_memory(million: Served) -> None:
     # cores) comes on top, and how much of it the warm-up left for reuse varies.
     engine = engine_peak - engine_before
     assert peak - before < max(received * 0.6, engine), f"grew {(peak - before) / 1e6:.1f} MB"
-    assert peak - first_half < received / 10, \
+    # a body kept as it streams would add half of itself here (~50 MB); the engine's own
+    # allocator moves by about a tenth of the body (11.5 MB seen once in a full suite)
+    assert peak - first_half < received / 5, \
         f"grew {(peak - first_half) / 1e6:.1f} MB more in the second half"
     # the server's Python side (and the client's) held a few chunks at a time, whatever the size
     assert traced_peak < received / 20, f"Python objects grew {traced_peak / 1e6:.1f} MB"
