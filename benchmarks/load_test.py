@@ -77,32 +77,46 @@ async def run_scenario(base: str, secrets: list[str], name: str, clients: int, t
     `first` … `first + total - 1` of the scenario (each number its own parameters).
 
     `client`: the HTTP library the clients use. "httpx" (the default, as every table
-    before 2026-11-30 was measured) costs ~1.8 ms of CPU per request on the cores the
-    server runs on; "aiohttp" (C-accelerated parsing) costs a fraction of that, so less
-    of the machine goes to the load generator (benchmarks/README.md, *a leaner load
-    generator*)."""
+    before 2026-11-30 was measured) costs 1.5-2.6 ms of CPU per request on the cores the
+    server runs on; "aiohttp" (C-accelerated parsing) 0.2-0.8 ms, so less of the machine
+    goes to the load generator (benchmarks/README.md, *A leaner load generator, and the
+    code of 2026-11-22 beside this one again*)."""
     latencies: list[float] = []
     errors = 0
     counter = iter(range(first, first + total))
     deadline = time.monotonic() + max_seconds
 
-    async def send(session, method: str, url: str, body: dict | None, secret: str) -> int:
-        headers = {"Authorization": f"Bearer {secret}"}
-        if client == "httpx":
-            return (await session.request(method, url, json=body, headers=headers)).status_code
-        async with session.request(method, url, json=body, headers=headers) as r:
-            await r.read()
-            return r.status
+    # one session for all clients, and how one request is sent and its status read
+    if client == "httpx":
+        transport_errors: tuple[type[BaseException], ...] = (httpx.TransportError,)
+        session = httpx.AsyncClient(base_url=base, timeout=60,
+                                    limits=httpx.Limits(max_connections=clients))
 
-    async def worker(session, secret: str) -> None:
+        async def send(method: str, url: str, body: dict | None, headers: dict) -> int:
+            return (await session.request(method, url, json=body, headers=headers)).status_code
+    elif client == "aiohttp":
+        import aiohttp   # the bench extra (pyproject.toml)
+        transport_errors = (aiohttp.ClientError, asyncio.TimeoutError)
+        session = aiohttp.ClientSession(base_url=base, timeout=aiohttp.ClientTimeout(total=60),
+                                        connector=aiohttp.TCPConnector(limit=clients))
+
+        async def send(method: str, url: str, body: dict | None, headers: dict) -> int:
+            async with session.request(method, url, json=body, headers=headers) as r:
+                await r.read()
+                return r.status
+    else:
+        raise ValueError(f"unknown load-generator client {client!r} (httpx, aiohttp)")
+
+    async def worker(secret: str) -> None:
         nonlocal errors
+        headers = {"Authorization": f"Bearer {secret}"}
         for i in counter:
             if time.monotonic() > deadline:
                 return
             method, url, body = scenario_request(name, i)
             t0 = time.perf_counter()
             try:
-                status = await send(session, method, url, body, secret)
+                status = await send(method, url, body, headers)
             except transport_errors:      # a dropped connection is an error, not a crash
                 errors += 1
                 continue
@@ -110,20 +124,9 @@ async def run_scenario(base: str, secrets: list[str], name: str, clients: int, t
             if status != 200:
                 errors += 1
 
-    if client == "httpx":
-        transport_errors: tuple[type[BaseException], ...] = (httpx.TransportError,)
-        session = httpx.AsyncClient(base_url=base, timeout=60,
-                                    limits=httpx.Limits(max_connections=clients))
-    elif client == "aiohttp":
-        import aiohttp   # the bench extra (pyproject.toml)
-        transport_errors = (aiohttp.ClientError, asyncio.TimeoutError)
-        session = aiohttp.ClientSession(base_url=base, timeout=aiohttp.ClientTimeout(total=60),
-                                        connector=aiohttp.TCPConnector(limit=clients))
-    else:
-        raise ValueError(f"unknown load-generator client {client!r} (httpx, aiohttp)")
     started = time.perf_counter()
     async with session:
-        await asyncio.gather(*(worker(session, secrets[i % len(secrets)]) for i in range(clients)))
+        await asyncio.gather(*(worker(secrets[i % len(secrets)]) for i in range(clients)))
     elapsed = time.perf_counter() - started
     lat = sorted(latencies) or [float("nan")]    # nothing answered: say so, do not crash
     return {"requests": len(latencies), "errors": errors, "seconds": round(elapsed, 1),
