@@ -47,6 +47,7 @@ COMMANDS: dict[str, str] = {
     "ledger": "cli_billing",
     "recalc": "cli_billing",
     "backup": "cli_backup",
+    "cluster": "cli_cluster",
     "users": "cli_users",
     "audit": "cli_audit",
     "schedules": "cli_schedules",

@@ -2,7 +2,7 @@
 
 The CLI records its **changing** commands (`AUDITED`: accounts, keys, users,
 rate imports, ledger entries, recalc jobs, tiering runs and restores, backups,
-ingest) in the same table as the HTTP service, with the principal `cli:<os user>`
+rebalances, ingest) in the same table as the HTTP service, with the principal `cli:<os user>`
 (the operator at the terminal; `--as` and every other option are in the parameter
 summary, secrets redacted as on the API). `instrument(app)` wraps those commands
 once, in api/cli.py, so a command module does nothing for it. The record is
@@ -44,7 +44,7 @@ AUDITED = frozenset({
     "recalc refresh-credit", "recalc refresh-summaries", "recalc rerate",
     "recalc adjust-duration", "recalc undo", "recalc resume",
     "tier run", "tier restore",
-    "backup run", "backup verify", "backup restore", "backup prune",
+    "backup run", "backup verify", "backup restore", "backup prune", "cluster rebalance",
     "ingest", "audit retention",
 })
 

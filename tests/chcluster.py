@@ -118,11 +118,12 @@ class LocalCluster:
     `dsn` is the first node's: cdrhouse talks to that one and reaches the others
     through the `Distributed` tables (and, for DDL, through their HTTP ports).
     A node can be stopped and started again (`stop_node`, `start_node`) to test
-    what happens when a shard is unreachable.
+    what happens when a shard is unreachable, and a shard added (`add_shard`) as an
+    operator grows a cluster. `weights`: each shard's `<weight>` (default 1).
     """
 
     def __init__(self, shards: int = 2, workdir: Path | None = None,
-                 name: str = CLUSTER) -> None:
+                 name: str = CLUSTER, weights: list[int] | None = None) -> None:
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="cdrhouse-cluster-")
         self.workdir = Path(workdir or self._tmp.name)
         self.name = name
@@ -132,6 +133,7 @@ class LocalCluster:
         self.http_port, self.tcp_port = _free_ports([n.host for n in self.nodes])
         for node in self.nodes:
             node.http_port = self.http_port
+        self.weights = list(weights or [1] * shards)
 
     @property
     def dsn(self) -> str:
@@ -139,8 +141,9 @@ class LocalCluster:
 
     def _config(self, node: Node) -> str:
         shards = "".join(
-            f"<shard><replica><host>{n.host}</host><port>{self.tcp_port}</port></replica></shard>"
-            for n in self.nodes)
+            f"<shard><weight>{w}</weight><replica><host>{n.host}</host>"
+            f"<port>{self.tcp_port}</port></replica></shard>"
+            for n, w in zip(self.nodes, self.weights))
         return (
             "<clickhouse>\n"
             f"  <listen_host>{node.host}</listen_host>\n"
@@ -175,6 +178,26 @@ class LocalCluster:
 
     def start_node(self, index: int, timeout: float = 60.0) -> None:
         node = self.nodes[index]
+        node.start(self._config(node))
+        self._wait([node], timeout)
+
+    def add_shard(self, weight: int = 1, timeout: float = 60.0) -> None:
+        """A new node as one more shard, as an operator adds one: every node's
+        `remote_servers` gains it (the running nodes restart to read it), then it starts
+        empty. Its address is the next one on the cluster's loopback network."""
+        net, last = self.nodes[-1].host.rsplit(".", 1)
+        node = Node(self.workdir / f"node{len(self.nodes) + 1}", f"{net}.{int(last) + 1}",
+                    len(self.nodes) + 1, 1)
+        node.http_port = self.http_port
+        with socket.socket() as s:          # the cluster's ports must be free there too
+            s.bind((node.host, self.http_port))
+        with socket.socket() as s:
+            s.bind((node.host, self.tcp_port))
+        self.nodes.append(node)
+        self.weights.append(weight)
+        for i in range(len(self.nodes) - 1):
+            self.stop_node(i)
+            self.start_node(i, timeout)
         node.start(self._config(node))
         self._wait([node], timeout)
 

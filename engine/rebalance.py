@@ -1,0 +1,289 @@
+"""Every call back on the shard its key names, after a shard was added: `cdrhouse cluster rebalance`.
+
+Why: a sharded store keeps every version of a call on one shard (the sharding key is
+`cityHash64(tenant_id, call_id)`, sql/schema/topology.py), so `FINAL` on each shard
+sees all of a call's versions and re-rating stays exact. ClickHouse does not move
+stored rows when the cluster gains a shard, and the new shard count sends a call
+somewhere else: a new version of a call stored before (re-rating, adjust duration,
+undo) could land on another shard than its old one, and `FINAL` would then show both,
+so the call would be billed twice. This module puts every stored row where the
+`Distributed` engine would put it now.
+
+Where a row belongs (`shard_of`): ClickHouse gives the shards slots in their order in
+`remote_servers`, `weight` slots each, and sends a row to the shard owning slot
+`key % total weight`. `placement` counts the rows of every month that sit elsewhere,
+read through the Distributed table (`_shard_num` says where a row is).
+
+How a month moves, for each table whose placement matters (`CALL_TABLES`: the CDRs
+and their time-ordered copy; the daily summary holds deltas read with `sum()`, exact
+wherever they are):
+
+1. **copy**: on each shard that should hold rows it lacks, they are read from the
+   other shards into a staging table there and attached to the month's partition
+   (`ATTACH PARTITION … FROM`: no materialized view fires, so the daily summary,
+   which already counted these calls where they were, does not count them again),
+   every version verbatim. Only rows the shard does not already hold are copied, so
+   a rerun after a crash copies nothing twice;
+2. **check**: no row of the month sits on a wrong shard without its copy on the right
+   one; otherwise nothing is deleted and the run fails;
+3. **delete**: each shard deletes the month's rows that belong elsewhere (a mutation,
+   waited for);
+4. **settle**: each shard merges the month back into one part (sql/schema/015_settled.sql
+   says why a page needs that);
+5. **summary**: the daily summary of the month is rebuilt from the calls, per tenant
+   (engine/summary.py: deltas up to the truth). Why: a call re-rated between adding the
+   shard and this run had both versions shown by `FINAL`, and the re-rate's own summary
+   rebuild counted both; now that the versions meet again the summary is made exact.
+   Then the run checks that no call is on two shards.
+
+Between 1 and 3 a moved call is on two shards, and a read through the Distributed
+table shows it twice; so rebalance with readers and writers stopped, as a step of
+adding a shard (README, "Adding a shard"). Nothing is lost at any point: a row is
+deleted only after its copy was checked; and a run that dies is finished by running
+it again.
+
+Sharded clusters only: a replicated cluster cannot be exercised here (no Keeper-backed
+cluster runs in the tests), so it is refused rather than run untested.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cdrhouse.engine import cluster, summary
+from cdrhouse.engine.db import Database
+from cdrhouse.sql.months import first_day, last_day
+from cdrhouse.sql.schema.topology import SHARDED
+
+#: the tables whose rows must be where their sharding key sends them (every version of
+#: a call on one shard); both are partitioned by month of `start_time`
+CALL_TABLES = ("cdr_records", "cdr_records_by_time")
+#: a partition waits here during a tiering run (tiering/archive.py); it must be empty
+HOLD = "cdr_tiering_hold"
+#: the staging table a shard receives its rows in, beside its local tables
+STAGE = "cdr_rebalance_stage"
+#: a row's identity across shards: its sort key and version (ReplacingMergeTree keeps
+#: one row per sort key, the highest version)
+IDENTITY = "tenant_id, customer_id, start_time, call_id, version"
+
+Fault = Callable[[str], None]
+Progress = Callable[[str, int, int], None]
+
+
+class RebalanceError(Exception):
+    """A rebalance that could not finish; what it did so far is safe, and running it
+    again completes it."""
+
+
+class RebalanceRefused(RebalanceError):
+    """The store cannot be rebalanced as it is (one node, replicated, a tiering run
+    unfinished); nothing was changed."""
+
+
+def _no_fault(step: str) -> None:
+    """Production: every step simply continues (tests crash the run here)."""
+
+
+def _no_progress(what: str, done: int, total: int) -> None:
+    """No progress display."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    num: int
+    weight: int
+
+
+@dataclass(frozen=True)
+class Misplaced:
+    """`rows` rows of `table`'s month `month` on shard `at` that belong on shard `to`."""
+    table: str
+    month: int
+    at: int
+    to: int
+    rows: int
+
+
+@dataclass
+class Report:
+    #: what was misplaced when the run started (empty: nothing to do)
+    before: list[Misplaced] = field(default_factory=list)
+    #: (table, month, shard, rows copied there)
+    copied: list[tuple[str, int, int, int]] = field(default_factory=list)
+    months: list[int] = field(default_factory=list)
+
+    @property
+    def moved(self) -> int:
+        """Rows of the calls table moved (each version counts; the copy's rows not)."""
+        return sum(m.rows for m in self.before if m.table == CALL_TABLES[0])
+
+
+def shard_of(shards: list[Shard], key: str) -> str:
+    """SQL for the shard number the Distributed engine sends a row with sharding key
+    `key` to: slot `key % total weight`, slots given to the shards in order, `weight`
+    each (a shard of weight 0 gets none). Pure: the tests check it against where
+    ClickHouse puts rows. (`modulo`, not `%`: clickhouse-connect formats a query
+    without placeholders with Python's `%` when it is given parameters.)"""
+    owners = [s for s in shards if s.weight > 0]
+    if not owners:
+        raise RebalanceRefused("no shard of the cluster has a weight above 0")
+    if len(owners) == 1:
+        return str(owners[0].num)
+    total = sum(s.weight for s in owners)
+    if all(s.weight == 1 for s in owners) and [s.num for s in owners] == list(
+            range(owners[0].num, owners[0].num + len(owners))):
+        return f"(modulo({key}, {total}) + {owners[0].num})"
+    slot = f"modulo({key}, {total})"
+    branches, upto = [], 0
+    for s in owners[:-1]:
+        upto += s.weight
+        branches.append(f"{slot} < {upto}, {s.num}")
+    return f"multiIf({', '.join(branches)}, {owners[-1].num})"
+
+
+def shards(db: Database) -> list[Shard]:
+    """The cluster's shards in `remote_servers` order, with their weights."""
+    rows = db.rows("SELECT shard_num, any(shard_weight) FROM system.clusters WHERE cluster = "
+                   "{c:String} GROUP BY shard_num ORDER BY shard_num",
+                   {"c": cluster.topology(db).cluster})
+    return [Shard(int(n), int(w)) for n, w in rows]
+
+
+def _target(db: Database, table: str) -> str:
+    return shard_of(shards(db), SHARDED[table])
+
+
+def _check_cluster(db: Database) -> None:
+    topo = cluster.topology(db)
+    if not topo.cluster:
+        raise RebalanceRefused("the store is on one node (no --cluster): there is nothing "
+                               "to rebalance")
+    if topo.replicated:
+        raise RebalanceRefused(
+            f"cluster {topo.cluster} is replicated: rebalancing is only verified on sharded "
+            "clusters; re-place a month with `cdrhouse tier run --month M` and `cdrhouse "
+            "tier restore --month M` (README, \"Adding a shard\")")
+
+
+def placement(db: Database, months: list[int] | None = None) -> list[Misplaced]:
+    """The rows not on the shard their key names, per table, month and shard pair."""
+    _check_cluster(db)
+    out = []
+    for table in CALL_TABLES:
+        where = " AND toYYYYMM(start_time) IN {months:Array(UInt32)}" if months else ""
+        for month, at, to, rows in db.rows(
+                f"SELECT toYYYYMM(start_time) AS m, _shard_num AS at, {_target(db, table)} AS to, "
+                f"count() FROM {table} WHERE at != to{where} GROUP BY m, at, to "
+                "ORDER BY m, at, to", {"months": months or []}):
+            out.append(Misplaced(table, int(month), int(at), int(to), int(rows)))
+    return out
+
+
+def _missing_sql(db: Database, table: str, shard: int, select: str) -> str:
+    """Rows of `table`'s month (parameter `month`) on other shards that belong on
+    `shard` and that `shard` does not hold yet, read on `shard`'s node (the subquery
+    reads its local table: GLOBAL, so that it is read there, not on each shard)."""
+    return (f"SELECT {select} FROM {table} WHERE toYYYYMM(start_time) = {{month:UInt32}} "
+            f"AND _shard_num != {shard} AND {_target(db, table)} = {shard} "
+            f"AND ({IDENTITY}) GLOBAL NOT IN (SELECT {IDENTITY} FROM {cluster.local(db, table)} "
+            "WHERE toYYYYMM(start_time) = {month:UInt32})")
+
+
+def _copy(db: Database, node_db: Database, table: str, month: int, shard: int) -> int:
+    """Step 1 for one table, month and receiving shard: the rows it lacks, attached."""
+    local = cluster.local(db, table)
+    params = {"month": month}
+    rows = int(node_db.scalar(f"SELECT count() FROM ({_missing_sql(db, table, shard, '1')})",
+                              params))
+    if not rows:
+        return 0
+    node_db.command(f"DROP TABLE IF EXISTS {STAGE} SYNC")
+    node_db.command(f"CREATE TABLE {STAGE} AS {local}")
+    try:
+        node_db.command(f"INSERT INTO {STAGE} {_missing_sql(db, table, shard, '*')}", params,
+                        settings={"optimize_on_insert": 0})
+        node_db.command(f"ALTER TABLE {local} ATTACH PARTITION {int(month)} FROM {STAGE}")
+    finally:
+        node_db.command(f"DROP TABLE IF EXISTS {STAGE} SYNC")
+    return rows
+
+
+def rebalance(db: Database, months: list[int] | None = None, *,
+              progress: Progress = _no_progress, fault: Fault = _no_fault) -> Report:
+    """Move every misplaced row of `months` (default: every month) to its shard (module
+    docstring); returns what was misplaced and what was copied where."""
+    _check_cluster(db)
+    if db.table_exists(HOLD) and int(db.scalar(f"SELECT count() FROM {HOLD}") or 0):
+        raise RebalanceRefused(f"a tiering run left a month in {HOLD}: finish it first "
+                               "(`cdrhouse tier run`), then rebalance")
+    report = Report(before=placement(db, months))
+    report.months = sorted({m.month for m in report.before})
+    nodes = {n.shard: n for n in cluster.nodes(db)}
+    for i, month in enumerate(report.months):
+        progress(f"month {month}: copy", i, len(report.months))
+        for table in CALL_TABLES:
+            receivers = sorted({m.to for m in report.before
+                                if m.table == table and m.month == month})
+            for shard in receivers:
+                with cluster.open_node(db, nodes[shard], create=False) as node_db:
+                    copied = _copy(db, node_db, table, month, shard)
+                if copied:
+                    report.copied.append((table, month, shard, copied))
+        fault("copied")
+        for table in CALL_TABLES:
+            for shard, node in nodes.items():
+                with cluster.open_node(db, node, create=False) as node_db:
+                    left = int(node_db.scalar(
+                        f"SELECT count() FROM ({_missing_sql(db, table, shard, '1')})",
+                        {"month": month}))
+                if left:
+                    raise RebalanceError(f"rebalance of {table} month {month}: {left} rows for "
+                                       f"shard {shard} are not there after the copy; nothing "
+                                       "was deleted, run it again")
+        progress(f"month {month}: delete", i, len(report.months))
+        for table in CALL_TABLES:
+            target = _target(db, table)
+            for shard, node in nodes.items():
+                with cluster.open_node(db, node, create=False) as node_db:
+                    node_db.command(
+                        f"ALTER TABLE {cluster.local(db, table)} DELETE WHERE "
+                        f"toYYYYMM(start_time) = {{month:UInt32}} AND {target} != {shard}",
+                        {"month": month}, settings={"mutations_sync": 2})
+        fault("deleted")
+        for table in CALL_TABLES:
+            cluster.each_node(db, f"OPTIMIZE TABLE {cluster.local(db, table)}{{on_cluster}} "
+                                  f"PARTITION {int(month)} FINAL "
+                                  "SETTINGS optimize_skip_merged_partitions = 1")
+        progress(f"month {month}: summary", i, len(report.months))
+        for tenant in _tenants(db, month):
+            summary.rebuild_range(db, tenant, first_day(month), last_day(month))
+    left = placement(db, report.months) if report.months else []
+    twice = _on_two_shards(db, report.months)
+    if left or twice:
+        raise RebalanceError(f"rebalance did not converge: {sum(m.rows for m in left)} rows "
+                           f"still misplaced, {twice} calls on two shards; run it again")
+    progress("done", len(report.months), len(report.months))
+    return report
+
+
+def _tenants(db: Database, month: int) -> list[str]:
+    """The tenants with calls or summary rows in `month`."""
+    return [t for (t,) in db.rows(
+        "SELECT tenant_id FROM cdr_records WHERE toYYYYMM(start_time) = {m:UInt32} UNION "
+        "DISTINCT SELECT tenant_id FROM cdr_daily_summary WHERE toYYYYMM(day) = {m:UInt32} "
+        "ORDER BY tenant_id", {"m": month})]
+
+
+def _on_two_shards(db: Database, months: list[int]) -> int:
+    """Calls of `months` stored on more than one shard (0 after a rebalance)."""
+    if not months:
+        return 0
+    return sum(int(db.scalar(
+        f"SELECT count() FROM (SELECT tenant_id, call_id FROM {table} WHERE "
+        "toYYYYMM(start_time) IN {months:Array(UInt32)} GROUP BY tenant_id, call_id "
+        "HAVING uniqExact(_shard_num) > 1)", {"months": months})) for table in CALL_TABLES)
+
+
+__all__ = ["CALL_TABLES", "Misplaced", "RebalanceError", "RebalanceRefused", "Report", "Shard", "placement",
+           "rebalance", "shard_of", "shards"]
