@@ -38,7 +38,8 @@ wherever they are):
 
 Between 1 and 3 a moved call is on two shards, and a read through the Distributed
 table shows it twice; so rebalance with readers and writers stopped, as a step of
-adding a shard (README, "Adding a shard"). Nothing is lost at any point: a row is
+adding a shard (README, "Adding a shard"). The run holds the tiering and backup leases
+(engine/leases.py), so a service's scheduled tiering or backup waits for it. Nothing is lost at any point: a row is
 deleted only after its copy was checked; and a run that dies is finished by running
 it again.
 
@@ -51,7 +52,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cdrhouse.engine import cluster, summary
+from cdrhouse.engine import cluster, leases, summary
 from cdrhouse.engine.db import Database
 from cdrhouse.sql.months import first_day, last_day
 from cdrhouse.sql.schema.topology import SHARDED
@@ -66,6 +67,10 @@ STAGE = "cdr_rebalance_stage"
 #: a row's identity across shards: its sort key and version (ReplacingMergeTree keeps
 #: one row per sort key, the highest version)
 IDENTITY = "tenant_id, customer_id, start_time, call_id, version"
+
+#: the leases' holder name while a rebalance runs, and how long they outlive a dead one
+HOLDER = "cluster rebalance"
+LEASE_SECONDS = 60.0
 
 Fault = Callable[[str], None]
 Progress = Callable[[str, int, int], None]
@@ -212,11 +217,37 @@ def _copy(db: Database, node_db: Database, table: str, month: int, shard: int) -
 def rebalance(db: Database, months: list[int] | None = None, *,
               progress: Progress = _no_progress, fault: Fault = _no_fault) -> Report:
     """Move every misplaced row of `months` (default: every month) to its shard (module
-    docstring); returns what was misplaced and what was copied where."""
+    docstring); returns what was misplaced and what was copied where.
+
+    It holds the tiering and backup leases while it runs (engine/leases.py), so that a
+    `cdrhouse serve` does not start its scheduled tiering run (which moves partitions)
+    or backup (which would save a moved call on two shards) meanwhile; if one of them
+    is running, the rebalance is refused."""
     _check_cluster(db)
     if db.table_exists(HOLD) and int(db.scalar(f"SELECT count() FROM {HOLD}") or 0):
         raise RebalanceRefused(f"a tiering run left a month in {HOLD}: finish it first "
                                "(`cdrhouse tier run`), then rebalance")
+
+    def connect() -> Database:
+        return Database(db.config, create=False)
+
+    def under(kinds: tuple[str, ...]) -> Report:
+        if not kinds:
+            return _move(db, months, progress, fault)
+        ran, report = leases.run_leased(connect, kinds[0], LEASE_SECONDS,
+                                        lambda: under(kinds[1:]), holder=HOLDER)
+        if not ran:
+            holder = leases.state(db, kinds[0]).holder
+            raise RebalanceRefused(f"a {kinds[0]} run holds its lease ({holder}): "
+                                   "rebalance when it has finished")
+        return report
+
+    return under((leases.TIERING, leases.BACKUP))
+
+
+def _move(db: Database, months: list[int] | None, progress: Progress,
+          fault: Fault) -> Report:
+    """The steps of the module docstring, under the leases."""
     report = Report(before=placement(db, months))
     report.months = sorted({m.month for m in report.before})
     nodes = {n.shard: n for n in cluster.nodes(db)}

@@ -21,7 +21,7 @@ from cli_inproc import run_cli
 from conftest import _drop, _fresh
 from test_recalc import OP, _ingest, _load, money, req
 
-from cdrhouse.engine import cluster, rebalance, recalc, summary
+from cdrhouse.engine import cluster, leases, rebalance, recalc, summary
 from cdrhouse.engine.db import Database, StoreConfig
 from cdrhouse.engine.migrate import migrate
 from cdrhouse.engine.rebalance import RebalanceRefused, Shard, shard_of
@@ -209,12 +209,19 @@ def test_a_rebalance_that_dies_is_finished_by_the_next_run(grown: Database, step
     before = money(db)
     misplaced = sum(m.rows for m in rebalance.placement(db) if m.table == "cdr_records")
 
+    holders = []
+
     def die(at: str) -> None:
+        # while it moves rows, no scheduled tiering run or backup may start
+        holders.append({k: (leases.state(db, k).held, leases.state(db, k).holder)
+                        for k in (leases.TIERING, leases.BACKUP)})
         if at == step:
             raise _Crash(at)
 
     with pytest.raises(_Crash):
         rebalance.rebalance(db, fault=die)
+    assert holders[0] == {k: (True, "cluster rebalance") for k in (leases.TIERING, leases.BACKUP)}
+    assert not leases.state(db, leases.TIERING).held     # released by the dead run too
     # nothing is lost at any point: every call is still there (some on two shards)
     assert set(money(db)) == set(before)
     again = rebalance.rebalance(db)
@@ -264,6 +271,16 @@ def test_a_rebalance_is_refused_where_it_cannot_run(embedded_db: Database, grown
     grown.command("INSERT INTO cdr_tiering_hold SELECT * FROM cdr_records LIMIT 1")
     with pytest.raises(RebalanceRefused, match="tier run"):
         rebalance.rebalance(grown)
+    cluster.each_node(grown, "TRUNCATE TABLE cdr_tiering_hold_local{on_cluster}")
+    # a scheduled tiering run or backup at work (another `serve` holds its lease)
+    for kind in (leases.TIERING, leases.BACKUP):
+        lease = leases.acquire(grown, kind, 60.0, holder="serve on host-b")
+        assert lease is not None
+        with pytest.raises(RebalanceRefused, match=f"a {kind} run holds its lease "
+                                                   r"\(serve on host-b\)"):
+            rebalance.rebalance(grown)
+        leases.release(grown, lease)
+    assert not leases.state(grown, leases.TIERING).held   # the refused run let go of it
     # a replicated cluster is refused rather than run untested
     topo = cluster.topology(grown)
     monkeypatch.setattr(grown, "_topology", type(topo)(topo.cluster, True))
