@@ -74,6 +74,9 @@ class BackupRecord:
     #: whose figures were taken from the base's record (same parts: same rows)
     partitions_read: int = 0
     partitions_reused: int = 0
+    #: per node ("" on one node), the tables this backup left out because a restore
+    #: rebuilds them (ops.REBUILT): table -> [the table it is filled from, its CREATE]
+    rebuilt: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:

@@ -12,6 +12,13 @@ into a scratch database, are compared with the manifest's fingerprints, and
 only then renamed into place — a live database is never dropped, it is renamed
 aside (`<db>_before_restore_<time>`).
 
+One table is left out and rebuilt instead (`REBUILT`): the time-ordered copy of the
+CDRs (sql/schema/016_by_time.sql) holds nothing that `cdr_records` does not, every
+version of every call, and is about as large, so storing it would nearly double every
+backup (+520 MiB on 5M CDRs). The manifest records its definition; a restore creates
+it from that and fills it from the restored `cdr_records` before the store goes live.
+A backup made before this (the copy inside) restores as it was made.
+
 On a sharded cluster (engine/cluster.py) one backup set is one `BACKUP DATABASE`
 per node, started together, each into `<id>/<node>/` with its own incremental base
 (`<base id>/<node>/`): each node holds its shard's rows, the home node also the small
@@ -56,6 +63,9 @@ RESTORE_ATTEMPTS = 2
 #: A run of a small store is over in a fraction of this; the tests, which make dozens,
 #: set it shorter (read at each wait, so assigning the module attribute is enough).
 POLL_SECONDS = 0.2
+#: tables a backup leaves out and a restore rebuilds: name -> the table it is filled
+#: from (its rows are exactly that table's, column for column; module docstring)
+REBUILT = {"cdr_records_by_time": "cdr_records"}
 _in_process = threading.Lock()
 log = logging.getLogger("cdrhouse.backup")
 
@@ -215,6 +225,7 @@ def run_backup(db: Database, location: Location, config: BackupConfig, *,
         t0 = time.monotonic()
         database = db.name
 
+        rebuilt = {key: _rebuilt_here(mdb, database) for key, mdb in members}
         progress("fingerprint tables", 0, 0)
         parts_before = {k: catalog.part_sets(mdb, database) for k, mdb in members}
         before: dict[str, dict[str, TableRecord]] = {}
@@ -223,6 +234,8 @@ def run_backup(db: Database, location: Location, config: BackupConfig, *,
         for key, mdb in members:
             before[key] = {}
             for table, engine in catalog.data_tables(mdb, database).items():
+                if table in rebuilt[key]:
+                    continue
                 prior = base.tables.get(_tkey(key, table)) \
                     if base is not None and reuse_fingerprints else None
                 rec, read = catalog.fingerprint_since(
@@ -246,7 +259,9 @@ def run_backup(db: Database, location: Location, config: BackupConfig, *,
             if config.max_bandwidth:
                 settings.append(f"max_backup_bandwidth = {int(config.max_bandwidth)}")
             try:
-                mdb.command(f"BACKUP DATABASE `{database}` TO "
+                except_ = ", ".join(f"`{database}`.`{t}`" for t in rebuilt[key])
+                mdb.command(f"BACKUP DATABASE `{database}` "
+                            + (f"EXCEPT TABLES {except_} " if except_ else "") + "TO "
                             f"{location.target(mdb, _sub(backup_id, key))} "
                             f"SETTINGS {', '.join(settings)} ASYNC")
             except Exception as exc:
@@ -306,7 +321,8 @@ def run_backup(db: Database, location: Location, config: BackupConfig, *,
             clickhouse_version=str(db.scalar("SELECT version()")),
             cdrhouse_version=_version(), job_id=job_id,
             backup_seconds=round(backup_seconds, 3), nodes=[k for k in keys if k],
-            partitions_read=n_read, partitions_reused=n_reused)
+            partitions_read=n_read, partitions_reused=n_reused,
+            rebuilt={k: v for k, v in rebuilt.items() if v})
         progress("write manifest", 0, 0)
         held.ensure(f"writing the manifest of {backup_id}")
         catalog.write(location, record)          # the commit point
@@ -314,6 +330,49 @@ def run_backup(db: Database, location: Location, config: BackupConfig, *,
         report = RunReport(record=record, reason=reason, fingerprinted=fingerprinted)
         report.pruned, report.orphans = _prune(db, location, config, held)
         return report
+
+
+def _rebuilt_here(mdb: Database, database: str) -> dict[str, list[str]]:
+    """The tables of `REBUILT` on this node (local names on a cluster), each with its
+    source table and its CREATE statement as the node has it now."""
+    out = {}
+    for name, source in REBUILT.items():
+        table = cluster.local(mdb, name)
+        ddl = mdb.scalar("SELECT create_table_query FROM system.tables WHERE database = "
+                         "{d:String} AND name = {t:String}", {"d": database, "t": table})
+        if ddl:
+            out[table] = [cluster.local(mdb, source), ddl]
+    return out
+
+
+def _in_database(ddl: str, old: str, new: str, table: str) -> str:
+    """A recorded `CREATE TABLE old.table …` made to create `new`.table."""
+    head = re.match(rf"CREATE TABLE `?{re.escape(old)}`?\.`?{re.escape(table)}`? ", ddl)
+    if head is None:
+        raise BackupError(f"the recorded definition of {table} is not a CREATE TABLE of "
+                          f"{old}.{table}: {ddl[:80]!r}")
+    return f"CREATE TABLE `{new}`.`{table}` " + ddl[head.end():]
+
+
+def _rebuild(members: list[tuple[str, Database]], record: BackupRecord, database: str,
+             progress: Progress, *, fill: bool = True) -> None:
+    """Create the tables the backup left out (`REBUILT`) in the restored `database` on
+    every node, and (`fill`) fill each from its restored source, merged, checked."""
+    for key, mdb in members:
+        for table, (source, ddl) in record.rebuilt.get(key, {}).items():
+            progress(f"rebuild {table}", 0, 0)
+            mdb.command(_in_database(ddl, record.database, database, table))
+            if not fill:
+                continue
+            mdb.command(f"INSERT INTO `{database}`.`{table}` "
+                        f"SELECT * FROM `{database}`.`{source}`")
+            mdb.command(f"OPTIMIZE TABLE `{database}`.`{table}` FINAL "
+                        "SETTINGS optimize_skip_merged_partitions = 1")
+            counts = [int(mdb.scalar(f"SELECT count() FROM `{database}`.`{t}` FINAL"))
+                      for t in (source, table)]
+            if counts[0] != counts[1]:
+                raise BackupError(f"rebuilding {table} from {source} gave {counts[1]} rows "
+                                  f"for {counts[0]}; nothing was changed")
 
 
 def _close_interrupted(db: Database, current_job: str) -> None:
@@ -511,6 +570,11 @@ def verify_backup(db: Database, location: Location, backup_id: str, *,
                 _restore_into(members, location, record, scratch, progress)
                 found, _ = _compare_restored(members, record, scratch, progress)
                 problems += found
+                try:        # the left-out tables' recorded definitions still create them
+                    _rebuild(members, record, scratch, progress, fill=False)
+                except Exception as exc:  # noqa: BLE001 - reported as the verify's finding
+                    problems.append(f"the left-out tables cannot be created again: "
+                                    f"{_first_line(exc)}")
             except BackupError as exc:
                 if record is None:
                     raise
@@ -605,6 +669,7 @@ def _restore_members(members: list[tuple[str, Database]], target: StoreConfig,
         if problems:
             raise BackupError(f"the restored copy of {record.backup_id} differs from what "
                               f"was backed up; nothing was changed: {'; '.join(problems[:5])}")
+        _rebuild(members, record, staging, progress)
         held.ensure(f"putting the restored copy in place as {target.database}")
     except BackupError:       # a failed restore, a difference, the lock lost: no swap
         _drop_everywhere(members, staging)

@@ -20,9 +20,11 @@ restore into a fresh data directory, the kill and the crash stay real processes.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -36,6 +38,7 @@ from typing import NamedTuple
 
 import pytest
 
+from bytime import assert_copy_exact
 from ports import free_port
 from cdrhouse.backup import catalog, jobs, ops
 from cdrhouse.backup.catalog import BackupRecord, VerifyRecord
@@ -650,6 +653,64 @@ def test_restore_over_a_live_database_needs_force_and_keeps_it(populated, tmp_pa
             fresh.close()
     finally:
         db.command(f"DROP DATABASE IF EXISTS `{report.set_aside}` SYNC")
+
+
+
+def test_the_time_ordered_copy_is_left_out_and_rebuilt_by_a_restore(
+        populated, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The copy of the CDRs sorted by time (016_by_time.sql) holds nothing cdr_records does
+    not: a backup leaves it out (smaller), records its definition, and a restore rebuilds
+    it before the store goes live; a backup made with it inside restores as it was."""
+    db, _ = populated
+    source = dump(db.client, db.name)
+    assert source["cdr_records_by_time"][0] > 0
+    lean_at = Location(LocalStore(tmp_path / "lean"), str(tmp_path / "lean"))
+    lean = ops.run_backup(db, lean_at, BackupConfig()).record
+    assert "cdr_records_by_time" not in lean.tables and "cdr_records" in lean.tables
+    source_table, ddl = lean.rebuilt[""]["cdr_records_by_time"]
+    assert source_table == "cdr_records" and ddl.startswith(
+        f"CREATE TABLE {db.name}.cdr_records_by_time ")
+    # none of its files, data or metadata (its materialized view's definition is kept)
+    assert not [o.key for o in lean_at.store.list(lean.backup_id + "/")
+                if re.search(r"/cdr_records_by_time(/|\.sql$)", o.key)]
+    assert [o.key for o in lean_at.store.list(lean.backup_id + "/")
+            if re.search(r"/cdr_records/", o.key)]
+    with monkeypatch.context() as m:      # as every backup was made before
+        m.setattr(ops, "REBUILT", {})
+        whole_at = Location(LocalStore(tmp_path / "whole"), str(tmp_path / "whole"))
+        whole = ops.run_backup(db, whole_at, BackupConfig()).record
+    assert whole.rebuilt == {} and "cdr_records_by_time" in whole.tables
+    assert lean.size_bytes < whole.size_bytes
+    assert ops.verify_backup(db, lean_at, lean.backup_id).result.ok
+
+    for loc, rec in ((lean_at, lean), (whole_at, whole)):
+        target = dataclasses.replace(db.config, database=f"r_{uuid.uuid4().hex[:10]}")
+        try:
+            ops.restore_backup(target, loc, rec.backup_id)
+            restored = Database(target)
+            try:
+                after = dump(restored.client, target.database)
+                assert_copy_exact(restored)
+                # the copy's parts are merged, as a page needs them (015_settled.sql)
+                assert restored.scalar(
+                    "SELECT max(c) FROM (SELECT count() AS c FROM system.parts WHERE active "
+                    "AND database = currentDatabase() AND table = 'cdr_records_by_time' "
+                    "GROUP BY partition)") == 1
+            finally:
+                restored.close()
+            for table in set(source) - BOOKKEEPING:
+                assert after[table] == source[table], (rec.backup_id, table)
+        finally:
+            db.command(f"DROP DATABASE IF EXISTS `{target.database}` SYNC")
+
+    # a manifest whose recorded definition no longer creates the table fails verify
+    broken = dataclasses.replace(lean, rebuilt={"": {"cdr_records_by_time": [
+        "cdr_records", ddl.replace("ReplacingMergeTree(version)", "NoSuchEngine(version)")]}})
+    catalog.write(lean_at, broken)
+    result = ops.verify_backup(db, lean_at, lean.backup_id).result
+    assert not result.ok
+    assert any("cannot be created again" in p and "NoSuchEngine" in p
+               for p in result.problems), result.problems
 
 
 # -- crashes ------------------------------------------------------------------------------------
