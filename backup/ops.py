@@ -361,18 +361,24 @@ def _rebuild(members: list[tuple[str, Database]], record: BackupRecord, database
     for key, mdb in members:
         for table, (source, ddl) in record.rebuilt.get(key, {}).items():
             progress(f"rebuild {table}", 0, 0)
-            mdb.command(_in_database(ddl, record.database, database, table))
-            if not fill:
-                continue
-            mdb.command(f"INSERT INTO `{database}`.`{table}` "
-                        f"SELECT * FROM `{database}`.`{source}`")
-            mdb.command(f"OPTIMIZE TABLE `{database}`.`{table}` FINAL "
-                        "SETTINGS optimize_skip_merged_partitions = 1")
-            counts = [int(mdb.scalar(f"SELECT count() FROM `{database}`.`{t}` FINAL"))
-                      for t in (source, table)]
+            where = f"{table}" + (f" ({key})" if key else "")
+            try:
+                mdb.command(_in_database(ddl, record.database, database, table))
+                if not fill:
+                    continue
+                mdb.command(f"INSERT INTO `{database}`.`{table}` "
+                            f"SELECT * FROM `{database}`.`{source}`")
+                mdb.command(f"OPTIMIZE TABLE `{database}`.`{table}` FINAL "
+                            "SETTINGS optimize_skip_merged_partitions = 1")
+                counts = [int(mdb.scalar(f"SELECT count() FROM `{database}`.`{t}` FINAL"))
+                          for t in (source, table)]
+            except BackupError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - named, and nothing goes live
+                raise BackupError(f"rebuilding {where} failed: {_first_line(exc)}") from None
             if counts[0] != counts[1]:
-                raise BackupError(f"rebuilding {table} from {source} gave {counts[1]} rows "
-                                  f"for {counts[0]}; nothing was changed")
+                raise BackupError(f"rebuilding {where} from {source} gave {counts[1]} calls "
+                                  f"for {counts[0]}")
 
 
 def _close_interrupted(db: Database, current_job: str) -> None:

@@ -711,6 +711,15 @@ def test_the_time_ordered_copy_is_left_out_and_rebuilt_by_a_restore(
     assert not result.ok
     assert any("cannot be created again" in p and "NoSuchEngine" in p
                for p in result.problems), result.problems
+    # and a restore of it fails before anything goes live, naming the table
+    target = dataclasses.replace(db.config, database=f"r_{uuid.uuid4().hex[:10]}")
+    try:
+        with pytest.raises(BackupError, match="rebuilding cdr_records_by_time failed.*NoSuchEngine"):
+            ops.restore_backup(target, lean_at, lean.backup_id)
+        assert ops.live_tables(db, target.database) == 0
+        assert ops.live_tables(db, f"{target.database}_restoring") == 0
+    finally:
+        db.command(f"DROP DATABASE IF EXISTS `{target.database}` SYNC")
 
 
 # -- crashes ------------------------------------------------------------------------------------
