@@ -1,4 +1,4 @@
-"""Every call back on the shard its key names, after a shard was added: `cdrhouse cluster rebalance`.
+"""Every call back on the shard its key names after a shard was added (`cluster rebalance`).
 
 Why: a sharded store keeps every version of a call on one shard (the sharding key is
 `cityHash64(tenant_id, call_id)`, sql/schema/topology.py), so `FINAL` on each shard
@@ -39,9 +39,9 @@ wherever they are):
 Between 1 and 3 a moved call is on two shards, and a read through the Distributed
 table shows it twice; so rebalance with readers and writers stopped, as a step of
 adding a shard (README, "Adding a shard"). The run holds the tiering and backup leases
-(engine/leases.py), so a service's scheduled tiering or backup waits for it. Nothing is lost at any point: a row is
-deleted only after its copy was checked; and a run that dies is finished by running
-it again.
+(engine/leases.py), so a service's scheduled tiering or backup waits for it. Nothing
+is lost at any point: a row is deleted only after its copy was checked; and a run
+that dies is finished by running it again.
 
 Sharded clusters only: a replicated cluster cannot be exercised here (no Keeper-backed
 cluster runs in the tests), so it is refused rather than run untested.
@@ -178,9 +178,9 @@ def placement(db: Database, months: list[int] | None = None) -> list[Misplaced]:
     for table in CALL_TABLES:
         where = " AND toYYYYMM(start_time) IN {months:Array(UInt32)}" if months else ""
         for month, at, to, rows in db.rows(
-                f"SELECT toYYYYMM(start_time) AS m, _shard_num AS at, {_target(db, table)} AS to, "
-                f"count() FROM {table} WHERE at != to{where} GROUP BY m, at, to "
-                "ORDER BY m, at, to", {"months": months or []}):
+                f"SELECT toYYYYMM(start_time) AS m, _shard_num AS at, {_target(db, table)} "
+                f"AS to, count() FROM {table} WHERE at != to{where} GROUP BY m, at, to "
+                "ORDER BY m, at, to", {"months": months} if months else None):
             out.append(Misplaced(table, int(month), int(at), int(to), int(rows)))
     return out
 
@@ -191,8 +191,8 @@ def _missing_sql(db: Database, table: str, shard: int, select: str) -> str:
     reads its local table: GLOBAL, so that it is read there, not on each shard)."""
     return (f"SELECT {select} FROM {table} WHERE toYYYYMM(start_time) = {{month:UInt32}} "
             f"AND _shard_num != {shard} AND {_target(db, table)} = {shard} "
-            f"AND ({IDENTITY}) GLOBAL NOT IN (SELECT {IDENTITY} FROM {cluster.local(db, table)} "
-            "WHERE toYYYYMM(start_time) = {month:UInt32})")
+            f"AND ({IDENTITY}) GLOBAL NOT IN (SELECT {IDENTITY} "
+            f"FROM {cluster.local(db, table)} WHERE toYYYYMM(start_time) = {{month:UInt32}})")
 
 
 def _copy(db: Database, node_db: Database, table: str, month: int, shard: int) -> int:
@@ -269,9 +269,9 @@ def _move(db: Database, months: list[int] | None, progress: Progress,
                         f"SELECT count() FROM ({_missing_sql(db, table, shard, '1')})",
                         {"month": month}))
                 if left:
-                    raise RebalanceError(f"rebalance of {table} month {month}: {left} rows for "
-                                       f"shard {shard} are not there after the copy; nothing "
-                                       "was deleted, run it again")
+                    raise RebalanceError(
+                        f"rebalance of {table} month {month}: {left} rows for shard {shard} "
+                        "are not there after the copy; nothing was deleted, run it again")
         progress(f"month {month}: delete", i, len(report.months))
         for table in CALL_TABLES:
             target = _target(db, table)
@@ -293,7 +293,7 @@ def _move(db: Database, months: list[int] | None, progress: Progress,
     twice = _on_two_shards(db, report.months)
     if left or twice:
         raise RebalanceError(f"rebalance did not converge: {sum(m.rows for m in left)} rows "
-                           f"still misplaced, {twice} calls on two shards; run it again")
+                             f"still misplaced, {twice} calls on two shards; run it again")
     progress("done", len(report.months), len(report.months))
     return report
 
@@ -301,9 +301,9 @@ def _move(db: Database, months: list[int] | None, progress: Progress,
 def _tenants(db: Database, month: int) -> list[str]:
     """The tenants with calls or summary rows in `month`."""
     return [t for (t,) in db.rows(
-        "SELECT tenant_id FROM cdr_records WHERE toYYYYMM(start_time) = {m:UInt32} UNION "
-        "DISTINCT SELECT tenant_id FROM cdr_daily_summary WHERE toYYYYMM(day) = {m:UInt32} "
-        "ORDER BY tenant_id", {"m": month})]
+        "SELECT DISTINCT tenant_id FROM (SELECT tenant_id FROM cdr_records WHERE "
+        "toYYYYMM(start_time) = {m:UInt32} UNION ALL SELECT tenant_id FROM cdr_daily_summary "
+        "WHERE toYYYYMM(day) = {m:UInt32}) ORDER BY tenant_id", {"m": month})]
 
 
 def _on_two_shards(db: Database, months: list[int]) -> int:
@@ -316,5 +316,5 @@ def _on_two_shards(db: Database, months: list[int]) -> int:
         "HAVING uniqExact(_shard_num) > 1)", {"months": months})) for table in CALL_TABLES)
 
 
-__all__ = ["CALL_TABLES", "Misplaced", "RebalanceError", "RebalanceRefused", "Report", "Shard", "placement",
-           "rebalance", "shard_of", "shards"]
+__all__ = ["CALL_TABLES", "Misplaced", "RebalanceError", "RebalanceRefused", "Report", "Shard",
+           "placement", "rebalance", "shard_of", "shards"]

@@ -262,8 +262,9 @@ def test_a_rebalance_is_refused_where_it_cannot_run(embedded_db: Database, grown
                                                     tmp_path: Path) -> None:
     with pytest.raises(RebalanceRefused, match="one node"):
         rebalance.rebalance(embedded_db)
-    ran = run_cli("cluster", "rebalance", env={"CDRHOUSE_DATA_DIR": str(embedded_db.config.data_dir),
-                                               "CDRHOUSE_DATABASE": embedded_db.name})
+    ran = run_cli("cluster", "rebalance",
+                  env={"CDRHOUSE_DATA_DIR": str(embedded_db.config.data_dir),
+                       "CDRHOUSE_DATABASE": embedded_db.name})
     assert ran.returncode == 2 and "one node" in ran.stderr
     # a tiering run that left a month in its holding table: finish that first
     tiering = Tiering(grown, LocalStore(tmp_path / "warm"))
