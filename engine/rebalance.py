@@ -23,7 +23,8 @@ wherever they are):
    (`ATTACH PARTITION … FROM`: no materialized view fires, so the daily summary,
    which already counted these calls where they were, does not count them again),
    every version verbatim. Only rows the shard does not already hold are copied, so
-   a rerun after a crash copies nothing twice;
+   a rerun after a crash copies nothing twice; a large month goes in slices of the
+   calls' hash, so that the identities this anti-join sends stay bounded;
 2. **check**: no row of the month sits on a wrong shard without its copy on the right
    one; otherwise nothing is deleted and the run fails;
 3. **delete**: each shard deletes the month's rows that belong elsewhere (a mutation,
@@ -67,6 +68,9 @@ STAGE = "cdr_rebalance_stage"
 #: a row's identity across shards: its sort key and version (ReplacingMergeTree keeps
 #: one row per sort key, the highest version)
 IDENTITY = "tenant_id, customer_id, start_time, call_id, version"
+#: at most this many of a receiving node's rows of a month per slice: the identities the
+#: copy's anti-join sends to the shards (~100 bytes each) stay within a few hundred MB
+SLICE_ROWS = 2_000_000
 
 #: the leases' holder name while a rebalance runs, and how long they outlive a dead one
 HOLDER = "cluster rebalance"
@@ -188,30 +192,56 @@ def placement(db: Database, months: list[int] | None = None) -> list[Misplaced]:
 def _missing_sql(db: Database, table: str, shard: int, select: str) -> str:
     """Rows of `table`'s month (parameter `month`) on other shards that belong on
     `shard` and that `shard` does not hold yet, read on `shard`'s node (the subquery
-    reads its local table: GLOBAL, so that it is read there, not on each shard)."""
-    return (f"SELECT {select} FROM {table} WHERE toYYYYMM(start_time) = {{month:UInt32}} "
+    reads its local table: GLOBAL, so that it is read there, not on each shard). Only
+    the calls of one slice (parameters `slices`, `slice`: the call's hash modulo
+    `slices`), so that the set of identities the subquery sends to the shards stays
+    bounded however large the month (`SLICE_ROWS`)."""
+    in_slice = (f"modulo({SHARDED[table]}, {{slices:UInt32}}) = {{slice:UInt32}} "
+                "AND toYYYYMM(start_time) = {month:UInt32}")
+    return (f"SELECT {select} FROM {table} WHERE {in_slice} "
             f"AND _shard_num != {shard} AND {_target(db, table)} = {shard} "
             f"AND ({IDENTITY}) GLOBAL NOT IN (SELECT {IDENTITY} "
-            f"FROM {cluster.local(db, table)} WHERE toYYYYMM(start_time) = {{month:UInt32}})")
+            f"FROM {cluster.local(db, table)} WHERE {in_slice})")
+
+
+def _slices(node_db: Database, local: str, month: int) -> int:
+    """How many slices the receiving node's month is read in: one per `SLICE_ROWS` of
+    its rows (any count covers every call; it only bounds the anti-join's set)."""
+    rows = int(node_db.scalar(f"SELECT count() FROM {local} WHERE toYYYYMM(start_time) = "
+                              "{m:UInt32}", {"m": month}) or 0)
+    return max(1, -(-rows // SLICE_ROWS))
+
+
+def _missing(db: Database, node_db: Database, table: str, month: int, shard: int) -> int:
+    """How many rows `shard` lacks (`_missing_sql`), over all slices."""
+    slices = _slices(node_db, cluster.local(db, table), month)
+    return sum(int(node_db.scalar(
+        f"SELECT count() FROM ({_missing_sql(db, table, shard, '1')})",
+        {"month": month, "slices": slices, "slice": j})) for j in range(slices))
 
 
 def _copy(db: Database, node_db: Database, table: str, month: int, shard: int) -> int:
-    """Step 1 for one table, month and receiving shard: the rows it lacks, attached."""
+    """Step 1 for one table, month and receiving shard: the rows it lacks, attached,
+    slice by slice (each attach is whole: a crash between two leaves whole slices)."""
     local = cluster.local(db, table)
-    params = {"month": month}
-    rows = int(node_db.scalar(f"SELECT count() FROM ({_missing_sql(db, table, shard, '1')})",
-                              params))
-    if not rows:
-        return 0
-    node_db.command(f"DROP TABLE IF EXISTS {STAGE} SYNC")
-    node_db.command(f"CREATE TABLE {STAGE} AS {local}")
-    try:
-        node_db.command(f"INSERT INTO {STAGE} {_missing_sql(db, table, shard, '*')}", params,
-                        settings={"optimize_on_insert": 0})
-        node_db.command(f"ALTER TABLE {local} ATTACH PARTITION {int(month)} FROM {STAGE}")
-    finally:
+    slices = _slices(node_db, local, month)
+    copied = 0
+    for j in range(slices):
+        params = {"month": month, "slices": slices, "slice": j}
+        rows = int(node_db.scalar(
+            f"SELECT count() FROM ({_missing_sql(db, table, shard, '1')})", params))
+        if not rows:
+            continue
         node_db.command(f"DROP TABLE IF EXISTS {STAGE} SYNC")
-    return rows
+        node_db.command(f"CREATE TABLE {STAGE} AS {local}")
+        try:
+            node_db.command(f"INSERT INTO {STAGE} {_missing_sql(db, table, shard, '*')}",
+                            params, settings={"optimize_on_insert": 0})
+            node_db.command(f"ALTER TABLE {local} ATTACH PARTITION {int(month)} FROM {STAGE}")
+        finally:
+            node_db.command(f"DROP TABLE IF EXISTS {STAGE} SYNC")
+        copied += rows
+    return copied
 
 
 def rebalance(db: Database, months: list[int] | None = None, *,
@@ -265,9 +295,7 @@ def _move(db: Database, months: list[int] | None, progress: Progress,
         for table in CALL_TABLES:
             for shard, node in nodes.items():
                 with cluster.open_node(db, node, create=False) as node_db:
-                    left = int(node_db.scalar(
-                        f"SELECT count() FROM ({_missing_sql(db, table, shard, '1')})",
-                        {"month": month}))
+                    left = _missing(db, node_db, table, month, shard)
                 if left:
                     raise RebalanceError(
                         f"rebalance of {table} month {month}: {left} rows for shard {shard} "

@@ -143,8 +143,14 @@ def grown(growing: LocalCluster, engine_dir: Path, tmp_path: Path):
         _drop(db)
 
 
-def test_a_store_is_rebalanced_after_a_shard_is_added(grown: Database, tmp_path: Path) -> None:
+def test_a_store_is_rebalanced_after_a_shard_is_added(grown: Database, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     db = grown
+    # months copied in slices, as a large store's are (here: ~50 rows a slice)
+    monkeypatch.setattr(rebalance, "SLICE_ROWS", 50)
+    sliced: list[int] = []
+    real = rebalance._slices
+    monkeypatch.setattr(rebalance, "_slices", lambda *a: sliced.append(real(*a)) or sliced[-1])
     assert [s.weight for s in rebalance.shards(db)] == [1, 1, 2]
     before = money(db)
     calls = len(before)
@@ -176,6 +182,7 @@ def test_a_store_is_rebalanced_after_a_shard_is_added(grown: Database, tmp_path:
     assert misplaced_before == len(wrong)
 
     report = rebalance.rebalance(db)
+    assert max(sliced) > 1
     assert report.months == [202603, 202604]
     assert sum(rows for t, _, _, rows in report.copied if t == "cdr_records") \
         == misplaced_before
