@@ -47,8 +47,9 @@ def status(
     ctx: typer.Context,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")] = "table",
 ) -> None:
-    """The cluster's shards (weight, calls held) and any rows not on the shard their
-    call's key sends them to (after a shard was added: run `cluster rebalance`)."""
+    """The cluster's shards (weight, call and summary rows held) and any rows not on
+    the shard their call's key sends them to (after a shard was added, or given weight
+    0 to retire it: run `cluster rebalance`)."""
     check_format(fmt)
     with open_store(ctx) as db:
         try:
@@ -57,16 +58,24 @@ def status(
             err.print(f"[red]refused:[/red] {exc}")
             raise typer.Exit(2) from None
         held = dict(db.rows("SELECT _shard_num, count() FROM cdr_records GROUP BY _shard_num"))
+        summed = dict(db.rows("SELECT _shard_num, count() FROM cdr_daily_summary "
+                              "GROUP BY _shard_num"))
         weights = {s.num: s.weight for s in rebalance.shards(db)}
         hosts = {n.shard: n.host for n in cluster.nodes(db)}
         name = cluster.topology(db).cluster
     err.print(f"cluster {name}: {len(weights)} shards")
-    render(["shard", "host", "weight", "call rows"],
-           [(s, hosts.get(s, ""), w, int(held.get(s, 0))) for s, w in weights.items()], fmt)
+    render(["shard", "host", "weight", "call rows", "summary rows"],
+           [(s, hosts.get(s, ""), w, int(held.get(s, 0)), int(summed.get(s, 0)))
+            for s, w in weights.items()], fmt)
+    retiring = [s for s, w in weights.items() if w == 0 and summed.get(s)]
     if found:
-        err.print(f"{_calls(found):,} call rows are not on their shard (a shard was added); "
-                  "`cdrhouse cluster rebalance` moves them:")
+        err.print(f"{_calls(found):,} call rows are not on their shard (a shard was added "
+                  "or given weight 0); `cdrhouse cluster rebalance` moves them:")
         _misplaced_rows(found, fmt)
+    if retiring:
+        err.print(f"shard(s) {', '.join(map(str, retiring))} of weight 0 still hold daily-"
+                  "summary rows; `cdrhouse cluster rebalance` moves them")
+    if found or retiring:
         raise typer.Exit(1)
     err.print("every row is on its shard")
 
@@ -103,6 +112,9 @@ def rebalance_(
         except rebalance.RebalanceError as exc:
             err.print(f"[red]rebalance failed:[/red] {exc}")
             raise typer.Exit(1) from None
+    if report.summary_rows_moved:
+        err.print(f"moved {report.summary_rows_moved:,} daily-summary rows off the shard(s) "
+                  "of weight 0")
     if not report.before:
         err.print("every row is on its shard: nothing to move")
         return

@@ -44,6 +44,16 @@ adding a shard (README, "Adding a shard"). The run holds the tiering and backup 
 is lost at any point: a row is deleted only after its copy was checked; and a run
 that dies is finished by running it again.
 
+**Retiring a shard** is the same run: give it weight 0 in `remote_servers` (the
+Distributed engine then sends it nothing), and every call on it is misplaced, so it
+moves off. Its daily-summary rows, deltas that count wherever they are, move too
+(`_drain_summary`): copied into a staging table on the first shard that takes
+inserts, deleted from the retiring shard, then moved partition by partition
+(`MOVE PARTITION`, atomic) into that shard's summary; a run that dies between two of
+those steps is finished by the next, without counting a delta twice. Then the shard
+holds nothing of the store and can leave `remote_servers`. (Not the home node: it
+also holds the small tables.)
+
 Sharded clusters only: a replicated cluster cannot be exercised here (no Keeper-backed
 cluster runs in the tests), so it is refused rather than run untested.
 """
@@ -65,6 +75,10 @@ CALL_TABLES = ("cdr_records", "cdr_records_by_time")
 HOLD = "cdr_tiering_hold"
 #: the staging table a shard receives its rows in, beside its local tables
 STAGE = "cdr_rebalance_stage"
+#: the daily summary (deltas, exact wherever they are) and where a retiring shard's
+#: rows wait on their way to another shard
+SUMMARY = "cdr_daily_summary"
+SUMMARY_STAGE = "cdr_rebalance_summary"
 #: a row's identity across shards: its sort key and version (ReplacingMergeTree keeps
 #: one row per sort key, the highest version)
 IDENTITY = "tenant_id, customer_id, start_time, call_id, version"
@@ -121,6 +135,8 @@ class Report:
     #: (table, month, shard, rows copied there)
     copied: list[tuple[str, int, int, int]] = field(default_factory=list)
     months: list[int] = field(default_factory=list)
+    #: daily-summary rows moved off shards of weight 0 (retiring them)
+    summary_rows_moved: int = 0
 
     @property
     def moved(self) -> int:
@@ -317,6 +333,7 @@ def _move(db: Database, months: list[int] | None, progress: Progress,
         progress(f"month {month}: summary", i, len(report.months))
         for tenant in _tenants(db, month):
             summary.rebuild_range(db, tenant, first_day(month), last_day(month))
+    report.summary_rows_moved = _drain_summary(db, nodes, progress, fault)
     left = placement(db, report.months) if report.months else []
     twice = _on_two_shards(db, report.months)
     if left or twice:
@@ -324,6 +341,52 @@ def _move(db: Database, months: list[int] | None, progress: Progress,
                              f"still misplaced, {twice} calls on two shards; run it again")
     progress("done", len(report.months), len(report.months))
     return report
+
+
+def _drain_summary(db: Database, nodes: dict[int, cluster.Node], progress: Progress,
+                   fault: Fault = _no_fault) -> int:
+    """Move the daily-summary rows off every shard of weight 0 onto the first shard with
+    a weight (module docstring, "Retiring a shard"); returns how many rows moved.
+
+    Steps, each safe to interrupt: (1) the retiring shard's rows are copied into
+    `SUMMARY_STAGE` on the receiving node, unless a previous run already emptied the
+    retiring shard; (2) they are deleted on the retiring shard; (3) the stage's
+    partitions are moved into the receiver's summary (atomic per partition); (4) the
+    stage is dropped. A rerun after (1) copies again from scratch; after (2) or during
+    (3) it moves what is left in the stage."""
+    weights = {s.num: s.weight for s in shards(db)}
+    retiring = [n for n, w in weights.items() if w == 0]
+    owners = [n for n, w in weights.items() if w > 0]
+    if not owners:
+        return 0
+    local = cluster.local(db, SUMMARY)
+    moved = 0
+    with cluster.open_node(db, nodes[owners[0]], create=False) as receiver:
+        for shard in retiring:
+            with cluster.open_node(db, nodes[shard], create=False) as gone:
+                waiting = int(gone.scalar(f"SELECT count() FROM {local}"))
+                if waiting:
+                    progress(f"summary of shard {shard}", 0, 0)
+                    receiver.command(f"DROP TABLE IF EXISTS {SUMMARY_STAGE} SYNC")
+                    receiver.command(f"CREATE TABLE {SUMMARY_STAGE} AS {local}")
+                    receiver.command(f"INSERT INTO {SUMMARY_STAGE} SELECT * FROM {SUMMARY} "
+                                     f"WHERE _shard_num = {shard}",
+                                     settings={"optimize_on_insert": 0})   # rows verbatim
+                    staged = int(receiver.scalar(f"SELECT count() FROM {SUMMARY_STAGE}"))
+                    if staged != waiting:
+                        raise RebalanceError(f"copying the daily summary of shard {shard} "
+                                             f"gave {staged} rows for {waiting}; run it again")
+                    fault("summary staged")
+                    gone.command(f"TRUNCATE TABLE {local}")
+                    fault("summary cleared")
+                    moved += waiting
+            if receiver.table_exists(SUMMARY_STAGE):
+                for (partition,) in receiver.rows(
+                        f"SELECT DISTINCT _partition_id FROM {SUMMARY_STAGE}"):
+                    receiver.command(f"ALTER TABLE {SUMMARY_STAGE} MOVE PARTITION ID "
+                                     f"{{p:String}} TO TABLE {local}", {"p": partition})
+                receiver.command(f"DROP TABLE {SUMMARY_STAGE} SYNC")
+    return moved
 
 
 def _tenants(db: Database, month: int) -> list[str]:

@@ -201,6 +201,23 @@ class LocalCluster:
         node.start(self._config(node))
         self._wait([node], timeout)
 
+    def set_weight(self, index: int, weight: int, timeout: float = 60.0) -> None:
+        """Shard `index`'s weight in every node's `remote_servers` (0: it gets no more
+        inserts, as an operator retires a shard); every node restarts to read it."""
+        self.weights[index] = weight
+        for i in range(len(self.nodes)):
+            self.stop_node(i)
+            self.start_node(i, timeout)
+
+    def remove_last_shard(self, timeout: float = 60.0) -> None:
+        """The last shard leaves the cluster: stopped, and gone from every other node's
+        `remote_servers` (they restart to read it). Its data directory stays."""
+        self.nodes.pop().stop()
+        self.weights.pop()
+        for i in range(len(self.nodes)):
+            self.stop_node(i)
+            self.start_node(i, timeout)
+
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()

@@ -294,3 +294,74 @@ def test_a_rebalance_is_refused_where_it_cannot_run(embedded_db: Database, grown
     monkeypatch.setattr(grown, "_topology", type(topo)(topo.cluster, True))
     with pytest.raises(RebalanceRefused, match="replicated"):
         rebalance.placement(grown)
+
+
+# -- retiring a shard ---------------------------------------------------------------------
+
+@pytest.fixture
+def shrinking(engine_dir: Path, tmp_path: Path):
+    """Three shards with calls, adjusted calls (several versions, summary deltas on every
+    shard) and the time-ordered copy; the test retires the third."""
+    c = LocalCluster(shards=3, name="cdrhouse_shrinking").start()
+    db = _fresh(c.dsn, engine_dir, c.name)
+    try:
+        _load(db, tmp_path)
+        _ingest(db, tmp_path, _calls(300, 3, "m") + _calls(300, 4, "a"))
+        recalc.run(db, _adjust(8, tuple(f"m{i}" for i in range(0, 300, 7))), OP)
+        yield c, db
+    finally:
+        try:   # on a client of its own: the test's were closed as the nodes restarted
+            _drop(_reopen(db))
+        finally:
+            c.stop()
+
+
+def _summary_exact(db: Database) -> bool:
+    return summary.totals(db, "acme", FIRST, LAST) == summary.truth(db, "acme", FIRST, LAST)
+
+
+def _on_shard(db: Database, shard: int) -> list[int]:
+    return [int(db.scalar(f"SELECT count() FROM {t} WHERE _shard_num = {shard}"))
+            for t in ("cdr_records", "cdr_records_by_time", "cdr_daily_summary")]
+
+
+@pytest.mark.parametrize("crash_at", [None, "summary staged", "summary cleared"])
+def test_a_shard_of_weight_0_is_emptied_and_leaves_the_cluster(shrinking, crash_at) -> None:
+    c, db = shrinking
+    before = money(db)
+    assert _summary_exact(db) and all(_on_shard(db, 3))     # shard 3 holds some of all
+    c.set_weight(2, 0)
+    db = _reopen(db)
+    env = {"CDRHOUSE_CLICKHOUSE": db.config.clickhouse, "CDRHOUSE_DATABASE": db.name,
+           "CDRHOUSE_CLUSTER": db.config.cluster, "CDRHOUSE_DATA_DIR": str(db.config.data_dir)}
+    status = run_cli("cluster", "status", env=env)
+    assert status.returncode == 1 and "weight 0 still hold daily-summary rows" in status.stderr
+    summary_rows = _on_shard(db, 3)[2]
+    calls_there = _on_shard(db, 3)[0]
+    assert {m.to for m in rebalance.placement(db)} <= {1, 2}
+    assert sum(m.rows for m in rebalance.placement(db)
+               if m.table == "cdr_records" and m.at == 3) == calls_there
+
+    if crash_at:
+        def die(at: str) -> None:
+            if at == crash_at:
+                raise _Crash(at)
+        with pytest.raises(_Crash):
+            rebalance.rebalance(db, fault=die)
+        assert set(money(db)) == set(before)    # every call still there
+    report = rebalance.rebalance(db)
+    if not crash_at:
+        assert report.summary_rows_moved == summary_rows
+    assert _on_shard(db, 3) == [0, 0, 0]
+    assert money(db) == before and _summary_exact(db)   # no delta lost or counted twice
+    assert_copy_exact(db)
+    assert not db.table_exists(rebalance.SUMMARY_STAGE)
+    assert run_cli("cluster", "status", env=env).returncode == 0
+
+    # it holds nothing of the store now: it leaves, and nothing is missing
+    c.remove_last_shard()
+    db = _reopen(db)
+    assert [s.num for s in rebalance.shards(db)] == [1, 2]
+    assert money(db) == before and _summary_exact(db)
+    assert_copy_exact(db)
+    db.close()
