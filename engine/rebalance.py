@@ -75,8 +75,8 @@ CALL_TABLES = ("cdr_records", "cdr_records_by_time")
 HOLD = "cdr_tiering_hold"
 #: the staging table a shard receives its rows in, beside its local tables
 STAGE = "cdr_rebalance_stage"
-#: the daily summary (deltas, exact wherever they are) and where a retiring shard's
-#: rows wait on their way to another shard
+#: the daily summary (deltas, exact wherever they are), and the prefix of the tables a
+#: retiring shard's rows wait in on their way to another shard (`<prefix>_from_<shard>`)
 SUMMARY = "cdr_daily_summary"
 SUMMARY_STAGE = "cdr_rebalance_summary"
 #: a row's identity across shards: its sort key and version (ReplacingMergeTree keeps
@@ -348,45 +348,69 @@ def _drain_summary(db: Database, nodes: dict[int, cluster.Node], progress: Progr
     """Move the daily-summary rows off every shard of weight 0 onto the first shard with
     a weight (module docstring, "Retiring a shard"); returns how many rows moved.
 
-    Steps, each safe to interrupt: (1) the retiring shard's rows are copied into
-    `SUMMARY_STAGE` on the receiving node, unless a previous run already emptied the
-    retiring shard; (2) they are deleted on the retiring shard; (3) the stage's
-    partitions are moved into the receiver's summary (atomic per partition); (4) the
-    stage is dropped. A rerun after (1) copies again from scratch; after (2) or during
-    (3) it moves what is left in the stage."""
+    Steps, each safe to interrupt: (1) the retiring shard's rows are copied into a
+    stage on the receiving node named after the shard they come from
+    (`SUMMARY_STAGE`_from_N); (2) they are deleted on the retiring shard; (3) the
+    stage's partitions are moved into the receiver's summary (atomic per partition) and
+    the stage is dropped. A run first settles any stage a dead run left, on any node,
+    by its name: while its source shard still holds rows, (2) did not happen and the
+    stage is dropped (the rows are copied again if the shard still retires); once the
+    source is empty (or gone from the cluster), the stage holds the only copy and is
+    moved in. So no delta is lost or counted twice, even if weights changed between
+    the runs."""
     weights = {s.num: s.weight for s in shards(db)}
-    retiring = [n for n, w in weights.items() if w == 0]
+    local = cluster.local(db, SUMMARY)
+    for node in nodes.values():                # what a dead run left
+        with cluster.open_node(db, node, create=False) as here:
+            for (stage,) in here.rows(
+                    "SELECT name FROM system.tables WHERE database = currentDatabase() "
+                    "AND startsWith(name, {p:String})", {"p": f"{SUMMARY_STAGE}_from_"}):
+                source = int(stage.rsplit("_", 1)[1])
+                if source in nodes:
+                    with cluster.open_node(db, nodes[source], create=False) as src:
+                        copied_only = int(src.scalar(f"SELECT count() FROM {local}")) > 0
+                else:
+                    copied_only = False
+                if copied_only:
+                    here.command(f"DROP TABLE {stage} SYNC")
+                else:
+                    _move_stage(here, stage, local)
     owners = [n for n, w in weights.items() if w > 0]
     if not owners:
         return 0
-    local = cluster.local(db, SUMMARY)
     moved = 0
     with cluster.open_node(db, nodes[owners[0]], create=False) as receiver:
-        for shard in retiring:
+        for shard in (n for n, w in weights.items() if w == 0):
+            stage = f"{SUMMARY_STAGE}_from_{shard}"
             with cluster.open_node(db, nodes[shard], create=False) as gone:
                 waiting = int(gone.scalar(f"SELECT count() FROM {local}"))
-                if waiting:
-                    progress(f"summary of shard {shard}", 0, 0)
-                    receiver.command(f"DROP TABLE IF EXISTS {SUMMARY_STAGE} SYNC")
-                    receiver.command(f"CREATE TABLE {SUMMARY_STAGE} AS {local}")
-                    receiver.command(f"INSERT INTO {SUMMARY_STAGE} SELECT * FROM {SUMMARY} "
-                                     f"WHERE _shard_num = {shard}",
-                                     settings={"optimize_on_insert": 0})   # rows verbatim
-                    staged = int(receiver.scalar(f"SELECT count() FROM {SUMMARY_STAGE}"))
-                    if staged != waiting:
-                        raise RebalanceError(f"copying the daily summary of shard {shard} "
-                                             f"gave {staged} rows for {waiting}; run it again")
-                    fault("summary staged")
-                    gone.command(f"TRUNCATE TABLE {local}")
-                    fault("summary cleared")
-                    moved += waiting
-            if receiver.table_exists(SUMMARY_STAGE):
-                for (partition,) in receiver.rows(
-                        f"SELECT DISTINCT _partition_id FROM {SUMMARY_STAGE}"):
-                    receiver.command(f"ALTER TABLE {SUMMARY_STAGE} MOVE PARTITION ID "
-                                     f"{{p:String}} TO TABLE {local}", {"p": partition})
-                receiver.command(f"DROP TABLE {SUMMARY_STAGE} SYNC")
+                if not waiting:
+                    continue
+                progress(f"summary of shard {shard}", 0, 0)
+                receiver.command(f"CREATE TABLE {stage} AS {local}")
+                receiver.command(f"INSERT INTO {stage} SELECT * FROM {SUMMARY} "
+                                 f"WHERE _shard_num = {shard}",
+                                 settings={"optimize_on_insert": 0})   # rows verbatim
+                staged = int(receiver.scalar(f"SELECT count() FROM {stage}"))
+                if staged != waiting:
+                    receiver.command(f"DROP TABLE {stage} SYNC")
+                    raise RebalanceError(f"copying the daily summary of shard {shard} "
+                                         f"gave {staged} rows for {waiting}; run it again")
+                fault("summary staged")
+                gone.command(f"TRUNCATE TABLE {local}")
+                fault("summary cleared")
+            _move_stage(receiver, stage, local)
+            moved += waiting
     return moved
+
+
+def _move_stage(node_db: Database, stage: str, local: str) -> None:
+    """Every partition of `stage` into `local` on the same node (atomic per partition),
+    then the empty stage dropped."""
+    for (partition,) in node_db.rows(f"SELECT DISTINCT _partition_id FROM {stage}"):
+        node_db.command(f"ALTER TABLE {stage} MOVE PARTITION ID {{p:String}} TO TABLE "
+                        f"{local}", {"p": partition})
+    node_db.command(f"DROP TABLE {stage} SYNC")
 
 
 def _tenants(db: Database, month: int) -> list[str]:
