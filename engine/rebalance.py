@@ -48,9 +48,10 @@ that dies is finished by running it again.
 Distributed engine then sends it nothing), and every call on it is misplaced, so it
 moves off. Its daily-summary rows, deltas that count wherever they are, move too
 (`_drain_summary`): copied into a staging table on the first shard that takes
-inserts, deleted from the retiring shard, then moved partition by partition
-(`MOVE PARTITION`, atomic) into that shard's summary; a run that dies between two of
-those steps is finished by the next, without counting a delta twice. Then the shard
+inserts, swapped out of the retiring shard's summary (`EXCHANGE TABLES`, atomic), then
+moved partition by partition (`MOVE PARTITION`, atomic) into that shard's summary; a
+run that dies between two of those steps is finished by the next, without counting a
+delta twice. Then the shard
 holds nothing of the store and can leave `remote_servers`. (Not the home node: it
 also holds the small tables.)
 
@@ -294,9 +295,12 @@ def rebalance(db: Database, months: list[int] | None = None, *,
 def _move(db: Database, months: list[int] | None, progress: Progress,
           fault: Fault) -> Report:
     """The steps of the module docstring, under the leases."""
-    report = Report(before=placement(db, months))
-    report.months = sorted({m.month for m in report.before})
     nodes = {n.shard: n for n in cluster.nodes(db)}
+    # first: the months' summary rebuilds below must see every delta that counts (a
+    # stage a dead run left would otherwise be compensated for, then moved in again)
+    summary_rows_moved = _drain_summary(db, nodes, progress, fault)
+    report = Report(before=placement(db, months), summary_rows_moved=summary_rows_moved)
+    report.months = sorted({m.month for m in report.before})
     for i, month in enumerate(report.months):
         progress(f"month {month}: copy", i, len(report.months))
         for table in CALL_TABLES:
@@ -333,7 +337,6 @@ def _move(db: Database, months: list[int] | None, progress: Progress,
         progress(f"month {month}: summary", i, len(report.months))
         for tenant in _tenants(db, month):
             summary.rebuild_range(db, tenant, first_day(month), last_day(month))
-    report.summary_rows_moved = _drain_summary(db, nodes, progress, fault)
     left = placement(db, report.months) if report.months else []
     twice = _on_two_shards(db, report.months)
     if left or twice:
@@ -348,42 +351,34 @@ def _drain_summary(db: Database, nodes: dict[int, cluster.Node], progress: Progr
     """Move the daily-summary rows off every shard of weight 0 onto the first shard with
     a weight (module docstring, "Retiring a shard"); returns how many rows moved.
 
-    Steps, each safe to interrupt: (1) the retiring shard's rows are copied into a
-    stage on the receiving node named after the shard they come from
-    (`SUMMARY_STAGE`_from_N); (2) they are deleted on the retiring shard; (3) the
-    stage's partitions are moved into the receiver's summary (atomic per partition) and
-    the stage is dropped. A run first settles any stage a dead run left, on any node,
-    by its name: while its source shard still holds rows, (2) did not happen and the
-    stage is dropped (the rows are copied again if the shard still retires); once the
-    source is empty (or gone from the cluster), the stage holds the only copy and is
-    moved in. So no delta is lost or counted twice, even if weights changed between
-    the runs."""
+    For a retiring shard N, with O the receiving node:
+
+    1. N's rows are copied, verbatim, into `<SUMMARY_STAGE>_from_N` on O, and their
+       sums compared with N's;
+    2. on N an empty table `<SUMMARY_STAGE>_left_N` is created and swapped with N's
+       summary (`EXCHANGE TABLES`, atomic): N's summary is now empty, and its old rows
+       sit in `_left_N`, which nothing reads;
+    3. the stage's partitions are moved into O's summary (`MOVE PARTITION`, atomic
+       each) and the stage dropped; 4. `_left_N` is dropped.
+
+    Whether step 2 happened is then a fact on N itself: `_left_N` exists and holds
+    rows. So a run first settles what a dead run left (`_settle_summary_stages`): a
+    stage whose shard did not swap yet is dropped (the rows are still in N's summary),
+    a stage whose shard swapped is moved in. No delta is lost or counted twice, whatever
+    was written or re-weighted in between."""
     weights = {s.num: s.weight for s in shards(db)}
     local = cluster.local(db, SUMMARY)
-    for node in nodes.values():                # what a dead run left
-        with cluster.open_node(db, node, create=False) as here:
-            for (stage,) in here.rows(
-                    "SELECT name FROM system.tables WHERE database = currentDatabase() "
-                    "AND startsWith(name, {p:String})", {"p": f"{SUMMARY_STAGE}_from_"}):
-                source = int(stage.rsplit("_", 1)[1])
-                if source in nodes:
-                    with cluster.open_node(db, nodes[source], create=False) as src:
-                        copied_only = int(src.scalar(f"SELECT count() FROM {local}")) > 0
-                else:
-                    copied_only = False
-                if copied_only:
-                    here.command(f"DROP TABLE {stage} SYNC")
-                else:
-                    _move_stage(here, stage, local)
+    _settle_summary_stages(db, nodes, local)
     owners = [n for n, w in weights.items() if w > 0]
     if not owners:
         return 0
+    sums = "tuple(" + ", ".join(f"sum({c})" for c in summary.SUMS) + ")"
     moved = 0
     with cluster.open_node(db, nodes[owners[0]], create=False) as receiver:
         for shard in (n for n, w in weights.items() if w == 0):
-            stage = f"{SUMMARY_STAGE}_from_{shard}"
+            stage, left = f"{SUMMARY_STAGE}_from_{shard}", f"{SUMMARY_STAGE}_left_{shard}"
             with cluster.open_node(db, nodes[shard], create=False) as gone:
-                waiting = int(gone.scalar(f"SELECT count() FROM {local}"))
+                waiting, total = gone.rows(f"SELECT count(), {sums} FROM {local}")[0]
                 if not waiting:
                     continue
                 progress(f"summary of shard {shard}", 0, 0)
@@ -391,17 +386,44 @@ def _drain_summary(db: Database, nodes: dict[int, cluster.Node], progress: Progr
                 receiver.command(f"INSERT INTO {stage} SELECT * FROM {SUMMARY} "
                                  f"WHERE _shard_num = {shard}",
                                  settings={"optimize_on_insert": 0})   # rows verbatim
-                staged = int(receiver.scalar(f"SELECT count() FROM {stage}"))
-                if staged != waiting:
+                staged = receiver.rows(f"SELECT {sums} FROM {stage}")[0][0]
+                if staged != total:       # (sums: merges there may combine rows meanwhile)
                     receiver.command(f"DROP TABLE {stage} SYNC")
                     raise RebalanceError(f"copying the daily summary of shard {shard} "
-                                         f"gave {staged} rows for {waiting}; run it again")
+                                         "gave other sums; nothing was moved, run it again")
                 fault("summary staged")
-                gone.command(f"TRUNCATE TABLE {local}")
+                gone.command(f"CREATE TABLE {left} AS {local}")
+                gone.command(f"EXCHANGE TABLES {local} AND {left}")
                 fault("summary cleared")
-            _move_stage(receiver, stage, local)
-            moved += waiting
+                _move_stage(receiver, stage, local)
+                gone.command(f"DROP TABLE {left} SYNC")
+            moved += int(waiting)
     return moved
+
+
+def _settle_summary_stages(db: Database, nodes: dict[int, cluster.Node], local: str) -> None:
+    """Finish or undo what a dead `_drain_summary` left, by the facts on each node."""
+    swapped: dict[int, bool] = {}
+    for shard, node in nodes.items():
+        with cluster.open_node(db, node, create=False) as here:
+            left = f"{SUMMARY_STAGE}_left_{shard}"
+            if here.table_exists(left):
+                swapped[shard] = int(here.scalar(f"SELECT count() FROM {left}")) > 0
+    for node in nodes.values():
+        with cluster.open_node(db, node, create=False) as here:
+            for (stage,) in here.rows(
+                    "SELECT name FROM system.tables WHERE database = currentDatabase() "
+                    "AND startsWith(name, {p:String})", {"p": f"{SUMMARY_STAGE}_from_"}):
+                source = int(stage.rsplit("_", 1)[1])
+                # a shard no longer in the cluster is read by no one: its stage holds
+                # the only copy of its rows that still counts
+                if swapped.get(source) or source not in nodes:
+                    _move_stage(here, stage, local)
+                else:
+                    here.command(f"DROP TABLE {stage} SYNC")
+    for shard in swapped:              # its rows are in a stage moved in, or still here
+        with cluster.open_node(db, nodes[shard], create=False) as here:
+            here.command(f"DROP TABLE {SUMMARY_STAGE}_left_{shard} SYNC")
 
 
 def _move_stage(node_db: Database, stage: str, local: str) -> None:
