@@ -47,11 +47,11 @@ that dies is finished by running it again.
 **Retiring a shard** is the same run: give it weight 0 in `remote_servers` (the
 Distributed engine then sends it nothing), and every call on it is misplaced, so it
 moves off. Its daily-summary rows, deltas that count wherever they are, move too
-(`_drain_summary`): copied into a staging table on the first shard that takes
-inserts, swapped out of the retiring shard's summary (`EXCHANGE TABLES`, atomic), then
-moved partition by partition (`MOVE PARTITION`, atomic) into that shard's summary; a
-run that dies between two of those steps is finished by the next, without counting a
-delta twice. Then the shard
+(`_drain_summary`, first, before any month's summary is rebuilt): copied into a
+staging table on the first shard that takes inserts, swapped out of the retiring
+shard's summary (`EXCHANGE TABLES`, atomic), then moved partition by partition
+(`MOVE PARTITION`, atomic) into that shard's summary; a run that dies between two of
+those steps is finished by the next, without counting a delta twice. Then the shard
 holds nothing of the store and can leave `remote_servers`. (Not the home node: it
 also holds the small tables.)
 
@@ -77,7 +77,8 @@ HOLD = "cdr_tiering_hold"
 #: the staging table a shard receives its rows in, beside its local tables
 STAGE = "cdr_rebalance_stage"
 #: the daily summary (deltas, exact wherever they are), and the prefix of the tables a
-#: retiring shard's rows wait in on their way to another shard (`<prefix>_from_<shard>`)
+#: retiring shard's rows wait in on their way to another shard (`<prefix>_from_<N>` on
+#: the receiving node, `<prefix>_left_<N>` on the retiring one: `_drain_summary`)
 SUMMARY = "cdr_daily_summary"
 SUMMARY_STAGE = "cdr_rebalance_summary"
 #: a row's identity across shards: its sort key and version (ReplacingMergeTree keeps
