@@ -177,10 +177,6 @@ def shards(db: Database) -> list[Shard]:
     return [Shard(int(n), int(w)) for n, w in rows]
 
 
-def _target(db: Database, table: str) -> str:
-    return shard_of(shards(db), SHARDED[table])
-
-
 def _check_cluster(db: Database) -> None:
     topo = cluster.topology(db)
     if not topo.cluster:
@@ -197,29 +193,43 @@ def placement(db: Database, months: list[int] | None = None) -> list[Misplaced]:
     """The rows not on the shard their key names, per table, month and shard pair."""
     _check_cluster(db)
     out = []
-    for table in CALL_TABLES:
-        where = " AND toYYYYMM(start_time) IN {months:Array(UInt32)}" if months else ""
+    where = " AND toYYYYMM(start_time) IN {months:Array(UInt32)}" if months else ""
+    for table in _moved(db):
         for month, at, to, rows in db.rows(
-                f"SELECT toYYYYMM(start_time) AS m, _shard_num AS at, {_target(db, table)} "
-                f"AS to, count() FROM {table} WHERE at != to{where} GROUP BY m, at, to "
+                f"SELECT toYYYYMM(start_time) AS m, _shard_num AS at, {table.target} "
+                f"AS to, count() FROM {table.name} WHERE at != to{where} GROUP BY m, at, to "
                 "ORDER BY m, at, to", {"months": months} if months else None):
-            out.append(Misplaced(table, int(month), int(at), int(to), int(rows)))
+            out.append(Misplaced(table.name, int(month), int(at), int(to), int(rows)))
     return out
 
 
-def _missing_sql(db: Database, table: str, shard: int, select: str) -> str:
+@dataclass(frozen=True)
+class _Moved:
+    """One of `CALL_TABLES` as a run moves it: its name, its local table on each node,
+    and the SQL of the shard its rows belong on (read from the cluster once per run)."""
+    name: str
+    local: str
+    target: str
+
+
+def _moved(db: Database) -> list[_Moved]:
+    weights = shards(db)
+    return [_Moved(t, cluster.local(db, t), shard_of(weights, SHARDED[t])) for t in CALL_TABLES]
+
+
+def _missing_sql(table: _Moved, shard: int, select: str) -> str:
     """Rows of `table`'s month (parameter `month`) on other shards that belong on
     `shard` and that `shard` does not hold yet, read on `shard`'s node (the subquery
     reads its local table: GLOBAL, so that it is read there, not on each shard). Only
     the calls of one slice (parameters `slices`, `slice`: the call's hash modulo
     `slices`), so that the set of identities the subquery sends to the shards stays
     bounded however large the month (`SLICE_ROWS`)."""
-    in_slice = (f"modulo({SHARDED[table]}, {{slices:UInt32}}) = {{slice:UInt32}} "
+    in_slice = (f"modulo({SHARDED[table.name]}, {{slices:UInt32}}) = {{slice:UInt32}} "
                 "AND toYYYYMM(start_time) = {month:UInt32}")
-    return (f"SELECT {select} FROM {table} WHERE {in_slice} "
-            f"AND _shard_num != {shard} AND {_target(db, table)} = {shard} "
+    return (f"SELECT {select} FROM {table.name} WHERE {in_slice} "
+            f"AND _shard_num != {shard} AND {table.target} = {shard} "
             f"AND ({IDENTITY}) GLOBAL NOT IN (SELECT {IDENTITY} "
-            f"FROM {cluster.local(db, table)} WHERE {in_slice})")
+            f"FROM {table.local} WHERE {in_slice})")
 
 
 def _slices(node_db: Database, local: str, month: int) -> int:
@@ -230,32 +240,36 @@ def _slices(node_db: Database, local: str, month: int) -> int:
     return max(1, -(-rows // SLICE_ROWS))
 
 
-def _missing(db: Database, node_db: Database, table: str, month: int, shard: int) -> int:
-    """How many rows `shard` lacks (`_missing_sql`), over all slices."""
-    slices = _slices(node_db, cluster.local(db, table), month)
-    return sum(int(node_db.scalar(
-        f"SELECT count() FROM ({_missing_sql(db, table, shard, '1')})",
-        {"month": month, "slices": slices, "slice": j})) for j in range(slices))
+def _lacking(node_db: Database, table: _Moved, shard: int, params: dict) -> int:
+    """How many rows of one slice `shard` lacks (`_missing_sql`)."""
+    return int(node_db.scalar(f"SELECT count() FROM ({_missing_sql(table, shard, '1')})",
+                              params))
 
 
-def _copy(db: Database, node_db: Database, table: str, month: int, shard: int) -> int:
+def _missing(node_db: Database, table: _Moved, month: int, shard: int) -> int:
+    """How many rows `shard` lacks, over all slices."""
+    slices = _slices(node_db, table.local, month)
+    return sum(_lacking(node_db, table, shard, {"month": month, "slices": slices, "slice": j})
+               for j in range(slices))
+
+
+def _copy(node_db: Database, table: _Moved, month: int, shard: int) -> int:
     """Step 1 for one table, month and receiving shard: the rows it lacks, attached,
     slice by slice (each attach is whole: a crash between two leaves whole slices)."""
-    local = cluster.local(db, table)
-    slices = _slices(node_db, local, month)
+    slices = _slices(node_db, table.local, month)
     copied = 0
     for j in range(slices):
         params = {"month": month, "slices": slices, "slice": j}
-        rows = int(node_db.scalar(
-            f"SELECT count() FROM ({_missing_sql(db, table, shard, '1')})", params))
+        rows = _lacking(node_db, table, shard, params)
         if not rows:
             continue
         node_db.command(f"DROP TABLE IF EXISTS {STAGE} SYNC")
-        node_db.command(f"CREATE TABLE {STAGE} AS {local}")
+        node_db.command(f"CREATE TABLE {STAGE} AS {table.local}")
         try:
-            node_db.command(f"INSERT INTO {STAGE} {_missing_sql(db, table, shard, '*')}",
+            node_db.command(f"INSERT INTO {STAGE} {_missing_sql(table, shard, '*')}",
                             params, settings={"optimize_on_insert": 0})
-            node_db.command(f"ALTER TABLE {local} ATTACH PARTITION {int(month)} FROM {STAGE}")
+            node_db.command(f"ALTER TABLE {table.local} ATTACH PARTITION {int(month)} "
+                            f"FROM {STAGE}")
         finally:
             node_db.command(f"DROP TABLE IF EXISTS {STAGE} SYNC")
         copied += rows
@@ -302,37 +316,38 @@ def _move(db: Database, months: list[int] | None, progress: Progress,
     summary_rows_moved = _drain_summary(db, nodes, progress, fault)
     report = Report(before=placement(db, months), summary_rows_moved=summary_rows_moved)
     report.months = sorted({m.month for m in report.before})
+    tables = _moved(db)
     for i, month in enumerate(report.months):
         progress(f"month {month}: copy", i, len(report.months))
-        for table in CALL_TABLES:
+        for table in tables:
             receivers = sorted({m.to for m in report.before
-                                if m.table == table and m.month == month})
+                                if m.table == table.name and m.month == month})
             for shard in receivers:
                 with cluster.open_node(db, nodes[shard], create=False) as node_db:
-                    copied = _copy(db, node_db, table, month, shard)
+                    copied = _copy(node_db, table, month, shard)
                 if copied:
-                    report.copied.append((table, month, shard, copied))
+                    report.copied.append((table.name, month, shard, copied))
         fault("copied")
-        for table in CALL_TABLES:
+        for table in tables:
             for shard, node in nodes.items():
                 with cluster.open_node(db, node, create=False) as node_db:
-                    left = _missing(db, node_db, table, month, shard)
+                    left = _missing(node_db, table, month, shard)
                 if left:
                     raise RebalanceError(
-                        f"rebalance of {table} month {month}: {left} rows for shard {shard} "
-                        "are not there after the copy; nothing was deleted, run it again")
+                        f"rebalance of {table.name} month {month}: {left} rows for shard "
+                        f"{shard} are not there after the copy; nothing was deleted, run it "
+                        "again")
         progress(f"month {month}: delete", i, len(report.months))
-        for table in CALL_TABLES:
-            target = _target(db, table)
+        for table in tables:
             for shard, node in nodes.items():
                 with cluster.open_node(db, node, create=False) as node_db:
                     node_db.command(
-                        f"ALTER TABLE {cluster.local(db, table)} DELETE WHERE "
-                        f"toYYYYMM(start_time) = {{month:UInt32}} AND {target} != {shard}",
+                        f"ALTER TABLE {table.local} DELETE WHERE toYYYYMM(start_time) = "
+                        f"{{month:UInt32}} AND {table.target} != {shard}",
                         {"month": month}, settings={"mutations_sync": 2})
         fault("deleted")
-        for table in CALL_TABLES:
-            cluster.each_node(db, f"OPTIMIZE TABLE {cluster.local(db, table)}{{on_cluster}} "
+        for table in tables:
+            cluster.each_node(db, f"OPTIMIZE TABLE {table.local}{{on_cluster}} "
                                   f"PARTITION {int(month)} FINAL "
                                   "SETTINGS optimize_skip_merged_partitions = 1")
         progress(f"month {month}: summary", i, len(report.months))

@@ -195,9 +195,7 @@ class LocalCluster:
             s.bind((node.host, self.tcp_port))
         self.nodes.append(node)
         self.weights.append(weight)
-        for i in range(len(self.nodes) - 1):
-            self.stop_node(i)
-            self.start_node(i, timeout)
+        self._restart(len(self.nodes) - 1, timeout)
         node.start(self._config(node))
         self._wait([node], timeout)
 
@@ -205,16 +203,18 @@ class LocalCluster:
         """Shard `index`'s weight in every node's `remote_servers` (0: it gets no more
         inserts, as an operator retires a shard); every node restarts to read it."""
         self.weights[index] = weight
-        for i in range(len(self.nodes)):
-            self.stop_node(i)
-            self.start_node(i, timeout)
+        self._restart(len(self.nodes), timeout)
 
     def remove_last_shard(self, timeout: float = 60.0) -> None:
         """The last shard leaves the cluster: stopped, and gone from every other node's
         `remote_servers` (they restart to read it). Its data directory stays."""
         self.nodes.pop().stop()
         self.weights.pop()
-        for i in range(len(self.nodes)):
+        self._restart(len(self.nodes), timeout)
+
+    def _restart(self, count: int, timeout: float) -> None:
+        """The first `count` nodes stopped and started again with the current config."""
+        for i in range(count):
             self.stop_node(i)
             self.start_node(i, timeout)
 
