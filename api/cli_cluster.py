@@ -63,7 +63,10 @@ def status(
         weights = {s.num: s.weight for s in rebalance.shards(db)}
         hosts = {n.shard: n.host for n in cluster.nodes(db)}
         name = cluster.topology(db).cluster
+        moving = rebalance.running(db)
     err.print(f"cluster {name}: {len(weights)} shards")
+    if moving:      # re-rates, tiering, backups and ingest are refused meanwhile
+        err.print(f"a rebalance is running: {moving}")
     render(["shard", "host", "weight", "call rows", "summary rows"],
            [(s, hosts.get(s, ""), w, int(held.get(s, 0)), int(summed.get(s, 0)))
             for s, w in weights.items()], fmt)

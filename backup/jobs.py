@@ -7,8 +7,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from cdrhouse.backup import ops
-from cdrhouse.backup.location import BackupConfig, Location
-from cdrhouse.engine import userdata
+from cdrhouse.backup.location import BackupConfig, BackupError, Location
+from cdrhouse.engine import jobs, rebalance, userdata
 from cdrhouse.engine.db import Database
 
 KIND_RUN = ops.KIND_RUN
@@ -20,8 +20,13 @@ T = TypeVar("T")
 def _as_job(db: Database, kind: str, params: dict, work: Callable[[str], T],
             result: Callable[[T], Any]) -> tuple[T, str]:
     job = userdata.create_job(db, kind=kind, principal=PRINCIPAL, tenant="", params=params)
-    userdata.update_job(db, job.job_id, state="running")
+    # the owner, so that whether it still runs can be told (engine/jobs.is_alive)
+    userdata.update_job(db, job.job_id, state="running", result=jobs.owner())
     try:
+        # asked once marked running (engine/rebalance.py); a verification changes nothing
+        busy = rebalance.refusal(db) if kind in rebalance.EXCLUSIVE_JOBS else None
+        if busy is not None:
+            raise BackupError(busy)
         outcome = work(job.job_id)
     except Exception as exc:
         userdata.update_job(db, job.job_id, state="failed", error=str(exc).split("\n")[0][:500])

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from cdrhouse.backup import catalog
 from cdrhouse.backup.catalog import BackupRecord, TableRecord, VerifyRecord
 from cdrhouse.backup.location import BackupConfig, BackupError, Location
-from cdrhouse.engine import cluster
+from cdrhouse.engine import cluster, rebalance
 from cdrhouse.engine.db import Database, StoreConfig
 from cdrhouse.engine.migrate import applied_versions, migrate
 from cdrhouse.tiering.lock import Held, store_lock
@@ -626,6 +626,9 @@ def restore_backup(target: StoreConfig, location: Location, backup_id: str, *,
     current database is renamed aside, never dropped. It holds the location's lock,
     as every other backup operation does: a prune elsewhere must not delete the files
     of the chain while they are being read."""
+    busy = _rebalancing(target)
+    if busy is not None:            # it would replace the tables a rebalance is moving
+        raise RestoreRefused(busy)
     with location_lock(location, "backup restore") as held:
         records, _ = catalog.read_all(location)
         progress("check files", 0, 0)
@@ -653,6 +656,25 @@ def restore_backup(target: StoreConfig, location: Location, backup_id: str, *,
                              tables=len(got), rows=sum(t.rows for t in got.values()),
                              seconds=round(time.monotonic() - t0, 3),
                              chain=[r.backup_id for r in links])
+
+
+def _rebalancing(target: StoreConfig) -> str | None:
+    """Why `target` cannot be restored now (engine/rebalance.py `running`), or None: only
+    a cluster's existing store can be in the middle of a rebalance."""
+    if not target.cluster:
+        return None
+    db = Database(dataclasses.replace(target, database="system"), create=False)
+    try:
+        if not db.scalar("SELECT count() FROM system.tables WHERE database = {d:String} "
+                         "AND name = 'leases'", {"d": target.database}):
+            return None
+    finally:
+        db.close()
+    db = Database(target, create=False)
+    try:
+        return rebalance.refusal(db)
+    finally:
+        db.close()
 
 
 def _restore_members(members: list[tuple[str, Database]], target: StoreConfig,

@@ -44,7 +44,7 @@ import pyarrow as pa
 
 from cdrhouse.sql.errors import UserError
 from cdrhouse.engine import accounts as acc
-from cdrhouse.engine import ratecards, rating
+from cdrhouse.engine import ratecards, rating, rebalance
 from cdrhouse.engine.db import Database
 from cdrhouse.engine.formats import detect
 from cdrhouse.engine.formats.base import LINE, FormatError, RawBatch, RawReject
@@ -272,6 +272,9 @@ class Ingestor:
     def ingest(self, path: Path, progress: Progress | None = None,
                on_detect: Callable[[str], None] | None = None) -> FileReport:
         started = time.monotonic()
+        busy = rebalance.refusal(self.db)   # a cluster's shards are being re-placed
+        if busy is not None:
+            raise IngestError(f"{path}: not ingested: {busy}")
         reader = detect.reader_for(path, self.options.format)
         if on_detect:
             on_detect(reader.name)

@@ -54,6 +54,8 @@ log = logging.getLogger("cdrhouse.leases")
 
 #: the kinds of scheduled work (others may add theirs: any short name works)
 TIERING, BACKUP, REPORTS, ALERTS, SWEEPER = "tiering", "backup", "reports", "alerts", "sweeper"
+#: held by `cdrhouse cluster rebalance` while it moves rows between shards (engine/rebalance.py)
+REBALANCE = "rebalance"
 EPOCH0 = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 DatabaseFactory = Callable[[], AbstractContextManager[Database]]
@@ -328,6 +330,6 @@ def leased(database: DatabaseFactory, kind: str, ttl: float, fn: Callable[[], An
     return run
 
 
-__all__ = ["ALERTS", "BACKUP", "REPORTS", "SWEEPER", "TIERING", "Lease", "LeaseState",
+__all__ = ["ALERTS", "BACKUP", "REBALANCE", "REPORTS", "SWEEPER", "TIERING", "Lease", "LeaseState",
            "acquire", "current_due", "last_fire_time", "leased", "release", "renew", "run_leased", "state",
            "states"]

@@ -39,10 +39,23 @@ wherever they are):
 
 Between 1 and 3 a moved call is on two shards, and a read through the Distributed
 table shows it twice; so rebalance with readers and writers stopped, as a step of
-adding a shard (README, "Adding a shard"). The run holds the tiering and backup leases
-(engine/leases.py), so a service's scheduled tiering or backup waits for it. Nothing
-is lost at any point: a row is deleted only after its copy was checked; and a run
-that dies is finished by running it again.
+adding a shard (README, "Adding a shard"). Nothing is lost at any point: a row is
+deleted only after its copy was checked; and a run that dies is finished by running
+it again.
+
+**What must not run meanwhile is refused, on both sides** (not left to the operator):
+a re-rate would write versions and rebuild summaries from calls counted twice, a
+tiering run would move a month the copy is filling, a backup would save a moved call
+on two shards. The run holds the `rebalance` lease, then the tiering and backup leases
+(engine/leases.py: a service's scheduled tiering or backup waits for it), and only
+then looks for a live job of those kinds (`EXCLUSIVE_JOBS`) and refuses if there is
+one. Each of them, once its job is marked running, asks `refusal` and fails if a
+rebalance holds its lease; an ingest asks before each file. Marking first and looking
+second on both sides means that of two that start together, at least one sees the
+other. (An ingest writes no job, so a file begun before the rebalance started is
+finished: its calls land where their key sends them, but a month's summary rebuild
+racing it can miscount its days (engine/summary.py, "known limit") until `cdrhouse
+recalc refresh-summaries` rebuilds them; hence "stop ingest first" in the README.)
 
 **Retiring a shard** is the same run: give it weight 0 in `remote_servers` (the
 Distributed engine then sends it nothing), and every call on it is misplaced, so it
@@ -64,7 +77,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cdrhouse.engine import cluster, leases, summary
+from cdrhouse.engine import cluster, jobs, leases, summary
+from cdrhouse.engine import userdata as ud
 from cdrhouse.engine.db import Database
 from cdrhouse.sql.months import first_day, last_day
 from cdrhouse.sql.schema.topology import SHARDED
@@ -91,6 +105,9 @@ SLICE_ROWS = 2_000_000
 #: the leases' holder name while a rebalance runs, and how long they outlive a dead one
 HOLDER = "cluster rebalance"
 LEASE_SECONDS = 60.0
+#: the jobs a rebalance does not run beside, nor they beside it (module docstring): the
+#: kinds of engine/recalc.py, tiering/jobs.py and backup/ops.py (a test keeps them equal)
+EXCLUSIVE_JOBS = ("recalc", "tier-run", "tier-restore", "backup-run")
 
 Fault = Callable[[str], None]
 Progress = Callable[[str, int, int], None]
@@ -281,10 +298,10 @@ def rebalance(db: Database, months: list[int] | None = None, *,
     """Move every misplaced row of `months` (default: every month) to its shard (module
     docstring); returns what was misplaced and what was copied where.
 
-    It holds the tiering and backup leases while it runs (engine/leases.py), so that a
-    `cdrhouse serve` does not start its scheduled tiering run (which moves partitions)
-    or backup (which would save a moved call on two shards) meanwhile; if one of them
-    is running, the rebalance is refused."""
+    It holds the rebalance, tiering and backup leases while it runs (engine/leases.py),
+    so that a `cdrhouse serve` does not start its scheduled tiering run (which moves
+    partitions) or backup (which would save a moved call on two shards) meanwhile; if
+    one of them, or a re-rate, is running, the rebalance is refused (module docstring)."""
     _check_cluster(db)
     if db.table_exists(HOLD) and int(db.scalar(f"SELECT count() FROM {HOLD}") or 0):
         raise RebalanceRefused(f"a tiering run left a month in {HOLD}: finish it first "
@@ -295,6 +312,7 @@ def rebalance(db: Database, months: list[int] | None = None, *,
 
     def under(kinds: tuple[str, ...]) -> Report:
         if not kinds:
+            _refuse_busy(db)
             return _move(db, months, progress, fault)
         ran, report = leases.run_leased(connect, kinds[0], LEASE_SECONDS,
                                         lambda: under(kinds[1:]), holder=HOLDER)
@@ -304,7 +322,41 @@ def rebalance(db: Database, months: list[int] | None = None, *,
                                    "rebalance when it has finished")
         return report
 
-    return under((leases.TIERING, leases.BACKUP))
+    return under((leases.REBALANCE, leases.TIERING, leases.BACKUP))
+
+
+def running(db: Database) -> str | None:
+    """The rebalance moving rows now (who, since when), or None. Only a cluster can be
+    rebalanced, so on one node this reads nothing."""
+    if not db.config.cluster:
+        return None
+    lease = leases.state(db, leases.REBALANCE)
+    if not lease.held:
+        return None
+    return (f"`cdrhouse cluster rebalance` is moving rows between shards ({lease.holder}, "
+            f"since {lease.claimed_at:%Y-%m-%d %H:%M:%S} UTC)")
+
+
+def refusal(db: Database) -> str | None:
+    """Why a write that must not run beside a rebalance is refused now, or None. Callers
+    ask once their own job is marked running (module docstring: "refused, on both
+    sides")."""
+    moving = running(db)
+    return None if moving is None else f"{moving}; run this when it has finished"
+
+
+def _refuse_busy(db: Database) -> None:
+    """Refuse while a job of `EXCLUSIVE_JOBS` is running (its process alive): it was
+    marked running before our leases were taken, so it may not have seen them."""
+    busy = [j for kind in EXCLUSIVE_JOBS
+            for j in ud.list_jobs(db, kind=kind, state="running", limit=1000)
+            if jobs.is_alive(j.result, db)]
+    if busy:
+        named = ", ".join(f"{j.kind} job {j.job_id}" + (f" of tenant {j.tenant_id}"
+                                                         if j.tenant_id else "")
+                          for j in busy)
+        raise RebalanceRefused(f"{named} is running: rebalance when it has finished "
+                               "(`cdrhouse jobs`)")
 
 
 def _move(db: Database, months: list[int] | None, progress: Progress,

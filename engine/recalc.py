@@ -57,7 +57,7 @@ from typing import Any
 from cdrhouse.sql.errors import UserError
 from cdrhouse.engine import accounts as acc
 from cdrhouse.engine import jobs
-from cdrhouse.engine import ledger, ratecards, summary
+from cdrhouse.engine import ledger, ratecards, rebalance, summary
 from cdrhouse.engine import userdata as ud
 from cdrhouse.engine.db import Database
 from cdrhouse.engine.rating import RATED_COLUMNS, rated_select
@@ -377,7 +377,7 @@ def _acquire(db: Database, job: ud.Job, first: dt.date, last: dt.date) -> ud.Job
     job, other = jobs.claim(db, job, result, lambda o: _has_range(o) and _overlaps(
         (first, last), _range_of(o)))
     if other is None:
-        return job
+        return _not_during_rebalance(db, job)
     if not jobs.is_alive(other.result, db):
         detail = (f"job {other.job_id} was interrupted on an overlapping range "
                   f"({other.result['first']} to {other.result['last']}); finish it "
@@ -389,6 +389,18 @@ def _acquire(db: Database, job: ud.Job, first: dt.date, last: dt.date) -> ud.Job
     ud.update_job(db, job.job_id, state="failed", error=detail,
                   result={**job.result, "stopped": True})
     raise RecalcBusy(detail)
+
+
+def _not_during_rebalance(db: Database, job: ud.Job) -> ud.Job:
+    """`job`, marked running, unless a rebalance moves rows between shards: then it is
+    failed and RecalcBusy raised. Why: during a rebalance a moved call is on two shards,
+    and a re-rate would rebuild the summary from both (engine/rebalance.py)."""
+    why = rebalance.refusal(db)
+    if why is None:
+        return job
+    ud.update_job(db, job.job_id, state="failed", error=why,
+                  result={**(job.result or {}), "stopped": True})
+    raise RecalcBusy(why)
 
 
 def _check_principal(principal: Principal, tenant: str) -> None:
@@ -452,6 +464,8 @@ def execute(db: Database, job_id: str, progress: Progress | None = None) -> ud.J
     if req.dry_run or req.op not in CHANGING:
         job = ud.update_job(db, job_id, state="running",
                             result={**job.result, **jobs.owner(), "stopped": False})
+        if not req.dry_run:     # a refresh rebuilds the summary from the calls
+            job = _not_during_rebalance(db, job)
     else:
         job = _acquire(db, job, first, last)
     try:

@@ -11,6 +11,7 @@ copy still equals the hot table, and a later re-rate stays exact.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from pathlib import Path
 
@@ -21,12 +22,19 @@ from cli_inproc import run_cli
 from conftest import _drop, _fresh
 from test_recalc import OP, _ingest, _load, money, req
 
+from cdrhouse.backup import jobs as backup_jobs
+from cdrhouse.backup import ops
+from cdrhouse.backup.location import BackupConfig, BackupError, Location
 from cdrhouse.engine import cluster, leases, rebalance, recalc, summary
+from cdrhouse.engine import userdata as ud
 from cdrhouse.engine.db import Database, StoreConfig
+from cdrhouse.engine.ingest import IngestError, IngestOptions, ingest_paths
 from cdrhouse.engine.migrate import migrate
 from cdrhouse.engine.rebalance import RebalanceRefused, Shard, shard_of
+from cdrhouse.tiering import jobs as tier_jobs
 from cdrhouse.tiering.archive import Tiering
-from cdrhouse.tiering.store import LocalStore
+from cdrhouse.tiering.policy import Policy
+from cdrhouse.tiering.store import ArchiveError, LocalStore
 
 FIRST, LAST = dt.date(2026, 3, 1), dt.date(2026, 4, 30)
 
@@ -206,6 +214,14 @@ def test_a_store_is_rebalanced_after_a_shard_is_added(grown: Database, tmp_path:
     assert rebalance.rebalance(db).before == []     # nothing left to do
 
 
+def _gone_pid() -> int:
+    """A process id no process has now."""
+    pid = 4_000_000
+    while Path(f"/proc/{pid}").exists():
+        pid += 1
+    return pid
+
+
 class _Crash(Exception):
     """The run dies here."""
 
@@ -241,10 +257,83 @@ def test_a_rebalance_that_dies_is_finished_by_the_next_run(grown: Database, step
     assert summary.totals(db, "acme", FIRST, LAST) == summary.truth(db, "acme", FIRST, LAST)
 
 
+def test_what_must_not_run_beside_a_rebalance_is_refused_while_it_runs(
+        grown: Database, tmp_path: Path) -> None:
+    """Halfway through a real rebalance (a moved call on two shards), a re-rate, a tiering
+    run, a backup, a restore and an ingest are each refused with the reason, and change
+    nothing; a dry run (it writes nothing) still runs. After it, they run again."""
+    db = grown
+    before = money(db)
+    some = tuple(sorted(before)[:5])
+    (tmp_path / "late").mkdir()
+    late = tmp_path / "late" / "late.csv"
+    late.write_text("call_id,customer_code,carrier_code,dst_number,start_time,billsec,"
+                    "duration\nlate-1,C1,K1,441611234567,2026-04-02 10:00:00,30,40\n")
+    location = Location(LocalStore(tmp_path / "backups"), str(tmp_path / "backups"))
+    attempts = {
+        "recalc": lambda: recalc.run(db, _adjust(3, some), OP),
+        "tier run": lambda: tier_jobs.run_tiering(db, LocalStore(tmp_path / "warm"), Policy()),
+        "backup": lambda: backup_jobs.run(db, location, BackupConfig()),
+        "restore": lambda: ops.restore_backup(db.config, location, "any"),
+        "ingest": lambda: ingest_paths(db, [late], IngestOptions(tenant="acme"),
+                                       tmp_path / "rejects.csv"),
+    }
+    refused: dict[str, BaseException] = {}
+    previews: list[ud.Job] = []
+
+    def meanwhile(step: str) -> None:
+        if step != "copied" or refused:
+            return
+        assert _on_two_shards(db) > 0           # the window these refusals protect
+        status = run_cli("cluster", "status", env=_env(db))
+        assert "a rebalance is running: `cdrhouse cluster rebalance` is moving rows" \
+            in status.stderr, status.stderr
+        previews.append(recalc.run(db, dataclasses.replace(_adjust(3, some), dry_run=True),
+                                   OP))
+        for name, attempt in attempts.items():
+            with pytest.raises(Exception) as caught:
+                attempt()
+            refused[name] = caught.value
+
+    rebalance.rebalance(db, fault=meanwhile)
+    assert {n: type(e) for n, e in refused.items()} == {
+        "recalc": recalc.RecalcBusy, "tier run": ArchiveError, "backup": BackupError,
+        "restore": ops.RestoreRefused, "ingest": IngestError}
+    for name, exc in refused.items():
+        assert "`cdrhouse cluster rebalance` is moving rows between shards (cluster " \
+               "rebalance, since" in str(exc), name
+    assert "late.csv: not ingested" in str(refused["ingest"])
+    # each refused job is on record as failed, with the reason
+    for kind in ("recalc", "tier-run", "backup-run"):
+        job = ud.list_jobs(db, kind=kind, limit=1)[0]
+        assert job.state == "failed" and "moving rows between shards" in job.error, kind
+    assert previews and previews[0].state == "succeeded"
+    # nothing changed: no new version, no new call, every call once
+    assert money(db) == before and _on_two_shards(db) == 0
+    assert summary.totals(db, "acme", FIRST, LAST) == summary.truth(db, "acme", FIRST, LAST)
+    # the rebalance is over: the same re-rate and ingest run
+    assert rebalance.running(db) is None and rebalance.refusal(db) is None
+    assert "a rebalance is running" not in run_cli("cluster", "status", env=_env(db)).stderr
+    assert recalc.run(db, _adjust(3, some), OP).state == "succeeded"
+    ingest_paths(db, [late], IngestOptions(tenant="acme"), tmp_path / "rejects.csv")
+    assert "late-1" in money(db)
+    assert summary.totals(db, "acme", FIRST, LAST) == summary.truth(db, "acme", FIRST, LAST)
+
+
+def test_the_exclusive_jobs_are_the_kinds_of_their_modules() -> None:
+    assert set(rebalance.EXCLUSIVE_JOBS) == {recalc.KIND, tier_jobs.KIND_RUN,
+                                             tier_jobs.KIND_RESTORE, ops.KIND_RUN}
+
+
+def _env(db: Database) -> dict[str, str]:
+    """The CLI's environment for the store of `db`."""
+    return {"CDRHOUSE_CLICKHOUSE": db.config.clickhouse, "CDRHOUSE_DATABASE": db.name,
+            "CDRHOUSE_CLUSTER": db.config.cluster, "CDRHOUSE_DATA_DIR": str(db.config.data_dir)}
+
+
 def test_one_month_at_a_time_and_the_command_line(grown: Database) -> None:
     db = grown
-    env = {"CDRHOUSE_CLICKHOUSE": db.config.clickhouse, "CDRHOUSE_DATABASE": db.name,
-           "CDRHOUSE_CLUSTER": db.config.cluster, "CDRHOUSE_DATA_DIR": str(db.config.data_dir)}
+    env = _env(db)
     status = run_cli("cluster", "status", "--format", "json", env=env)
     assert status.returncode == 1, status.stderr         # rows to move: not in order
     assert "cdrhouse cluster rebalance" in status.stderr and '"belongs on shard"' in status.stdout
@@ -289,6 +378,14 @@ def test_a_rebalance_is_refused_where_it_cannot_run(embedded_db: Database, grown
             rebalance.rebalance(grown)
         leases.release(grown, lease)
     assert not leases.state(grown, leases.TIERING).held   # the refused run let go of it
+    # a re-rate at work (its job marked running by a live process): finish it first
+    job = recalc.claim(grown, recalc.start(grown, _adjust(5, ("m1",)), OP))
+    with pytest.raises(RebalanceRefused, match=f"recalc job {job.job_id} of tenant acme is "
+                                               "running: rebalance when it has finished"):
+        rebalance.rebalance(grown)
+    assert not leases.state(grown, leases.REBALANCE).held
+    ud.update_job(grown, job.job_id, result={**job.result, "pid": _gone_pid()})
+    rebalance._refuse_busy(grown)        # its process is gone: it no longer blocks
     # a replicated cluster is refused rather than run untested
     topo = cluster.topology(grown)
     monkeypatch.setattr(grown, "_topology", type(topo)(topo.cluster, True))

@@ -9,12 +9,12 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from cdrhouse.engine import jobs, userdata
+from cdrhouse.engine import jobs, rebalance, userdata
 from cdrhouse.engine.db import Database
 from cdrhouse.tiering import layout
 from cdrhouse.tiering.archive import Progress, RunReport, Tiering
 from cdrhouse.tiering.policy import Policy
-from cdrhouse.tiering.store import ObjectStore
+from cdrhouse.tiering.store import ArchiveError, ObjectStore
 
 KIND_RUN = "tier-run"
 KIND_RESTORE = "tier-restore"
@@ -53,9 +53,17 @@ def _progress(db: Database, job_id: str, inner: Progress | None) -> Progress:
 
 def _as_job(db: Database, kind: str, params: dict, work: Callable[[str], T],
             result: Callable[[T], Any]) -> tuple[T, str]:
-    """A platform-wide admin job (engine/jobs.py records it)."""
+    """A platform-wide admin job (engine/jobs.py records it). It fails at once while a
+    rebalance moves rows between shards (engine/rebalance.py: it is asked once the job
+    is marked running, so a rebalance starting meanwhile sees the job)."""
+    def guarded(job_id: str) -> T:
+        busy = rebalance.refusal(db)
+        if busy is not None:
+            raise ArchiveError(busy)
+        return work(job_id)
+
     return jobs.recorded(db, kind=kind, principal=PRINCIPAL, tenant="", params=params,
-                         work=work, result=result)
+                         work=guarded, result=result)
 
 
 def run_tiering(db: Database, store: ObjectStore, policy: Policy, *,
