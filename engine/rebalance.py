@@ -46,10 +46,12 @@ it again.
 **What must not run meanwhile is refused, on both sides** (not left to the operator):
 a re-rate would write versions and rebuild summaries from calls counted twice, a
 tiering run would move a month the copy is filling, a backup would save a moved call
-on two shards. The run holds the `rebalance` lease, then the tiering and backup leases
-(engine/leases.py: a service's scheduled tiering or backup waits for it), and only
-then looks for a live job of those kinds (`EXCLUSIVE_JOBS`) and refuses if there is
-one. Each of them, once its job is marked running, asks `refusal` and fails if a
+on two shards, a scheduled report or an alert evaluation would count it twice. The run
+holds the `rebalance` lease, then the tiering, backup and alerts leases
+(engine/leases.py: a service's scheduled tiering, backup or alert evaluation waits for
+it), and only then looks for a live job of those kinds (`EXCLUSIVE_JOBS`) and refuses
+if there is one; scheduled exports and reports are not started meanwhile
+(api/scheduler.py `run_due`: they stay due). Each of them, once its job is marked running, asks `refusal` and fails if a
 rebalance holds its lease; an ingest asks before each file. Marking first and looking
 second on both sides means that of two that start together, at least one sees the
 other. (An ingest writes no job, so a file begun before the rebalance started is
@@ -106,8 +108,9 @@ SLICE_ROWS = 2_000_000
 HOLDER = "cluster rebalance"
 LEASE_SECONDS = 60.0
 #: the jobs a rebalance does not run beside, nor they beside it (module docstring): the
-#: kinds of engine/recalc.py, tiering/jobs.py and backup/ops.py (a test keeps them equal)
-EXCLUSIVE_JOBS = ("recalc", "tier-run", "tier-restore", "backup-run")
+#: kinds of engine/recalc.py, tiering/jobs.py, backup/ops.py and the scheduled exports
+#: and reports of engine/schedules.py (a test keeps them equal)
+EXCLUSIVE_JOBS = ("recalc", "tier-run", "tier-restore", "backup-run", "export")
 
 Fault = Callable[[str], None]
 Progress = Callable[[str, int, int], None]
@@ -298,10 +301,11 @@ def rebalance(db: Database, months: list[int] | None = None, *,
     """Move every misplaced row of `months` (default: every month) to its shard (module
     docstring); returns what was misplaced and what was copied where.
 
-    It holds the rebalance, tiering and backup leases while it runs (engine/leases.py),
-    so that a `cdrhouse serve` does not start its scheduled tiering run (which moves
-    partitions) or backup (which would save a moved call on two shards) meanwhile; if
-    one of them, or a re-rate, is running, the rebalance is refused (module docstring)."""
+    It holds the rebalance, tiering, backup and alerts leases while it runs
+    (engine/leases.py), so that a `cdrhouse serve` does not start its scheduled tiering
+    run (which moves partitions), backup (which would save a moved call on two shards)
+    or alert evaluation meanwhile; if one of them, or a re-rate or a scheduled export,
+    is running, the rebalance is refused (module docstring)."""
     _check_cluster(db)
     if db.table_exists(HOLD) and int(db.scalar(f"SELECT count() FROM {HOLD}") or 0):
         raise RebalanceRefused(f"a tiering run left a month in {HOLD}: finish it first "
@@ -318,11 +322,11 @@ def rebalance(db: Database, months: list[int] | None = None, *,
                                         lambda: under(kinds[1:]), holder=HOLDER)
         if not ran:
             holder = leases.state(db, kinds[0]).holder
-            raise RebalanceRefused(f"a {kinds[0]} run holds its lease ({holder}): "
+            raise RebalanceRefused(f"the {kinds[0]} lease is held ({holder}): "
                                    "rebalance when it has finished")
         return report
 
-    return under((leases.REBALANCE, leases.TIERING, leases.BACKUP))
+    return under((leases.REBALANCE, leases.TIERING, leases.BACKUP, leases.ALERTS))
 
 
 def running(db: Database) -> str | None:

@@ -22,10 +22,12 @@ from cli_inproc import run_cli
 from conftest import _drop, _fresh
 from test_recalc import OP, _ingest, _load, money, req
 
+from cdrhouse.api import scheduler
 from cdrhouse.backup import jobs as backup_jobs
 from cdrhouse.backup import ops
 from cdrhouse.backup.location import BackupConfig, BackupError, Location
-from cdrhouse.engine import cluster, leases, rebalance, recalc, summary
+from cdrhouse.engine import cluster, keys, leases, rebalance, recalc, summary
+from cdrhouse.engine import schedules as sched
 from cdrhouse.engine import userdata as ud
 from cdrhouse.engine.db import Database, StoreConfig
 from cdrhouse.engine.ingest import IngestError, IngestOptions, ingest_paths
@@ -278,8 +280,17 @@ def test_what_must_not_run_beside_a_rebalance_is_refused_while_it_runs(
         "ingest": lambda: ingest_paths(db, [late], IngestOptions(tenant="acme"),
                                        tmp_path / "rejects.csv"),
     }
+    # a daily report due on 2 April: its run waits for the rebalance, then runs
+    key, _ = keys.create_key(db, "tenant:acme", "reports")
+    report = sched.create(db, owner_key=key.key_id, principal="tenant:acme", name="daily",
+                          cron="0 6 * * *", definition=sched.Definition(report="daily"))
+    slot = dt.datetime(2026, 4, 2, 6, tzinfo=dt.timezone.utc)
+    sched.save_state(db, dataclasses.replace(sched.state_of(db, report), slot=slot,
+                                             next_run=slot))
+    files = LocalStore(tmp_path / "files")
     refused: dict[str, BaseException] = {}
     previews: list[ud.Job] = []
+    waited: list[list] = []
 
     def meanwhile(step: str) -> None:
         if step != "copied" or refused:
@@ -290,6 +301,12 @@ def test_what_must_not_run_beside_a_rebalance_is_refused_while_it_runs(
             in status.stderr, status.stderr
         previews.append(recalc.run(db, dataclasses.replace(_adjust(3, some), dry_run=True),
                                    OP))
+        waited.append(scheduler.run_due(db, files, slot))
+        [(due, state)] = sched.due(db, slot)       # still due: not claimed
+        assert due.schedule_id == report.schedule_id
+        # a tick that looked just before the rebalance began: its run fails, to retry
+        waited.append(scheduler.run_one(db, files, due, state, slot))
+        assert leases.state(db, leases.ALERTS).holder == rebalance.HOLDER
         for name, attempt in attempts.items():
             with pytest.raises(Exception) as caught:
                 attempt()
@@ -312,7 +329,13 @@ def test_what_must_not_run_beside_a_rebalance_is_refused_while_it_runs(
     assert money(db) == before and _on_two_shards(db) == 0
     assert summary.totals(db, "acme", FIRST, LAST) == summary.truth(db, "acme", FIRST, LAST)
     # the rebalance is over: the same re-rate and ingest run
+    assert waited[0] == []                      # nothing ran, nothing was claimed
+    raced = waited[1]
+    assert raced.state == "failed" and "moving rows between shards" in raced.error
+    assert [j.job_id for j in ud.list_jobs(db, kind=sched.JOB_KIND)] == [raced.job_id]
     assert rebalance.running(db) is None and rebalance.refusal(db) is None
+    [ran] = scheduler.run_due(db, files, slot + dt.timedelta(minutes=1))   # the retry
+    assert ran.state == "succeeded" and ran.rows > 0, ran
     assert "a rebalance is running" not in run_cli("cluster", "status", env=_env(db)).stderr
     assert recalc.run(db, _adjust(3, some), OP).state == "succeeded"
     ingest_paths(db, [late], IngestOptions(tenant="acme"), tmp_path / "rejects.csv")
@@ -322,7 +345,8 @@ def test_what_must_not_run_beside_a_rebalance_is_refused_while_it_runs(
 
 def test_the_exclusive_jobs_are_the_kinds_of_their_modules() -> None:
     assert set(rebalance.EXCLUSIVE_JOBS) == {recalc.KIND, tier_jobs.KIND_RUN,
-                                             tier_jobs.KIND_RESTORE, ops.KIND_RUN}
+                                             tier_jobs.KIND_RESTORE, ops.KIND_RUN,
+                                             sched.JOB_KIND}
 
 
 def _env(db: Database) -> dict[str, str]:
@@ -369,11 +393,12 @@ def test_a_rebalance_is_refused_where_it_cannot_run(embedded_db: Database, grown
     with pytest.raises(RebalanceRefused, match="tier run"):
         rebalance.rebalance(grown)
     cluster.each_node(grown, "TRUNCATE TABLE cdr_tiering_hold_local{on_cluster}")
-    # a scheduled tiering run or backup at work (another `serve` holds its lease)
-    for kind in (leases.TIERING, leases.BACKUP):
+    # a scheduled tiering run, backup or alert evaluation at work (another `serve` holds
+    # its lease), or another rebalance
+    for kind in (leases.REBALANCE, leases.TIERING, leases.BACKUP, leases.ALERTS):
         lease = leases.acquire(grown, kind, 60.0, holder="serve on host-b")
         assert lease is not None
-        with pytest.raises(RebalanceRefused, match=f"a {kind} run holds its lease "
+        with pytest.raises(RebalanceRefused, match=f"the {kind} lease is held "
                                                    r"\(serve on host-b\)"):
             rebalance.rebalance(grown)
         leases.release(grown, lease)
