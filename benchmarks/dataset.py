@@ -9,7 +9,11 @@ from cdrhouse.engine.db import Database
 
 
 def load(db: Database, spec: generate.GenSpec) -> None:
-    """Generate `spec` per tenant to Parquet, ingest it, and merge the parts."""
+    """Generate `spec` per tenant to Parquet, ingest it, and merge the parts of the CDRs
+    and of their time-ordered copy: every month one merged part, as a store's months are
+    six hours after their last write (sql/schema/015_settled.sql)."""
     with tempfile.TemporaryDirectory() as tmp:
         generate.load(db, spec, tmp)
-    db.command("OPTIMIZE TABLE cdr_records FINAL")
+    for table in ("cdr_records", "cdr_records_by_time"):
+        if db.table_exists(table):
+            db.command(f"OPTIMIZE TABLE {table} FINAL")
