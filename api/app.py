@@ -27,6 +27,7 @@ from cdrhouse.api import (alerts, archive, audit, billing, charts, downloads, er
 from cdrhouse.api import scheduler as export_scheduler
 from cdrhouse.api.deps import reject_unknown_query_params
 from cdrhouse.api.forwarded import ForwardedClient, TrustedProxies
+from cdrhouse.api.notice import WarnWhileRebalancing
 from cdrhouse.api.service import Service, ServiceConfig
 from cdrhouse.api.v1 import health, router
 from cdrhouse.backup import schedule as backup_schedule
@@ -242,6 +243,8 @@ def create_app(config: ServiceConfig) -> FastAPI:
     app.include_router(alerts.router, dependencies=strict)
     web.mount(app, api_dependencies=strict)  # the web viewer: /, /login, /web/…, /static/…, /v1/users
 
+    # every answer says so while a cluster rebalance leaves calls on two shards
+    app.add_middleware(WarnWhileRebalancing)
     app.add_middleware(Observe, metrics=metrics)
     # the audit trail: every route, including ones added later (api/audit.py)
     app.add_middleware(audit.AuditTrail)

@@ -4,7 +4,8 @@ Started by the app's lifespan (`start`), stopped at shutdown:
 
 - the **heartbeat** (engine/instances.py): a beat every few seconds, after which
   the instance re-reads how many instances are alive and shares the per-tenant and
-  per-principal caps out among them (`Service.share_caps`);
+  per-principal caps out among them (`Service.share_caps`), and whether a cluster
+  rebalance is moving rows (`Service.notice`, api/notice.py);
 - the **sweeper**, every `sweep_seconds` under the `sweeper` lease (so one
   instance at a time): running jobs whose owner died — its process is gone or its
   heartbeat stopped — are taken over (a job marked stopped, on an error or at a
@@ -31,6 +32,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from cdrhouse.engine import instances, jobs, leases
 from cdrhouse.engine import recalc as rec
 from cdrhouse.engine import userdata as ud
+from cdrhouse.api.notice import notice
 from cdrhouse.engine.db import Database
 from cdrhouse.tiering.jobs import KIND_RUN
 
@@ -92,6 +94,7 @@ def start(service: Service) -> Callable[[], None]:
 
     def after_beat(db: Database) -> None:
         service.share_caps(max(1, len(instances.alive(db))))
+        service.notice = notice(db)
 
     heartbeat = instances.Heartbeat(database, also=after_beat).start()
     scheduler = None

@@ -149,6 +149,9 @@ class Service:
     #: live instances sharing the caps (share_caps), and the event loop admission runs on
     instances: int = 1
     loop: asyncio.AbstractEventLoop | None = None
+    #: what every answer says of the store now (api/notice.py: a rebalance moving rows),
+    #: refreshed by the heartbeat; None while the store is exact
+    notice: str | None = None
 
     @classmethod
     def start(cls, config: ServiceConfig) -> Service:

@@ -17,12 +17,15 @@ from pathlib import Path
 
 import pytest
 from bytime import assert_copy_exact
+from fastapi.testclient import TestClient
 from chcluster import LocalCluster
 from cli_inproc import run_cli
 from conftest import _drop, _fresh
 from test_recalc import OP, _ingest, _load, money, req
 
 from cdrhouse.api import scheduler
+from cdrhouse.api.app import create_app
+from cdrhouse.api.service import ServiceConfig
 from cdrhouse.backup import jobs as backup_jobs
 from cdrhouse.backup import ops
 from cdrhouse.backup.location import BackupConfig, BackupError, Location
@@ -288,6 +291,8 @@ def test_what_must_not_run_beside_a_rebalance_is_refused_while_it_runs(
     sched.save_state(db, dataclasses.replace(sched.state_of(db, report), slot=slot,
                                              next_run=slot))
     files = LocalStore(tmp_path / "files")
+    told: list[tuple[str | None, str]] = []
+    _, secret = keys.create_key(db, "tenant:acme", "portal")
     refused: dict[str, BaseException] = {}
     previews: list[ud.Job] = []
     waited: list[list] = []
@@ -302,6 +307,7 @@ def test_what_must_not_run_beside_a_rebalance_is_refused_while_it_runs(
         previews.append(recalc.run(db, dataclasses.replace(_adjust(3, some), dry_run=True),
                                    OP))
         waited.append(scheduler.run_due(db, files, slot))
+        told.append(_answers(db, secret))
         [(due, state)] = sched.due(db, slot)       # still due: not claimed
         assert due.schedule_id == report.schedule_id
         # a tick that looked just before the rebalance began: its run fails, to retry
@@ -329,6 +335,14 @@ def test_what_must_not_run_beside_a_rebalance_is_refused_while_it_runs(
     assert money(db) == before and _on_two_shards(db) == 0
     assert summary.totals(db, "acme", FIRST, LAST) == summary.truth(db, "acme", FIRST, LAST)
     # the rebalance is over: the same re-rate and ingest run
+    # a service serving meanwhile said so: a Warning on every answer, a banner on pages
+    [(warning, page)] = told
+    assert warning is not None and warning.startswith(
+        '199 cdrhouse "`cdrhouse cluster rebalance` is moving rows between shards') \
+        and warning.endswith('until it finishes, a call may be shown or counted twice"')
+    assert 'id="store-notice"' in page and "a call may be shown or counted twice" in page
+    after_warning, after_page = _answers(db, secret)      # the rebalance is over
+    assert after_warning is None and 'id="store-notice"' not in after_page
     assert waited[0] == []                      # nothing ran, nothing was claimed
     raced = waited[1]
     assert raced.state == "failed" and "moving rows between shards" in raced.error
@@ -341,6 +355,16 @@ def test_what_must_not_run_beside_a_rebalance_is_refused_while_it_runs(
     ingest_paths(db, [late], IngestOptions(tenant="acme"), tmp_path / "rejects.csv")
     assert "late-1" in money(db)
     assert summary.totals(db, "acme", FIRST, LAST) == summary.truth(db, "acme", FIRST, LAST)
+
+
+def _answers(db: Database, secret: str) -> tuple[str | None, str]:
+    """What a service started on the store now answers: the Warning header of an API
+    answer, and the sign-in page."""
+    app = create_app(ServiceConfig(store=db.config, pool_size=2, sweep_seconds=0))
+    with TestClient(app) as client:
+        fields = client.get("/v1/fields", headers={"Authorization": f"Bearer {secret}"})
+        assert fields.status_code == 200, fields.text
+        return fields.headers.get("warning"), client.get("/login").text
 
 
 def test_the_exclusive_jobs_are_the_kinds_of_their_modules() -> None:

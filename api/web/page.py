@@ -39,8 +39,10 @@ def secure_headers(response: Response) -> Response:
 
 def render_page(request: Request, name: str, context: dict[str, Any],
                 status: int = 200) -> Response:
-    """A template, with the site's security headers."""
-    context = {"asset": asset_url, **context}
+    """A template, with the site's security headers (and the service's notice: a
+    cluster rebalance under way, api/notice.py, shown as a banner by base.html)."""
+    service = getattr(request.app.state, "service", None)
+    context = {"asset": asset_url, "notice": getattr(service, "notice", None), **context}
     return secure_headers(templates.TemplateResponse(request, name, context, status_code=status))
 
 
