@@ -66,7 +66,7 @@ def status(
         moving = rebalance.running(db)
     err.print(f"cluster {name}: {len(weights)} shards")
     if moving:      # re-rates, tiering, backups and ingest are refused meanwhile
-        err.print(f"a rebalance is running: {moving}")
+        err.print(f"a rebalance is running: {rebalance.describe(moving)}")
     render(["shard", "host", "weight", "call rows", "summary rows"],
            [(s, hosts.get(s, ""), w, int(held.get(s, 0)), int(summed.get(s, 0)))
             for s, w in weights.items()], fmt)

@@ -23,7 +23,9 @@ def notice(db: Database) -> str | None:
     moving = rebalance.running(db)
     if moving is None:
         return None
-    return f"{moving}: until it finishes, a call may be shown or counted twice"
+    return (f"The store's calls are being moved between shards (a cluster rebalance since "
+            f"{moving.claimed_at:%Y-%m-%d %H:%M} UTC): until it finishes, a call may be "
+            "shown or counted twice.")
 
 
 def header_value(text: str) -> bytes:

@@ -113,9 +113,9 @@ def run_due(db: Database, store: ObjectStore, now: dt.datetime) -> list[Outcome]
     Not while a cluster is being rebalanced (engine/rebalance.py): a moved call is on
     two shards until its copy's source is deleted, and a report would count it twice.
     The due runs are not claimed, so they stay due and run on the first tick after."""
-    busy = rebalance.running(db)
-    if busy is not None:
-        log.info("scheduled runs wait: %s", busy)
+    moving = rebalance.running(db)
+    if moving is not None:
+        log.info("scheduled runs wait: %s", rebalance.describe(moving))
         return []
     return [run_one(db, store, s, st, now) for s, st in sched.due(db, now)]
 

@@ -329,14 +329,17 @@ def rebalance(db: Database, months: list[int] | None = None, *,
     return under((leases.REBALANCE, leases.TIERING, leases.BACKUP, leases.ALERTS))
 
 
-def running(db: Database) -> str | None:
-    """The rebalance moving rows now (who, since when), or None. Only a cluster can be
-    rebalanced, so on one node this reads nothing."""
+def running(db: Database) -> leases.LeaseState | None:
+    """The lease of the rebalance moving rows now (its holder, since when), or None.
+    Only a cluster can be rebalanced, so on one node this reads nothing."""
     if not db.config.cluster:
         return None
     lease = leases.state(db, leases.REBALANCE)
-    if not lease.held:
-        return None
+    return lease if lease.held else None
+
+
+def describe(lease: leases.LeaseState) -> str:
+    """A running rebalance, in words."""
     return (f"`cdrhouse cluster rebalance` is moving rows between shards ({lease.holder}, "
             f"since {lease.claimed_at:%Y-%m-%d %H:%M:%S} UTC)")
 
@@ -345,8 +348,8 @@ def refusal(db: Database) -> str | None:
     """Why a write that must not run beside a rebalance is refused now, or None. Callers
     ask once their own job is marked running (module docstring: "refused, on both
     sides")."""
-    moving = running(db)
-    return None if moving is None else f"{moving}; run this when it has finished"
+    lease = running(db)
+    return None if lease is None else f"{describe(lease)}; run this when it has finished"
 
 
 def _refuse_busy(db: Database) -> None:

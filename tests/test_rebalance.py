@@ -338,8 +338,9 @@ def test_what_must_not_run_beside_a_rebalance_is_refused_while_it_runs(
     # a service serving meanwhile said so: a Warning on every answer, a banner on pages
     [(warning, page)] = told
     assert warning is not None and warning.startswith(
-        '199 cdrhouse "`cdrhouse cluster rebalance` is moving rows between shards') \
-        and warning.endswith('until it finishes, a call may be shown or counted twice"')
+        '199 cdrhouse "The store\'s calls are being moved between shards (a cluster '
+        'rebalance since 20') and warning.endswith(
+        'UTC): until it finishes, a call may be shown or counted twice."')
     assert 'id="store-notice"' in page and "a call may be shown or counted twice" in page
     after_warning, after_page = _answers(db, secret)      # the rebalance is over
     assert after_warning is None and 'id="store-notice"' not in after_page
