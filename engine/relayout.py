@@ -146,17 +146,20 @@ def _copy(db: Database, table: str, staging: str,
             "now). Nothing was changed; stop the processes writing to the store and run "
             "`cdrhouse init` again")
     for i, partition in enumerate(partitions, 1):
-        _settle_partition(db, staging, partition)
+        settle_partition(db, staging, partition)
         log.info("rebuild of %s: partition %s merged (%d of %d)", table, partition, i,
                  len(partitions))
     return source
 
 
-def _settle_partition(db: Database, table: str, partition: str) -> None:
-    """Merge one partition of `table` into a single part (module docstring, step 5)."""
+def settle_partition(db: Database, table: str, partition: str, *,
+                     skip_merged: bool = False) -> None:
+    """Merge one partition of `table` into a single part (module docstring, step 5);
+    `skip_merged`: leave it as it is when it already is one merged part."""
     if not re.fullmatch(r"\w+", partition):
         raise StoreError(f"cannot merge partition {partition!r} of {table}: not a partition id")
-    db.command(f"OPTIMIZE TABLE {table} PARTITION ID '{partition}' FINAL")
+    db.command(f"OPTIMIZE TABLE {table} PARTITION ID '{partition}' FINAL"
+               + (" SETTINGS optimize_skip_merged_partitions = 1" if skip_merged else ""))
 
 
 def _pause_merges(db: Database, table: str) -> bool:
