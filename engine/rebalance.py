@@ -79,7 +79,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cdrhouse.engine import cluster, jobs, leases, summary
+from cdrhouse.engine import cluster, jobs, leases, relayout, summary
 from cdrhouse.engine import userdata as ud
 from cdrhouse.engine.db import Database
 from cdrhouse.sql.months import first_day, last_day
@@ -406,9 +406,7 @@ def _move(db: Database, months: list[int] | None, progress: Progress,
                         {"month": month}, settings={"mutations_sync": 2})
         fault("deleted")
         for table in tables:
-            cluster.each_node(db, f"OPTIMIZE TABLE {table.local}{{on_cluster}} "
-                                  f"PARTITION {int(month)} FINAL "
-                                  "SETTINGS optimize_skip_merged_partitions = 1")
+            relayout.settle_month(db, table.name, month)
         progress(f"month {month}: summary", i, len(report.months))
         for tenant in _tenants(db, month):
             summary.rebuild_range(db, tenant, first_day(month), last_day(month))

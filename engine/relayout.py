@@ -40,6 +40,7 @@ import contextlib
 import logging
 import re
 
+from cdrhouse.engine import cluster
 from cdrhouse.engine.db import Database, StoreError
 from cdrhouse.sql.schema import Rebuild
 
@@ -160,6 +161,15 @@ def settle_partition(db: Database, table: str, partition: str, *,
         raise StoreError(f"cannot merge partition {partition!r} of {table}: not a partition id")
     db.command(f"OPTIMIZE TABLE {table} PARTITION ID '{partition}' FINAL"
                + (" SETTINGS optimize_skip_merged_partitions = 1" if skip_merged else ""))
+
+
+def settle_month(db: Database, table: str, month: int) -> None:
+    """Merge month `month` (YYYYMM) of `table` into one part on every node of the store
+    (local tables on a cluster), leaving a node where it already is one merged part:
+    what a page's FINAL read needs (sql/schema/015_settled.sql)."""
+    cluster.each_node(db, f"OPTIMIZE TABLE {cluster.local(db, table)}{{on_cluster}} "
+                          f"PARTITION {int(month)} FINAL "
+                          "SETTINGS optimize_skip_merged_partitions = 1")
 
 
 def _pause_merges(db: Database, table: str) -> bool:

@@ -45,7 +45,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cdrhouse.engine import cluster, summary
+from cdrhouse.engine import cluster, relayout, summary
 from cdrhouse.engine.db import Database
 from cdrhouse.sql.schema import migrations
 from cdrhouse.sql.schema.topology import SHARD_PATH, distributed_ddl
@@ -630,9 +630,7 @@ class Tiering:
         if cluster.topology(self.db).replicated:
             return
         for table in (HOT, BY_TIME):        # the copy got the same writes
-            cluster.each_node(self.db, f"OPTIMIZE TABLE {cluster.local(self.db, table)}"
-                                       f"{{on_cluster}} PARTITION {int(month)} FINAL "
-                                       "SETTINGS optimize_skip_merged_partitions = 1")
+            relayout.settle_month(self.db, table, month)
 
     def _restore_one(self, tenant: str, month: int) -> tuple[str, int, str]:
         manifest = warm.read_manifest(self.store, tenant, month)
